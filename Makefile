@@ -1,0 +1,38 @@
+# Everything a newcomer runs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DATA_DIR ?= store_data
+
+.PHONY: venv test store env_exports clean sample_content demo bench soak lint proxy
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11+" >&2; exit 1; }
+	@test -w . || { echo "error: this checkout is read-only; clone it somewhere writable" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+store: venv
+	$(PY) -m local_store --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --env-file .env
+
+# Prints shell exports of the .env the store writes: eval "$$(make -s env_exports)"
+env_exports:
+	@test -f .env || { echo "error: no .env here; start the store with 'make store' first" >&2; exit 1; }
+	@sed -n 's/^\([A-Z0-9_]*\)=\(.*\)$$/export \1=\2/p' .env
+
+sample_content: venv
+	$(PY) sample_content.py --output-dir sample_content
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) sample_content demo_output .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results.json
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
