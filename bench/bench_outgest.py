@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Benchmark of outgest_file.py: export MB/s with --concurrency 8 against --concurrency 1.
+
+Starts its own local store with ``--latency-ms 20`` (every answer, API or media, is delayed 20
+ms, as from a store far away), synthesizes numbered content (default 640x360, 60 s, 2 s
+segments), ingests it with ``ingest_hls``, then exports the whole Flow to MPEG-TS once with
+``--concurrency 1`` (the baseline) and once with ``--concurrency 8``, in the same run. MB/s is
+output bytes over wall-clock seconds of the export (listing, downloads, muxing); the output of
+both runs is checked to hold every frame.
+
+Figures only; nothing here asserts a time. ``run()`` returns them as a list of
+``{"figure", "value", "unit", "baseline", "ratio"}`` dicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+import uuid
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+# bench/ itself, then (through common) the repository root: this file also runs as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_store, print_table
+
+from client import TAMSClient
+from credentials import BasicCredentials
+from ingest_hls import IngestOptions, ingest
+from outgest_file import OutgestSummary, outgest
+from sample_content import read_frame_numbers, synthesize
+
+LATENCY_MS = 20
+
+
+async def _measure(url: str, username: str, password: str, playlist: Path, work: Path,
+                   levels: tuple[int, ...]) -> dict[int, OutgestSummary]:
+    credentials = BasicCredentials(username, password)
+    async with TAMSClient(url, credentials, concurrency=max(levels) + 2) as client:
+        result = await ingest(client, IngestOptions(hls=str(playlist), segment_count=None, video_only=True,
+                                                    flow_id=str(uuid.uuid4())))
+        flow_id = result.flow_ids["video"]
+        summaries = {}
+        for level in levels:
+            summaries[level] = await outgest(client, flow_id, work / f"out_{level}.ts", concurrency=level)
+    return summaries
+
+
+def run(width: int = 640, height: int = 360, duration: int = 60, segment_seconds: int = 2) -> list[dict[str, Any]]:
+    """Run the benchmark; the figures as dicts (figure, value, unit, baseline, ratio)."""
+    with tempfile.TemporaryDirectory(prefix="bench-outgest-") as tmp:
+        work = Path(tmp)
+        playlist = synthesize(work / "hls", width=width, height=height, fps=Fraction(30), duration=duration,
+                              segment_seconds=segment_seconds)
+        frames = duration * 30
+        with bench_store(latency_ms=LATENCY_MS) as store:
+            summaries = asyncio.run(_measure(store.url, store.username, store.password, playlist, work, (1, 8)))
+        for level, summary in summaries.items():
+            numbers = read_frame_numbers(summary.output)
+            if numbers != list(range(frames)):
+                raise RuntimeError(f"--concurrency {level} output does not hold frames 0..{frames - 1}")
+    one, eight = summaries[1], summaries[8]
+    rate_one = one.bytes / one.seconds / 1e6
+    rate_eight = eight.bytes / eight.seconds / 1e6
+    what = f"{one.segments} segments of {segment_seconds} s, {width}x{height}, store latency {LATENCY_MS} ms"
+    return [
+        {"figure": f"outgest --concurrency 1 ({what})", "value": round(rate_one, 2), "unit": "MB/s",
+         "baseline": None, "ratio": None},
+        {"figure": f"outgest --concurrency 8 ({what})", "value": round(rate_eight, 2), "unit": "MB/s",
+         "baseline": round(rate_one, 2), "ratio": round(rate_eight / rate_one, 2)},
+        {"figure": "outgest --concurrency 8, wall time", "value": round(eight.seconds, 2), "unit": "s",
+         "baseline": round(one.seconds, 2), "ratio": round(eight.seconds / one.seconds, 2)},
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--width", type=int, default=640, help="synthetic picture width")
+    parser.add_argument("--height", type=int, default=360, help="synthetic picture height")
+    parser.add_argument("--duration", type=int, default=60, help="seconds of content")
+    parser.add_argument("--segment-seconds", type=int, default=2, help="segment length, seconds")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(f"local store with --latency-ms {LATENCY_MS} (emulating a far store)")
+    print_table(run(args.width, args.height, args.duration, args.segment_seconds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,838 @@
+#!/usr/bin/env python3
+"""Ingest an HLS playlist of MPEG-TS segments into a TAMS store: exact, concurrent, resumable.
+
+For each segment of the playlist (a local file or an http(s) URL; a master playlist picks its
+highest-bandwidth variant unless ``--variant`` says otherwise) this script:
+
+1. reads the segment and demuxes it, without decoding, to find the exact presentation timing of
+   each essence (``media.read_timing``): the segment ``timerange`` runs from the first sample's
+   timestamp to the next segment's first timestamp when the two are contiguous, else to the last
+   sample plus its duration (end exclusive, AppNote 0012); ``object_timerange``, ``ts_offset``
+   (which carries MPEG-TS 33-bit wraps), ``last_duration`` and ``key_frame_count`` come with it;
+2. uploads the media object to storage allocated in batches as needed (at most one batch is
+   held ahead of use, so no upload URL waits long enough to expire), and registers the segment
+   only after its upload succeeded (segments whose uploads finish together share one POST).
+
+Up to ``--concurrency`` segments are uploaded at once while the next ones are read ahead, so at
+most about twice that many segments are held in memory. Segments whose start the Flow already
+has are skipped, so re-running with the same ``--flow-id`` completes an interrupted ingest.
+
+Flow properties come from the media (``media.probe``): codec, container, exact frame rate,
+picture size, interlace, chroma subsampling, bit depth, and at the end of the run the segment bit
+rates (AppNote 0013). When the segments also carry audio (and ``--video-only`` is not given),
+each segment is split by remuxing into a video object and an audio object for a video Flow and
+an audio Flow, and a multi-essence Flow (with its own Source) collects both. Audio and multi
+Flow and Source ids default to ids derived from ``--flow-id``, so a re-run finds them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import statistics
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import m3u8  # type: ignore[import-untyped]
+from mediatimestamp.immutable import TimeRange, Timestamp
+from tqdm import tqdm  # type: ignore[import-untyped]
+from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
+
+import media
+from client import (
+    NotFound,
+    RetryPolicy,
+    TAMSClient,
+    TAMSError,
+    TAMSResponseError,
+    UploadTarget,
+)
+from credentials import add_credential_args, connection_from_args
+
+__all__ = ["IngestError", "IngestOptions", "IngestResult", "ingest", "load_playlist", "main", "run"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PLAYLIST = "sample_content/hls_output.m3u8"
+_FETCH_TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=10, sock_read=60)
+
+
+class IngestError(Exception):
+    """The ingest cannot go on; ``str()`` is the one line to show."""
+
+
+@dataclass
+class IngestOptions:
+    hls: str = DEFAULT_PLAYLIST
+    start_segment: int = 0
+    segment_count: int | None = 30  # None: to the end of the playlist
+    flow_id: str | None = None
+    source_id: str | None = None
+    audio_flow_id: str | None = None
+    audio_source_id: str | None = None
+    multi_flow_id: str | None = None
+    multi_source_id: str | None = None
+    flow_params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    description: str | None = None
+    normalise: bool = False
+    concurrency: int = 8
+    variant: str | None = None
+    video_only: bool = False
+    progress: bool = False
+
+
+@dataclass
+class IngestResult:
+    flow_ids: dict[str, str]  # "video", and with audio also "audio" and "multi"
+    source_ids: dict[str, str]
+    registered: int = 0  # segments (of the playlist) registered by this run
+    skipped: int = 0  # segments the Flow(s) already had
+    bytes: int = 0  # bytes uploaded
+    seconds: float = 0.0
+    timeranges: dict[str, list[TimeRange]] = field(default_factory=dict)  # per essence, window order
+
+    def summary(self) -> str:
+        megabytes = self.bytes / 1e6
+        rate = megabytes / self.seconds if self.seconds > 0 else 0.0
+        flows = ", ".join(f"{kind} {fid}" for kind, fid in self.flow_ids.items())
+        return (
+            f"ingested {self.registered} segments ({self.skipped} already present) into {flows}: "
+            f"{megabytes:.2f} MB in {self.seconds:.2f} s, {rate:.2f} MB/s"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Playlists and segment bytes
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    index: int  # position in the media playlist
+    uri: str  # absolute URL or local path
+    duration: Fraction  # EXTINF, as written
+
+
+@dataclass(frozen=True)
+class Playlist:
+    location: str
+    name: str
+    segments: list[SegmentRef]
+    target_duration: Fraction | None  # EXT-X-TARGETDURATION (an upper bound)
+    segment_duration: Fraction | None  # the median EXTINF: what the segmenter aimed at
+
+
+def _is_url(location: str) -> bool:
+    return urlsplit(location).scheme in ("http", "https")
+
+
+def _resolve(base: str, uri: str) -> str:
+    if _is_url(uri):
+        return uri
+    if _is_url(base):
+        return urljoin(base, uri)
+    return str(Path(base).parent / uri)
+
+
+async def _read_text(location: str, session: aiohttp.ClientSession | None) -> str:
+    if _is_url(location):
+        assert session is not None
+        data = await _fetch_url(location, session)
+        return data.decode("utf-8", errors="replace")
+    path = Path(location)
+    if not path.is_file():
+        raise IngestError(f"no such playlist: {location}")
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise IngestError(f"cannot read {location}: {exc.strerror}") from exc
+
+
+async def _fetch_url(url: str, session: aiohttp.ClientSession) -> bytes:
+    shown = url.split("?", 1)[0]
+    try:
+        async with session.get(url) as response:
+            if response.status != 200:
+                raise IngestError(f"GET {shown}: HTTP {response.status}")
+            return await response.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise IngestError(f"cannot fetch {shown}: {exc or type(exc).__name__}") from exc
+
+
+def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> str:
+    variants = list(master.playlists)
+    if variant is None:
+        chosen = max(variants, key=lambda p: p.stream_info.bandwidth or 0)
+    elif variant.isdigit() and int(variant) < len(variants):
+        chosen = variants[int(variant)]
+    else:
+        matches = [p for p in variants if variant in (p.uri or "")]
+        if not matches:
+            raise IngestError(f"no variant of {location} matches {variant!r}")
+        chosen = matches[0]
+    logger.info("variant %s (bandwidth %s)", chosen.uri, chosen.stream_info.bandwidth)
+    return _resolve(location, chosen.uri)
+
+
+async def load_playlist(location: str, *, variant: str | None = None,
+                        session: aiohttp.ClientSession | None = None) -> Playlist:
+    """The media playlist at ``location`` (following a master playlist to one variant)."""
+    for _ in range(2):
+        text = await _read_text(location, session)
+        if not text.lstrip("\ufeff").startswith("#EXTM3U"):
+            raise IngestError(f"{location} is not an HLS playlist (no #EXTM3U header)")
+        try:
+            parsed = m3u8.loads(text)
+        except Exception as exc:  # m3u8 raises assorted errors on malformed input
+            raise IngestError(f"{location} is not a valid HLS playlist: {exc}") from exc
+        if parsed.is_variant:
+            location = _choose_variant(parsed, variant, location)
+            continue
+        segments = [
+            SegmentRef(i, _resolve(location, seg.uri), Fraction(str(seg.duration or 0)))
+            for i, seg in enumerate(parsed.segments)
+        ]
+        if not segments:
+            raise IngestError(f"{location} lists no segments")
+        target = Fraction(parsed.target_duration) if parsed.target_duration else None
+        name = Path(urlsplit(location).path).stem or "hls"
+        durations = [ref.duration for ref in segments if ref.duration > 0]
+        typical = Fraction(statistics.median(durations)).limit_denominator(1000) if durations else None
+        return Playlist(location=location, name=name, segments=segments, target_duration=target,
+                        segment_duration=typical)
+    raise IngestError(f"{location}: a master playlist points at another master playlist")
+
+
+async def _segment_bytes(ref: SegmentRef, session: aiohttp.ClientSession | None) -> bytes:
+    if _is_url(ref.uri):
+        assert session is not None
+        return await _fetch_url(ref.uri, session)
+    try:
+        return await asyncio.to_thread(Path(ref.uri).read_bytes)
+    except OSError as exc:
+        raise IngestError(f"cannot read segment {ref.uri}: {exc.strerror or exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Flows
+
+
+def _derived_id(base: str, role: str) -> str:
+    return str(uuid.uuid5(uuid.UUID(base), role))
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _differences(wanted: dict[str, Any], existing: dict[str, Any], prefix: str = "") -> list[str]:
+    """Where ``existing`` disagrees with ``wanted`` (keys only ``wanted`` has count as different)."""
+    found = []
+    for key, value in wanted.items():
+        have = existing.get(key)
+        if isinstance(value, dict) and isinstance(have, dict):
+            found += _differences(value, have, f"{prefix}{key}.")
+        elif have != value:
+            found.append(f"{prefix}{key} is {json.dumps(have)}, the media has {json.dumps(value)}")
+    return found
+
+
+_COMPARED = ("format", "codec", "container", "essence_parameters")
+
+
+@dataclass
+class _FlowPlan:
+    kind: str
+    flow_id: str
+    body: dict[str, Any]
+    exists: bool = False
+    source_id_given: bool = False
+
+
+async def _check_flow(client: TAMSClient, plan: _FlowPlan) -> None:
+    """Mark ``plan`` as existing if the store has the Flow, or raise if it differs."""
+    try:
+        existing = await client.get_flow(plan.flow_id)
+    except NotFound:
+        return
+    compared = {k: plan.body[k] for k in _COMPARED if k in plan.body}
+    if plan.source_id_given:
+        compared["source_id"] = plan.body["source_id"]
+    problems = _differences(compared, existing)
+    if plan.kind == "multi":
+        have = {item.get("id") for item in existing.get("flow_collection") or []}
+        wanted = {item["id"] for item in plan.body.get("flow_collection", [])}
+        if not wanted <= have:
+            problems.append("flow_collection does not hold this ingest's video and audio Flows")
+    if problems:
+        raise IngestError(f"flow {plan.flow_id} already exists with different properties: {problems[0]}")
+    plan.exists = True
+    plan.body["source_id"] = existing.get("source_id", plan.body["source_id"])
+    logger.info("%s flow %s exists with the same properties; resuming", plan.kind, plan.flow_id)
+
+
+def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: Playlist) -> list[_FlowPlan]:
+    if props.video is None:
+        raise IngestError(f"{playlist.segments[options.start_segment].uri} has no video stream")
+    flow_id = options.flow_id or str(uuid.uuid4())
+    label = options.label or playlist.name
+    description = options.description or f"Ingested from {Path(urlsplit(playlist.location).path).name}"
+    segment_duration = playlist.segment_duration
+    with_audio = props.audio is not None and not options.video_only
+
+    def technical(fields: dict[str, Any], kind: str, fid: str, sid: str, suffix: str) -> dict[str, Any]:
+        body = {
+            "id": fid,
+            "source_id": sid,
+            **fields,
+            "container": props.container,
+            "label": label + suffix,
+            "description": description,
+        }
+        if segment_duration is not None:
+            body["segment_duration"] = {
+                "numerator": segment_duration.numerator,
+                "denominator": segment_duration.denominator,
+            }
+        return body
+
+    video_source = options.source_id or _derived_id(flow_id, "source")
+    video_body = technical(props.video.flow_fields(), "video", flow_id, video_source, " (video)" if with_audio else "")
+    plans = [_FlowPlan("video", flow_id, _merge(video_body, options.flow_params), source_id_given=bool(options.source_id))]
+    if with_audio:
+        assert props.audio is not None
+        audio_id = options.audio_flow_id or _derived_id(flow_id, "audio")
+        audio_source = options.audio_source_id or _derived_id(audio_id, "source")
+        multi_id = options.multi_flow_id or _derived_id(flow_id, "multi")
+        multi_source = options.multi_source_id or _derived_id(multi_id, "source")
+        plans.append(_FlowPlan(
+            "audio", audio_id, technical(props.audio.flow_fields(), "audio", audio_id, audio_source, " (audio)"),
+            source_id_given=bool(options.audio_source_id),
+        ))
+        plans.append(_FlowPlan(
+            "multi",
+            multi_id,
+            {
+                "id": multi_id,
+                "source_id": multi_source,
+                "format": "urn:x-nmos:format:multi",
+                "label": label,
+                "description": description,
+                "flow_collection": [{"id": flow_id, "role": "video"}, {"id": audio_id, "role": "audio"}],
+            },
+            source_id_given=bool(options.multi_source_id),
+        ))
+    return plans
+
+
+# --------------------------------------------------------------------------------------------
+# Segments
+
+
+@dataclass
+class _Prepared:
+    ref: SegmentRef
+    timing: media.MediaTiming
+    objects: dict[str, bytes]  # per essence kind: the bytes to upload
+
+
+@dataclass
+class _Registration:
+    kind: str
+    segment: dict[str, Any]
+    timerange: TimeRange
+    data: bytes
+
+
+class _ExistingSegments:
+    """The timeranges a Flow already has, for the resume check."""
+
+    def __init__(self, timeranges: list[TimeRange]) -> None:
+        spans = sorted((tr.start.to_nanosec(), tr.end.to_nanosec()) for tr in timeranges if tr.start and tr.end)
+        self.starts = [s for s, _ in spans]
+        self.ends = [e for _, e in spans]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def holds(self, timerange: TimeRange) -> bool:
+        """True if a segment starting where this one starts is there; IngestError if one overlaps it."""
+        assert timerange.start is not None and timerange.end is not None
+        start, end = timerange.start.to_nanosec(), timerange.end.to_nanosec()
+        i = bisect.bisect_left(self.starts, start)
+        if i < len(self.starts) and self.starts[i] == start:
+            return True
+        before_ok = i == 0 or self.ends[i - 1] <= start
+        after_ok = i == len(self.starts) or self.starts[i] >= end
+        if not (before_ok and after_ok):
+            raise IngestError(f"segment {timerange!s} overlaps a segment the flow already has")
+        return False
+
+
+async def _existing(client: TAMSClient, flow_id: str) -> _ExistingSegments:
+    found = [TimeRange.from_str(seg["timerange"]) async for seg in client.segments(flow_id, include_object_timerange=False)]
+    return _ExistingSegments(found)
+
+
+class _Targets:
+    """Upload targets for one Flow, shared by the upload tasks.
+
+    A background task asks the store for ``batch`` at a time and keeps at most one batch waiting
+    ahead of use, so uploads rarely wait for an allocation and no URL waits long enough to expire.
+    """
+
+    def __init__(self, client: TAMSClient, flow_id: str, batch: int, content_type: str) -> None:
+        self._source = client.allocate_storage(flow_id, batch=batch, content_type=content_type)
+        self._queue: asyncio.Queue[UploadTarget] = asyncio.Queue(maxsize=batch)
+        self._filler: asyncio.Task[None] | None = None
+
+    async def _fill(self) -> None:
+        async for target in self._source:
+            await self._queue.put(target)
+
+    async def next(self) -> UploadTarget:
+        if self._filler is None:
+            self._filler = asyncio.create_task(self._fill())
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        getter = asyncio.create_task(self._queue.get())
+        await asyncio.wait({getter, self._filler}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        self._filler.result()  # the allocation failed: raise why
+        raise IngestError("the store stopped allocating storage")
+
+    async def close(self) -> None:
+        if self._filler is not None:
+            self._filler.cancel()
+            await asyncio.gather(self._filler, return_exceptions=True)
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class _Registrar:
+    """Registers uploaded segments of one Flow, several per POST when they arrive together:
+    while one POST is out, the segments whose uploads finish meanwhile wait for the next."""
+
+    MAX_BATCH = 32
+
+    def __init__(self, client: TAMSClient, flow_id: str, kind: str) -> None:
+        self._client = client
+        self._flow_id = flow_id
+        self._kind = kind
+        self._queue: asyncio.Queue[tuple[_Registration, asyncio.Future[None]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def register(self, reg: _Registration) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((reg, done))
+        await done
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < self.MAX_BATCH:
+                batch.append(self._queue.get_nowait())
+            try:
+                failed = await self._client.post_segments(self._flow_id, [reg.segment for reg, _ in batch])
+            except BaseException as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc if isinstance(exc, Exception) else IngestError("cancelled"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            refused = {str(entry.get("object_id")): entry for entry in failed}
+            for reg, done in batch:
+                entry = refused.get(str(reg.segment["object_id"]))
+                if done.done():  # its upload task was cancelled meanwhile
+                    continue
+                if entry is None:
+                    done.set_result(None)
+                    continue
+                error = entry.get("error") or {}
+                summary = error.get("summary") if isinstance(error, dict) else error
+                done.set_exception(IngestError(f"the store refused {self._kind} segment {reg.timerange!s}: {summary}"))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: bool) -> _Prepared:
+    timing = media.read_timing(data, kinds=kinds, name=ref.uri)
+    missing = [kind for kind in kinds if kind not in timing.streams]
+    if missing:
+        raise IngestError(f"segment {ref.uri} has no {missing[0]} stream")
+    objects = media.split_essences(data, kinds, name=ref.uri) if split else {"video": data}
+    return _Prepared(ref, timing, objects)
+
+
+def _timeranges(
+    stream: media.StreamTiming,
+    offset: int,
+    next_first: int | None,
+    normalise_rate: Fraction | None,
+) -> tuple[TimeRange, Timestamp, TimeRange, Timestamp]:
+    """(timerange, ts_offset, object_timerange, last_duration) for one essence of one segment.
+
+    ``offset`` is the wrap offset in ticks (a multiple of 2**33 for MPEG-TS); ``next_first`` the
+    next segment's first pts on the same unwrapped timeline as ``stream.first + offset``.
+    """
+    end: Fraction = stream.end
+    if next_first is not None:
+        gap = next_first - offset - stream.end
+        tolerance = (stream.nominal_duration or stream.last_duration) / 2
+        if abs(gap) <= tolerance:
+            end = Fraction(next_first - offset)  # contiguous: end where the next one starts
+    timerange = stream.timerange(offset, end=end)
+    if normalise_rate:
+        timerange = timerange.normalise(normalise_rate.numerator, normalise_rate.denominator)
+    assert timerange.start is not None and timerange.end is not None
+    media_start = stream.timestamp(stream.first)
+    ts_offset = timerange.start - media_start
+    object_timerange = TimeRange(media_start, timerange.end - ts_offset, timerange.inclusivity)
+    last_duration = timerange.end - stream.timestamp(stream.last + offset)
+    return timerange, ts_offset, object_timerange, last_duration
+
+
+async def ingest(client: TAMSClient, options: IngestOptions) -> IngestResult:
+    """Ingest ``options.hls`` into the store behind ``client``; see the module docstring."""
+    started = time.perf_counter()
+    session = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT) if _is_url(options.hls) else None
+    try:
+        return await _ingest(client, options, session, started)
+    finally:
+        if session is not None:
+            await session.close()
+
+
+async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.ClientSession | None,
+                  started: float) -> IngestResult:
+    if options.concurrency < 1:
+        raise IngestError("--concurrency must be at least 1")
+    playlist = await load_playlist(options.hls, variant=options.variant, session=session)
+    if not 0 <= options.start_segment < len(playlist.segments):
+        raise IngestError(f"--hls-start-segment {options.start_segment} is outside the playlist's "
+                          f"{len(playlist.segments)} segments")
+    stop = len(playlist.segments) if options.segment_count is None else options.start_segment + options.segment_count
+    window = playlist.segments[options.start_segment:stop]
+    for ref in window:
+        if not _is_url(ref.uri) and not Path(ref.uri).is_file():
+            raise IngestError(f"no such segment file: {ref.uri}")
+
+    first_data = await _segment_bytes(window[0], session)
+    try:
+        props = await asyncio.to_thread(media.probe, first_data, name=window[0].uri)
+    except media.MediaError as exc:
+        raise IngestError(str(exc)) from exc
+    plans = _plan_flows(options, props, playlist)
+    for plan in plans:
+        await _check_flow(client, plan)
+    essences = [p for p in plans if p.kind != "multi"]
+    kinds = tuple(p.kind for p in essences)
+    split = len(kinds) > 1
+    for plan in plans:
+        if plan.exists:
+            continue
+        await client.put_flow(plan.flow_id, plan.body)
+        logger.info("created %s flow %s (source %s)", plan.kind, plan.flow_id, plan.body["source_id"])
+    flow_ids = {p.kind: p.flow_id for p in plans}
+    result = IngestResult(flow_ids=flow_ids, source_ids={p.kind: p.body["source_id"] for p in plans},
+                          timeranges={k: [] for k in kinds})
+    for kind, fid in flow_ids.items():
+        logger.info("%s flow id %s", kind, fid)
+
+    existing = {p.kind: await _existing(client, p.flow_id) for p in essences}
+    existing_counts = {kind: len(segs) for kind, segs in existing.items()}
+    batch = min(max(options.concurrency, 4), 32)
+    targets = {p.kind: _Targets(client, p.flow_id, batch, props.container) for p in essences}
+    registrars = {p.kind: _Registrar(client, p.flow_id, p.kind) for p in essences}
+    rates: dict[str, Fraction | None] = {"video": props.video.frame_rate if props.video else None}
+    if props.audio is not None:
+        rates["audio"] = Fraction(props.audio.sample_rate)
+    sizes: dict[str, list[tuple[int, Fraction]]] = {k: [] for k in kinds}
+    unwrappers = {kind: media.PtsUnwrapper() for kind in kinds}
+
+    # The segment after the window (if any) is read too, only to end the last one exactly.
+    lookahead = playlist.segments[options.start_segment:stop + 1]
+    prepare_ahead = options.concurrency
+    pending: deque[asyncio.Task[_Prepared]] = deque()
+    uploads: set[asyncio.Task[None]] = set()
+    slots = asyncio.Semaphore(options.concurrency)
+    bar = tqdm(total=len(window), unit="seg", file=sys.stderr, disable=not options.progress, leave=False)
+
+    async def prepare(ref: SegmentRef) -> _Prepared:
+        data = first_data if ref is window[0] else await _segment_bytes(ref, session)
+        try:
+            return await asyncio.to_thread(_prepare_sync, ref, data, kinds, split)
+        except media.MediaError as exc:
+            raise IngestError(str(exc)) from exc
+
+    async def upload(kind: str, reg: _Registration) -> None:
+        target = await targets[kind].next()
+        await client.upload_object(target, reg.data)
+        reg.segment["object_id"] = target.object_id
+        await registrars[kind].register(reg)
+        logger.info("registered %s segment %s", kind, reg.timerange)
+
+    async def upload_segment(regs: list[_Registration]) -> None:
+        try:
+            await asyncio.gather(*(upload(reg.kind, reg) for reg in regs))
+            result.registered += 1
+            result.bytes += sum(len(reg.data) for reg in regs)
+            bar.update(1)
+        finally:
+            slots.release()
+
+    def reap() -> None:
+        for task in [t for t in uploads if t.done()]:
+            uploads.discard(task)
+            task.result()  # re-raises the first failure
+
+    index = 0
+    try:
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]) if options.progress else contextlib.nullcontext():
+            current: _Prepared | None = None
+            for position in range(len(window)):
+                while index < len(lookahead) and len(pending) < prepare_ahead + 1:
+                    pending.append(asyncio.create_task(prepare(lookahead[index])))
+                    index += 1
+                if current is None:
+                    current = await pending.popleft()
+                following: _Prepared | None = None
+                if pending:
+                    try:
+                        following = await pending.popleft()
+                    except IngestError:
+                        if position + 1 < len(window):
+                            raise
+                        following = None  # only the lookahead segment: end the last one by duration
+                regs: list[_Registration] = []
+                for kind in kinds:
+                    stream = current.timing.streams[kind]
+                    absolute = unwrappers[kind].unwrap(stream.first)
+                    offset = absolute - stream.first
+                    next_first = None
+                    if following is not None and kind in following.timing.streams:
+                        next_first = media.unwrap_near(following.timing.streams[kind].first, absolute)
+                    timerange, ts_offset, object_timerange, last_duration = _timeranges(
+                        stream, offset, next_first, rates.get(kind) if options.normalise else None
+                    )
+                    result.timeranges[kind].append(timerange)
+                    length = timerange.length
+                    assert isinstance(length, Timestamp)
+                    sizes[kind].append((len(current.objects[kind]), Fraction(length.to_nanosec(), 10**9)))
+                    segment: dict[str, Any] = {
+                        "timerange": str(timerange),
+                        "ts_offset": str(ts_offset),
+                        "object_timerange": str(object_timerange),
+                        "last_duration": str(last_duration),
+                    }
+                    if kind == "video":
+                        segment["key_frame_count"] = stream.key_frames
+                    if existing[kind].holds(timerange):
+                        continue
+                    regs.append(_Registration(kind, segment, timerange, current.objects[kind]))
+                if not regs:
+                    result.skipped += 1
+                    bar.update(1)
+                    logger.info("segment %d already present; skipped", current.ref.index)
+                else:
+                    await slots.acquire()
+                    reap()
+                    uploads.add(asyncio.create_task(upload_segment(regs)))
+                current = following
+            if uploads:
+                await asyncio.gather(*uploads)
+                reap()
+    except BaseException:
+        for task in [*pending, *uploads]:
+            task.cancel()
+        await asyncio.gather(*pending, *uploads, return_exceptions=True)
+        raise
+    finally:
+        bar.close()
+        for target_source in targets.values():
+            await target_source.close()
+        for registrar in registrars.values():
+            await registrar.close()
+
+    await _update_bit_rates(client, flow_ids, sizes, existing_counts, result, playlist)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def _flow_property(client: TAMSClient, flow_id: str, name: str) -> Any:
+    try:
+        return await client.get_flow_property(flow_id, name)
+    except NotFound:
+        return None
+
+
+_SERVER_MANAGED = ("created", "metadata_updated", "segments_updated", "collected_by", "timerange",
+                   "created_by", "updated_by")
+
+
+async def _set_flow_properties(client: TAMSClient, flow_id: str, values: dict[str, Any]) -> None:
+    """Set Flow properties through their own paths, or by a whole-Flow PUT where a store lacks them."""
+    try:
+        for name, value in values.items():
+            await client.put_flow_property(flow_id, name, value)
+        return
+    except TAMSResponseError as exc:
+        if exc.status not in (404, 405):
+            raise
+        logger.debug("the store has no /flows/{id}/%s path (%s); replacing the flow instead", name, exc.status)
+    flow = await client.get_flow(flow_id)
+    for key in _SERVER_MANAGED:
+        flow.pop(key, None)
+    flow.update(values)
+    await client.put_flow(flow_id, flow)
+
+
+async def _update_bit_rates(client: TAMSClient, flow_ids: dict[str, str], sizes: dict[str, list[tuple[int, Fraction]]],
+                            existing_counts: dict[str, int], result: IngestResult, playlist: Playlist) -> None:
+    """Set avg/max_bit_rate from this run's segments (exact when the run covers the whole Flow)."""
+    for kind, measured in sizes.items():
+        if not measured:
+            continue
+        target = playlist.segment_duration or Fraction(statistics.median(seconds for _, seconds in measured))
+        computed_average, peak = media.segment_bit_rates(measured, target)
+        average: int | None = computed_average
+        flow_id = flow_ids[kind]
+        if existing_counts[kind] != result.skipped:
+            # The Flow holds segments this run did not read: never lower its peak, and keep an
+            # average that was worked out over them.
+            current_max = await _flow_property(client, flow_id, "max_bit_rate")
+            if isinstance(current_max, int):
+                peak = max(peak, current_max)
+            if await _flow_property(client, flow_id, "avg_bit_rate") is not None:
+                average = None
+        values = {"max_bit_rate": peak} if average is None else {"avg_bit_rate": average, "max_bit_rate": peak}
+        await _set_flow_properties(client, flow_id, values)
+        logger.info("%s flow %s: avg_bit_rate %s, max_bit_rate %s kbit/s", kind, flow_id, average, peak)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Ingest an HLS playlist of MPEG-TS segments into a TAMS store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_credential_args(parser)
+    parser.add_argument("--hls-filename", default=DEFAULT_PLAYLIST, help="playlist path or http(s) URL")
+    parser.add_argument("--hls-start-segment", type=int, default=0, help="first playlist segment to ingest (0-based)")
+    parser.add_argument("--hls-segment-count", type=int, default=30, help="how many segments (0: all)")
+    parser.add_argument("--variant", default=None, help="master playlist variant: index or part of its URI "
+                        "(default: the highest bandwidth)")
+    parser.add_argument("--flow-id", default=None, help="video flow id; reuse it to resume (default: new)")
+    parser.add_argument("--source-id", default=None, help="video source id (default: derived from the flow id)")
+    parser.add_argument("--audio-flow-id", default=None, help="audio flow id (default: derived from --flow-id)")
+    parser.add_argument("--audio-source-id", default=None, help="audio source id (default: derived)")
+    parser.add_argument("--multi-flow-id", default=None, help="multi-essence flow id (default: derived)")
+    parser.add_argument("--multi-source-id", default=None, help="multi-essence source id (default: derived)")
+    parser.add_argument("--flow-params", default=None, help="JSON object merged into the video flow")
+    parser.add_argument("--label", default=None, help="flow label (default: the playlist name)")
+    parser.add_argument("--description", default=None, help="flow description (default: where it came from)")
+    parser.add_argument("--normalise", action="store_true", help="round timeranges to the frame/sample grid")
+    parser.add_argument("--concurrency", type=int, default=8, help="segments uploaded at once")
+    parser.add_argument("--retries", type=int, default=RetryPolicy().attempts - 1,
+                        help="times a failed request is sent again (with exponential backoff)")
+    parser.add_argument("--video-only", action="store_true", help="one video flow even if the segments carry audio")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser.parse_args(argv)
+
+
+def _options(args: argparse.Namespace) -> IngestOptions:
+    flow_params: dict[str, Any] = {}
+    if args.flow_params:
+        try:
+            flow_params = json.loads(args.flow_params)
+        except json.JSONDecodeError as exc:
+            raise IngestError(f"--flow-params is not JSON: {exc}") from exc
+        if not isinstance(flow_params, dict):
+            raise IngestError("--flow-params must be a JSON object")
+    for name in ("flow_id", "source_id", "audio_flow_id", "audio_source_id", "multi_flow_id", "multi_source_id"):
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                uuid.UUID(value)
+            except ValueError as exc:
+                raise IngestError(f"--{name.replace('_', '-')} is not a UUID: {value}") from exc
+    return IngestOptions(
+        hls=args.hls_filename,
+        start_segment=args.hls_start_segment,
+        segment_count=args.hls_segment_count if args.hls_segment_count > 0 else None,
+        flow_id=args.flow_id,
+        source_id=args.source_id,
+        audio_flow_id=args.audio_flow_id,
+        audio_source_id=args.audio_source_id,
+        multi_flow_id=args.multi_flow_id,
+        multi_source_id=args.multi_source_id,
+        flow_params=flow_params,
+        label=args.label,
+        description=args.description,
+        normalise=args.normalise,
+        concurrency=args.concurrency,
+        variant=args.variant,
+        video_only=args.video_only,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    url, credentials = connection_from_args(args)
+    try:
+        options = _options(args)
+        retry = RetryPolicy(attempts=max(args.retries, 0) + 1)
+        async with TAMSClient(url, credentials, concurrency=max(args.concurrency, 1) * 2, retry=retry) as client:
+            result = await ingest(client, options)
+    except (IngestError, TAMSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print("error: interrupted; run again with the same --flow-id to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Request parsing and response shaping shared by the API route modules.
+
+Query values, paging headers, JSON bodies and the ``get_urls`` of objects are handled the
+same way by every endpoint; route modules raise ``errors.StoreError`` subclasses, which
+``app.error_middleware`` renders as the spec's error body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ..auth import Principal
+from ..database import (
+    TagFilter,
+)
+from ..errors import (
+    BadRequest,
+    PayloadTooLarge,
+)
+from ..objects import (
+    object_url_path,
+)
+from ..state import STORE, Store
+from ..timing import (
+    Span,
+    parse_timerange,
+    span_of,
+)
+
+__all__ = [
+    "MIME_RE",
+    "UUID_RE",
+    "UrlFilter",
+    "check_string",
+    "check_tag",
+    "check_uuid",
+    "get_urls",
+    "json_body",
+    "json_response",
+    "paging_headers",
+    "principal_of",
+    "query_bool",
+    "query_int",
+    "query_limit",
+    "query_offset_page",
+    "query_tags",
+    "query_timerange",
+    "store_of",
+]
+
+logger = logging.getLogger(__name__)
+
+
+UUID_RE = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+)
+MIME_RE = re.compile(
+    r"^(application|audio|font|example|image|message|model|multipart|text|video|x-(?:[0-9A-Za-z!#$%&'*+.^_`|~-]+))"
+    r"/([0-9A-Za-z!#$%&'*+.^_`|~-]+)$"
+)
+
+
+# --- small parsers -------------------------------------------------------------------------------
+
+
+def store_of(request: web.Request) -> Store:
+    return request.app[STORE]
+
+
+def principal_of(request: web.Request) -> Principal:
+    return request["principal"]
+
+
+def check_uuid(value: str, what: str) -> str:
+    if not UUID_RE.match(value):
+        raise BadRequest(f"{what} {value!r} is not a valid UUID")
+    return value
+
+
+def query_bool(
+    request: web.Request, name: str, default: bool | None = None
+) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise BadRequest(f"Query parameter {name} must be true or false, not {raw!r}")
+
+
+def query_int(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not re.fullmatch(r"-?[0-9]{1,18}", raw):
+        raise BadRequest(f"Query parameter {name} must be an integer, not {raw[:40]!r}")
+    return int(raw)
+
+
+def query_limit(request: web.Request, store: Store) -> int:
+    """The page size: ``limit`` capped at the store's maximum; 400 unless a positive integer."""
+    limit = query_int(request, "limit")
+    if limit is None:
+        return store.config.default_limit
+    if limit < 1:
+        raise BadRequest(f"limit must be a positive integer, not {limit}")
+    return min(limit, store.config.max_limit)
+
+
+def query_timerange(
+    request: web.Request, name: str = "timerange"
+) -> tuple[bool, Span | None]:
+    """(given, span); ``span`` is None for a timerange covering nothing (e.g. ``()``)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return False, None
+    return True, span_of(parse_timerange(raw))
+
+
+def query_tags(request: web.Request, prefix: str = "") -> tuple[TagFilter, ...]:
+    filters: list[TagFilter] = []
+    for key, value in request.query.items():
+        if key.startswith(prefix + "tag."):
+            name = key[len(prefix) + 4 :]
+            filters.append(TagFilter(name=name, values=tuple(value.split(","))))
+        elif key.startswith(prefix + "tag_exists."):
+            name = key[len(prefix) + 11 :]
+            exists = query_bool(request, key)
+            filters.append(TagFilter(name=name, exists=exists))
+    return tuple(filters)
+
+
+def query_offset_page(request: web.Request) -> int:
+    raw = request.query.get("page")
+    if raw is None:
+        return 0
+    if not re.fullmatch(r"o[0-9]{1,12}", raw):
+        raise BadRequest(f"Invalid page key {raw[:40]!r}")
+    return int(raw[1:])
+
+
+async def json_body(request: web.Request, *, optional: bool = False) -> Any:
+    if (
+        request.content_length is not None
+        and request.content_length > request.app[STORE].config.max_body_bytes
+    ):
+        raise PayloadTooLarge("The request body is too large")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge("The request body is too large") from exc
+    if not raw.strip():
+        if optional:
+            return None
+        raise BadRequest("A JSON request body is required")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"Malformed JSON body: {exc}") from exc
+
+
+def paging_headers(
+    request: web.Request, limit: int, count: int, next_key: str | None
+) -> dict[str, str]:
+    headers = {"X-Paging-Limit": str(limit), "X-Paging-Count": str(count)}
+    if next_key is not None:
+        headers["X-Paging-NextKey"] = next_key
+        next_url = request.url.update_query(page=next_key)
+        headers["Link"] = f'<{next_url}>; rel="next"'
+    return headers
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+# --- get_urls --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UrlFilter:
+    """The get_urls query filters (all must match)."""
+
+    labels: frozenset[str] | None = None  # accept_get_urls; empty set: no URLs at all
+    storage_ids: frozenset[str] | None = None  # accept_storage_ids
+    presigned: bool | None = None
+    verbose: bool = False
+    backend_ok: bool = True  # storage_backend_tag filters against our (tagless) backend
+
+    @classmethod
+    def from_request(cls, request: web.Request) -> UrlFilter:
+        raw_labels = request.query.get("accept_get_urls")
+        labels = (
+            None
+            if raw_labels is None
+            else frozenset(x for x in raw_labels.split(",") if x)
+        )
+        raw_ids = request.query.get("accept_storage_ids")
+        storage_ids = None
+        if raw_ids:
+            storage_ids = frozenset(
+                check_uuid(x, "storage id") for x in raw_ids.split(",")
+            )
+        backend_ok = True
+        for tag in query_tags(request, prefix="storage_backend_"):
+            # The local backend has no tags: it matches only "tag does not exist".
+            if tag.exists is not False:
+                backend_ok = False
+        return cls(
+            labels=labels,
+            storage_ids=storage_ids,
+            presigned=query_bool(request, "presigned"),
+            verbose=bool(query_bool(request, "verbose_storage", False)),
+            backend_ok=backend_ok,
+        )
+
+
+def get_urls(
+    store: Store,
+    object_id: str,
+    controlled: bool,
+    content_type: str | None,
+    uncontrolled: list[tuple[str, str | None]],
+    filters: UrlFilter,
+) -> list[dict[str, Any]]:
+    """The URLs an object's bytes can be read from, best first, after ``filters``."""
+    if filters.labels is not None and not filters.labels:
+        return []  # accept_get_urls= (empty) asks for no URLs at all
+    urls: list[dict[str, Any]] = []
+    backend = store.backend
+    if controlled and filters.backend_ok:
+        label_ok = filters.labels is None or backend.label in filters.labels
+        storage_ok = filters.storage_ids is None or backend.id in filters.storage_ids
+        if label_ok and storage_ok:
+            plain = store.base_url + object_url_path(object_id)
+            for presigned in (True, False):
+                if filters.presigned is not None and filters.presigned != presigned:
+                    continue
+                url = plain
+                if presigned:
+                    url += "?" + store.signer.sign("GET", object_id, content_type or "")
+                item: dict[str, Any] = {
+                    "url": url,
+                    "presigned": presigned,
+                    "label": backend.label,
+                }
+                if filters.verbose:
+                    item |= {
+                        "storage_id": backend.id,
+                        "controlled": True,
+                        **backend.verbose(),
+                    }
+                urls.append(item)
+    if filters.storage_ids is None and filters.presigned is not True:
+        for url, label in uncontrolled:
+            if filters.labels is not None and (
+                label is None or label not in filters.labels
+            ):
+                continue
+            item = {"url": url, "presigned": False}
+            if label is not None:
+                item["label"] = label
+            if filters.verbose:
+                item["controlled"] = False
+            urls.append(item)
+    return urls
+
+
+def check_string(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a JSON string")
+    return value
+
+
+def check_tag(value: Any, name: str) -> str | list[str]:
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        return value
+    raise BadRequest(f"Tag {name} must be a string or a list of strings")

@@ -1,0 +1,164 @@
+"""``/sources`` and a Source's properties (label, description, tags) as their own resources."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from ..database import (
+    DELETE_VALUE,
+    SourceQuery,
+)
+from ..errors import (
+    BadRequest,
+    NotFound,
+    SourceNotFound,
+    utc_now_iso,
+)
+from .common import (
+    check_string,
+    check_tag,
+    check_uuid,
+    json_body,
+    json_response,
+    paging_headers,
+    principal_of,
+    query_bool,
+    query_limit,
+    query_offset_page,
+    query_tags,
+    store_of,
+)
+
+__all__ = ["routes"]
+
+logger = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+
+def source_body(record: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": record["id"], "format": record["format"]}
+    for key in ("label", "description"):
+        if record[key] is not None:
+            body[key] = record[key]
+    body["tags"] = record["tags"]
+    for key in ("created", "updated", "created_by", "updated_by"):
+        if record[key] is not None:
+            body[key] = record[key]
+    return body
+
+
+@routes.get("/sources")
+async def get_sources(request: web.Request) -> web.Response:
+    store = store_of(request)
+    limit = query_limit(request, store)
+    offset = query_offset_page(request)
+    sort_by = request.query.get("sort_by")
+    if sort_by is not None and sort_by not in ("created", "updated", "label"):
+        raise BadRequest(f"Unsupported sort_by {sort_by!r}")
+    fmt = request.query.get("format")
+    query = SourceQuery(
+        label=request.query.get("label"),
+        format=fmt,
+        tags=query_tags(request),
+        sort_by=sort_by,
+        reverse_order=bool(query_bool(request, "reverse_order", False)),
+    )
+    records = await store.db.list_sources(query, offset, limit + 1)
+    next_key = f"o{offset + limit}" if len(records) > limit else None
+    page = [source_body(r) for r in records[:limit]]
+    return json_response(
+        page, headers=paging_headers(request, limit, len(page), next_key)
+    )
+
+
+@routes.get("/sources/{source_id}")
+async def get_source(request: web.Request) -> web.Response:
+    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    record = await store_of(request).db.get_source(source_id)
+    if record is None:
+        raise SourceNotFound(source_id)
+    return json_response(source_body(record))
+
+
+SOURCE_PROPERTY_ROUTE = "/sources/{source_id}/{name:label|description}"
+
+
+async def _source(request: web.Request) -> tuple[str, dict[str, Any]]:
+    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    record = await store_of(request).db.get_source(source_id)
+    if record is None:
+        raise SourceNotFound(source_id)
+    return source_id, record
+
+
+@routes.get(SOURCE_PROPERTY_ROUTE)
+async def get_source_property(request: web.Request) -> web.Response:
+    _, record = await _source(request)
+    name = request.match_info["name"]
+    if record[name] is None:
+        raise NotFound(f"The Source has no {name}")
+    return json_response(record[name])
+
+
+@routes.put(SOURCE_PROPERTY_ROUTE)
+async def put_source_property(request: web.Request) -> web.Response:
+    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    name = request.match_info["name"]
+    value = check_string(await json_body(request), name)
+    await store_of(request).db.update_source_property(
+        source_id, (name,), value, principal_of(request).name, utc_now_iso()
+    )
+    return web.Response(status=204)
+
+
+@routes.delete(SOURCE_PROPERTY_ROUTE)
+async def delete_source_property(request: web.Request) -> web.Response:
+    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    name = request.match_info["name"]
+    await store_of(request).db.update_source_property(
+        source_id, (name,), DELETE_VALUE, principal_of(request).name, utc_now_iso()
+    )
+    return web.Response(status=204)
+
+
+@routes.get("/sources/{source_id}/tags")
+async def get_source_tags(request: web.Request) -> web.Response:
+    _, record = await _source(request)
+    return json_response(record["tags"])
+
+
+@routes.get("/sources/{source_id}/tags/{name}")
+async def get_source_tag(request: web.Request) -> web.Response:
+    _, record = await _source(request)
+    name = request.match_info["name"]
+    if name not in record["tags"]:
+        raise NotFound(f"The Source has no tag {name!r}")
+    return json_response(record["tags"][name])
+
+
+@routes.put("/sources/{source_id}/tags/{name}")
+async def put_source_tag(request: web.Request) -> web.Response:
+    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    name = request.match_info["name"]
+    value = check_tag(await json_body(request), name)
+    await store_of(request).db.update_source_property(
+        source_id, ("tags", name), value, principal_of(request).name, utc_now_iso()
+    )
+    return web.Response(status=204)
+
+
+@routes.delete("/sources/{source_id}/tags/{name}")
+async def delete_source_tag(request: web.Request) -> web.Response:
+    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    path = ("tags", request.match_info["name"])
+    await store_of(request).db.update_source_property(
+        source_id, path, DELETE_VALUE, principal_of(request).name, utc_now_iso()
+    )
+    return web.Response(status=204)

@@ -1,0 +1,1204 @@
+"""All of the store's SQL, behind one ``Database`` object.
+
+One SQLite connection lives on one dedicated worker thread, so every query and every
+transaction is serialised without locks in the handlers and the event loop never waits on disk.
+Writes run as ``BEGIN IMMEDIATE`` ... ``COMMIT`` on that thread; the caller's coroutine resumes
+only after the commit, and with ``synchronous=FULL`` in WAL mode a commit is on disk when it
+returns, so an acknowledged write survives ``kill -9``.
+
+The schema is one idempotent DDL script applied at start-up.
+
+Times are integer nanoseconds. Segments keep their timerange as given (``start_ns``, ``end_ns``
+and the two inclusivity flags) plus the first and last nanosecond they cover (``first_ns``,
+``last_ns``, both inclusive), which turn overlap tests into integer comparisons. Segments of a
+Flow never overlap, so ordering by ``first_ns`` also orders by ``last_ns``; the table is
+clustered on ``(flow_id, first_ns)`` and every timerange query is an index range scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import (
+    BadRequest,
+    FlowNotFound,
+    Forbidden,
+    NoContainer,
+    NotFound,
+    SegmentOverlap,
+    SourceNotFound,
+    StoreError,
+    error_body,
+)
+from .timing import Span, StoredRange, make_timerange
+
+__all__ = [
+    "DELETE_VALUE",
+    "Database",
+    "FlowQuery",
+    "NewSegment",
+    "SegmentQuery",
+    "SourceQuery",
+    "TagFilter",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_BATCH = 256  # writes per group-committed transaction
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sources (
+    id          TEXT PRIMARY KEY,
+    format      TEXT NOT NULL,
+    label       TEXT,
+    description TEXT,
+    tags        TEXT NOT NULL DEFAULT '{}',
+    created     TEXT NOT NULL,
+    updated     TEXT NOT NULL,
+    created_by  TEXT,
+    updated_by  TEXT
+);
+CREATE TABLE IF NOT EXISTS flows (
+    id               TEXT PRIMARY KEY,
+    source_id        TEXT NOT NULL REFERENCES sources(id),
+    doc              TEXT NOT NULL,          -- the Flow as PUT, minus server-managed fields
+    format           TEXT,
+    codec            TEXT,
+    label            TEXT,
+    container        TEXT,
+    status           TEXT,
+    frame_width      INTEGER,
+    frame_height     INTEGER,
+    init_segments    INTEGER NOT NULL DEFAULT 0,
+    read_only        INTEGER NOT NULL DEFAULT 0,
+    created          TEXT NOT NULL,
+    metadata_updated TEXT NOT NULL,
+    segments_updated TEXT,
+    created_by       TEXT,
+    updated_by       TEXT,
+    metadata_version TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flows_source ON flows(source_id);
+CREATE INDEX IF NOT EXISTS flows_created ON flows(created, id);
+CREATE TABLE IF NOT EXISTS flow_collections (
+    collector_id TEXT NOT NULL REFERENCES flows(id) ON DELETE CASCADE,
+    position     INTEGER NOT NULL,
+    member_id    TEXT NOT NULL,
+    PRIMARY KEY (collector_id, position)
+);
+CREATE INDEX IF NOT EXISTS flow_collections_member ON flow_collections(member_id);
+CREATE TABLE IF NOT EXISTS objects (
+    id                       TEXT PRIMARY KEY,
+    allocated_by_flow        TEXT,            -- the Flow whose storage POST created it
+    controlled               INTEGER NOT NULL DEFAULT 0,  -- bytes held by this store
+    content_type             TEXT,
+    size                     INTEGER,         -- set once the bytes are uploaded
+    role                     TEXT,            -- 'media' | 'init' once registered
+    first_referenced_by_flow TEXT,
+    ot_start_ns              INTEGER,         -- object_timerange on the object's timeline
+    ot_end_ns                INTEGER,
+    ot_incl_start            INTEGER,
+    ot_incl_end              INTEGER,
+    ot_first_ns              INTEGER,
+    ot_last_ns               INTEGER,
+    timerange                TEXT,            -- object_timerange as text
+    key_frame_count          INTEGER,
+    init_object_id           TEXT,
+    created                  TEXT NOT NULL,
+    uploaded                 TEXT
+);
+CREATE TABLE IF NOT EXISTS object_urls (      -- uncontrolled instances (get_urls given by clients)
+    object_id TEXT NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
+    position  INTEGER NOT NULL,
+    url       TEXT NOT NULL,
+    label     TEXT,
+    PRIMARY KEY (object_id, position)
+);
+CREATE TABLE IF NOT EXISTS segments (
+    flow_id        TEXT NOT NULL REFERENCES flows(id) ON DELETE CASCADE,
+    first_ns       INTEGER NOT NULL,
+    last_ns        INTEGER NOT NULL,
+    timerange      TEXT NOT NULL,         -- as formatted once by mediatimestamp on the way in
+    start_ns       INTEGER NOT NULL,
+    end_ns         INTEGER NOT NULL,
+    incl_start     INTEGER NOT NULL,
+    incl_end       INTEGER NOT NULL,
+    object_id      TEXT NOT NULL REFERENCES objects(id),
+    ts_offset_ns   INTEGER NOT NULL DEFAULT 0,
+    ts_offset      TEXT NOT NULL DEFAULT '0:0',
+    last_duration  TEXT,
+    sample_offset  INTEGER,
+    sample_count   INTEGER,
+    init_object_id TEXT REFERENCES objects(id),
+    PRIMARY KEY (flow_id, first_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS segments_object ON segments(object_id, flow_id);
+CREATE INDEX IF NOT EXISTS segments_init_object ON segments(init_object_id, flow_id)
+    WHERE init_object_id IS NOT NULL;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TagFilter:
+    """``tag.{name}=a,b`` (``values``) or ``tag_exists.{name}=true|false`` (``exists``)."""
+
+    name: str
+    values: tuple[str, ...] | None = None
+    exists: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceQuery:
+    label: str | None = None
+    format: str | None = None
+    tags: tuple[TagFilter, ...] = ()
+    sort_by: str | None = None
+    reverse_order: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlowQuery:
+    source_id: str | None = None
+    timerange: Span | None = None
+    timerange_empty: bool = False  # `timerange=()`: only Flows without segments
+    format: str | None = None
+    codec: str | None = None
+    label: str | None = None
+    status: str | None = None
+    frame_width: int | None = None
+    frame_height: int | None = None
+    init_segments: bool | None = None
+    tags: tuple[TagFilter, ...] = ()
+    sort_by: str | None = None
+    reverse_order: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentQuery:
+    span: Span | None = None  # None: every segment
+    object_id: str | None = None
+    reverse_order: bool = False
+    after: int | None = None  # paging key: first_ns of the first segment of this page
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class NewSegment:
+    """A parsed segment POST item."""
+
+    object_id: str
+    timerange: StoredRange
+    ts_offset_ns: int
+    timerange_text: str
+    ts_offset_text: str = "0:0"
+    object_timerange: StoredRange | None = None
+    last_duration_text: str | None = None
+    sample_offset: int | None = None
+    sample_count: int | None = None
+    key_frame_count: int | None = None
+    init_object_id: str | None = None
+    get_urls: tuple[tuple[str, str], ...] = ()  # (url, label): uncontrolled instances
+
+
+class Database:
+    """The store's SQLite database; every method runs on the one database thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite"
+        )
+        self._conn: sqlite3.Connection | None = None
+        self._queue: list[
+            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
+        ] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    # --- plumbing ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            await self._call(self._open)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: each commit's WAL frames are fsynced before COMMIT returns (survives kill -9
+        # and power loss); fsync is cheap next to an HTTP round trip.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            await self._writer
+
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._call(_close)
+        self._executor.shutdown(wait=True)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None, "database not open"
+        return self._conn
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._call(fn, *args)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a write transaction; returns once it is committed.
+
+        Group commit: writes that arrive while a transaction is being committed are queued and
+        then run together, each in its own savepoint (a failing one is rolled back alone), in
+        one transaction with one fsync. Concurrent segment POSTs therefore share fsyncs instead
+        of queueing behind one each, and every caller still resumes only after its own write is
+        durable.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, args, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain_writes())
+        return await future
+
+    async def _drain_writes(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                outcomes = await self._call(
+                    self._run_batch, [(fn, args) for fn, args, _ in batch]
+                )
+            except (
+                BaseException
+            ) as exc:  # the COMMIT itself failed: nothing in the batch is stored
+                logger.error("write transaction failed: %s", exc)
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(
+                            StoreError("The store could not write to its database")
+                        )
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _run_batch(
+        self, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[tuple[bool, Any]]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            for fn, args in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = fn(*args)
+                except Exception as exc:  # noqa: BLE001 - the error is handed to its caller
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((True, result))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    # --- settings ---------------------------------------------------------------------------
+    async def settings(self, defaults: dict[str, str]) -> dict[str, str]:
+        """Every setting, after storing ``defaults`` for the keys not yet set."""
+
+        def run() -> dict[str, str]:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)",
+                list(defaults.items()),
+            )
+            return {
+                r["key"]: r["value"]
+                for r in self.conn.execute("SELECT key, value FROM settings")
+            }
+
+        return await self._write(run)
+
+    async def set_settings(self, values: dict[str, str | None]) -> None:
+        def run() -> None:
+            for key, value in values.items():
+                if value is None:
+                    self.conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+                else:
+                    self.conn.execute(
+                        "INSERT INTO settings(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (key, value),
+                    )
+
+        await self._write(run)
+
+    # --- sources ----------------------------------------------------------------------------
+    async def get_source(self, source_id: str) -> dict[str, Any] | None:
+        def run() -> dict[str, Any] | None:
+            row = self.conn.execute(
+                "SELECT * FROM sources WHERE id = ?", (source_id,)
+            ).fetchone()
+            return _source_record(row) if row else None
+
+        return await self._read(run)
+
+    async def list_sources(
+        self, query: SourceQuery, offset: int, limit: int
+    ) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            where: list[str] = []
+            params: list[Any] = []
+            if query.label is not None:
+                where.append("label = ?")
+                params.append(query.label)
+            if query.format is not None:
+                where.append("format = ?")
+                params.append(query.format)
+            for tag in query.tags:
+                _tag_condition("sources.tags", tag, where, params)
+            order = _order_clause(
+                query.sort_by or "created",
+                query.reverse_order,
+                {"created": "created", "updated": "updated", "label": "label"},
+            )
+            sql = "SELECT * FROM sources"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
+            rows = self.conn.execute(sql, (*params, limit, offset)).fetchall()
+            return [_source_record(r) for r in rows]
+
+        return await self._read(run)
+
+    # --- flows ------------------------------------------------------------------------------
+    async def get_flow(self, flow_id: str) -> dict[str, Any] | None:
+        return await self._read(self._get_flow, flow_id)
+
+    def _get_flow(self, flow_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT * FROM flows WHERE id = ?", (flow_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        record = _flow_record(row)
+        record["collected_by"] = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT DISTINCT collector_id FROM flow_collections WHERE member_id = ? ORDER BY collector_id",
+                (flow_id,),
+            )
+        ]
+        return record
+
+    async def flow_timerange(self, flow_id: str) -> tuple[int, bool, int, bool] | None:
+        """(start_ns, incl_start, end_ns, incl_end) spanning the Flow's segments, if any."""
+
+        def run() -> tuple[int, bool, int, bool] | None:
+            first = self.conn.execute(
+                "SELECT start_ns, incl_start FROM segments WHERE flow_id = ? ORDER BY first_ns LIMIT 1",
+                (flow_id,),
+            ).fetchone()
+            if first is None:
+                return None
+            last = self.conn.execute(
+                "SELECT end_ns, incl_end FROM segments WHERE flow_id = ? ORDER BY first_ns DESC LIMIT 1",
+                (flow_id,),
+            ).fetchone()
+            return first[0], bool(first[1]), last[0], bool(last[1])
+
+        return await self._read(run)
+
+    async def put_flow(
+        self,
+        flow_id: str,
+        doc: dict[str, Any],
+        principal: str,
+        now: str,
+        *,
+        source_label: str | None,
+    ) -> bool:
+        """Create or replace a Flow (and create its Source if new); True if created."""
+        return await self._write(
+            self._put_flow, flow_id, doc, principal, now, source_label
+        )
+
+    def _put_flow(
+        self,
+        flow_id: str,
+        doc: dict[str, Any],
+        principal: str,
+        now: str,
+        source_label: str | None,
+    ) -> bool:
+        conn = self.conn
+        existing = conn.execute(
+            "SELECT * FROM flows WHERE id = ?", (flow_id,)
+        ).fetchone()
+        source_id = doc["source_id"]
+        flow_format = doc.get("format")
+        if existing is not None and existing["read_only"]:
+            old_doc = json.loads(existing["doc"])
+            # A read_only Flow refuses every metadata change except to read_only itself.
+            if _without(old_doc, "read_only", "metadata_version") != _without(
+                doc, "read_only", "metadata_version"
+            ):
+                raise Forbidden(f"Flow {flow_id} is read_only")
+        source = conn.execute(
+            "SELECT format FROM sources WHERE id = ?", (source_id,)
+        ).fetchone()
+        if source is None:
+            conn.execute(
+                "INSERT INTO sources(id, format, label, description, tags, created, updated, created_by, updated_by) "
+                "VALUES (?, ?, ?, ?, '{}', ?, ?, ?, ?)",
+                (
+                    source_id,
+                    flow_format,
+                    source_label,
+                    doc.get("description"),
+                    now,
+                    now,
+                    principal,
+                    principal,
+                ),
+            )
+        elif source["format"] != flow_format:
+            raise BadRequest(
+                f"Flow format {flow_format} conflicts with the format {source['format']} of Source {source_id}"
+            )
+        members = [m["id"] for m in doc.get("flow_collection", [])]
+        for member in members:
+            if member == flow_id:
+                raise BadRequest("A Flow cannot collect itself")
+            if (
+                conn.execute("SELECT 1 FROM flows WHERE id = ?", (member,)).fetchone()
+                is None
+            ):
+                raise BadRequest(f"flow_collection member {member} does not exist")
+        essence = doc.get("essence_parameters") or {}
+        version = doc.get("metadata_version")
+        if existing is not None and (
+            version is None or version == existing["metadata_version"]
+        ):
+            if _without(json.loads(existing["doc"]), "metadata_version") != _without(
+                doc, "metadata_version"
+            ):
+                version = None
+            else:
+                version = existing["metadata_version"]
+        if version is None:
+            version = str(uuid.uuid4())
+        doc = {**doc, "metadata_version": version}
+        columns = {
+            "source_id": source_id,
+            "doc": json.dumps(doc, separators=(",", ":")),
+            "format": flow_format,
+            "codec": doc.get("codec"),
+            "label": doc.get("label"),
+            "container": doc.get("container"),
+            "status": doc.get("status"),
+            "frame_width": essence.get("frame_width"),
+            "frame_height": essence.get("frame_height"),
+            "init_segments": 1 if essence.get("init_segments") else 0,
+            "read_only": 1 if doc.get("read_only") else 0,
+            "metadata_updated": now,
+            "updated_by": doc.get("updated_by", principal),
+            "metadata_version": version,
+        }
+        if existing is None:
+            columns |= {
+                "id": flow_id,
+                "created": now,
+                "created_by": doc.get("created_by", principal),
+            }
+            names = ", ".join(columns)
+            marks = ", ".join("?" for _ in columns)
+            conn.execute(
+                f"INSERT INTO flows({names}) VALUES ({marks})", tuple(columns.values())
+            )
+        else:
+            if "created_by" in doc:
+                columns["created_by"] = doc["created_by"]
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            conn.execute(
+                f"UPDATE flows SET {assignments} WHERE id = ?",
+                (*columns.values(), flow_id),
+            )
+        conn.execute("DELETE FROM flow_collections WHERE collector_id = ?", (flow_id,))
+        conn.executemany(
+            "INSERT INTO flow_collections(collector_id, position, member_id) VALUES (?, ?, ?)",
+            [(flow_id, i, m) for i, m in enumerate(members)],
+        )
+        return existing is None
+
+    async def update_flow_property(
+        self, flow_id: str, path: tuple[str, ...], value: Any, principal: str, now: str
+    ) -> None:
+        """Set (or with ``value is DELETE_VALUE`` remove) one field of a Flow, e.g. ``("label",)``
+        or ``("tags", "genre")``; read_only Flows refuse all but ``read_only`` itself."""
+
+        def run() -> None:
+            row = self.conn.execute(
+                "SELECT doc FROM flows WHERE id = ?", (flow_id,)
+            ).fetchone()
+            if row is None:
+                raise FlowNotFound(flow_id)
+            doc = json.loads(row["doc"])
+            _set_path(doc, path, value)
+            self._put_flow(flow_id, doc, principal, now, None)
+
+        await self._write(run)
+
+    async def update_source_property(
+        self,
+        source_id: str,
+        path: tuple[str, ...],
+        value: Any,
+        principal: str,
+        now: str,
+    ) -> None:
+        """Set or remove a Source's ``label``, ``description`` or one tag."""
+
+        def run() -> None:
+            row = self.conn.execute(
+                "SELECT * FROM sources WHERE id = ?", (source_id,)
+            ).fetchone()
+            if row is None:
+                raise SourceNotFound(source_id)
+            doc = {
+                "label": row["label"],
+                "description": row["description"],
+                "tags": json.loads(row["tags"]),
+            }
+            _set_path(doc, path, value)
+            self.conn.execute(
+                "UPDATE sources SET label = ?, description = ?, tags = ?, updated = ?, updated_by = ? WHERE id = ?",
+                (
+                    doc.get("label"),
+                    doc.get("description"),
+                    json.dumps(doc.get("tags", {})),
+                    now,
+                    principal,
+                    source_id,
+                ),
+            )
+
+        await self._write(run)
+
+    async def delete_flow(self, flow_id: str) -> None:
+        def run() -> None:
+            row = self.conn.execute(
+                "SELECT read_only FROM flows WHERE id = ?", (flow_id,)
+            ).fetchone()
+            if row is None:
+                raise FlowNotFound(flow_id)
+            if row["read_only"]:
+                raise Forbidden(f"Flow {flow_id} is read_only")
+            self.conn.execute(
+                "DELETE FROM flow_collections WHERE member_id = ?", (flow_id,)
+            )
+            self.conn.execute("DELETE FROM flows WHERE id = ?", (flow_id,))
+
+        await self._write(run)
+
+    async def list_flows(
+        self, query: FlowQuery, offset: int, limit: int
+    ) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            where: list[str] = []
+            params: list[Any] = []
+            for column in (
+                "source_id",
+                "format",
+                "codec",
+                "label",
+                "status",
+                "frame_width",
+                "frame_height",
+            ):
+                value = getattr(query, column)
+                if value is not None:
+                    where.append(f"{column} = ?")
+                    params.append(value)
+            if query.init_segments is not None:
+                where.append("init_segments = ?")
+                params.append(1 if query.init_segments else 0)
+            if query.timerange_empty:
+                where.append(
+                    "NOT EXISTS (SELECT 1 FROM segments s WHERE s.flow_id = flows.id)"
+                )
+            elif query.timerange is not None:
+                first, last = query.timerange.first, query.timerange.last
+                # The segment starting last at or before the range's end overlaps the range
+                # if any segment does (segments never overlap, so it ends latest too).
+                sub = "SELECT s.last_ns FROM segments s WHERE s.flow_id = flows.id"
+                sub_params: list[Any] = []
+                if last is not None:
+                    sub += " AND s.first_ns <= ?"
+                    sub_params.append(last)
+                sub += " ORDER BY s.first_ns DESC LIMIT 1"
+                if first is None:
+                    where.append(f"({sub}) IS NOT NULL")
+                else:
+                    where.append(f"({sub}) >= ?")
+                    sub_params.append(first)
+                params.extend(sub_params)
+            for tag in query.tags:
+                _tag_condition("json_extract(flows.doc, '$.tags')", tag, where, params)
+            order = _order_clause(
+                query.sort_by or "created",
+                query.reverse_order,
+                {
+                    "created": "created",
+                    "metadata_updated": "metadata_updated",
+                    "label": "label",
+                },
+            )
+            sql = "SELECT * FROM flows"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
+            rows = self.conn.execute(sql, (*params, limit, offset)).fetchall()
+            return [_flow_record(r) for r in rows]
+
+        return await self._read(run)
+
+    # --- storage allocation and objects -------------------------------------------------------
+    async def allocate_objects(
+        self, flow_id: str, object_ids: Sequence[str], content_type: str, now: str
+    ) -> None:
+        def run() -> None:
+            flow = self._writable_flow(flow_id)
+            if not flow["container"]:
+                raise NoContainer(flow_id)
+            placeholders = ", ".join("?" for _ in object_ids)
+            taken = self.conn.execute(
+                f"SELECT id FROM objects WHERE id IN ({placeholders})",
+                tuple(object_ids),
+            ).fetchall()
+            if taken:
+                raise BadRequest(f"Object id {taken[0][0]!r} already exists")
+            self.conn.executemany(
+                "INSERT INTO objects(id, allocated_by_flow, controlled, content_type, created) VALUES (?, ?, 1, ?, ?)",
+                [(oid, flow_id, content_type, now) for oid in object_ids],
+            )
+
+        await self._write(run)
+
+    async def object_for_upload(self, object_id: str) -> dict[str, Any] | None:
+        def run() -> dict[str, Any] | None:
+            row = self.conn.execute(
+                "SELECT id, content_type, controlled, size FROM objects WHERE id = ?",
+                (object_id,),
+            ).fetchone()
+            return dict(row) if row else None
+
+        return await self._read(run)
+
+    async def record_upload(self, object_id: str, size: int, now: str) -> None:
+        def run() -> None:
+            self.conn.execute(
+                "UPDATE objects SET size = ?, uploaded = COALESCE(uploaded, ?) WHERE id = ?",
+                (size, now, object_id),
+            )
+
+        await self._write(run)
+
+    async def get_object(
+        self, object_id: str, offset: int, limit: int
+    ) -> dict[str, Any] | None:
+        """A registered object with one page of its referencing Flows, or None."""
+
+        def run() -> dict[str, Any] | None:
+            row = self.conn.execute(
+                "SELECT * FROM objects WHERE id = ?", (object_id,)
+            ).fetchone()
+            if row is None or row["first_referenced_by_flow"] is None:
+                return None
+            record = dict(row)
+            column = "init_object_id" if row["role"] == "init" else "object_id"
+            flows = self.conn.execute(
+                f"SELECT DISTINCT flow_id FROM segments WHERE {column} = ? ORDER BY flow_id LIMIT ? OFFSET ?",
+                (object_id, limit, offset),
+            ).fetchall()
+            record["referenced_by_flows"] = [r[0] for r in flows]
+            record["urls"] = self._uncontrolled_urls([object_id]).get(object_id, [])
+            if row["init_object_id"]:
+                init = self.conn.execute(
+                    "SELECT id, controlled, content_type FROM objects WHERE id = ?",
+                    (row["init_object_id"],),
+                ).fetchone()
+                record["init"] = dict(init) if init else None
+                record["init_urls"] = self._uncontrolled_urls(
+                    [row["init_object_id"]]
+                ).get(row["init_object_id"], [])
+            return record
+
+        return await self._read(run)
+
+    def _uncontrolled_urls(
+        self, object_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, str | None]]]:
+        found: dict[str, list[tuple[str, str | None]]] = {}
+        if not object_ids:
+            return found
+        unique = list(dict.fromkeys(object_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            placeholders = ", ".join("?" for _ in chunk)
+            for r in self.conn.execute(
+                f"SELECT object_id, url, label FROM object_urls WHERE object_id IN ({placeholders}) "
+                "ORDER BY object_id, position",
+                tuple(chunk),
+            ):
+                found.setdefault(r[0], []).append((r[1], r[2]))
+        return found
+
+    # --- segments ---------------------------------------------------------------------------
+    def _writable_flow(self, flow_id: str) -> sqlite3.Row:
+        flow = self.conn.execute(
+            "SELECT id, container, read_only, init_segments FROM flows WHERE id = ?",
+            (flow_id,),
+        ).fetchone()
+        if flow is None:
+            raise FlowNotFound(flow_id)
+        if flow["read_only"]:
+            raise Forbidden(f"Flow {flow_id} is read_only")
+        return flow
+
+    async def post_segments(
+        self, flow_id: str, segments: Sequence[NewSegment], now: str, *, single: bool
+    ) -> list[dict[str, Any]]:
+        """Register segments; returns the failed ones (``single``: raise the failure instead)."""
+
+        def run() -> list[dict[str, Any]]:
+            conn = self.conn
+            flow = self._writable_flow(flow_id)
+            if not flow["container"]:
+                raise NoContainer(flow_id)
+            failed: list[dict[str, Any]] = []
+            stored = 0
+            for segment in segments:
+                conn.execute("SAVEPOINT segment")
+                try:
+                    stored += self._add_segment(flow, segment, now)
+                except StoreError as exc:
+                    conn.execute("ROLLBACK TO segment")
+                    conn.execute("RELEASE segment")
+                    if single:
+                        raise
+                    failed.append(
+                        {
+                            "object_id": segment.object_id,
+                            "timerange": segment.timerange_text,
+                            "error": error_body(exc.error_type, exc.summary),
+                        }
+                    )
+                    continue
+                conn.execute("RELEASE segment")
+            if stored:
+                conn.execute(
+                    "UPDATE flows SET segments_updated = ? WHERE id = ?", (now, flow_id)
+                )
+            return failed
+
+        return await self._write(run)
+
+    def _add_segment(self, flow: sqlite3.Row, seg: NewSegment, now: str) -> int:
+        """Insert one segment (inside a savepoint); 0 if an identical one is already stored."""
+        conn = self.conn
+        flow_id = flow["id"]
+        tr = seg.timerange
+        neighbour = conn.execute(
+            "SELECT first_ns, last_ns, start_ns, end_ns, incl_start, incl_end, object_id, ts_offset_ns "
+            "FROM segments WHERE flow_id = ? AND first_ns <= ? ORDER BY first_ns DESC LIMIT 1",
+            (flow_id, tr.last_ns),
+        ).fetchone()
+        if neighbour is not None and neighbour["last_ns"] >= tr.first_ns:
+            same = (
+                neighbour["object_id"] == seg.object_id
+                and neighbour["start_ns"] == tr.start_ns
+                and neighbour["end_ns"] == tr.end_ns
+                and bool(neighbour["incl_start"]) == tr.incl_start
+                and bool(neighbour["incl_end"]) == tr.incl_end
+                and neighbour["ts_offset_ns"] == seg.ts_offset_ns
+            )
+            if same:
+                # Idempotent repeat: a client that lost the response to a segment POST and
+                # retried sends exactly the segment already stored (same object_id, timerange
+                # and ts_offset). Treat it as done (201) rather than as an overlap, so retries
+                # are safe; anything else overlapping is refused below.
+                return 0
+            existing = make_timerange(
+                neighbour["start_ns"],
+                neighbour["end_ns"],
+                bool(neighbour["incl_start"]),
+                bool(neighbour["incl_end"]),
+            )
+            raise SegmentOverlap(
+                f"Segment {seg.timerange_text} overlaps the stored segment {existing!s}"
+            )
+        if flow["init_segments"] and not seg.init_object_id:
+            raise BadRequest("This Flow uses init segments: init_object_id is required")
+        self._register_media_object(flow, seg, now)
+        if seg.init_object_id:
+            self._register_init_object(flow, seg.init_object_id, now)
+        conn.execute(
+            "INSERT INTO segments(flow_id, first_ns, last_ns, timerange, start_ns, end_ns, incl_start, incl_end, "
+            "object_id, ts_offset_ns, ts_offset, last_duration, sample_offset, sample_count, init_object_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                flow_id,
+                tr.first_ns,
+                tr.last_ns,
+                seg.timerange_text,
+                tr.start_ns,
+                tr.end_ns,
+                int(tr.incl_start),
+                int(tr.incl_end),
+                seg.object_id,
+                seg.ts_offset_ns,
+                seg.ts_offset_text,
+                seg.last_duration_text,
+                seg.sample_offset,
+                seg.sample_count,
+                seg.init_object_id,
+            ),
+        )
+        return 1
+
+    def _register_media_object(
+        self, flow: sqlite3.Row, seg: NewSegment, now: str
+    ) -> None:
+        conn = self.conn
+        flow_id = flow["id"]
+        tr = seg.timerange
+        obj = conn.execute(
+            "SELECT * FROM objects WHERE id = ?", (seg.object_id,)
+        ).fetchone()
+        # The object's own timeline: given, or (on first registration) timerange - ts_offset.
+        own: StoredRange | None = seg.object_timerange or StoredRange(
+            tr.start_ns - seg.ts_offset_ns,
+            tr.end_ns - seg.ts_offset_ns,
+            tr.incl_start,
+            tr.incl_end,
+            tr.first_ns - seg.ts_offset_ns,
+            tr.last_ns - seg.ts_offset_ns,
+        )
+        if obj is None:
+            conn.execute(
+                "INSERT INTO objects(id, controlled, content_type, role, first_referenced_by_flow, created) "
+                "VALUES (?, 0, ?, 'media', ?, ?)",
+                (seg.object_id, flow["container"], flow_id, now),
+            )
+        else:
+            if obj["role"] == "init":
+                raise BadRequest(
+                    f"Object {seg.object_id!r} is registered as an init object"
+                )
+            registered = obj["first_referenced_by_flow"] is not None
+            if not registered and obj["allocated_by_flow"] not in (None, flow_id):
+                raise BadRequest(
+                    f"Object {seg.object_id!r} was allocated for another Flow"
+                )
+            if obj["content_type"] and obj["content_type"] != flow["container"]:
+                raise BadRequest(
+                    f"Object {seg.object_id!r} has content type {obj['content_type']}, "
+                    f"but the Flow's container is {flow['container']}"
+                )
+            if registered:
+                self._check_reuse(obj, seg)
+                own = None
+        if own is not None:
+            conn.execute(
+                "UPDATE objects SET role = 'media', first_referenced_by_flow = COALESCE(first_referenced_by_flow, ?), "
+                "ot_start_ns = ?, ot_end_ns = ?, ot_incl_start = ?, ot_incl_end = ?, ot_first_ns = ?, ot_last_ns = ?, "
+                "timerange = ?, key_frame_count = ?, init_object_id = ? WHERE id = ?",
+                (
+                    flow_id,
+                    own.start_ns,
+                    own.end_ns,
+                    int(own.incl_start),
+                    int(own.incl_end),
+                    own.first_ns,
+                    own.last_ns,
+                    str(own),
+                    seg.key_frame_count,
+                    seg.init_object_id,
+                    seg.object_id,
+                ),
+            )
+            if seg.get_urls:
+                conn.executemany(
+                    "INSERT INTO object_urls(object_id, position, url, label) VALUES (?, ?, ?, ?)",
+                    [
+                        (seg.object_id, i, url, label)
+                        for i, (url, label) in enumerate(seg.get_urls)
+                    ],
+                )
+
+    def _check_reuse(self, obj: sqlite3.Row, seg: NewSegment) -> None:
+        """A segment reusing a registered object may not change the object's properties and
+        must lie (after ts_offset) within the object's timerange."""
+        oid = seg.object_id
+        if (
+            seg.key_frame_count is not None
+            and seg.key_frame_count != obj["key_frame_count"]
+        ):
+            raise BadRequest(
+                f"Object {oid!r} is already registered with a different key_frame_count"
+            )
+        if (
+            seg.init_object_id is not None
+            and seg.init_object_id != obj["init_object_id"]
+        ):
+            raise BadRequest(
+                f"Object {oid!r} is already registered with a different init_object_id"
+            )
+        if seg.object_timerange is not None:
+            ot = seg.object_timerange
+            stored = (
+                obj["ot_start_ns"],
+                obj["ot_end_ns"],
+                bool(obj["ot_incl_start"]),
+                bool(obj["ot_incl_end"]),
+            )
+            if (ot.start_ns, ot.end_ns, ot.incl_start, ot.incl_end) != stored:
+                raise BadRequest(
+                    f"Object {oid!r} is already registered with a different object_timerange"
+                )
+        if obj["ot_first_ns"] is not None:
+            first = seg.timerange.first_ns - seg.ts_offset_ns
+            last = seg.timerange.last_ns - seg.ts_offset_ns
+            if first < obj["ot_first_ns"] or last > obj["ot_last_ns"]:
+                raise BadRequest(
+                    f"Segment {seg.timerange_text} minus ts_offset is outside the timerange of object {oid!r}"
+                )
+
+    def _register_init_object(
+        self, flow: sqlite3.Row, object_id: str, now: str
+    ) -> None:
+        conn = self.conn
+        obj = conn.execute(
+            "SELECT * FROM objects WHERE id = ?", (object_id,)
+        ).fetchone()
+        if obj is None:
+            conn.execute(
+                "INSERT INTO objects(id, controlled, role, first_referenced_by_flow, created) VALUES (?, 0, 'init', ?, ?)",
+                (object_id, flow["id"], now),
+            )
+            return
+        if obj["role"] == "media":
+            raise BadRequest(
+                f"Object {object_id!r} is registered as a media object, not an init object"
+            )
+        if obj["first_referenced_by_flow"] is None and obj["allocated_by_flow"] not in (
+            None,
+            flow["id"],
+        ):
+            raise BadRequest(f"Object {object_id!r} was allocated for another Flow")
+        conn.execute(
+            "UPDATE objects SET role = 'init', first_referenced_by_flow = COALESCE(first_referenced_by_flow, ?) "
+            "WHERE id = ?",
+            (flow["id"], object_id),
+        )
+
+    async def list_segments(
+        self, flow_id: str, query: SegmentQuery
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of segments (with their objects' details) and the next page's key."""
+
+        def run() -> tuple[list[dict[str, Any]], int | None]:
+            conn = self.conn
+            where = ["s.flow_id = ?"]
+            params: list[Any] = [flow_id]
+            lower: int | None = None
+            upper: int | None = None
+            if query.span is not None:
+                if query.span.first is not None:
+                    # Only the last segment starting before the range can reach into it.
+                    before = conn.execute(
+                        "SELECT first_ns, last_ns FROM segments WHERE flow_id = ? AND first_ns < ? "
+                        "ORDER BY first_ns DESC LIMIT 1",
+                        (flow_id, query.span.first),
+                    ).fetchone()
+                    lower = (
+                        before[0]
+                        if before is not None and before[1] >= query.span.first
+                        else query.span.first
+                    )
+                upper = query.span.last
+            if query.after is not None:
+                if query.reverse_order:
+                    upper = query.after if upper is None else min(upper, query.after)
+                else:
+                    lower = query.after if lower is None else max(lower, query.after)
+            if lower is not None:
+                where.append("s.first_ns >= ?")
+                params.append(lower)
+            if upper is not None:
+                where.append("s.first_ns <= ?")
+                params.append(upper)
+            if query.object_id is not None:
+                where.append("s.object_id = ?")
+                params.append(query.object_id)
+            direction = "DESC" if query.reverse_order else "ASC"
+            sql = (
+                "SELECT s.*, o.controlled AS controlled, o.content_type AS content_type, "
+                "o.key_frame_count AS key_frame_count, o.timerange AS object_timerange, "
+                "io.controlled AS init_controlled, io.content_type AS init_content_type "
+                "FROM segments s JOIN objects o ON o.id = s.object_id "
+                "LEFT JOIN objects io ON io.id = s.init_object_id "
+                f"WHERE {' AND '.join(where)} ORDER BY s.first_ns {direction} LIMIT ?"
+            )
+            rows = [dict(r) for r in conn.execute(sql, (*params, query.limit + 1))]
+            next_key = None
+            if len(rows) > query.limit:
+                next_key = rows[query.limit]["first_ns"]
+                rows = rows[: query.limit]
+            ids = [r["object_id"] for r in rows] + [
+                r["init_object_id"] for r in rows if r["init_object_id"]
+            ]
+            urls = self._uncontrolled_urls(ids)
+            for r in rows:
+                r["urls"] = urls.get(r["object_id"], [])
+                r["init_urls"] = (
+                    urls.get(r["init_object_id"], []) if r["init_object_id"] else []
+                )
+            return rows, next_key
+
+        return await self._read(run)
+
+    async def delete_segments(
+        self, flow_id: str, span: Span | None, object_id: str | None, now: str
+    ) -> int:
+        """Delete the segments wholly inside ``span`` (and of ``object_id``); returns the count."""
+
+        def run() -> int:
+            flow = self._writable_flow(flow_id)
+            if span is None:  # an empty timerange covers no segment
+                return 0
+            where = ["flow_id = ?"]
+            params: list[Any] = [flow["id"]]
+            if span.first is not None:
+                where.append("first_ns >= ?")
+                params.append(span.first)
+            if span.last is not None:
+                where.append("first_ns <= ? AND last_ns <= ?")
+                params.extend((span.last, span.last))
+            if object_id is not None:
+                where.append("object_id = ?")
+                params.append(object_id)
+            cursor = self.conn.execute(
+                f"DELETE FROM segments WHERE {' AND '.join(where)}", params
+            )
+            if cursor.rowcount:
+                self.conn.execute(
+                    "UPDATE flows SET segments_updated = ? WHERE id = ?", (now, flow_id)
+                )
+            return cursor.rowcount
+
+        return await self._write(run)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+DELETE_VALUE = object()  # update_*_property: remove the field
+
+
+def _set_path(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    *parents, last = path
+    target = doc
+    for key in parents:
+        target = target.setdefault(key, {})
+    if value is DELETE_VALUE:
+        if last not in target or target[last] is None:
+            raise NotFound(f"{'/'.join(path)} is not set")
+        del target[last]
+    else:
+        target[last] = value
+
+
+def _without(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in keys}
+
+
+def _order_clause(sort_by: str, reverse: bool, columns: dict[str, str]) -> str:
+    """ORDER BY for the spec's sort rules: dates newest first, labels A-Z, rows without the
+    sort value after the others (by id); ``reverse`` flips all of it."""
+    column = columns[sort_by]
+    descending = sort_by != "label"
+    if reverse:
+        descending = not descending
+    direction = "DESC" if descending else "ASC"
+    nulls_last = "ASC" if not reverse else "DESC"
+    id_direction = "ASC" if not reverse else "DESC"
+    return f"({column} IS NULL) {nulls_last}, {column} {direction}, id {id_direction}"
+
+
+def _tag_condition(
+    tags_expr: str, tag: TagFilter, where: list[str], params: list[Any]
+) -> None:
+    """Append a tag filter: exact string match, or any shared entry of a list value."""
+    if tag.exists is not None:
+        clause = f"EXISTS (SELECT 1 FROM json_each({tags_expr}) t WHERE t.key = ?)"
+        where.append(clause if tag.exists else f"NOT {clause}")
+        params.append(tag.name)
+        return
+    values = tag.values or ()
+    marks = ", ".join("?" for _ in values) or "NULL"
+    where.append(
+        f"EXISTS (SELECT 1 FROM json_each({tags_expr}) t WHERE t.key = ? AND ("
+        f"(t.type = 'text' AND t.value IN ({marks})) OR "
+        f"(t.type = 'array' AND EXISTS (SELECT 1 FROM json_each(t.value) v WHERE v.type = 'text' AND v.value IN ({marks})))))"
+    )
+    params.extend((tag.name, *values, *values))
+
+
+def _source_record(row: sqlite3.Row) -> dict[str, Any]:
+    record = dict(row)
+    record["tags"] = json.loads(record["tags"])
+    return record
+
+
+def _flow_record(row: sqlite3.Row) -> dict[str, Any]:
+    record = dict(row)
+    record["doc"] = json.loads(record["doc"])
+    return record

@@ -1,0 +1,629 @@
+"""Media timing and properties for TAMS, done once and exactly (shared by ingest and outgest).
+
+Everything here reads media with PyAV by demuxing only: no frame is decoded, so it is fast.
+
+Time
+    ``pts_to_timestamp(pts, time_base)``
+        Exact conversion of a tick count to a ``mediatimestamp`` ``Timestamp``: the rational
+        ``Fraction(pts) * time_base`` seconds, rounded once to the nanosecond by
+        ``Timestamp.from_count`` (floor for non-negative times, as TAMS' MPEG-TS notes expect,
+        towards zero for negative ones). Never goes through a float.
+    ``unwrap_near(pts, reference)``
+        ``pts`` moved by whole 2**33 periods to the value nearest ``reference``.
+    ``PtsUnwrapper``
+        Undoes the 33-bit MPEG-TS PTS wrap (2**33 ticks at 90 kHz, about 26.5 hours). Feed it pts
+        values in order; it returns them on one continuous timeline. The first value is reduced to
+        the raw 33-bit range (libavformat reports values just before a wrap as negative numbers when
+        a file starts near the wrap); every later value is placed in the wrap period that puts it
+        nearest to the previous value. For forward wraps this is the application note's rule
+        (pts < last and last > 2**33 - 2**31: add 2**33), and it also accepts values that
+        libavformat has already unwrapped either way.
+
+Timing of a file (a segment)
+    ``read_timing(source) -> MediaTiming``
+        The presentation timing of the first video and first audio stream of an MPEG-TS (or MP4,
+        ...) file given as a path, bytes or a binary file object. For each stream a
+        ``StreamTiming``: ``first`` (the smallest pts, the first sample in presentation order, even
+        with B-frames), ``last`` (the largest pts), ``last_duration`` (ticks, a ``Fraction`` for
+        rates that are not a whole number of ticks), ``end = last + last_duration`` (exclusive),
+        packet, key frame and byte counts, and ``timerange()`` as a ``TimeRange`` ``[first_end)``.
+        MPEG-TS has no index, so every packet header is demuxed (cheap, no decoding); MP4 answers
+        from its index without reading any packets. In MPEG-TS ``first`` is the raw 33-bit value
+        and later values are unwrapped (``last`` may exceed 2**33 when the file crosses the wrap).
+        A video frame's duration is the nominal one from the stream's frame rate when the packet
+        spacing agrees with it (within a tick), otherwise the most common pts spacing; an audio
+        packet's duration is the demuxer's (for AAC 1024 samples).
+    ``media_timerange(source, kind="video") -> TimeRange``
+        The shortcut for one stream's ``[first_end)``.
+
+Properties of a file, without decoding
+    ``probe(source) -> MediaProperties`` with ``container`` (MIME type), ``video``
+    (``VideoProperties``: codec name and MIME type, width, height, exact rational frame rate,
+    interlace mode, component type, chroma subsampling, bit depth, pixel and display aspect
+    ratio, H.264 profile/level/flags) and ``audio`` (``AudioProperties``: codec, sample rate,
+    channels, coded frame size, bit rate). ``VideoProperties.flow_fields()`` and
+    ``AudioProperties.flow_fields()`` give the TAMS Flow fields (``format``, ``codec``,
+    ``essence_parameters``).
+
+Other helpers
+    ``segment_bit_rates(segments, target)``: the Flow ``avg_bit_rate`` and ``max_bit_rate`` in
+    kbit/s by TAMS AppNote 0013 (segment bits over segment durations; the peak over contiguous
+    runs lasting 0.5 to 1.5 target durations, or single longer segments).
+    ``split_essences(data)``: remux an MPEG-TS segment, without re-encoding, into one MPEG-TS
+    per essence (video, audio), keeping every timestamp.
+
+Errors are ``MediaError`` (with the file named), never PyAV exceptions.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import av
+import av.error
+from mediatimestamp.immutable import TimeRange, Timestamp
+
+__all__ = [
+    "PTS_WRAP",
+    "TS_CLOCK",
+    "AudioProperties",
+    "MediaError",
+    "MediaProperties",
+    "MediaTiming",
+    "PtsUnwrapper",
+    "StreamTiming",
+    "VideoProperties",
+    "container_mime",
+    "media_timerange",
+    "probe",
+    "pts_to_timestamp",
+    "read_timing",
+    "segment_bit_rates",
+    "split_essences",
+    "unwrap_near",
+]
+
+logger = logging.getLogger(__name__)
+
+TS_CLOCK = 90000
+PTS_WRAP = 1 << 33
+# Remuxed MPEG-TS keeps timestamps exactly: no mux delay, no shift of values libavformat reports
+# as negative near a 33-bit wrap (they are written modulo 2**33, as they were read).
+_TS_MUX_OPTIONS = {"mpegts_copyts": "1", "avoid_negative_ts": "disabled"}
+
+Source = Path | str | bytes | bytearray | memoryview | BinaryIO
+
+_CONTAINER_MIME = {
+    "mpegts": "video/mp2t",
+    "mov,mp4,m4a,3gp,3g2,mj2": "video/mp4",
+    "mp4": "video/mp4",
+    "matroska,webm": "video/x-matroska",
+    "mxf": "application/mxf",
+    "adts": "audio/aac",
+    "wav": "audio/wav",
+}
+_CODEC_MIME = {
+    "h264": "video/h264",
+    "hevc": "video/h265",
+    "mpeg2video": "video/mp2v",
+    "av1": "video/av1",
+    "vp9": "video/vp9",
+    "prores": "video/prores",
+    "jpeg2000": "video/jpeg2000",
+    "mjpeg": "video/jpeg",
+    "rawvideo": "video/raw",
+    "aac": "audio/aac",
+    "mp2": "audio/mpeg",
+    "mp3": "audio/mpeg",
+    "ac3": "audio/ac3",
+    "eac3": "audio/eac3",
+    "opus": "audio/opus",
+    "flac": "audio/flac",
+    "pcm_s16le": "audio/x-raw-int",
+    "pcm_s24le": "audio/x-raw-int",
+    "pcm_f32le": "audio/x-raw-float",
+}
+# libavcodec's AVFieldOrder, which PyAV reports as an int (or, in some versions, a name)
+_FIELD_ORDER = {
+    1: "progressive",
+    2: "interlaced_tff",  # top coded first, top displayed first
+    3: "interlaced_bff",
+    4: "interlaced_tff",  # top coded first, bottom displayed first: top field is still first in time
+    5: "interlaced_bff",
+    "progressive": "progressive",
+    "tt": "interlaced_tff",
+    "tb": "interlaced_tff",
+    "bb": "interlaced_bff",
+    "bt": "interlaced_bff",
+}
+# AAC audio object types by libavcodec profile name. The spec's own example Flow gives
+# ``mp4_oti: 2`` for AAC-LC (the object type in "mp4a.40.2"), so that is the value we write.
+_AAC_OBJECT_TYPE = {"Main": 1, "LC": 2, "SSR": 3, "LTP": 4, "HE-AAC": 5, "HE-AACv2": 29}
+
+
+class MediaError(Exception):
+    """The media could not be read, or does not hold what was asked for."""
+
+
+# --------------------------------------------------------------------------------------------
+# Time
+
+
+def pts_to_timestamp(pts: int | Fraction, time_base: Fraction) -> Timestamp:
+    """``pts * time_base`` seconds as a Timestamp, exactly, rounded once to the nanosecond the way
+    ``Timestamp.from_count`` rounds (down for non-negative times, towards zero for negative ones)."""
+    seconds = Fraction(pts) * Fraction(time_base)
+    return Timestamp.from_count(seconds.numerator, seconds.denominator)
+
+
+def unwrap_near(pts: int, reference: int, bits: int = 33) -> int:
+    """``pts`` moved by whole wrap periods (2**bits) to the value nearest ``reference``."""
+    period = 1 << bits
+    base = reference - reference % period + pts % period
+    return min((base - period, base, base + period), key=lambda value: abs(value - reference))
+
+
+class PtsUnwrapper:
+    """Places successive MPEG-TS pts values on one continuous (unwrapped) timeline."""
+
+    def __init__(self, bits: int = 33) -> None:
+        self.bits = bits
+        self.last: int | None = None
+
+    def unwrap(self, pts: int) -> int:
+        if self.last is None:
+            value = pts % (1 << self.bits)
+        else:
+            value = unwrap_near(pts, self.last, self.bits)
+        self.last = value
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """Presentation timing of one stream of one file, in ``time_base`` ticks."""
+
+    kind: str
+    index: int
+    time_base: Fraction
+    first: int
+    last: int
+    last_duration: Fraction
+    packets: int
+    key_frames: int
+    bytes: int
+    nominal_duration: Fraction | None = None  # one frame at the stream's frame rate, if known
+
+    @property
+    def end(self) -> Fraction:
+        """Exclusive end: the last sample's pts plus its duration."""
+        return self.last + self.last_duration
+
+    def timestamp(self, ticks: int | Fraction) -> Timestamp:
+        return pts_to_timestamp(ticks, self.time_base)
+
+    def timerange(self, offset: int = 0, end: int | Fraction | None = None) -> TimeRange:
+        """``[first_end)`` shifted by ``offset`` ticks; ``end`` (ticks, unshifted) overrides the end."""
+        stop = self.end if end is None else Fraction(end)
+        if stop <= self.last:
+            return TimeRange(self.timestamp(self.first + offset), self.timestamp(self.last + offset), TimeRange.INCLUSIVE)
+        return TimeRange(self.timestamp(self.first + offset), self.timestamp(stop + offset), TimeRange.INCLUDE_START)
+
+
+@dataclass(frozen=True)
+class MediaTiming:
+    """Timing of the first video and audio streams of a file."""
+
+    format_name: str
+    size: int
+    streams: dict[str, StreamTiming] = field(default_factory=dict)
+
+    @property
+    def video(self) -> StreamTiming | None:
+        return self.streams.get("video")
+
+    @property
+    def audio(self) -> StreamTiming | None:
+        return self.streams.get("audio")
+
+
+def _open(source: Source, name: str | None = None) -> tuple[Any, str, int]:
+    """Open ``source`` for reading; return the container, a name for messages and its size."""
+    label = name or (str(source) if isinstance(source, (str, Path)) else "<media>")
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            return av.open(io.BytesIO(data)), label, len(data)
+        if isinstance(source, (str, Path)):
+            size = Path(source).stat().st_size
+            return av.open(str(source)), label, size
+        start = source.tell()
+        source.seek(0, io.SEEK_END)
+        size = source.tell() - start
+        source.seek(start)
+        return av.open(source), label, size
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError(f"cannot read {label}: {exc}") from exc
+
+
+def _first_streams(container: Any, kinds: Iterable[str]) -> dict[str, Any]:
+    chosen = {}
+    for kind in kinds:
+        streams = getattr(container.streams, kind)
+        if streams:
+            chosen[kind] = streams[0]
+    return chosen
+
+
+def _nominal_rate(stream: Any) -> Fraction | None:
+    """The stream's frame rate as an exact rational, if the container or codec states one."""
+    for rate in (stream.guessed_rate, stream.average_rate, stream.base_rate):
+        if rate:
+            value = Fraction(rate)
+            if 0 < value <= 1000:
+                return value
+    return None
+
+
+def _video_duration(pts_sorted: list[int], nominal: Fraction | None, packet_duration: int) -> Fraction:
+    spacing = Counter(b - a for a, b in pairwise(pts_sorted) if b > a)
+    common = Fraction(spacing.most_common(1)[0][0]) if spacing else None
+    if nominal is not None and (common is None or abs(common - nominal) <= 1):
+        return nominal
+    if common is not None:
+        return common
+    return Fraction(packet_duration)
+
+
+def read_timing(source: Source, *, kinds: Iterable[str] = ("video", "audio"), name: str | None = None) -> MediaTiming:
+    """The presentation timing of the first stream of each kind in ``source`` (see module doc)."""
+    container, label, size = _open(source, name)
+    with container:
+        streams = _first_streams(container, kinds)
+        if not streams:
+            raise MediaError(f"{label} has no {' or '.join(kinds)} stream")
+        fmt = container.format.name
+        result: dict[str, StreamTiming] = {}
+        if "mp4" in fmt.split(","):
+            result = _timing_from_index(streams)
+        if len(result) < len(streams):
+            result = _timing_from_packets(container, streams, wraps=fmt == "mpegts", label=label)
+    return MediaTiming(format_name=fmt, size=size, streams=result)
+
+
+def _timing_from_index(streams: dict[str, Any]) -> dict[str, StreamTiming]:
+    """MP4 keeps every sample's timing in its index: use it and read no packets."""
+    result = {}
+    for kind, stream in streams.items():
+        tb = Fraction(stream.time_base)
+        if stream.start_time is None or not stream.duration or not stream.frames:
+            return {}
+        nominal = None
+        if kind == "video":
+            rate = _nominal_rate(stream)
+            nominal = 1 / (rate * tb) if rate else None
+        keys = sum(1 for entry in stream.index_entries if entry.is_keyframe) if kind == "video" else stream.frames
+        end = stream.start_time + stream.duration
+        per_sample = Fraction(stream.duration, stream.frames)
+        duration = nominal if nominal is not None else per_sample
+        result[kind] = StreamTiming(
+            kind=kind,
+            index=stream.index,
+            time_base=tb,
+            first=stream.start_time,
+            last=round(end - duration),
+            last_duration=end - round(end - duration),
+            packets=stream.frames,
+            key_frames=keys,
+            bytes=sum(entry.size for entry in stream.index_entries),
+            nominal_duration=nominal,
+        )
+    return result
+
+
+def _timing_from_packets(container: Any, streams: dict[str, Any], *, wraps: bool, label: str) -> dict[str, StreamTiming]:
+    by_index = {stream.index: kind for kind, stream in streams.items()}
+    unwrappers = {index: PtsUnwrapper() for index in by_index}
+    pts_lists: dict[int, list[int]] = {index: [] for index in by_index}
+    sizes = dict.fromkeys(by_index, 0)
+    keys = dict.fromkeys(by_index, 0)
+    last_packet_duration = dict.fromkeys(by_index, 0)
+    max_pts: dict[int, int] = {}
+    try:
+        for packet in container.demux(list(streams.values())):
+            if packet.pts is None or packet.size == 0:
+                continue
+            index = packet.stream.index
+            pts = unwrappers[index].unwrap(packet.pts) if wraps else packet.pts
+            pts_lists[index].append(pts)
+            sizes[index] += packet.size
+            keys[index] += packet.is_keyframe
+            if index not in max_pts or pts >= max_pts[index]:
+                max_pts[index] = pts
+                last_packet_duration[index] = packet.duration or 0
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"cannot demux {label}: {exc}") from exc
+    result = {}
+    for index, kind in by_index.items():
+        pts_all = pts_lists[index]
+        if not pts_all:
+            raise MediaError(f"{label}: the {kind} stream has no packets with timestamps")
+        stream = streams[kind]
+        tb = Fraction(stream.time_base)
+        nominal: Fraction | None = None
+        if kind == "video":
+            rate = _nominal_rate(stream)
+            nominal = 1 / (rate * tb) if rate else None
+            duration = _video_duration(sorted(pts_all), nominal, last_packet_duration[index])
+        else:
+            duration = Fraction(last_packet_duration[index])
+            frame_size = getattr(stream.codec_context, "frame_size", 0)
+            if not duration and frame_size and stream.codec_context.sample_rate:
+                duration = Fraction(frame_size, stream.codec_context.sample_rate) / tb
+        result[kind] = StreamTiming(
+            kind=kind,
+            index=index,
+            time_base=tb,
+            first=min(pts_all),
+            last=max(pts_all),
+            last_duration=duration,
+            packets=len(pts_all),
+            key_frames=keys[index],
+            bytes=sizes[index],
+            nominal_duration=nominal,
+        )
+    return result
+
+
+def media_timerange(source: Source, kind: str = "video") -> TimeRange:
+    """The exact ``[first_end)`` presentation timerange of the first ``kind`` stream of ``source``."""
+    timing = read_timing(source, kinds=(kind,))
+    return timing.streams[kind].timerange()
+
+
+# --------------------------------------------------------------------------------------------
+# Properties
+
+
+def container_mime(format_name: str) -> str:
+    return _CONTAINER_MIME.get(format_name, f"application/x-{format_name.split(',')[0]}")
+
+
+@dataclass(frozen=True)
+class VideoProperties:
+    codec_name: str
+    codec: str  # MIME type
+    width: int
+    height: int
+    frame_rate: Fraction | None
+    interlace_mode: str | None
+    component_type: str | None
+    horiz_chroma_subs: int | None
+    vert_chroma_subs: int | None
+    bit_depth: int | None
+    pixel_aspect_ratio: Fraction
+    avc: tuple[int, int, int] | None  # (profile_idc, constraint flags, level_idc)
+    bit_rate: int | None  # bit/s as declared by the stream, if any
+
+    @property
+    def aspect_ratio(self) -> Fraction:
+        return Fraction(self.width, self.height) * self.pixel_aspect_ratio
+
+    def flow_fields(self) -> dict[str, Any]:
+        """The TAMS video Flow's ``format``, ``codec`` and ``essence_parameters``."""
+        params: dict[str, Any] = {"frame_width": self.width, "frame_height": self.height}
+        if self.frame_rate is not None:
+            params["frame_rate"] = {"numerator": self.frame_rate.numerator, "denominator": self.frame_rate.denominator}
+        else:
+            params["vfr"] = True
+        optional = {
+            "interlace_mode": self.interlace_mode,
+            "component_type": self.component_type,
+            "horiz_chroma_subs": self.horiz_chroma_subs,
+            "vert_chroma_subs": self.vert_chroma_subs,
+            "bit_depth": self.bit_depth,
+        }
+        params.update({k: v for k, v in optional.items() if v is not None})
+        params["aspect_ratio"] = _ratio(self.aspect_ratio)
+        params["pixel_aspect_ratio"] = _ratio(self.pixel_aspect_ratio)
+        if self.avc is not None:
+            params["avc_parameters"] = {"profile": self.avc[0], "flags": self.avc[1], "level": self.avc[2]}
+        return {"format": "urn:x-nmos:format:video", "codec": self.codec, "essence_parameters": params}
+
+
+@dataclass(frozen=True)
+class AudioProperties:
+    codec_name: str
+    codec: str
+    sample_rate: int
+    channels: int
+    coded_frame_size: int | None
+    bit_rate: int | None
+    object_type: int | None = None  # MPEG-4 audio object type (AAC)
+
+    def flow_fields(self) -> dict[str, Any]:
+        """The TAMS audio Flow's ``format``, ``codec`` and ``essence_parameters``."""
+        params: dict[str, Any] = {"sample_rate": self.sample_rate, "channels": self.channels}
+        codec_params: dict[str, int] = {}
+        if self.coded_frame_size:
+            codec_params["coded_frame_size"] = self.coded_frame_size
+        if self.object_type is not None:
+            codec_params["mp4_oti"] = self.object_type
+        if codec_params:
+            params["codec_parameters"] = codec_params
+        return {"format": "urn:x-nmos:format:audio", "codec": self.codec, "essence_parameters": params}
+
+
+@dataclass(frozen=True)
+class MediaProperties:
+    format_name: str
+    container: str  # MIME type
+    video: VideoProperties | None
+    audio: AudioProperties | None
+
+
+def _ratio(value: Fraction) -> dict[str, int]:
+    return {"numerator": value.numerator, "denominator": value.denominator}
+
+
+def _avc_from_bytes(data: bytes) -> tuple[int, int, int] | None:
+    """Profile, constraint flags and level from an avcC record or the first Annex B SPS."""
+    if len(data) >= 4 and data[0] == 1:
+        return data[1], data[2], data[3]
+    start = 0
+    while True:
+        start = data.find(b"\x00\x00\x01", start)
+        if start < 0 or start + 6 > len(data):
+            return None
+        if data[start + 3] & 0x1F == 7:
+            return data[start + 4], data[start + 5], data[start + 6]
+        start += 3
+
+
+def _field_order(value: object) -> str | None:
+    if isinstance(value, str):
+        return _FIELD_ORDER.get(value.lower())
+    try:
+        return _FIELD_ORDER.get(int(value))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def _video_properties(container: Any, stream: Any, label: str) -> VideoProperties:
+    ctx = stream.codec_context
+    if not ctx.width or not ctx.height:
+        raise MediaError(f"{label}: cannot tell the picture size of the video stream")
+    fmt = ctx.format
+    component_type = horiz = vert = depth = None
+    if fmt is not None:
+        vf = av.VideoFormat(fmt.name, ctx.width, ctx.height)
+        component_type = "RGB" if vf.is_rgb else "YCbCr"
+        depth = vf.components[0].bits if vf.components else None
+        if not vf.is_rgb and len(vf.components) >= 3 and vf.components[1].width:
+            horiz = max(1, ctx.width // vf.components[1].width)
+            vert = max(1, ctx.height // vf.components[1].height)
+    sar = ctx.sample_aspect_ratio or stream.sample_aspect_ratio
+    par = Fraction(sar) if sar else Fraction(1)
+    avc = None
+    if ctx.name == "h264":
+        avc = _avc_from_bytes(bytes(ctx.extradata or b""))
+        if avc is None:
+            for packet in container.demux(stream):
+                if packet.size and packet.is_keyframe:
+                    avc = _avc_from_bytes(bytes(packet))
+                    break
+    return VideoProperties(
+        codec_name=ctx.name,
+        codec=_CODEC_MIME.get(ctx.name, f"video/x-{ctx.name}"),
+        width=ctx.width,
+        height=ctx.height,
+        frame_rate=_nominal_rate(stream),
+        interlace_mode=_field_order(ctx.field_order),
+        component_type=component_type,
+        horiz_chroma_subs=horiz,
+        vert_chroma_subs=vert,
+        bit_depth=depth,
+        pixel_aspect_ratio=par,
+        avc=avc,
+        bit_rate=ctx.bit_rate or None,
+    )
+
+
+def _audio_properties(stream: Any) -> AudioProperties:
+    ctx = stream.codec_context
+    return AudioProperties(
+        codec_name=ctx.name,
+        codec=_CODEC_MIME.get(ctx.name, f"audio/x-{ctx.name}"),
+        sample_rate=ctx.sample_rate,
+        channels=ctx.channels,
+        coded_frame_size=ctx.frame_size or None,
+        bit_rate=ctx.bit_rate or None,
+        object_type=_AAC_OBJECT_TYPE.get(str(ctx.profile)) if ctx.name == "aac" else None,
+    )
+
+
+def probe(source: Source, *, name: str | None = None) -> MediaProperties:
+    """Container, video and audio properties of ``source``, read from headers, not decoded frames."""
+    container, label, _ = _open(source, name)
+    with container:
+        streams = _first_streams(container, ("video", "audio"))
+        if not streams:
+            raise MediaError(f"{label} has no video or audio stream")
+        try:
+            audio = _audio_properties(streams["audio"]) if "audio" in streams else None
+            video = _video_properties(container, streams["video"], label) if "video" in streams else None
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"cannot read {label}: {exc}") from exc
+        fmt = container.format.name
+    return MediaProperties(format_name=fmt, container=container_mime(fmt), video=video, audio=audio)
+
+
+# --------------------------------------------------------------------------------------------
+# Segments
+
+
+def segment_bit_rates(segments: list[tuple[int, Fraction]], target: Fraction) -> tuple[int, int]:
+    """``(avg_bit_rate, max_bit_rate)`` in kbit/s for contiguous segments given as (bytes, seconds).
+
+    The average is all bits over all seconds; the peak is the highest rate over any run of
+    consecutive segments lasting 0.5 to 1.5 target durations, or over any single segment longer
+    than that (AppNote 0013). Both are floored, as the AppNote's ``int()`` does.
+    """
+    runs = [(8 * size, Fraction(seconds)) for size, seconds in segments if seconds > 0]
+    if not runs:
+        return 0, 0
+    low, high = Fraction(target) / 2, Fraction(target) * 3 / 2
+    peak = Fraction(0)
+    for start, (first_bits, first_seconds) in enumerate(runs):
+        if first_seconds > high:
+            peak = max(peak, first_bits / first_seconds)
+        bits, seconds = 0, Fraction(0)
+        for size_bits, length in runs[start:]:
+            bits += size_bits
+            seconds += length
+            if seconds > high:
+                break
+            if seconds >= low:
+                peak = max(peak, bits / seconds)
+    if peak == 0:  # too little media for any qualifying run
+        peak = max(bits / seconds for bits, seconds in runs)
+    average = Fraction(sum(bits for bits, _ in runs)) / sum(seconds for _, seconds in runs)
+    return int(average / 1000), int(peak / 1000)
+
+
+def split_essences(data: bytes, kinds: Iterable[str] = ("video", "audio"), *, name: str | None = None) -> dict[str, bytes]:
+    """One MPEG-TS per essence from an MPEG-TS holding several, by remuxing (timestamps kept)."""
+    container, label, _ = _open(data, name)
+    outputs: dict[str, Any] = {}
+    buffers: dict[str, io.BytesIO] = {}
+    with container:
+        streams = _first_streams(container, kinds)
+        targets: dict[int, tuple[Any, Any]] = {}
+        try:
+            for kind, stream in streams.items():
+                buffers[kind] = io.BytesIO()
+                outputs[kind] = av.open(buffers[kind], "w", format="mpegts", container_options=_TS_MUX_OPTIONS)
+                targets[stream.index] = (outputs[kind], outputs[kind].add_stream_from_template(stream))
+            for packet in container.demux(list(streams.values())):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                output, out_stream = targets[packet.stream.index]
+                packet.stream = out_stream
+                output.mux(packet)
+            for output in outputs.values():
+                output.close()
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"cannot remux {label}: {exc}") from exc
+    return {kind: buffer.getvalue() for kind, buffer in buffers.items()}

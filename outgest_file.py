@@ -1,0 +1,1029 @@
+#!/usr/bin/env python3
+"""Export a TAMS Flow, or part of one, to a media file holding exactly the frames the Flow references.
+
+The Flow timeline is not the media timeline. For every segment this script:
+
+- reads the object's packets and unwraps MPEG-TS timestamps (33 bits at 90 kHz; the demuxer also
+  moves timestamps just below 2^33 to just below zero), anchored on the segment's
+  ``object_timerange`` so the high bits carried by ``ts_offset`` line up;
+- puts each frame on the Flow timeline (``media time + ts_offset``) and keeps the frames whose
+  Flow time lies in the segment's ``timerange`` (and, with ``--exact``, in ``--timerange``), or the
+  frames picked by the deprecated ``sample_offset``/``sample_count`` (presentation order);
+- copies the kept packets when decoding can start at the first of them and no kept frame needs a
+  dropped one (the kept packets run unbroken in decode order from a keyframe); otherwise decodes
+  that object alone and re-encodes just the kept frames with the Flow's codec (first one forced to
+  be a keyframe), logging which segments were re-encoded.
+
+Output timestamps are Flow timeline times (MPEG-TS: 90 kHz, written modulo 2^33 as the format
+does; gaps between segments stay gaps). MP4 output (``--output`` ending in ``.mp4``) starts at
+zero instead, since MP4 cannot carry a TAI-scale start time usefully. Objects are downloaded
+``--concurrency`` at a time into temporary files while packets are written strictly in timeline
+order, so memory and disk use stay bounded whatever the Flow's length. The output is written to a
+temporary name beside the requested one and renamed only when complete.
+
+Usage::
+
+    ./outgest_file.py --flow-id FLOW --output out.ts [--timerange '[10:0_20:0)' --exact]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Self, cast
+
+import av
+import av.error
+from mediatimestamp.immutable import TimeRange, Timestamp
+
+from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
+from credentials import add_credential_args, connection_from_args
+from media import (
+    PTS_WRAP,
+    TS_CLOCK,
+    MediaError,
+    PtsUnwrapper,
+    pts_to_timestamp,
+    read_timing,
+)
+
+__all__ = [
+    "MPEGTS_WRAP",
+    "FlowFileWriter",
+    "FrameTiming",
+    "ObjectMedia",
+    "OutgestError",
+    "OutgestSummary",
+    "SegmentPlan",
+    "SegmentRef",
+    "flow_time",
+    "outgest",
+    "plan_segment",
+    "read_object",
+    "unwrap_mpegts",
+    "write_segment",
+]
+
+logger = logging.getLogger(__name__)
+
+MPEGTS_WRAP = PTS_WRAP  # MPEG-TS pts/dts are 33-bit counts of a 90 kHz clock (TS_CLOCK)
+# Times closer than half a 90 kHz tick are the same instant: absorbs the nanosecond rounding of
+# timeranges and ts_offsets registered by other tools (2^33 ticks is not a whole number of ns).
+TOLERANCE = Fraction(1, 2 * TS_CLOCK)
+WORK_TIME_BASE = Fraction(1, TS_CLOCK)  # packet timestamps handed to the muxer are in this base
+
+SUPPORTED_CONTAINERS = {"video/mp2t"}
+CODECS = {  # Flow codec (MIME type, compared case-insensitively) -> FFmpeg codec name
+    "video/h264": "h264",
+    "video/h265": "hevc",
+    "video/hevc": "hevc",
+    "audio/aac": "aac",
+    "audio/mp4a-latm": "aac",
+}
+ENCODERS = {"h264": "libx264", "hevc": "libx265"}
+ENCODER_OPTIONS = {
+    "libx264": {"preset": "medium", "crf": "16"},
+    "libx265": {"preset": "medium", "crf": "18"},
+}
+
+
+class OutgestError(Exception):
+    """Exporting failed; ``str()`` is one line for the user."""
+
+
+# --------------------------------------------------------------------------------------------
+# Segments and timing
+
+
+def _to_fraction(ts: Timestamp) -> Fraction:
+    return Fraction(ts.to_nanosec(), 1_000_000_000)
+
+
+def _seconds(tr: TimeRange) -> float | None:
+    """A finite timerange's length in seconds, for the progress bar only; else None."""
+    if tr.is_empty() or tr.start is None or tr.end is None:
+        return None
+    return float(_to_fraction(tr.end - tr.start))
+
+
+def _timerange(value: object) -> TimeRange | None:
+    if value is None:
+        return None
+    return value if isinstance(value, TimeRange) else TimeRange.from_str(str(value))
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """What a Flow segment says about the object it uses."""
+
+    object_id: str
+    timerange: TimeRange
+    ts_offset: Timestamp = field(default_factory=Timestamp)
+    object_timerange: TimeRange | None = None
+    sample_offset: int | None = None
+    sample_count: int | None = None
+    get_urls: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any]) -> SegmentRef:
+        ts_offset = item.get("ts_offset")
+        return cls(
+            object_id=str(item["object_id"]),
+            timerange=TimeRange.from_str(str(item["timerange"])),
+            ts_offset=Timestamp.from_str(str(ts_offset)) if ts_offset is not None else Timestamp(),
+            object_timerange=_timerange(item.get("object_timerange")),
+            sample_offset=item.get("sample_offset"),
+            sample_count=item.get("sample_count"),
+            get_urls=tuple(u if isinstance(u, Mapping) else {"url": str(u)} for u in item.get("get_urls") or ()),
+        )
+
+    @property
+    def media_timerange(self) -> TimeRange:
+        """The object's span on its own timeline, as registered (default ``timerange - ts_offset``)."""
+        if self.object_timerange is not None:
+            return self.object_timerange
+        return TimeRange(
+            self.timerange.start - self.ts_offset if self.timerange.start is not None else None,
+            self.timerange.end - self.ts_offset if self.timerange.end is not None else None,
+            self.timerange.inclusivity,
+        )
+
+
+def flow_time(ticks: int, time_base: Fraction, ts_offset: Timestamp) -> Fraction:
+    """A media timestamp (unwrapped, in ``time_base`` units) on the Flow timeline, exactly, in seconds."""
+    return Fraction(ticks) * time_base + _to_fraction(ts_offset)
+
+
+def _in_timerange(t: Fraction, tr: TimeRange) -> bool:
+    """``t in tr``, treating times within TOLERANCE of a bound as on the bound."""
+    if tr.is_empty():
+        return False
+    if tr.start is not None:
+        start = _to_fraction(tr.start)
+        if tr.includes_start() and t < start - TOLERANCE:
+            return False
+        if not tr.includes_start() and t <= start + TOLERANCE:
+            return False
+    if tr.end is not None:
+        end = _to_fraction(tr.end)
+        if tr.includes_end() and t > end + TOLERANCE:
+            return False
+        if not tr.includes_end() and t >= end - TOLERANCE:
+            return False
+    return True
+
+
+def unwrap_mpegts(values: Sequence[int], anchor: int | None = None) -> list[int]:
+    """Undo 33-bit wrapping in a sequence of MPEG-TS timestamps (decode order, 90 kHz ticks).
+
+    ``media.PtsUnwrapper`` places each value in the wrap period nearest the one before it (a
+    wrap inside the sequence adds 2^33; values the demuxer moved below zero come back up). The
+    result is then shifted by whole wrap periods so its smallest value is as close as possible
+    to ``anchor``: the start of the object's timeline as registered, whose high bits go with the
+    segment's ``ts_offset``. Without an anchor the smallest value is kept in [0, 2^33).
+    """
+    if not values:
+        return []
+    unwrapper = PtsUnwrapper()
+    out = [unwrapper.unwrap(v) for v in values]
+    lowest = min(out)
+    target = anchor if anchor is not None else lowest % MPEGTS_WRAP
+    shift = round(Fraction(target - lowest, MPEGTS_WRAP)) * MPEGTS_WRAP
+    return [v + shift for v in out]
+
+
+def _wrapped_distance(later: int, earlier: int) -> int:
+    """``later - earlier`` for two 33-bit timestamps less than half a wrap period apart."""
+    step = (later - earlier) % MPEGTS_WRAP
+    return step - MPEGTS_WRAP if step >= MPEGTS_WRAP // 2 else step
+
+
+# --------------------------------------------------------------------------------------------
+# Reading one object
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """One coded frame (packet) of an object: unwrapped timestamps in the stream's time base."""
+
+    pts: int
+    dts: int
+    keyframe: bool
+
+
+@dataclass
+class ObjectMedia:
+    """An opened object: its chosen stream and packets in decode order. Close it when done."""
+
+    container: av.container.InputContainer
+    stream: av.stream.Stream
+    packets: list[av.Packet]
+    frames: list[FrameTiming]  # parallel to packets
+    time_base: Fraction
+    kind: str  # "video" or "audio"
+    codec: str
+    frame_duration: Fraction | None  # seconds; None when unknown
+    sample_rate: int | None = None
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _pick_stream(container: av.container.InputContainer, kind: str, codec: str | None) -> av.stream.Stream:
+    streams = [s for s in container.streams if s.type == kind]
+    if codec is not None:
+        matching = [s for s in streams if s.codec_context is not None and s.codec_context.name == codec]
+        if streams and not matching:
+            found = ", ".join(sorted({s.codec_context.name for s in streams if s.codec_context is not None}))
+            raise OutgestError(f"the object holds {kind} coded as {found}, not {codec} as the Flow says")
+        streams = matching
+    if not streams:
+        raise OutgestError(f"the object has no {kind} stream")
+    return streams[0]
+
+
+def read_object(
+    path: Path,
+    *,
+    kind: str,
+    codec: str | None = None,
+    anchor: TimeRange | None = None,
+    frame_rate: Fraction | None = None,
+) -> ObjectMedia:
+    """Open ``path``, pick its first ``kind`` ("video"/"audio") stream and read its packets.
+
+    MPEG-TS timestamps are unwrapped and anchored on ``anchor`` (the object's timeline span as
+    registered), so pts values near the wrap get the high bits ``ts_offset`` expects.
+    """
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise OutgestError(f"cannot read the object as media: {exc}") from exc
+    try:
+        stream = _pick_stream(container, kind, codec)
+        if stream.time_base is None:
+            raise OutgestError(f"the object's {kind} stream has no time base")
+        time_base = Fraction(stream.time_base)
+        packets: list[av.Packet] = []
+        raw: list[tuple[int, int, bool]] = []
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            if packet.pts is None:
+                raise OutgestError("the object has a packet without a presentation timestamp")
+            dts = packet.dts if packet.dts is not None else packet.pts
+            packets.append(packet)
+            raw.append((packet.pts, dts, kind == "audio" or packet.is_keyframe))
+    except av.error.FFmpegError as exc:
+        container.close()
+        raise OutgestError(f"cannot read the object as media: {exc}") from exc
+    except BaseException:
+        container.close()
+        raise
+    if not packets:
+        container.close()
+        raise OutgestError(f"the object has no {kind} packets")
+
+    if container.format.name == "mpegts" and time_base == WORK_TIME_BASE:
+        anchor_ticks = None
+        if anchor is not None and anchor.start is not None:
+            anchor_ticks = anchor.start.to_count(TS_CLOCK)
+        pts_values = unwrap_mpegts([p for p, _, _ in raw], anchor_ticks)
+        # dts sits just before its pts: keep the (wrapped) distance between them.
+        dts_values = [pts - _wrapped_distance(p, d) for pts, (p, d, _) in zip(pts_values, raw)]
+    else:
+        pts_values = [p for p, _, _ in raw]
+        dts_values = [d for _, d, _ in raw]
+    frames = [FrameTiming(pts, dts, key) for pts, dts, (_, _, key) in zip(pts_values, dts_values, raw)]
+
+    sample_rate = None
+    if kind == "audio":
+        audio = cast(av.audio.codeccontext.AudioCodecContext, stream.codec_context)
+        sample_rate = audio.sample_rate or None
+        samples = audio.frame_size or 0
+        durations = [p.duration for p in packets if p.duration]
+        if durations:
+            frame_duration: Fraction | None = Fraction(durations[0]) * time_base
+        elif samples and sample_rate:
+            frame_duration = Fraction(samples, sample_rate)
+        else:
+            frame_duration = None
+    else:
+        rate = frame_rate or (Fraction(stream.average_rate) if stream.average_rate else None)
+        frame_duration = 1 / rate if rate else None
+    return ObjectMedia(
+        container=container,
+        stream=stream,
+        packets=packets,
+        frames=frames,
+        time_base=time_base,
+        kind=kind,
+        codec=stream.codec_context.name,
+        frame_duration=frame_duration,
+        sample_rate=sample_rate,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: which frames, and can their packets be copied
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """The frames one segment takes from its object, and how to write them.
+
+    ``first``/``stop`` index frames in presentation order; ``packets`` are the decode-order indices
+    of those frames, ascending. ``copy`` is False when the frames must be decoded and re-encoded;
+    ``reason`` then says why.
+    """
+
+    first: int
+    stop: int
+    packets: tuple[int, ...]
+    copy: bool
+    reason: str = ""
+
+    @property
+    def frame_count(self) -> int:
+        return self.stop - self.first
+
+
+def presentation_order(frames: Sequence[FrameTiming]) -> list[int]:
+    """Decode-order indices sorted by pts (ties keep decode order)."""
+    return sorted(range(len(frames)), key=lambda i: (frames[i].pts, i))
+
+
+def _select_by_samples(
+    frames: Sequence[FrameTiming], order: Sequence[int], segment: SegmentRef, time_base: Fraction, sample_rate: int | None
+) -> tuple[int, int]:
+    offset = segment.sample_offset or 0
+    count = segment.sample_count
+    if sample_rate is None:  # video: one sample is one frame
+        stop = len(order) if count is None else min(len(order), offset + count)
+        return min(offset, len(order)), max(min(offset, len(order)), stop)
+    # audio: the counts are of samples; take the coded frames whose first sample falls inside
+    origin = frames[order[0]].pts
+    first, stop = len(order), len(order)
+    for position, index in enumerate(order):
+        sample = round((frames[index].pts - origin) * time_base * sample_rate)
+        inside = sample >= offset and (count is None or sample < offset + count)
+        if inside and first == len(order):
+            first = position
+        if not inside and first < len(order):
+            stop = position
+            break
+    return first, stop
+
+
+def plan_segment(
+    frames: Sequence[FrameTiming],
+    time_base: Fraction,
+    segment: SegmentRef,
+    *,
+    request: TimeRange | None = None,
+    sample_rate: int | None = None,
+) -> SegmentPlan:
+    """Choose the frames ``segment`` takes from its object and whether their packets can be copied.
+
+    Frames are kept when their Flow time (pts + ``ts_offset``) lies in the segment's ``timerange``
+    and in ``request`` (given only for ``--exact``), or, for segments carrying the deprecated
+    ``sample_offset``/``sample_count``, when their presentation-order index (audio: first sample)
+    is in that range. ``sample_rate`` is set for audio, where every coded frame decodes alone.
+
+    Copying is safe when the kept packets are one unbroken run in decode order that starts with
+    the first kept frame, and that frame is a keyframe (or the object's own first frame, which
+    decodes exactly as it did in the source): then no kept frame can reference a dropped one,
+    since references are always decoded earlier.
+    """
+    order = presentation_order(frames)
+    if segment.sample_offset is not None or segment.sample_count is not None:
+        first, stop = _select_by_samples(frames, order, segment, time_base, sample_rate)
+        if request is not None:
+            inside = [
+                p for p in range(first, stop) if _in_timerange(flow_time(frames[order[p]].pts, time_base, segment.ts_offset), request)
+            ]
+            first, stop = (inside[0], inside[-1] + 1) if inside else (first, first)
+    else:
+        inside = [
+            p
+            for p, index in enumerate(order)
+            if _in_timerange(flow_time(frames[index].pts, time_base, segment.ts_offset), segment.timerange)
+            and (request is None or _in_timerange(flow_time(frames[index].pts, time_base, segment.ts_offset), request))
+        ]
+        first, stop = (inside[0], inside[-1] + 1) if inside else (0, 0)
+    kept = tuple(sorted(order[first:stop]))
+    if not kept:
+        return SegmentPlan(first, stop, (), True)
+    if first == 0 and stop == len(order):
+        return SegmentPlan(first, stop, kept, True)  # the whole object, exactly as stored
+    if sample_rate is not None:
+        return SegmentPlan(first, stop, kept, True)  # audio frames decode on their own
+    start = order[first]
+    if not (frames[start].keyframe or (start == 0 and first == 0)):
+        return SegmentPlan(first, stop, kept, False, "the cut falls inside a GOP")
+    if kept[0] != start:
+        return SegmentPlan(first, stop, kept, False, "a kept frame decodes before the first one shown")
+    if kept[-1] - kept[0] + 1 != len(kept):
+        return SegmentPlan(first, stop, kept, False, "kept frames reference frames after the cut")
+    return SegmentPlan(first, stop, kept, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+class FlowFileWriter:
+    """One output file, written under a temporary name and renamed by ``commit()``.
+
+    Packets arrive with Flow timeline times (seconds, exact); they are written at 90 kHz. Decode
+    timestamps are kept strictly increasing across segment joins (where a copied segment's
+    reordering delay differs from its neighbour's) by nudging them forward one tick at a time.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.format = "mp4" if path.suffix.lower() == ".mp4" else "mpegts"
+        if path.is_dir():
+            raise OutgestError(f"cannot write {path}: it is a directory")
+        self.temp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            self.temp_path.open("wb").close()
+        except OSError as exc:
+            raise OutgestError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        self._output: av.container.OutputContainer | None = None
+        self._stream: av.stream.Stream | None = None
+        self._codec: str | None = None
+        self._origin: Fraction | None = None
+        self._last_dts: int | None = None
+        self.frames = 0
+        self.nudged = 0
+
+    def _open(self, template: av.stream.Stream) -> av.stream.Stream:
+        if self._stream is not None:
+            return self._stream
+        options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else {}
+        try:
+            self._output = av.open(str(self.temp_path), "w", format=self.format, container_options=options)
+            self._stream = self._output.add_stream_from_template(template)
+        except ValueError as exc:
+            raise OutgestError(f"cannot write {template.codec_context.name} into {self.format}: {exc}") from exc
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutgestError(f"cannot write {self.path}: {exc}") from exc
+        self._stream.time_base = WORK_TIME_BASE
+        self._codec = template.codec_context.name
+        return self._stream
+
+    def write(
+        self, packet: av.Packet, template: av.stream.Stream, pts: Fraction, dts: Fraction, duration: Fraction | None
+    ) -> None:
+        """Mux ``packet`` at Flow times ``pts``/``dts`` (seconds)."""
+        stream = self._open(template)
+        if template.codec_context.name != self._codec:
+            raise OutgestError(f"an object holds {template.codec_context.name}, earlier ones {self._codec}")
+        if self._origin is None:
+            self._origin = pts if self.format == "mp4" else Fraction(0)
+        pts_ticks = round((pts - self._origin) / WORK_TIME_BASE)
+        dts_ticks = min(round((dts - self._origin) / WORK_TIME_BASE), pts_ticks)
+        if self._last_dts is not None and dts_ticks <= self._last_dts:
+            dts_ticks = self._last_dts + 1
+            self.nudged += 1
+            if dts_ticks > pts_ticks:
+                raise OutgestError(
+                    f"decode order breaks at Flow time {_at(pts)}:"
+                    " frames would have to be decoded after they are shown"
+                )
+        self._last_dts = dts_ticks
+        packet.stream = stream
+        packet.time_base = WORK_TIME_BASE
+        packet.pts = pts_ticks
+        packet.dts = dts_ticks
+        packet.duration = round(duration / WORK_TIME_BASE) if duration else 0
+        assert self._output is not None
+        try:
+            self._output.mux(packet)
+        except av.error.FFmpegError as exc:
+            raise OutgestError(f"cannot write {self.path}: {exc}") from exc
+        self.frames += 1
+
+    def commit(self) -> int:
+        """Finish the file and move it to its name; returns its size in bytes."""
+        if self._output is None:
+            self.discard()
+            raise OutgestError("no frames to write")
+        try:
+            self._output.close()
+            self._output = None
+            os.replace(self.temp_path, self.path)
+        except (av.error.FFmpegError, OSError) as exc:
+            self.discard()
+            raise OutgestError(f"cannot write {self.path}: {exc}") from exc
+        return self.path.stat().st_size
+
+    def discard(self) -> None:
+        """Drop the partial output (after a failure)."""
+        if self._output is not None:
+            try:
+                self._output.close()
+            except (av.error.FFmpegError, OSError):
+                pass
+            self._output = None
+        self.temp_path.unlink(missing_ok=True)
+
+
+def _reencoded_packets(media: ObjectMedia, plan: SegmentPlan) -> Iterator[tuple[av.Packet, int, int]]:
+    """Decode the object from the keyframe before the cut and re-encode the planned frames alone.
+
+    Yields (packet, pts, dts) with unwrapped media timestamps in the object's time base.
+    """
+    frames = media.frames
+    order = presentation_order(frames)
+    wanted = {frames[order[p]].pts for p in range(plan.first, plan.stop)}
+    start = next((i for i in range(plan.packets[0], -1, -1) if frames[i].keyframe), None)
+    if start is None:
+        raise OutgestError("the cut needs frames from before the object's first keyframe, which it does not hold")
+    base = frames[order[plan.first]].pts
+    encoder_name = ENCODERS.get(media.codec, media.codec)
+    try:
+        av.codec.Codec(encoder_name, "w")
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise OutgestError(f"cannot re-encode {media.codec} (no {encoder_name} encoder) for a cut inside a GOP") from exc
+
+    decoder = cast(av.video.codeccontext.VideoCodecContext, av.CodecContext.create(media.codec, "r"))
+    template = media.stream.codec_context
+    if template.extradata:
+        decoder.extradata = template.extradata
+    encoder: av.video.codeccontext.VideoCodecContext | None = None
+    seen: set[int] = set()
+
+    def encode(frame: av.VideoFrame | None) -> Iterator[tuple[av.Packet, int, int]]:
+        assert encoder is not None
+        for packet in encoder.encode(frame):
+            if packet.size == 0:
+                continue
+            if packet.pts is None:
+                raise OutgestError(f"the {encoder_name} encoder gave a packet without a timestamp")
+            pts = packet.pts + base
+            dts = (packet.dts if packet.dts is not None else packet.pts) + base
+            yield packet, pts, dts
+
+    def decoded() -> Iterator[av.VideoFrame]:
+        for index in range(start, len(frames)):
+            packet = media.packets[index]
+            # Small unwrapped timestamps, so decoded frames can be matched to the plan.
+            packet.pts = frames[index].pts - base
+            packet.dts = frames[index].dts - base
+            yield from decoder.decode(packet)
+            if len(seen) == len(wanted):
+                return
+        yield from decoder.decode(None)
+
+    try:
+        for frame in decoded():
+            if frame.pts is None or frame.pts + base not in wanted:
+                continue
+            seen.add(frame.pts + base)
+            if encoder is None:
+                created = cast(av.video.codeccontext.VideoCodecContext, av.CodecContext.create(encoder_name, "w"))
+                created.width = frame.width
+                created.height = frame.height
+                created.pix_fmt = frame.format.name
+                created.time_base = media.time_base
+                if media.frame_duration:
+                    created.framerate = 1 / media.frame_duration
+                for name in ("color_range", "colorspace", "color_primaries", "color_trc", "sample_aspect_ratio"):
+                    value = getattr(template, name, None)
+                    if value:
+                        setattr(created, name, value)
+                created.options = dict(ENCODER_OPTIONS.get(encoder_name, {}))
+                encoder = created
+            frame.pict_type = av.video.frame.PictureType.I if frame.pts == 0 else av.video.frame.PictureType.NONE
+            frame.time_base = media.time_base
+            yield from encode(frame)
+            if len(seen) == len(wanted):
+                break
+        if encoder is not None:
+            yield from encode(None)
+    except av.error.FFmpegError as exc:
+        raise OutgestError(f"cannot re-encode the object: {exc}") from exc
+    if len(seen) != len(wanted):
+        raise OutgestError(f"decoding the object gave {len(seen)} of the {len(wanted)} frames the segment uses")
+
+
+@dataclass
+class SegmentResult:
+    frames: int
+    reencoded: bool
+    reason: str = ""
+
+
+def write_segment(
+    writer: FlowFileWriter,
+    media: ObjectMedia,
+    segment: SegmentRef,
+    *,
+    request: TimeRange | None = None,
+) -> SegmentResult:
+    """Write the frames ``segment`` takes from ``media`` (see ``plan_segment``) to ``writer``."""
+    plan = plan_segment(media.frames, media.time_base, segment, request=request, sample_rate=media.sample_rate)
+    if not plan.packets:
+        return SegmentResult(0, False)
+    duration = media.frame_duration
+    if plan.copy:
+        for index in plan.packets:
+            timing = media.frames[index]
+            writer.write(
+                media.packets[index],
+                media.stream,
+                flow_time(timing.pts, media.time_base, segment.ts_offset),
+                flow_time(timing.dts, media.time_base, segment.ts_offset),
+                duration,
+            )
+    else:
+        count = 0
+        for packet, pts, dts in _reencoded_packets(media, plan):
+            writer.write(
+                packet,
+                media.stream,
+                flow_time(pts, media.time_base, segment.ts_offset),
+                flow_time(dts, media.time_base, segment.ts_offset),
+                duration,
+            )
+            count += 1
+        if count != plan.frame_count:
+            raise OutgestError(f"the encoder gave {count} of {plan.frame_count} frames")
+    return SegmentResult(plan.frame_count, not plan.copy, plan.reason)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing check
+
+
+def _at(t: Fraction) -> Timestamp:
+    return pts_to_timestamp(t, Fraction(1))
+
+
+def check_segment_timing(path: Path, media: ObjectMedia, segment: SegmentRef) -> list[str]:
+    """Where the media's exact timerange (``media.read_timing``) plus ``ts_offset`` differs by
+    more than half a frame from what the segment registers: one message per problem, [] if none.
+
+    MPEG-TS carries only the low 33 bits of a timestamp, so the measured span is first moved by
+    whole wrap periods next to the registered object timeline (the high bits are ``ts_offset``'s).
+    Segments using ``sample_offset``/``sample_count`` compare the frames they pick instead.
+    """
+    try:
+        timing = read_timing(path, kinds=(media.kind,)).streams[media.kind]
+    except MediaError as exc:
+        return [f"cannot measure the media: {exc}"]
+    tb = timing.time_base
+    frame = timing.last_duration * tb
+    half = frame / 2
+    offset = _to_fraction(segment.ts_offset)
+    registered = segment.media_timerange
+    first, end = Fraction(timing.first), timing.end
+    if media.container.format.name == "mpegts" and tb == WORK_TIME_BASE and registered.start is not None:
+        wraps = round((_to_fraction(registered.start) / tb - first) / MPEGTS_WRAP)
+        first, end = first + wraps * MPEGTS_WRAP, end + wraps * MPEGTS_WRAP
+    start_s, end_s = first * tb, end * tb
+
+    def differs(value: Fraction, bound: Timestamp | None) -> bool:
+        return bound is not None and abs(value - _to_fraction(bound)) > half
+
+    problems: list[str] = []
+    if segment.sample_offset is not None or segment.sample_count is not None:
+        plan = plan_segment(media.frames, media.time_base, segment, sample_rate=media.sample_rate)
+        if plan.frame_count:
+            order = presentation_order(media.frames)
+            pick_start = flow_time(media.frames[order[plan.first]].pts, media.time_base, segment.ts_offset)
+            pick_end = flow_time(media.frames[order[plan.stop - 1]].pts, media.time_base, segment.ts_offset) + frame
+            if differs(pick_start, segment.timerange.start) or differs(pick_end, segment.timerange.end):
+                problems.append(
+                    f"sample_offset/sample_count pick [{_at(pick_start)}_{_at(pick_end)}) on the Flow timeline,"
+                    f" the segment's timerange is {segment.timerange}"
+                )
+        return problems
+
+    on_flow = f"[{_at(start_s + offset)}_{_at(end_s + offset)})"
+    if differs(start_s, registered.start) or differs(end_s, registered.end):
+        problems.append(
+            f"the media + ts_offset spans {on_flow} but the object is registered as {registered}"
+            f" (+ ts_offset {segment.ts_offset})"
+        )
+    tr = segment.timerange
+    if (tr.start is not None and _to_fraction(tr.start) < start_s + offset - half) or (
+        tr.end is not None and _to_fraction(tr.end) > end_s + offset + half
+    ):
+        problems.append(f"the timerange {tr} reaches outside the media, which spans {on_flow} on the Flow timeline")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# The export
+
+
+@dataclass
+class OutgestSummary:
+    output: Path
+    segments: int = 0
+    reencoded: int = 0
+    frames: int = 0
+    bytes: int = 0
+    downloaded: int = 0
+    seconds: float = 0.0
+    timing_warnings: int = 0
+    max_held: int = 0  # most objects downloading or waiting to be written at one time
+    reencoded_segments: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        return (
+            f"{self.output}: {self.segments} segments ({self.reencoded} re-encoded), {self.frames} frames, "
+            f"{self.bytes} bytes in {self.seconds:.2f} s ({rate:.1f} MB/s)"
+        )
+
+
+def _essence(flow: Mapping[str, Any]) -> tuple[str, str, Fraction | None]:
+    """(kind, FFmpeg codec name, frame rate) for a Flow we can export; OutgestError otherwise."""
+    flow_id = flow.get("id", "?")
+    fmt = str(flow.get("format", ""))
+    if fmt == "urn:x-nmos:format:multi":
+        members = ", ".join(str(m.get("id")) for m in flow.get("flow_collection") or []) or "none listed"
+        raise OutgestError(
+            f"Flow {flow_id} is a multi-essence Flow; export each of its Flows with its own --flow-id ({members})"
+        )
+    kinds = {"urn:x-nmos:format:video": "video", "urn:x-nmos:format:audio": "audio"}
+    if fmt not in kinds:
+        raise OutgestError(f"Flow {flow_id} has format {fmt or 'none'}; only video and audio Flows can be exported")
+    container = str(flow.get("container") or "")
+    if container.lower() not in SUPPORTED_CONTAINERS:
+        raise OutgestError(
+            f"Flow {flow_id} has container {container or 'none'}; supported: {', '.join(sorted(SUPPORTED_CONTAINERS))}"
+        )
+    params = flow.get("essence_parameters") or {}
+    if params.get("init_segments"):
+        raise OutgestError(f"Flow {flow_id} uses init segments, which this tool does not support")
+    codec_mime = str(flow.get("codec") or "")
+    codec = CODECS.get(codec_mime.lower())
+    if codec is None:
+        raise OutgestError(f"Flow {flow_id} has codec {codec_mime or 'none'}, which this tool does not support")
+    rate = params.get("frame_rate")
+    frame_rate = Fraction(int(rate["numerator"]), int(rate.get("denominator", 1))) if rate else None
+    return kinds[fmt], codec, frame_rate
+
+
+async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path) -> int:
+    size = 0
+    async with client.stream_object(url) as chunks:
+        with path.open("wb") as out:
+            async for chunk in chunks:
+                out.write(chunk)
+                size += len(chunk)
+    return size
+
+
+async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Path) -> int:
+    """Stream the segment's object into ``path``, trying each of its get_urls in turn; returns
+    the size. On 401/403 from storage (an expired presigned URL, say) asks the store for fresh
+    URLs once."""
+    urls = segment.get_urls
+    if not urls:
+        raise OutgestError(f"segment {segment.timerange}: object {segment.object_id} has no get_urls")
+    failure: TAMSError | None = None
+    for attempt in range(2):
+        for url in urls:
+            try:
+                return await _download(client, url, path)
+            except TAMSError as exc:
+                failure = exc
+        if attempt or not (isinstance(failure, TAMSResponseError) and failure.status in (401, 403)):
+            break
+        urls = ()
+        async for item in client.segments(flow_id, timerange=segment.timerange, object_id=segment.object_id):
+            urls = SegmentRef.from_json(item).get_urls
+            break
+    raise OutgestError(f"segment {segment.timerange}: cannot download object {segment.object_id}: {failure}")
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group
+
+
+async def outgest(
+    client: TAMSClient,
+    flow_id: str,
+    output: Path,
+    *,
+    timerange: TimeRange | None = None,
+    exact: bool = False,
+    concurrency: int = 8,
+    check_timing: bool = False,
+    progress: bool = False,
+) -> OutgestSummary:
+    """Write the Flow's frames in ``timerange`` (default: all) to ``output``.
+
+    Without ``exact`` every segment overlapping ``timerange`` is written whole (as far as the
+    segment itself uses its object); with it, only frames whose Flow time lies in ``timerange``.
+    Raises OutgestError or TAMSError; nothing is left under ``output`` on failure.
+    """
+    started = time.monotonic()
+    timerange = timerange if timerange is not None else TimeRange.eternity()
+    if concurrency < 1:
+        raise OutgestError("--concurrency must be at least 1")
+    try:
+        flow = await client.get_flow(flow_id, include_timerange=True)
+    except NotFound as exc:
+        raise OutgestError(f"Flow {flow_id} not found") from exc
+    kind, codec, frame_rate = _essence(flow)
+    flow_range = _timerange(flow.get("timerange")) or TimeRange.never()
+    span = flow_range.intersect_with(timerange)
+    total = _seconds(span)
+    request = timerange if exact else None
+
+    summary = OutgestSummary(output)
+    writer = FlowFileWriter(output)
+    slots = asyncio.Semaphore(concurrency)  # one per object downloading or waiting to be written
+    held = [0]
+    queue: asyncio.Queue[tuple[SegmentRef, asyncio.Task[int], Path] | None] = asyncio.Queue()
+    bar = _progress_bar(total, progress)
+
+    def process(segment: SegmentRef, path: Path) -> SegmentResult:
+        try:
+            with read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange, frame_rate=frame_rate) as media:
+                if check_timing:
+                    for problem in check_segment_timing(path, media, segment):
+                        summary.timing_warnings += 1
+                        logger.warning("segment %s (object %s): %s", segment.timerange, segment.object_id, problem)
+                result = write_segment(writer, media, segment, request=request)
+        except OutgestError as exc:
+            raise OutgestError(f"segment {segment.timerange} (object {segment.object_id}): {exc}") from exc
+        return result
+
+    try:
+        # One thread does all the PyAV work, in timeline order. Leaving the ``with`` waits for
+        # it, so a failure elsewhere cannot leave it writing after the output is discarded.
+        with (
+            tempfile.TemporaryDirectory(prefix="outgest-") as scratch,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="outgest-mux") as muxer,
+        ):
+            loop = asyncio.get_running_loop()
+
+            async def produce(tg: asyncio.TaskGroup) -> None:
+                number = 0
+                async for item in client.segments(flow_id, timerange=timerange, include_object_timerange=True):
+                    segment = SegmentRef.from_json(item)
+                    await slots.acquire()
+                    held[0] += 1
+                    summary.max_held = max(summary.max_held, held[0])
+                    path = Path(scratch) / f"{number:08d}.obj"
+                    number += 1
+                    await queue.put((segment, tg.create_task(_fetch(client, flow_id, segment, path)), path))
+                await queue.put(None)
+
+            async def consume() -> None:
+                while (entry := await queue.get()) is not None:
+                    segment, download, path = entry
+                    summary.downloaded += await download
+                    result = await loop.run_in_executor(muxer, process, segment, path)
+                    path.unlink(missing_ok=True)
+                    held[0] -= 1
+                    slots.release()
+                    summary.segments += 1
+                    summary.frames += result.frames
+                    if result.reencoded:
+                        summary.reencoded += 1
+                        summary.reencoded_segments.append(str(segment.timerange))
+                        logger.info(
+                            "re-encoded segment %s (object %s, %d frames): %s",
+                            segment.timerange, segment.object_id, result.frames, result.reason,
+                        )
+                    elif result.frames == 0 and request is None:
+                        logger.warning(
+                            "segment %s (object %s) gives no frames in the timerange; check its ts_offset",
+                            segment.timerange, segment.object_id,
+                        )
+                    if bar is not None:
+                        covered = _seconds(segment.timerange.intersect_with(span))
+                        if covered:
+                            bar.update(covered)
+
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(produce(tg))
+                    tg.create_task(consume())
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
+            if summary.segments == 0:
+                raise OutgestError(f"Flow {flow_id} has no segments in {timerange.to_sec_nsec_range()}")
+            if summary.frames == 0:
+                raise OutgestError(f"Flow {flow_id} has no frames in {timerange.to_sec_nsec_range()}")
+            summary.bytes = await loop.run_in_executor(muxer, writer.commit)
+    except BaseException:
+        writer.discard()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if writer.nudged:
+        logger.info("moved %d decode timestamps forward to keep them increasing across joins", writer.nudged)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _progress_bar(total: float | None, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    shape = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of Flow [{elapsed}<{remaining}]"
+    return tqdm(total=total, unit="s", file=sys.stderr, desc="outgest", leave=False,
+                bar_format=shape if total else "{desc}: {n:.1f} s of Flow [{elapsed}]")
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Export a TAMS Flow, or part of one, to an MPEG-TS (or .mp4) file with exactly "
+        "the frames the Flow references.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_credential_args(parser)
+    parser.add_argument("--flow-id", required=True, help="the Flow to export (video or audio)")
+    parser.add_argument("--output", required=True, type=Path, help="file to write; MP4 when it ends in .mp4, else MPEG-TS")
+    parser.add_argument("--timerange", default="_", help="Flow timerange to export, e.g. '[10:0_20:0)'")
+    parser.add_argument("--exact", action="store_true",
+                        help="trim to the frames inside --timerange, instead of whole overlapping segments")
+    parser.add_argument("--concurrency", type=int, default=8, help="objects downloaded (and held) at once")
+    parser.add_argument("--check-timing", action="store_true",
+                        help="warn where a segment's media + ts_offset differs from its registered timerange")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, summary or info messages")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> OutgestSummary:
+    url, credentials = connection_from_args(args)
+    try:
+        timerange = TimeRange.from_str(args.timerange)
+    except Exception as exc:  # mediatimestamp raises several types for bad strings
+        raise OutgestError(f"bad --timerange {args.timerange!r}: {exc}") from exc
+    async with TAMSClient(url, credentials, concurrency=max(args.concurrency, 1) + 2) as client:
+        return await outgest(
+            client,
+            args.flow_id,
+            args.output,
+            timerange=timerange,
+            exact=args.exact,
+            concurrency=args.concurrency,
+            check_timing=args.check_timing,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.quiet or not sys.stderr.isatty():
+            summary = asyncio.run(run(args))
+        else:
+            from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
+
+            with logging_redirect_tqdm():
+                summary = asyncio.run(run(args))
+    except (OutgestError, TAMSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing written", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

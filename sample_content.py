@@ -1,0 +1,701 @@
+#!/usr/bin/env python3
+"""Sample HLS content for the TAMS toolkit, and a reader for its burnt-in frame numbers.
+
+`make sample_content` runs this script to write ``sample_content/hls_output.m3u8`` and its
+MPEG-TS segments. Where the Big Buck Bunny film (``bbb_sunflower_1080p_30fps_normal.mp4``) is in
+the current directory, or can be downloaded quickly, its video is remuxed without re-encoding into
+~5 s segments. Otherwise, and always with ``--synthetic``, content is synthesised with PyAV alone
+(libx264 H.264, optional AAC audio) so that CI needs no network and no ffmpeg binary.
+
+Synthetic content is made for checking media by machine:
+
+- the first frame has pts 6000 at 90 kHz (the film's own start), so the first segment's timerange
+  starts at ``0:66666666``; frame *n* has pts ``6000 + floor(n * 90000 / fps)``;
+- every segment starts with an IDR frame at a whole number of segment lengths from the first frame,
+  and GOPs (``gop_seconds``, default 1 s) are shorter than segments, so cuts can fall on and inside
+  GOPs; x264's B-frames are left on, so decode order differs from presentation order (fewer of them
+  when the first pts leaves no room for the decode delay: no dts may be negative);
+- frame *n* carries *n* twice: as a code of 24 big blocks (20 bits of *n* plus 4 check bits) over
+  a second row holding the inverse of each block, read back by comparing each block with its
+  inverse, which survives heavy compression and scaling; and as a 7-segment counter for people;
+- with ``audio=True`` an AAC stereo track (48 kHz, a 1 kHz / 1.5 kHz tone with a pip each second)
+  is muxed into the same segments; its first packet also has pts 6000.
+
+``read_frame_numbers(path)`` decodes any file PyAV reads (MPEG-TS, MP4, ...) and returns the
+numbers in presentation order (-1 for a frame whose code does not read back cleanly).
+
+Command line::
+
+    python sample_content.py [--synthetic] [--width W --height H --fps F --duration S
+                              --segment-seconds S --gop-seconds S] --output-dir DIR [--audio]
+    python sample_content.py --read-frame-numbers FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import socket
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from array import array
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+
+__all__ = [
+    "CODE_BITS",
+    "FILM_FILENAME",
+    "FILM_URL",
+    "PLAYLIST_NAME",
+    "TS_CLOCK",
+    "SampleContentError",
+    "frame_pts",
+    "make_sample_content",
+    "read_frame_numbers",
+    "remux_to_hls",
+    "synthesize",
+]
+
+logger = logging.getLogger(__name__)
+
+PLAYLIST_NAME = "hls_output.m3u8"
+SEGMENT_PATTERN = "hls_output_{:05d}.ts"
+TS_CLOCK = 90000
+FILM_FILENAME = "bbb_sunflower_1080p_30fps_normal.mp4"
+FILM_URL = "https://download.blender.org/demo/movies/BBB/bbb_sunflower_1080p_30fps_normal.mp4.zip"
+
+# Keep timestamps exactly as given: no mux delay (mpegts_copyts) and no shift when libavformat
+# reports pts just before a 33-bit wrap as negative numbers (avoid_negative_ts).
+TS_MUX_OPTIONS = {"mpegts_copyts": "1", "avoid_negative_ts": "disabled"}
+CODE_BITS = 20  # frame numbers up to 2**20 - 1 (9.7 hours at 30 fps)
+CHECK_BITS = 4
+_BLOCKS = CODE_BITS + CHECK_BITS
+_BLACK = 16
+_WHITE = 235
+_MIN_CONTRAST = 48  # a block and its inverse must differ by this much luma to count as read
+_AUDIO_RATE = 48000
+_AAC_FRAME = 1024
+
+
+class SampleContentError(Exception):
+    """Content could not be written or read (bad input file, bad parameters)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Frame code: layout, drawing and reading
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the code blocks and counter digits sit in a width x height picture."""
+
+    width: int
+    height: int
+    block_x: tuple[int, ...]  # left edge of each code block
+    block_w: int
+    row_y: tuple[int, int]  # top of the code row and of its inverse row
+    block_h: int
+    digit_x: tuple[int, ...]
+    digit_y: int
+    digit_w: int
+    digit_h: int
+    stroke: int
+
+    @classmethod
+    def for_size(cls, width: int, height: int) -> _Layout:
+        margin_x = max(2, width // 40)
+        block_w = (width - 2 * margin_x) // _BLOCKS
+        block_h = max(4, height // 12)
+        top = max(2, height // 30)
+        if block_w < 4:
+            raise SampleContentError(f"picture {width}x{height} is too small for the frame code")
+        digits = 7
+        digit_h = max(10, height // 4)
+        digit_w = max(6, digit_h // 2)
+        gap = max(2, digit_w // 3)
+        total = digits * digit_w + (digits - 1) * gap
+        left = max(0, (width - total) // 2)
+        return cls(
+            width=width,
+            height=height,
+            block_x=tuple(margin_x + i * block_w for i in range(_BLOCKS)),
+            block_w=block_w,
+            row_y=(top, top + block_h),
+            block_h=block_h,
+            digit_x=tuple(left + i * (digit_w + gap) for i in range(digits)),
+            digit_y=top + 2 * block_h + max(2, height // 15),
+            digit_w=digit_w,
+            digit_h=digit_h,
+            stroke=max(2, digit_h // 10),
+        )
+
+
+def _check_bits(n: int) -> int:
+    """XOR of the code's nibbles: catches any single misread block."""
+    check = 0
+    for shift in range(0, CODE_BITS, CHECK_BITS):
+        check ^= (n >> shift) & 0xF
+    return check
+
+
+def _code_bits(n: int) -> list[int]:
+    value = n | (_check_bits(n) << CODE_BITS)
+    return [(value >> i) & 1 for i in range(_BLOCKS)]
+
+
+# 7-segment digits: segments a (top), b (top right), c (bottom right), d (bottom),
+# e (bottom left), f (top left), g (middle)
+_SEGMENTS = {
+    0: "abcdef", 1: "bc", 2: "abdeg", 3: "abcdg", 4: "bcfg",
+    5: "acdfg", 6: "acdefg", 7: "abc", 8: "abcdefg", 9: "abcdfg",
+}  # fmt: skip
+
+
+def _digit_rects(x: int, y: int, w: int, h: int, s: int, digit: int) -> list[tuple[int, int, int, int]]:
+    half = h // 2
+    rects = {
+        "a": (x, y, w, s),
+        "b": (x + w - s, y, s, half),
+        "c": (x + w - s, y + half, s, h - half),
+        "d": (x, y + h - s, w, s),
+        "e": (x, y + half, s, h - half),
+        "f": (x, y, s, half),
+        "g": (x, y + half - s // 2, w, s),
+    }
+    return [rects[name] for name in _SEGMENTS[digit]]
+
+
+class _Canvas:
+    """A luma plane as a bytearray, with rectangle fills (no numpy needed)."""
+
+    def __init__(self, width: int, height: int, data: bytes) -> None:
+        self.width = width
+        self.height = height
+        self.data = bytearray(data)
+
+    def fill(self, x: int, y: int, w: int, h: int, value: int) -> None:
+        x0, x1 = max(0, x), min(self.width, x + w)
+        if x1 <= x0:
+            return
+        run = bytes([value]) * (x1 - x0)
+        for row in range(max(0, y), min(self.height, y + h)):
+            start = row * self.width
+            self.data[start + x0 : start + x1] = run
+
+
+def _draw_luma(n: int, layout: _Layout, background: bytes) -> bytes:
+    canvas = _Canvas(layout.width, layout.height, background)
+    w, h = layout.width, layout.height
+    # Something that moves, so P and B frames carry real changes.
+    bar_w = max(4, w // 16)
+    canvas.fill((n * max(1, w // 90)) % (w + bar_w) - bar_w, h // 2, bar_w, h - h // 2, 200)
+    for i, bit in enumerate(_code_bits(n)):
+        x = layout.block_x[i]
+        canvas.fill(x, layout.row_y[0], layout.block_w, layout.block_h, _WHITE if bit else _BLACK)
+        canvas.fill(x, layout.row_y[1], layout.block_w, layout.block_h, _BLACK if bit else _WHITE)
+    pad = layout.stroke
+    canvas.fill(
+        layout.digit_x[0] - pad,
+        layout.digit_y - pad,
+        layout.digit_x[-1] + layout.digit_w - layout.digit_x[0] + 2 * pad,
+        layout.digit_h + 2 * pad,
+        _BLACK,
+    )
+    text = f"{n % 10 ** len(layout.digit_x):0{len(layout.digit_x)}d}"
+    for x, char in zip(layout.digit_x, text):
+        for rect in _digit_rects(x, layout.digit_y, layout.digit_w, layout.digit_h, layout.stroke, int(char)):
+            canvas.fill(*rect, _WHITE)
+    return bytes(canvas.data)
+
+
+def _block_mean(plane: bytes, stride: int, x: int, y: int, w: int, h: int) -> float:
+    # The middle half of the block: edges blur under compression and scaling.
+    x0, x1 = x + w // 4, x + w - w // 4
+    y0, y1 = y + h // 4, y + h - h // 4
+    total = 0
+    for row in range(y0, y1):
+        total += sum(plane[row * stride + x0 : row * stride + x1])
+    return total / max(1, (x1 - x0) * (y1 - y0))
+
+
+def _read_code(plane: bytes, stride: int, layout: _Layout) -> int:
+    value = 0
+    for i, x in enumerate(layout.block_x):
+        upper = _block_mean(plane, stride, x, layout.row_y[0], layout.block_w, layout.block_h)
+        lower = _block_mean(plane, stride, x, layout.row_y[1], layout.block_w, layout.block_h)
+        if abs(upper - lower) < _MIN_CONTRAST:
+            return -1
+        if upper > lower:
+            value |= 1 << i
+    n = value & ((1 << CODE_BITS) - 1)
+    return n if value >> CODE_BITS == _check_bits(n) else -1
+
+
+def read_frame_numbers(path: Path | str) -> list[int]:
+    """Decode the first video stream of ``path`` and return each frame's number, in presentation order.
+
+    A frame whose code does not read back (no code, or a check-bit mismatch) gives -1.
+    Raises ``SampleContentError`` if the file cannot be opened or has no video.
+    """
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise SampleContentError(f"cannot read {path}: {exc}") from exc
+    numbers: list[tuple[int, int, int]] = []  # (pts or -inf substitute, decode index, number)
+    with container:
+        if not container.streams.video:
+            raise SampleContentError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        layouts: dict[tuple[int, int], _Layout] = {}
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                key = (frame.width, frame.height)
+                if key not in layouts:
+                    layouts[key] = _Layout.for_size(*key)
+                if frame.format.name not in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p", "gray", "nv12"):
+                    frame = frame.reformat(format="gray")
+                plane = frame.planes[0]
+                number = _read_code(bytes(plane), plane.line_size, layouts[key])
+                numbers.append((frame.pts if frame.pts is not None else index, index, number))
+        except av.error.FFmpegError as exc:
+            raise SampleContentError(f"cannot decode {path}: {exc}") from exc
+    # Decoders emit presentation order already; sorting by pts (stable) guards odd demuxers.
+    numbers.sort(key=lambda item: (item[0], item[1]))
+    return [number for _, _, number in numbers]
+
+
+# --------------------------------------------------------------------------------------------
+# Synthesis
+
+
+def frame_pts(n: int, fps: Fraction, start_pts: int = 6000) -> int:
+    """The 90 kHz pts of synthesized frame ``n`` (exact when 90000/fps is whole, floored otherwise)."""
+    return start_pts + (n * TS_CLOCK * fps.denominator) // fps.numerator
+
+
+def _background(width: int, height: int) -> bytes:
+    row = bytes(40 + (120 * x) // max(1, width - 1) for x in range(width))
+    return row * height
+
+
+def _padded(data: bytes, width: int, height: int, line_size: int) -> bytes:
+    if line_size == width:
+        return data
+    pad = bytes(line_size - width)
+    return b"".join(data[r * width : (r + 1) * width] + pad for r in range(height))
+
+
+def _tone_table() -> tuple[bytes, bytes]:
+    """Two seconds of float32 samples per channel: 1 kHz left, 1.5 kHz right, a pip each second."""
+    left = array("f")
+    right = array("f")
+    for i in range(2 * _AUDIO_RATE):
+        gain = 0.5 if (i % _AUDIO_RATE) < _AUDIO_RATE // 10 else 0.1
+        left.append(gain * math.sin(2 * math.pi * 1000 * i / _AUDIO_RATE))
+        right.append(gain * math.sin(2 * math.pi * 1500 * i / _AUDIO_RATE))
+    if sys.byteorder != "little":
+        left.byteswap()
+        right.byteswap()
+    return left.tobytes(), right.tobytes()
+
+
+def _encode_full_ts(
+    path: Path,
+    *,
+    width: int,
+    height: int,
+    fps: Fraction,
+    frames: int,
+    segment_frames: int,
+    gop_frames: int,
+    audio: bool,
+    start_pts: int,
+    preset: str,
+) -> None:
+    """Encode the whole programme into one MPEG-TS file, later cut into segments by remuxing."""
+    tb = Fraction(1, TS_CLOCK)
+    with av.open(str(path), "w", format="mpegts", container_options=TS_MUX_OPTIONS) as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width = width
+        video.height = height
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = tb
+        # x264's B-frames delay decoding by up to two frames, so the first dts is that much before
+        # the first pts. A negative dts would make the muxer shift every timestamp, so allow only
+        # as much reordering as start_pts leaves room for (two frames fit in 6000 ticks at 30 fps).
+        room = start_pts * fps.numerator // (TS_CLOCK * fps.denominator)
+        reorder = "" if room >= 2 else ":bframes=1:b-pyramid=none" if room == 1 else ":bframes=0"
+        video.options = {
+            "preset": preset,
+            "x264-params": f"keyint={gop_frames}:min-keyint={gop_frames}:scenecut=0{reorder}",
+        }
+        sound = None
+        if audio:
+            sound = out.add_stream("aac", rate=_AUDIO_RATE, layout="stereo")
+            sound.bit_rate = 128000
+        layout = _Layout.for_size(width, height)
+        background = _background(width, height)
+        chroma_size = (width // 2) * (height // 2)
+        chroma_u = bytes([128]) * chroma_size
+        chroma_v = bytes([128]) * chroma_size
+        end_pts = frame_pts(frames, fps, start_pts)
+        audio_sample = 0
+        # The AAC encoder delays its output by one frame of priming samples; starting the input
+        # that much later puts the first packet's pts exactly at start_pts, like the video.
+        audio_start = start_pts * _AUDIO_RATE // TS_CLOCK + _AAC_FRAME
+        tone = _tone_table() if audio else (b"", b"")
+
+        def audio_until(limit_pts: int) -> None:
+            nonlocal audio_sample
+            assert sound is not None
+            while (audio_start + audio_sample - _AAC_FRAME) * TS_CLOCK < limit_pts * _AUDIO_RATE:
+                frame = av.AudioFrame(format="fltp", layout="stereo", samples=_AAC_FRAME)
+                offset = 4 * (audio_sample % _AUDIO_RATE)
+                for plane, table in zip(frame.planes, tone):
+                    plane.update(table[offset : offset + 4 * _AAC_FRAME])
+                frame.sample_rate = _AUDIO_RATE
+                frame.pts = audio_start + audio_sample
+                frame.time_base = Fraction(1, _AUDIO_RATE)
+                audio_sample += _AAC_FRAME
+                out.mux(sound.encode(frame))
+
+        for n in range(frames):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            luma = _draw_luma(n, layout, background)
+            frame.planes[0].update(_padded(luma, width, height, frame.planes[0].line_size))
+            for plane, data in zip(frame.planes[1:], (chroma_u, chroma_v)):
+                plane.update(_padded(data, width // 2, height // 2, plane.line_size))
+            frame.pts = frame_pts(n, fps, start_pts)
+            frame.time_base = tb
+            if n % segment_frames == 0:
+                frame.pict_type = av.video.frame.PictureType.I
+            out.mux(video.encode(frame))
+            if sound is not None:
+                audio_until(frame_pts(n + 1, fps, start_pts))
+        out.mux(video.encode(None))
+        if sound is not None:
+            audio_until(end_pts)
+            out.mux(sound.encode(None))
+
+
+def synthesize(
+    output_dir: Path | str,
+    *,
+    width: int = 320,
+    height: int = 180,
+    fps: Fraction | int | str = Fraction(30),
+    duration: Fraction | float | str = 20,
+    segment_seconds: Fraction | int | str = 2,
+    audio: bool = False,
+    start_pts: int = 6000,
+    gop_seconds: Fraction | int | str | None = 1,
+    preset: str = "veryfast",
+) -> Path:
+    """Synthesize numbered H.264 content as an HLS playlist in ``output_dir``; return the .m3u8 path.
+
+    ``duration`` is rounded down to whole frames; segments hold ``segment_seconds * fps`` frames
+    (rounded) and start with an IDR frame; GOPs are ``gop_seconds * fps`` frames (None: one GOP per
+    segment). Frame ``n`` has pts ``frame_pts(n, fps, start_pts)`` on the 90 kHz clock.
+    """
+    output_dir = Path(output_dir)
+    fps = Fraction(fps)
+    if width % 2 or height % 2 or width < 64 or height < 36:
+        raise SampleContentError("width and height must be even and at least 64x36")
+    if fps <= 0:
+        raise SampleContentError("fps must be positive")
+    frames = math.floor(Fraction(duration) * fps)
+    segment_frames = max(1, round(Fraction(segment_seconds) * fps))
+    gop_frames = segment_frames if gop_seconds is None else max(1, round(Fraction(gop_seconds) * fps))
+    if frames < 1:
+        raise SampleContentError("duration is shorter than one frame")
+    if frames >= 1 << CODE_BITS:
+        raise SampleContentError(f"at most {(1 << CODE_BITS) - 1} frames can carry a frame number")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    full = output_dir / ".synthesized_full.ts"
+    try:
+        _encode_full_ts(
+            full,
+            width=width,
+            height=height,
+            fps=fps,
+            frames=frames,
+            segment_frames=segment_frames,
+            gop_frames=gop_frames,
+            audio=audio,
+            start_pts=start_pts,
+            preset=preset,
+        )
+        segment_ticks = Fraction(segment_frames * TS_CLOCK) / fps
+        return remux_to_hls(full, output_dir, segment_seconds=segment_ticks / TS_CLOCK, video_only=not audio)
+    finally:
+        full.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Remuxing into HLS segments (no re-encoding)
+
+
+class _SegmentFile:
+    """One MPEG-TS segment being written, with the streams copied from the source."""
+
+    def __init__(self, path: Path, sources: list[av.stream.Stream], start: int) -> None:
+        self.path = path
+        # mpegts_copyts keeps the source's timestamps: no mux delay, no shift to zero.
+        self.container = av.open(str(path), "w", format="mpegts", container_options=TS_MUX_OPTIONS)
+        self.streams = {src.index: self.container.add_stream_from_template(src) for src in sources}
+        self.start = start  # first video pts, source time base
+
+    def write(self, packet: av.Packet) -> None:
+        packet.stream = self.streams[packet.stream.index]
+        self.container.mux(packet)
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _video_frame_ticks(stream: av.video.stream.VideoStream) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate or stream.time_base is None:
+        raise SampleContentError("cannot tell the video frame rate")
+    return 1 / (Fraction(rate) * Fraction(stream.time_base))
+
+
+def remux_to_hls(
+    source: Path | str,
+    output_dir: Path | str,
+    *,
+    segment_seconds: Fraction | int | str = 5,
+    video_only: bool = True,
+) -> Path:
+    """Cut ``source`` into MPEG-TS segments at the first keyframe at or after each multiple of
+    ``segment_seconds`` from the first video frame, without re-encoding; write the playlist.
+
+    Timestamps are kept as they are in the source (no mux delay). Audio packets go to the segment
+    whose video span holds their pts. Returns the playlist path.
+    """
+    source = Path(source)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for old in output_dir.glob("hls_output_*.ts"):
+        old.unlink()
+    try:
+        container = av.open(str(source))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise SampleContentError(f"cannot read {source}: {exc}") from exc
+    with container:
+        if not container.streams.video:
+            raise SampleContentError(f"{source} has no video stream")
+        video = container.streams.video[0]
+        streams: list[av.stream.Stream] = [video]
+        if not video_only:
+            streams += [s for s in container.streams.audio[:1]]
+        frame_ticks = _video_frame_ticks(video)
+        assert video.time_base is not None
+        segment_ticks = Fraction(segment_seconds) / Fraction(video.time_base)
+        first_pts: int | None = None
+        next_cut = Fraction(0)
+        max_end = Fraction(0)
+        current: _SegmentFile | None = None
+        previous: _SegmentFile | None = None  # closed once audio passes its end
+        previous_end = 0
+        done: list[_SegmentFile] = []
+        for packet in container.demux(streams):
+            if packet.pts is None or packet.size == 0:
+                continue
+            if packet.stream.type == "video":
+                if first_pts is None:
+                    first_pts = packet.pts
+                    next_cut = first_pts + segment_ticks
+                if current is None or (packet.is_keyframe and packet.pts >= next_cut):
+                    if previous is not None:
+                        previous.close()
+                    previous, previous_end = current, packet.pts
+                    current = _SegmentFile(output_dir / SEGMENT_PATTERN.format(len(done)), streams, packet.pts)
+                    done.append(current)
+                    while next_cut <= packet.pts:
+                        next_cut += segment_ticks
+                max_end = max(max_end, packet.pts + frame_ticks)
+                current.write(packet)
+            elif current is None:
+                continue  # audio before the first video frame has no segment
+            elif previous is not None and packet.pts * packet.time_base < previous_end * video.time_base:
+                previous.write(packet)
+            else:
+                if previous is not None:
+                    previous.close()
+                    previous = None
+                current.write(packet)
+        if previous is not None:
+            previous.close()
+        if current is not None:
+            current.close()
+        if not done or first_pts is None:
+            raise SampleContentError(f"{source} has no video packets")
+        tb = Fraction(video.time_base)
+        durations = [
+            ((done[i + 1].start if i + 1 < len(done) else max_end) - seg.start) * tb
+            for i, seg in enumerate(done)
+        ]
+    playlist = output_dir / PLAYLIST_NAME
+    _write_playlist(playlist, [seg.path.name for seg in done], durations)
+    logger.info("wrote %s: %d segments", playlist, len(done))
+    return playlist
+
+
+def _write_playlist(path: Path, names: list[str], durations: list[Fraction]) -> None:
+    target = max(math.ceil(d) for d in durations)
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:3",
+        f"#EXT-X-TARGETDURATION:{target}",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+    ]
+    for name, duration in zip(names, durations):
+        millionths = round(duration * 1_000_000)
+        lines.append(f"#EXTINF:{millionths // 1_000_000}.{millionths % 1_000_000:06d},")
+        lines.append(name)
+    lines.append("#EXT-X-ENDLIST")
+    tmp = path.with_suffix(".m3u8.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# The film
+
+
+def _resolves(host: str, timeout: float) -> bool:
+    """Resolve ``host`` in a daemon thread, so an offline resolver cannot stall us past ``timeout``."""
+    result: list[bool] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _download_film(url: str, destination: Path, timeout: float) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if not _resolves(host, timeout):
+        logger.info("cannot resolve %s; synthesizing instead", host)
+        return False
+    partial = destination.with_name(destination.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+        if url.endswith(".zip"):
+            with zipfile.ZipFile(partial) as archive:
+                member = next(n for n in archive.namelist() if n.endswith(".mp4"))
+                with archive.open(member) as src, destination.open("wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            partial.unlink()
+        else:
+            os.replace(partial, destination)
+    except (OSError, urllib.error.URLError, zipfile.BadZipFile, StopIteration) as exc:
+        logger.info("cannot download %s (%s); synthesizing instead", url, exc)
+        partial.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def make_sample_content(
+    output_dir: Path,
+    *,
+    synthetic: bool,
+    film: Path,
+    film_url: str | None,
+    download_timeout: float,
+    segment_seconds: Fraction,
+    **synth: object,
+) -> Path:
+    """The film remuxed if it is here or can be fetched, else synthetic content."""
+    if not synthetic:
+        if not film.exists() and film_url:
+            logger.info("%s not found; trying %s", film, film_url)
+            _download_film(film_url, film, download_timeout)
+        if film.exists():
+            logger.info("remuxing %s into %s", film, output_dir)
+            return remux_to_hls(film, output_dir, segment_seconds=segment_seconds, video_only=True)
+        logger.info("no film available; synthesizing")
+    return synthesize(output_dir, segment_seconds=segment_seconds, **synth)  # type: ignore[arg-type]
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Write sample HLS content (the Big Buck Bunny film or synthetic numbered frames), "
+        "or read back the frame numbers burnt into synthetic content.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output-dir", type=Path, default=Path("sample_content"), help="where to write")
+    parser.add_argument("--synthetic", action="store_true", help="synthesize even if the film is available")
+    parser.add_argument("--width", type=int, default=640, help="synthetic picture width")
+    parser.add_argument("--height", type=int, default=360, help="synthetic picture height")
+    parser.add_argument("--fps", type=Fraction, default=Fraction(30), help="synthetic frame rate, e.g. 30000/1001")
+    parser.add_argument("--duration", type=Fraction, default=Fraction(60), help="synthetic duration, seconds")
+    parser.add_argument("--segment-seconds", type=Fraction, default=Fraction(5), help="segment length, seconds")
+    parser.add_argument("--gop-seconds", type=Fraction, default=Fraction(1), help="synthetic GOP length, seconds")
+    parser.add_argument("--audio", action="store_true", help="add an AAC stereo track to synthetic content")
+    parser.add_argument("--start-pts", type=int, default=6000, help="first frame's pts at 90 kHz")
+    parser.add_argument("--preset", default="veryfast", help="x264 preset for synthetic content")
+    parser.add_argument("--film", type=Path, default=Path(FILM_FILENAME), help="the film's local path")
+    parser.add_argument("--film-url", default=FILM_URL, help="where to download the film ('' = never)")
+    parser.add_argument("--download-timeout", type=float, default=5.0, help="seconds to wait for the download to start")
+    parser.add_argument("--read-frame-numbers", type=Path, metavar="FILE", help="print FILE's frame numbers and exit")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        if args.read_frame_numbers is not None:
+            if not args.read_frame_numbers.is_file():
+                raise SampleContentError(f"no such file: {args.read_frame_numbers}")
+            print("\n".join(str(n) for n in read_frame_numbers(args.read_frame_numbers)))
+            return 0
+        playlist = make_sample_content(
+            args.output_dir,
+            synthetic=args.synthetic,
+            film=args.film,
+            film_url=args.film_url or None,
+            download_timeout=args.download_timeout,
+            segment_seconds=args.segment_seconds,
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            duration=args.duration,
+            audio=args.audio,
+            start_pts=args.start_pts,
+            gop_seconds=args.gop_seconds,
+            preset=args.preset,
+        )
+    except (SampleContentError, av.error.FFmpegError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(playlist)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,880 @@
+#!/usr/bin/env python3
+"""Edit two Flows by reference: make a new Flow whose segments point at their media objects.
+
+No media is copied or created. Two kinds of edit:
+
+* **concatenation** (the default): the frames of input 1's timerange, then the frames of
+  input 2's timerange, starting on the output timeline where input 1's selection starts
+  (or at ``--start``);
+* **interval cuts** (``--cut-interval-sec S``): alternate between the inputs every S seconds
+  of output (S rounded to whole frames). Each input runs on in its own timeline while the
+  other one is shown, so turn k of an input shows its frames from ``k * S`` after its own
+  start. The edit stops when an input cannot fill its turn (its partial last turn is kept).
+
+An object used only in part is trimmed the API 8.x way: the output segment's ``timerange``
+and ``ts_offset`` select exactly the wanted frames and ``object_timerange`` describes the
+whole object; with ``--legacy-sample-fields`` the deprecated ``sample_offset`` /
+``sample_count`` are written too, for older readers.
+
+All timing is exact: ``mediatimestamp`` ``Timestamp``/``TimeRange`` and ``Fraction``, with
+frames counted at the inputs' ``frame_rate`` on a grid anchored at each input segment's start.
+The planning is pure (:func:`plan_concatenation`, :func:`plan_interval`) and the store work is
+in :func:`edit`, which takes a :class:`TAMSClient`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import re
+import sys
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, NoReturn
+
+from mediatimestamp.immutable import TimeRange, Timestamp
+
+from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
+from credentials import Credentials, add_credential_args, connection_from_args
+
+__all__ = [
+    "EditError",
+    "EditRequest",
+    "EditResult",
+    "InputSegment",
+    "PlannedSegment",
+    "Span",
+    "check_compatible",
+    "edit",
+    "frame_rate_of",
+    "grid_anchor",
+    "interval_frames",
+    "main",
+    "output_flow",
+    "parse_interval",
+    "parse_segment",
+    "parse_timerange",
+    "parse_timestamp",
+    "plan_concatenation",
+    "plan_interval",
+    "run",
+    "select_frames",
+]
+
+logger = logging.getLogger(__name__)
+
+# A frame whose timestamp misses a bound by less than this fraction of a frame duration
+# still counts as on the bound: stored timestamps are quantised (to nanoseconds, and by
+# containers such as MPEG-TS to 90 kHz ticks), so a frame's stored time can be a little
+# off its exact place on the grid. 1/1000 of a frame is far below anything a person means.
+GRID_TOLERANCE = Fraction(1, 1000)
+
+# Segments per list POST; a store may cap request bodies.
+DEFAULT_BATCH_SIZE = 100
+
+_TIMESTAMP_RE = re.compile(r"^-?(0|[1-9][0-9]*):(0|[1-9][0-9]{0,8})$")
+_TIMERANGE_RE = re.compile(
+    r"^(\[|\()?(-?(0|[1-9][0-9]*):(0|[1-9][0-9]{0,8}))?(_(-?(0|[1-9][0-9]*):(0|[1-9][0-9]{0,8}))?)?(\]|\))?$"
+)
+_NS = 10**9
+
+
+class EditError(Exception):
+    """The edit cannot be made as asked; ``str()`` is one line for the user."""
+
+
+# ---------------------------------------------------------------------------
+# Parsing user input (strictly: the API's own timestamp and timerange syntax)
+
+
+def parse_timestamp(text: str, what: str = "timestamp") -> Timestamp:
+    """A ``secs:nanos`` Timestamp, as the TAMS API writes them."""
+    if not _TIMESTAMP_RE.match(text):
+        raise EditError(f"bad {what} {text!r}: expected seconds:nanoseconds, e.g. 10:500000000")
+    return Timestamp.from_sec_nsec(text)
+
+
+def parse_timerange(text: str, what: str = "timerange") -> TimeRange:
+    """A TimeRange in the TAMS API syntax (``[10:0_12:0)``, ``_`` for all of time, ...)."""
+    if text in ("", "()") or not _TIMERANGE_RE.match(text):
+        raise EditError(f"bad {what} {text!r}: expected e.g. [10:0_12:500000000) or _ for all of time")
+    timerange = TimeRange.from_str(text)
+    if "_" not in text and (text.startswith("(") or text.endswith(")")):
+        timerange = TimeRange.never()  # an instant with an exclusive bound (mediatimestamp ignores it)
+    if timerange.is_empty():
+        raise EditError(f"{what} {text!r} is empty")
+    return timerange
+
+
+def parse_interval(text: str) -> Fraction:
+    """Seconds as an exact Fraction: ``2``, ``1.5`` or ``3/2`` (never through a float)."""
+    try:
+        value = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise EditError(f"bad --cut-interval-sec {text!r}: expected seconds, e.g. 2, 1.5 or 3/2") from None
+    if value <= 0:
+        raise EditError(f"bad --cut-interval-sec {text!r}: must be more than 0")
+    return value
+
+
+def interval_frames(seconds: Fraction, rate: Fraction) -> int:
+    """Whole frames in an interval of ``seconds``, rounded to the nearest frame (halves up).
+    Refuses an interval shorter than one frame."""
+    frames = seconds * rate
+    if frames < 1:
+        raise EditError(f"cut interval {seconds} s is shorter than one frame ({1 / rate} s at {_rate_text(rate)} fps)")
+    return math.floor(frames + Fraction(1, 2))
+
+
+def _ts(value: object, what: str) -> Timestamp:
+    if isinstance(value, Timestamp):
+        return value
+    try:
+        return Timestamp.from_str(str(value))
+    except Exception as exc:
+        raise EditError(f"bad {what} {value!r} from the store") from exc
+
+
+def _tr(value: object, what: str) -> TimeRange:
+    if isinstance(value, TimeRange):
+        return value
+    try:
+        return TimeRange.from_str(str(value))
+    except Exception as exc:
+        raise EditError(f"bad {what} {value!r} from the store") from exc
+
+
+# ---------------------------------------------------------------------------
+# Frame arithmetic
+
+
+def _seconds(ts: Timestamp) -> Fraction:
+    return Fraction(ts.to_nanosec(), _NS)
+
+
+def _floor_timestamp(seconds: Fraction) -> Timestamp:
+    """The Timestamp at or just before an exact time (mediatimestamp also floors)."""
+    return Timestamp(ns=math.floor(seconds * _NS))
+
+
+def _frames_between(anchor: Timestamp, ts: Timestamp, rate: Fraction) -> Fraction:
+    """Exact number of frame durations from ``anchor`` to ``ts`` (may be fractional)."""
+    return (_seconds(ts) - _seconds(anchor)) * rate
+
+
+def _frame_bounds(timerange: TimeRange, anchor: Fraction, rate: Fraction) -> tuple[int | None, int | None]:
+    """The frames whose timestamps lie in ``timerange``, as a half-open index range
+    ``[first, stop)`` on the grid ``anchor + k / rate`` (``anchor`` in exact seconds;
+    None where the timerange is unbounded).
+
+    Rounding rule: frame k is inside when its grid time is inside the timerange, and a
+    frame that misses a bound by less than GRID_TOLERANCE of a frame still counts as on
+    it. So a bound between two frames moves to the later one (an inclusive start at
+    2.4 frames gives first = 3; an exclusive end at 5.6 gives stop = 6, i.e. frame 5 is
+    the last), and a bound on a frame keeps its inclusivity (``[`` takes the frame,
+    ``(`` starts with the next one; ``)`` stops before it, ``]`` takes it).
+    """
+    if timerange.is_empty():
+        return 0, 0
+    first: int | None = None
+    stop: int | None = None
+    if timerange.start is not None:
+        x = (_seconds(timerange.start) - anchor) * rate
+        first = math.ceil(x - GRID_TOLERANCE) if timerange.includes_start() else math.floor(x + GRID_TOLERANCE) + 1
+    if timerange.end is not None:
+        x = (_seconds(timerange.end) - anchor) * rate
+        stop = math.floor(x + GRID_TOLERANCE) + 1 if timerange.includes_end() else math.ceil(x - GRID_TOLERANCE)
+    return first, stop
+
+
+def grid_anchor(start: Timestamp, ts_offset: Timestamp, rate: Fraction) -> Fraction:
+    """The exact Flow time (seconds) of a segment's first frame, for counting its frames.
+
+    Timestamps are whole nanoseconds: a frame's stored Flow time is its exact time on the
+    object's timeline rounded down, plus ``ts_offset``. When the segment's first frame is,
+    on the object's timeline, the rounded-down time of a whole number of frames from 0:0
+    (the object is on the rate's global grid, as MPEG-TS media of a constant rate is),
+    that exact multiple (plus ``ts_offset``) is the anchor, and frame times computed from
+    it are exactly the stored timestamps. Otherwise the segment start is the anchor, and
+    computed frame times are at most 1 ns before the stored ones, never after, so a
+    reader filtering frames by timestamp still gets each frame in the right segment.
+    """
+    on_object = start - ts_offset
+    count = on_object.to_count(rate.numerator, rate.denominator, Timestamp.ROUND_NEAREST)
+    if Timestamp.from_count(count, rate.numerator, rate.denominator) == on_object:
+        return count / rate + _seconds(ts_offset)
+    return _seconds(start)
+
+
+def _nearest_count(duration: Timestamp, rate: Fraction) -> int:
+    """A duration as a whole number of frames, to the nearest (halves up)."""
+    return math.floor(Fraction(duration.to_nanosec(), _NS) * rate + Fraction(1, 2))
+
+
+def _rate_text(rate: Fraction) -> str:
+    return f"{rate.numerator}/{rate.denominator}"
+
+
+# ---------------------------------------------------------------------------
+# Input segments and the frames chosen from them
+
+
+@dataclass(frozen=True)
+class InputSegment:
+    """One segment of an input Flow, parsed, with its frames counted at the Flow's rate.
+
+    Frame k of the segment is at ``frame_time(k)``: k frame durations after the
+    segment's first frame (the grid is anchored at each segment's own start, see
+    :func:`grid_anchor`, so a gap or a shift between segments never moves a cut).
+    Frames ``first_frame .. stop_frame - 1`` are the ones its ``timerange`` contains.
+    """
+
+    object_id: str
+    timerange: TimeRange
+    ts_offset: Timestamp
+    object_timerange: TimeRange
+    rate: Fraction
+    anchor: Fraction   # exact time of frame 0, see grid_anchor()
+    first_frame: int
+    stop_frame: int
+    key_frame_count: int | None = None
+    init_object_id: str | None = None
+    last_duration: Timestamp | None = None
+
+    @property
+    def start(self) -> Timestamp:
+        assert self.timerange.start is not None
+        return self.timerange.start
+
+    def frame_time(self, k: int) -> Timestamp:
+        """Timestamp (input Flow timeline) of frame k's start; at ``stop_frame`` the
+        segment's own exclusive end, so an untrimmed end is kept exactly."""
+        if k == 0:
+            return self.start
+        if k == self.stop_frame and self.timerange.end is not None and not self.timerange.includes_end():
+            return self.timerange.end
+        return _floor_timestamp(self.anchor + k / self.rate)
+
+
+def parse_segment(raw: Mapping[str, Any], rate: Fraction) -> InputSegment:
+    """An API segment dict (as ``GET /flows/{id}/segments`` returns it) as an InputSegment.
+    ``object_timerange`` defaults to ``timerange - ts_offset``, as the API says."""
+    try:
+        object_id = str(raw["object_id"])
+        timerange = _tr(raw["timerange"], "segment timerange")
+    except KeyError as exc:
+        raise EditError(f"segment from the store lacks {exc.args[0]}: {dict(raw)!r}") from None
+    if timerange.start is None or timerange.end is None or timerange.is_empty():
+        raise EditError(f"segment of object {object_id} has an unusable timerange {timerange!s}")
+    ts_offset = _ts(raw.get("ts_offset", "0:0"), "ts_offset")
+    if raw.get("object_timerange"):
+        object_timerange = _tr(raw["object_timerange"], "object_timerange")
+    else:
+        object_timerange = TimeRange(timerange.start - ts_offset, timerange.end - ts_offset, timerange.inclusivity)
+    if object_timerange.start is None:
+        raise EditError(f"object {object_id} has an unbounded object_timerange {object_timerange!s}")
+    anchor = grid_anchor(timerange.start, ts_offset, rate)
+    first, stop = _frame_bounds(timerange, anchor, rate)
+    assert first is not None and stop is not None
+    init = raw.get("init_object")
+    init_object_id = raw.get("init_object_id") or (init.get("object_id") if isinstance(init, Mapping) else None)
+    kfc = raw.get("key_frame_count")
+    last_duration = raw.get("last_duration")
+    return InputSegment(
+        object_id=object_id,
+        timerange=timerange,
+        ts_offset=ts_offset,
+        object_timerange=object_timerange,
+        rate=rate,
+        anchor=anchor,
+        first_frame=first,
+        stop_frame=stop,
+        key_frame_count=int(kfc) if kfc is not None else None,
+        init_object_id=str(init_object_id) if init_object_id else None,
+        last_duration=_ts(last_duration, "last_duration") if last_duration else None,
+    )
+
+
+@dataclass(frozen=True)
+class Span:
+    """Frames ``first .. stop - 1`` of one input segment."""
+
+    segment: InputSegment
+    first: int
+    stop: int
+
+    @property
+    def start(self) -> Timestamp:
+        return self.segment.frame_time(self.first)
+
+    @property
+    def end(self) -> Timestamp:
+        return self.segment.frame_time(self.stop)
+
+    @property
+    def frames(self) -> int:
+        return self.stop - self.first
+
+
+def select_frames(segments: Iterable[InputSegment | Span], timerange: TimeRange) -> list[Span]:
+    """The frames of ``segments`` whose timestamps lie in ``timerange`` (see
+    :func:`_frame_bounds` for the rounding rule), in timeline order, as Spans."""
+    spans: list[Span] = []
+    for item in segments:
+        span = item if isinstance(item, Span) else Span(item, item.first_frame, item.stop_frame)
+        seg = span.segment
+        first, stop = _frame_bounds(timerange, seg.anchor, seg.rate)
+        lo = span.first if first is None else max(span.first, first)
+        hi = span.stop if stop is None else min(span.stop, stop)
+        if lo < hi:
+            spans.append(Span(seg, lo, hi))
+    spans.sort(key=lambda s: s.start)
+    return spans
+
+
+# ---------------------------------------------------------------------------
+# Output segments
+
+
+@dataclass(frozen=True)
+class PlannedSegment:
+    """One output segment: part of an input segment placed on the output timeline."""
+
+    input_number: int            # 1 or 2
+    object_id: str
+    timerange: TimeRange         # on the output timeline, [start_end)
+    ts_offset: Timestamp         # output timeline - object timeline
+    object_timerange: TimeRange  # the whole object, on its own timeline
+    sample_offset: int           # first frame used, counted from the object's start
+    sample_count: int            # frames used
+    input_timerange: TimeRange   # the frames used, on the input timeline
+    key_frame_count: int | None = None
+    init_object_id: str | None = None
+    last_duration: Timestamp | None = None
+
+    def to_json(self, *, legacy_sample_fields: bool = False) -> dict[str, Any]:
+        """The segment as ``POST /flows/{id}/segments`` takes it."""
+        body: dict[str, Any] = {
+            "object_id": self.object_id,
+            "timerange": str(self.timerange),
+            "ts_offset": str(self.ts_offset),
+            "object_timerange": str(self.object_timerange),
+        }
+        if self.last_duration is not None:
+            body["last_duration"] = str(self.last_duration)
+        if self.key_frame_count is not None:
+            body["key_frame_count"] = self.key_frame_count
+        if self.init_object_id is not None:
+            body["init_object_id"] = self.init_object_id
+        if legacy_sample_fields:
+            body["sample_offset"] = self.sample_offset
+            body["sample_count"] = self.sample_count
+        return body
+
+    def describe(self) -> str:
+        """One line for ``--dry-run`` and the log."""
+        last = self.sample_offset + self.sample_count - 1
+        return (
+            f"{self.timerange!s} object {self.object_id} ts_offset {self.ts_offset!s} "
+            f"object_timerange {self.object_timerange!s} frames {self.sample_offset}-{last} "
+            f"(input {self.input_number} {self.input_timerange!s})"
+        )
+
+
+def _place(spans: Sequence[Span], cursor: Timestamp, input_number: int,
+           out: list[PlannedSegment]) -> Timestamp:
+    """Put ``spans`` one after another on the output timeline from ``cursor``; returns
+    the exclusive end of the last one."""
+    for span in spans:
+        seg = span.segment
+        start, end = span.start, span.end
+        shift = cursor - start
+        placed_end = cursor + (end - start)
+        object_start = start - seg.ts_offset
+        assert seg.object_timerange.start is not None
+        whole_end = span.stop == seg.stop_frame
+        out.append(PlannedSegment(
+            input_number=input_number,
+            object_id=seg.object_id,
+            timerange=TimeRange(cursor, placed_end, TimeRange.INCLUDE_START),
+            ts_offset=seg.ts_offset + shift,
+            object_timerange=seg.object_timerange,
+            sample_offset=_nearest_count(object_start - seg.object_timerange.start, seg.rate),
+            sample_count=span.frames,
+            input_timerange=TimeRange(start, end, TimeRange.INCLUDE_START),
+            key_frame_count=seg.key_frame_count,
+            init_object_id=seg.init_object_id,
+            last_duration=seg.last_duration if whole_end and not seg.timerange.includes_end() else None,
+        ))
+        cursor = placed_end
+    return cursor
+
+
+def _selection(number: int, segments: Sequence[InputSegment], timerange: TimeRange) -> list[Span]:
+    spans = select_frames(segments, timerange)
+    if not spans:
+        if not segments:
+            raise EditError(f"input {number} has no segments in timerange {timerange!s}")
+        raise EditError(f"input {number} timerange {timerange!s} selects no frames of the flow")
+    return spans
+
+
+def plan_concatenation(
+    segments1: Sequence[InputSegment],
+    timerange1: TimeRange,
+    segments2: Sequence[InputSegment],
+    timerange2: TimeRange,
+    *,
+    start: Timestamp | None = None,
+) -> list[PlannedSegment]:
+    """Input 1's frames in ``timerange1`` then input 2's in ``timerange2``, back to back,
+    from ``start`` (default: where input 1's selection starts)."""
+    spans1 = _selection(1, segments1, timerange1)
+    spans2 = _selection(2, segments2, timerange2)
+    out: list[PlannedSegment] = []
+    cursor = spans1[0].start if start is None else start
+    cursor = _place(spans1, cursor, 1, out)
+    _place(spans2, cursor, 2, out)
+    return out
+
+
+def plan_interval(
+    segments1: Sequence[InputSegment],
+    timerange1: TimeRange,
+    segments2: Sequence[InputSegment],
+    timerange2: TimeRange,
+    frames_per_cut: int,
+    *,
+    start: Timestamp | None = None,
+) -> list[PlannedSegment]:
+    """Alternate input 1 and input 2 every ``frames_per_cut`` frames of output.
+
+    Turn k belongs to input ``k % 2 + 1`` and shows that input's frames from
+    ``origin + k * frames_per_cut`` to ``origin + (k + 1) * frames_per_cut`` frames,
+    where origin is where the input's selection starts: both inputs run on in their
+    own timelines. Stops at the first turn its input cannot fill; the frames it has
+    for that turn are kept.
+    """
+    if frames_per_cut < 1:
+        raise EditError("cut interval must be at least one frame")
+    selections = (_selection(1, segments1, timerange1), _selection(2, segments2, timerange2))
+    origins = tuple(spans[0].segment.anchor + spans[0].first / spans[0].segment.rate for spans in selections)
+    ends = tuple(spans[-1].end for spans in selections)
+    rates = tuple(spans[0].segment.rate for spans in selections)
+    out: list[PlannedSegment] = []
+    cursor = selections[0][0].start if start is None else start
+    turn = 0
+    while True:
+        i = turn % 2
+        rate = rates[i]
+        window_start = _floor_timestamp(origins[i] + turn * frames_per_cut / rate)
+        window_end = _floor_timestamp(origins[i] + (turn + 1) * frames_per_cut / rate)
+        window = TimeRange(window_start, window_end, TimeRange.INCLUDE_START)
+        spans = select_frames(selections[i], window)
+        if not spans and _frames_between(ends[i], window_start, rate) >= -GRID_TOLERANCE:
+            break  # nothing left of this input
+        cursor = _place(spans, cursor, i + 1, out)
+        if _frames_between(ends[i], window_end, rate) > GRID_TOLERANCE:
+            break  # this input ran out during its turn
+        turn += 1
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Flows
+
+
+def frame_rate_of(flow: Mapping[str, Any]) -> Fraction:
+    """The Flow's ``essence_parameters.frame_rate`` as a Fraction; refuses Flows without one."""
+    flow_id = flow.get("id", "?")
+    if flow.get("format") != "urn:x-nmos:format:video":
+        raise EditError(f"flow {flow_id} is {flow.get('format')}, but only video flows can be edited to the frame")
+    rate = (flow.get("essence_parameters") or {}).get("frame_rate")
+    if not isinstance(rate, Mapping) or "numerator" not in rate:
+        raise EditError(f"flow {flow_id} has no frame_rate (variable frame rate?), so it cannot be cut to the frame")
+    try:
+        value = Fraction(int(rate["numerator"]), int(rate.get("denominator", 1)))
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise EditError(f"flow {flow_id} has a bad frame_rate {dict(rate)!r}") from None
+    if value <= 0:
+        raise EditError(f"flow {flow_id} has a bad frame_rate {_rate_text(value)}")
+    return value
+
+
+# What must match between the inputs for the output to be one playable Flow.
+_MATCHED_FIELDS = ("format", "codec", "container")
+_MATCHED_ESSENCE = ("frame_rate", "frame_width", "frame_height", "interlace_mode", "init_segments")
+
+
+def _show(name: str, value: object) -> str:
+    if value is None:
+        return "(none)"
+    if name == "frame_rate" and isinstance(value, Mapping):
+        return f"{value.get('numerator')}/{value.get('denominator', 1)}"
+    return str(value)
+
+
+def check_compatible(flow1: Mapping[str, Any], flow2: Mapping[str, Any]) -> Fraction:
+    """Refuse inputs that cannot make one Flow (naming the first difference); returns the rate."""
+    rate1, rate2 = frame_rate_of(flow1), frame_rate_of(flow2)
+    for name in _MATCHED_FIELDS:
+        if flow1.get(name) != flow2.get(name):
+            raise EditError(f"input flows differ in {name}: {_show(name, flow1.get(name))} vs {_show(name, flow2.get(name))}")
+    ep1, ep2 = flow1.get("essence_parameters") or {}, flow2.get("essence_parameters") or {}
+    for name in _MATCHED_ESSENCE:
+        a, b = ep1.get(name), ep2.get(name)
+        if name == "frame_rate":
+            if rate1 != rate2:
+                raise EditError(f"input flows differ in frame_rate: {_rate_text(rate1)} vs {_rate_text(rate2)}")
+        elif a != b:
+            raise EditError(f"input flows differ in {name}: {_show(name, a)} vs {_show(name, b)}")
+    return rate1
+
+
+def output_flow(
+    flow1: Mapping[str, Any],
+    flow2: Mapping[str, Any],
+    *,
+    flow_id: str,
+    source_id: str,
+    label: str,
+    description: str,
+    tags: Mapping[str, str | list[str]],
+) -> dict[str, Any]:
+    """The output Flow: technical properties from the inputs, its own ids, label and tags."""
+    flow: dict[str, Any] = {
+        "id": flow_id,
+        "source_id": source_id,
+        "format": flow1["format"],
+        "label": label,
+        "description": description,
+        "tags": dict(tags),
+    }
+    for name in ("codec", "container"):
+        if flow1.get(name) is not None:
+            flow[name] = flow1[name]
+    flow["essence_parameters"] = dict(flow1.get("essence_parameters") or {})
+    if flow1.get("generation") is not None and flow1.get("generation") == flow2.get("generation"):
+        flow["generation"] = flow1["generation"]  # no new generation: nothing is re-encoded
+    max_rates = [f["max_bit_rate"] for f in (flow1, flow2) if f.get("max_bit_rate") is not None]
+    if len(max_rates) == 2:
+        flow["max_bit_rate"] = max(max_rates)
+    if flow1.get("avg_bit_rate") is not None and flow1.get("avg_bit_rate") == flow2.get("avg_bit_rate"):
+        flow["avg_bit_rate"] = flow1["avg_bit_rate"]
+    return flow
+
+
+# ---------------------------------------------------------------------------
+# The edit against a store
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """What to edit; timeranges on the inputs' own timelines."""
+
+    input1_flow_id: str
+    input2_flow_id: str
+    input1_timerange: TimeRange = field(default_factory=TimeRange.eternity)
+    input2_timerange: TimeRange = field(default_factory=TimeRange.eternity)
+    output_flow_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    output_source_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    cut_interval: Fraction | None = None   # seconds; None = concatenation
+    start: Timestamp | None = None
+    legacy_sample_fields: bool = False
+    label: str | None = None
+    dry_run: bool = False
+    page_limit: int | None = None          # segments per page when reading the inputs
+    batch_size: int = DEFAULT_BATCH_SIZE   # segments per list POST
+
+
+@dataclass
+class EditResult:
+    output_flow_id: str
+    segments: list[PlannedSegment]
+    written: bool
+    bulk: bool = True          # False when the store refused list POSTs
+
+    @property
+    def timerange(self) -> TimeRange:
+        if not self.segments:
+            return TimeRange.never()
+        return TimeRange(self.segments[0].timerange.start, self.segments[-1].timerange.end, TimeRange.INCLUDE_START)
+
+    @property
+    def frames(self) -> int:
+        return sum(s.sample_count for s in self.segments)
+
+
+async def _get_input(client: TAMSClient, number: int, flow_id: str) -> dict:
+    try:
+        return await client.get_flow(flow_id)
+    except NotFound:
+        raise EditError(f"input {number} flow {flow_id} not found") from None
+
+
+async def _read_segments(client: TAMSClient, flow_id: str, timerange: TimeRange, rate: Fraction,
+                         page_limit: int | None) -> list[InputSegment]:
+    segments = []
+    async for raw in client.segments(flow_id, timerange=timerange, limit=page_limit):
+        raw.pop("get_urls", None)
+        segments.append(parse_segment(raw, rate))
+    return segments
+
+
+def _edit_tags(request: EditRequest, frames_per_cut: int | None) -> dict[str, str | list[str]]:
+    tags: dict[str, str | list[str]] = {
+        "edit_tool": "simple_edit.py",
+        "edit_mode": "concatenation" if request.cut_interval is None else "interval",
+        "edit_inputs": [request.input1_flow_id, request.input2_flow_id],
+        "edit_input_timeranges": [str(request.input1_timerange), str(request.input2_timerange)],
+    }
+    if request.cut_interval is not None and frames_per_cut is not None:
+        tags["edit_cut_interval_sec"] = str(request.cut_interval)
+        tags["edit_cut_interval_frames"] = str(frames_per_cut)
+    if request.start is not None:
+        tags["edit_start"] = str(request.start)
+    return tags
+
+
+def _failure_text(entry: Mapping[str, Any]) -> str:
+    """One entry of a bulk POST's ``failed_segments``, readably."""
+    error = entry.get("error")
+    reason = error.get("summary", error) if isinstance(error, Mapping) else error
+    return f"object {entry.get('object_id')} {entry.get('timerange', '')}: {reason or 'no reason given'}"
+
+
+def _name(flow: Mapping[str, Any]) -> str:
+    return str(flow.get("label") or flow.get("id"))
+
+
+async def _write_segments(client: TAMSClient, flow_id: str, planned: Sequence[PlannedSegment],
+                          request: EditRequest) -> bool:
+    """POST the segments in lists of ``batch_size``; if the store refuses a list as a
+    whole, fall back to one segment per request. Returns whether lists were used."""
+    bulk = True
+    for i in range(0, len(planned), max(1, request.batch_size)):
+        batch = planned[i:i + max(1, request.batch_size)]
+        bodies = [p.to_json(legacy_sample_fields=request.legacy_sample_fields) for p in batch]
+        if bulk:
+            try:
+                failed = await client.post_segments(flow_id, bodies)
+            except TAMSResponseError as exc:
+                if exc.status not in (400, 405, 413, 415, 422):
+                    raise
+                logger.info("store refused a list of segments (%s); writing them one at a time", exc.status)
+                bulk = False
+            else:
+                if failed:
+                    raise EditError(f"store refused {_count(len(failed), 'segment')}, "
+                                    f"e.g. {_failure_text(failed[0])}")
+        if not bulk:
+            for p, body in zip(batch, bodies):
+                try:
+                    failed = await client.post_segments(flow_id, body)
+                except TAMSResponseError as exc:
+                    raise EditError(f"store refused segment {p.timerange!s} (object {p.object_id}): {exc}") from exc
+                if failed:
+                    raise EditError(f"store refused segment {p.timerange!s}: {_failure_text(failed[0])}")
+        for p in batch:
+            logger.info("wrote segment %s", p.describe())
+    return bulk
+
+
+async def edit(client: TAMSClient, request: EditRequest) -> EditResult:
+    """Plan the edit from the inputs and (unless ``dry_run``) write the output Flow.
+
+    Raises EditError for anything wrong with the request, TAMSError when the store
+    fails. If anything fails after the output Flow was created, it is deleted again.
+    """
+    flow1 = await _get_input(client, 1, request.input1_flow_id)
+    flow2 = await _get_input(client, 2, request.input2_flow_id)
+    rate = check_compatible(flow1, flow2)
+    frames_per_cut = interval_frames(request.cut_interval, rate) if request.cut_interval is not None else None
+
+    try:
+        await client.get_flow(request.output_flow_id)
+    except NotFound:
+        pass
+    else:
+        raise EditError(f"output flow {request.output_flow_id} already exists")
+
+    segments1 = await _read_segments(client, request.input1_flow_id, request.input1_timerange, rate,
+                                     request.page_limit)
+    segments2 = await _read_segments(client, request.input2_flow_id, request.input2_timerange, rate,
+                                     request.page_limit)
+    logger.debug("read %d segments of input 1 and %d of input 2", len(segments1), len(segments2))
+    if frames_per_cut is None:
+        planned = plan_concatenation(segments1, request.input1_timerange, segments2, request.input2_timerange,
+                                     start=request.start)
+    else:
+        planned = plan_interval(segments1, request.input1_timerange, segments2, request.input2_timerange,
+                                frames_per_cut, start=request.start)
+    if request.dry_run:
+        return EditResult(request.output_flow_id, planned, written=False)
+
+    if request.cut_interval is None:
+        label = f"{_name(flow1)} then {_name(flow2)}"
+        description = (f"Concatenation by reference of flow {request.input1_flow_id} {request.input1_timerange!s} "
+                       f"and flow {request.input2_flow_id} {request.input2_timerange!s}")
+    else:
+        label = f"{_name(flow1)} / {_name(flow2)} every {request.cut_interval} s"
+        description = (f"Cuts by reference every {request.cut_interval} s ({frames_per_cut} frames) between "
+                       f"flow {request.input1_flow_id} {request.input1_timerange!s} "
+                       f"and flow {request.input2_flow_id} {request.input2_timerange!s}")
+    flow = output_flow(flow1, flow2, flow_id=request.output_flow_id, source_id=request.output_source_id,
+                       label=request.label or label, description=description,
+                       tags=_edit_tags(request, frames_per_cut))
+    try:
+        await client.get_source(request.output_source_id)
+        new_source = False
+    except NotFound:
+        new_source = True
+    created = await client.put_flow(request.output_flow_id, flow)
+    if created is None:
+        # Someone made this Flow between our check and our PUT: it is theirs, leave it.
+        raise EditError(f"output flow {request.output_flow_id} already exists")
+    logger.info("created output flow %s (source %s)", request.output_flow_id, request.output_source_id)
+    try:
+        if new_source:  # name a Source this edit made; leave an existing one's label alone
+            await client.put_source_label(request.output_source_id, flow["label"])
+        bulk = await _write_segments(client, request.output_flow_id, planned, request)
+    except BaseException:
+        logger.info("deleting the unfinished output flow %s", request.output_flow_id)
+        try:
+            await client.delete_flow(request.output_flow_id)
+        except TAMSError as exc:
+            logger.warning("could not delete the unfinished output flow %s: %s", request.output_flow_id, exc)
+        raise
+    return EditResult(request.output_flow_id, planned, written=True, bulk=bulk)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not the usage block, on a bad command line."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="simple_edit.py",
+        description="Make a new Flow from two input Flows by reference (no media is copied): "
+                    "input 1's timerange then input 2's, or cuts between them every --cut-interval-sec.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_credential_args(parser)
+    parser.add_argument("--input1-flow-id", required=True, help="input 1 Flow id (required)%(default).0s")
+    parser.add_argument("--input1-timerange", default="_", help="frames of input 1 to use (input 1 timeline)")
+    parser.add_argument("--input2-flow-id", required=True, help="input 2 Flow id (required)%(default).0s")
+    parser.add_argument("--input2-timerange", default="_", help="frames of input 2 to use (input 2 timeline)")
+    parser.add_argument("--output-flow-id", default=None, help="output Flow id, which must not exist yet (default: a new uuid)%(default).0s")
+    parser.add_argument("--output-source-id", default=None, help="output Source id (default: a new uuid)%(default).0s")
+    parser.add_argument("--cut-interval-sec", default=None,
+                        help="cut between the inputs every this many seconds of output (e.g. 2, 1.5 or 3/2; "
+                             "rounded to whole frames) instead of concatenating them (default: concatenate)"
+                             "%(default).0s")
+    parser.add_argument("--start", default=None,
+                        help="output timeline start, seconds:nanoseconds "
+                             "(default: where input 1's frames start)%(default).0s")
+    parser.add_argument("--legacy-sample-fields", action="store_true",
+                        help="also write the deprecated sample_offset/sample_count, for older stores and readers")
+    parser.add_argument("--label", default=None, help="output Flow label (default: made from the inputs' labels)%(default).0s")
+    parser.add_argument("--dry-run", action="store_true", help="print the segments the edit would write; write nothing")
+    parser.add_argument("--page-limit", type=int, default=None,
+                        help="segments per page when reading the inputs (default: the store's)%(default).0s")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="segments per list POST")
+    return parser
+
+
+def _flow_id(text: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise EditError(f"bad {what} {text!r}: expected a uuid") from None
+
+
+def request_from_args(args: argparse.Namespace) -> EditRequest:
+    """The EditRequest the command line asks for; EditError on a bad value."""
+    if args.page_limit is not None and args.page_limit < 1:
+        raise EditError("--page-limit must be at least 1")
+    if args.batch_size < 1:
+        raise EditError("--batch-size must be at least 1")
+    return EditRequest(
+        input1_flow_id=_flow_id(args.input1_flow_id, "--input1-flow-id"),
+        input2_flow_id=_flow_id(args.input2_flow_id, "--input2-flow-id"),
+        input1_timerange=parse_timerange(args.input1_timerange, "--input1-timerange"),
+        input2_timerange=parse_timerange(args.input2_timerange, "--input2-timerange"),
+        output_flow_id=_flow_id(args.output_flow_id, "--output-flow-id") if args.output_flow_id
+        else str(uuid.uuid4()),
+        output_source_id=_flow_id(args.output_source_id, "--output-source-id") if args.output_source_id
+        else str(uuid.uuid4()),
+        cut_interval=parse_interval(args.cut_interval_sec) if args.cut_interval_sec is not None else None,
+        start=parse_timestamp(args.start, "--start") if args.start is not None else None,
+        legacy_sample_fields=args.legacy_sample_fields,
+        label=args.label,
+        dry_run=args.dry_run,
+        page_limit=args.page_limit,
+        batch_size=args.batch_size,
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def report(result: EditResult) -> None:
+    """The script's output: the planned segments (dry run) or a summary."""
+    if not result.written:
+        print(f"dry run: would create flow {result.output_flow_id} with {_count(len(result.segments), 'segment')}, "
+              f"{result.frames} frames, timerange {result.timerange!s}")
+        for p in result.segments:
+            print(p.describe())
+        return
+    per_input = {n: [p for p in result.segments if p.input_number == n] for n in (1, 2)}
+    print(
+        f"output flow {result.output_flow_id}: {_count(len(result.segments), 'segment')}, {result.frames} frames, "
+        f"timerange {result.timerange!s}; "
+        + "; ".join(f"input {n}: {sum(p.sample_count for p in ps)} frames from {_count(len(ps), 'segment')}"
+                    for n, ps in per_input.items())
+        + ("" if result.bulk else " (written one at a time)")
+    )
+
+
+async def run(request: EditRequest, tams_url: str, credentials: Credentials) -> int:
+    """Make the edit the command line asked for; returns the exit status."""
+    try:
+        async with TAMSClient(tams_url, credentials) as client:
+            result = await edit(client, request)
+    except (EditError, TAMSError) as exc:
+        print(f"simple_edit.py: error: {exc}", file=sys.stderr)
+        return 1
+    report(result)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        request = request_from_args(args)  # bad values are reported before anything is contacted
+    except EditError as exc:
+        print(f"simple_edit.py: error: {exc}", file=sys.stderr)
+        return 2
+    tams_url, credentials = connection_from_args(args)
+    try:
+        return asyncio.run(run(request, tams_url, credentials))
+    except KeyboardInterrupt:
+        print("simple_edit.py: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

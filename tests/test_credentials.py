@@ -1,0 +1,255 @@
+"""credentials.py: where connection settings come from, how each scheme authenticates,
+and the OAuth2 client credentials grant against the real local store's token endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import jwt
+import pytest
+from conftest import RunningStore, start_store
+
+from credentials import (
+    DEFAULT_SCOPE,
+    BasicCredentials,
+    BearerToken,
+    CredentialsError,
+    OAuth2ClientCredentials,
+    add_credential_args,
+    connection_from_args,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+VARIABLES = ("TAMS_URL", "OAUTH2_URL", "CLIENT_ID", "CLIENT_SECRET", "USERNAME", "PASSWORD")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_credential_args(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """No connection variables in the environment, and an empty working directory."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def test_help_names_the_environment_variable_each_option_falls_back_to() -> None:
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_credential_args(parser)
+    text = " ".join(parser.format_help().split())
+    for option, variable in [("--tams-url", "TAMS_URL"), ("--oauth2-url", "OAUTH2_URL"),
+                             ("--client-id", "CLIENT_ID"), ("--client-secret", "CLIENT_SECRET"),
+                             ("--username", "USERNAME"), ("--password", "PASSWORD")]:
+        assert option in text
+        assert f"(default: ${variable}, then {variable} in ./.env)" in text
+    assert "default: None" not in text
+
+
+def test_arguments_beat_environment_which_beats_dotenv(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / ".env").write_text(
+        "TAMS_URL=http://from-dotenv:1\nOAUTH2_URL=http://from-dotenv:1/token\n"
+        "CLIENT_ID=dotenv-id\nCLIENT_SECRET=dotenv-secret\n"
+    )
+    monkeypatch.setenv("CLIENT_ID", "env-id")
+    url, creds = connection_from_args(parse(["--tams-url", "http://from-args:2/"]))
+    assert url == "http://from-args:2"
+    assert isinstance(creds, OAuth2ClientCredentials)
+    assert creds.client_id == "env-id"  # environment over .env
+    assert creds.token_url == "http://from-dotenv:1/token"  # .env fills what nothing else gives
+    assert creds.scope == DEFAULT_SCOPE
+    assert os.environ.get("TAMS_URL") is None  # reading .env does not touch the environment
+
+
+def test_dotenv_alone_is_enough(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("TAMS_URL=http://127.0.0.1:9\nUSERNAME=alice\nPASSWORD=pw\n")
+    url, creds = connection_from_args(parse([]))
+    assert url == "http://127.0.0.1:9"
+    assert isinstance(creds, BasicCredentials) and creds.username == "alice"
+
+
+def test_oauth2_preferred_over_basic_when_both_are_configured(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in [("TAMS_URL", "http://h:1"), ("OAUTH2_URL", "http://h:1/oauth2/token"),
+                        ("CLIENT_ID", "c"), ("CLIENT_SECRET", "s"), ("USERNAME", "u"), ("PASSWORD", "p")]:
+        monkeypatch.setenv(name, value)
+    assert isinstance(connection_from_args(parse([]))[1], OAuth2ClientCredentials)
+    # ... but a username and password typed on the command line win over the environment's client
+    _, creds = connection_from_args(parse(["--username", "bob", "--password", "pw"]))
+    assert isinstance(creds, BasicCredentials) and creds.username == "bob"
+
+
+def run_resolver(cwd: Path, argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import argparse, credentials\n"
+        "p = argparse.ArgumentParser()\n"
+        "credentials.add_credential_args(p)\n"
+        "print(credentials.connection_from_args(p.parse_args()))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    clean["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_nothing_usable_exits_2_with_one_line_naming_what_to_set(tmp_path: Path) -> None:
+    result = run_resolver(tmp_path, [])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "--tams-url" in result.stderr and "TAMS_URL" in result.stderr
+
+    result = run_resolver(tmp_path, ["--tams-url", "http://127.0.0.1:9"])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    for name in ("--client-id", "CLIENT_ID", "--client-secret", "CLIENT_SECRET", "--oauth2-url", "OAUTH2_URL",
+                 "--username", "USERNAME", "--password", "PASSWORD"):
+        assert name in result.stderr
+
+
+def test_incomplete_credentials_name_only_what_is_missing(tmp_path: Path) -> None:
+    result = run_resolver(tmp_path, ["--tams-url", "http://h:1", "--client-id", "c"], {"OAUTH2_URL": "http://h/t"})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "--client-secret (CLIENT_SECRET)" in result.stderr
+    assert "OAUTH2_URL" not in result.stderr and "USERNAME" not in result.stderr
+
+
+def test_a_url_that_is_not_http_exits_2(tmp_path: Path) -> None:
+    result = run_resolver(tmp_path, ["--tams-url", "localhost:8000", "--username", "u", "--password", "p"])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "localhost:8000" in result.stderr
+
+
+def test_dotenv_in_working_directory_does_not_override_real_environment(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TAMS_URL=http://dotenv:1\nUSERNAME=dotenv-user\nPASSWORD=pw\n")
+    result = run_resolver(tmp_path, [], {"USERNAME": "real-user"})
+    assert result.returncode == 0, result.stderr
+    assert "http://dotenv:1" in result.stdout
+    assert "real-user" in result.stdout and "dotenv-user" not in result.stdout
+
+
+def test_reprs_hide_secrets() -> None:
+    shown = " ".join(repr(c) for c in (
+        BasicCredentials("alice", "pa55word"),
+        BearerToken("tok3n"),
+        OAuth2ClientCredentials("http://h/token", "client", "s3cret"),
+    ))
+    for secret in ("pa55word", "tok3n", "s3cret"):
+        assert secret not in shown
+
+
+# --- schemes ------------------------------------------------------------------------------
+
+
+async def test_basic_and_bearer_headers() -> None:
+    async with aiohttp.ClientSession() as session:
+        assert await BasicCredentials("alice", "pw").auth_headers(session) == {
+            "Authorization": "Basic YWxpY2U6cHc="
+        }
+        assert await BearerToken("abc").auth_headers(session) == {"Authorization": "Bearer abc"}
+    assert not BasicCredentials("a", "b").renewable and not BearerToken("t").renewable
+
+
+# --- OAuth2 against the real store ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStore]:
+    """One store for the token tests here, which only ask it for tokens."""
+    store = start_store(tmp_path_factory.mktemp("credentials-store") / "data")
+    yield store
+    store.stop()
+
+
+def admin(store: RunningStore) -> OAuth2ClientCredentials:
+    return OAuth2ClientCredentials(store.oauth2_url, store.env["CLIENT_ID"], store.env["CLIENT_SECRET"])
+
+
+async def test_oauth2_token_is_fetched_once_and_reused(shared_store: RunningStore) -> None:
+    creds = admin(shared_store)
+    async with aiohttp.ClientSession() as session:
+        first = await creds.auth_headers(session)
+        second = await creds.auth_headers(session)
+        assert first == second and first["Authorization"].startswith("Bearer ")
+        async with session.get(shared_store.url + "/flows", headers=first) as response:
+            assert response.status == 200
+    assert creds.token_requests == 1
+
+
+async def test_oauth2_fifty_concurrent_callers_cause_one_token_request(shared_store: RunningStore) -> None:
+    creds = admin(shared_store)
+    async with aiohttp.ClientSession() as session:
+        headers = await asyncio.gather(*(creds.auth_headers(session) for _ in range(50)))
+        assert len({h["Authorization"] for h in headers}) == 1
+        # 50 tasks told at once that the same token was refused: still one renewal
+        await asyncio.gather(*(creds.renew(session, headers[0]) for _ in range(50)))
+    assert creds.token_requests == 2
+
+
+async def test_oauth2_renews_shortly_before_expiry(shared_store: RunningStore) -> None:
+    now = [1000.0]
+    creds = OAuth2ClientCredentials(shared_store.oauth2_url, shared_store.env["CLIENT_ID"],
+                                    shared_store.env["CLIENT_SECRET"], margin=30.0, clock=lambda: now[0])
+    async with aiohttp.ClientSession() as session:
+        first = await creds.auth_headers(session)  # expires_in is about 3600
+        now[0] += 3500
+        assert await creds.auth_headers(session) == first and creds.token_requests == 1
+        now[0] += 75  # within 30 s of expiry
+        await creds.auth_headers(session)
+    assert creds.token_requests == 2
+
+
+async def test_oauth2_short_lived_tokens_are_renewed_at_half_life(store_factory: Callable[..., RunningStore]) -> None:
+    store = store_factory(token_ttl=2)
+    creds = admin(store)
+    async with aiohttp.ClientSession() as session:
+        first = await creds.auth_headers(session)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.6:  # every token used until renewed is still accepted
+            headers = await creds.auth_headers(session)
+            async with session.get(store.url + "/flows", headers=headers) as response:
+                assert response.status == 200
+            await asyncio.sleep(0.1)
+    assert headers != first and 2 <= creds.token_requests <= 8
+
+
+async def test_oauth2_refused_client_raises_with_status_and_no_secret(shared_store: RunningStore) -> None:
+    creds = OAuth2ClientCredentials(shared_store.oauth2_url, "test-admin", "not-the-secret")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(CredentialsError) as caught:
+            await creds.auth_headers(session)
+    assert caught.value.status == 401
+    assert "not-the-secret" not in str(caught.value) and "not-the-secret" not in repr(caught.value.body)
+
+
+async def test_oauth2_scope_is_sent(shared_store: RunningStore) -> None:
+    reader = next(c for c in shared_store.clients if c["client_id"] == "test-reader")
+    creds = OAuth2ClientCredentials(shared_store.oauth2_url, reader["client_id"], reader["client_secret"],
+                                    scope="tams-api/read")
+    async with aiohttp.ClientSession() as session:
+        token = (await creds.auth_headers(session))["Authorization"].removeprefix("Bearer ")
+    assert jwt.decode(token, options={"verify_signature": False})["scope"] == "tams-api/read"
+    # the default scope asks for more than this client may have, and the store says so
+    too_much = OAuth2ClientCredentials(shared_store.oauth2_url, reader["client_id"], reader["client_secret"])
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(CredentialsError) as caught:
+            await too_much.auth_headers(session)
+    assert caught.value.status == 400

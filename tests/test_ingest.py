@@ -1,0 +1,418 @@
+"""ingest_hls.py against the real local store: properties, exact timeranges, resume, faults,
+audio, playlists over HTTP, and bad input (one line, non-zero exit, nothing half-registered)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiohttp import web
+from mediatimestamp.immutable import TimeRange, Timestamp
+
+import ingest_hls
+import media
+import sample_content
+from client import TAMSClient
+from credentials import OAuth2ClientCredentials
+from tests.synthetic_media import SynthesizedHLS, copy_content, synthesized
+
+pytest_plugins = ["tests.media_fixtures"]
+
+if TYPE_CHECKING:
+    from tests.conftest import RunningStore
+
+SCRIPT = Path(ingest_hls.__file__).resolve()
+
+
+def _client(store: RunningStore) -> TAMSClient:
+    credentials = OAuth2ClientCredentials(store.oauth2_url, store.env["CLIENT_ID"], store.env["CLIENT_SECRET"])
+    return TAMSClient(store.url, credentials)
+
+
+async def _ingest(store: RunningStore, content: SynthesizedHLS | str, **options: Any) -> ingest_hls.IngestResult:
+    hls = content if isinstance(content, str) else str(content.playlist)
+    options.setdefault("segment_count", None)
+    async with _client(store) as client:
+        return await ingest_hls.ingest(client, ingest_hls.IngestOptions(hls=hls, **options))
+
+
+async def _segments(store: RunningStore, flow_id: str) -> list[dict[str, Any]]:
+    async with _client(store) as client:
+        return [s async for s in client.segments(flow_id, include_object_timerange=True)]
+
+
+async def _flow(store: RunningStore, flow_id: str) -> dict[str, Any]:
+    async with _client(store) as client:
+        return await client.get_flow(flow_id)
+
+
+def _run_script(store_url: str | None, env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("TAMS_URL", "OAUTH2_URL", "CLIENT_ID",
+                                                                  "CLIENT_SECRET", "USERNAME", "PASSWORD")}
+    environ.update(env)
+    if store_url is not None:
+        environ["TAMS_URL"] = store_url
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, check=False, timeout=120,
+                          cwd=cwd, env=environ)
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+# -- properties and timing ---------------------------------------------------------------------
+
+
+async def test_flow_properties_equal_what_the_media_says(tams_store: RunningStore, hls_content: SynthesizedHLS) -> None:
+    result = await _ingest(tams_store, hls_content)
+    flow = await _flow(tams_store, result.flow_ids["video"])
+    assert (flow["format"], flow["codec"], flow["container"]) == ("urn:x-nmos:format:video", "video/h264", "video/mp2t")
+    params = flow["essence_parameters"]
+    assert params["frame_rate"] == {"numerator": 30, "denominator": 1}
+    assert (params["frame_width"], params["frame_height"]) == (320, 180)
+    assert (params["interlace_mode"], params["component_type"], params["bit_depth"]) == ("progressive", "YCbCr", 8)
+    assert (params["horiz_chroma_subs"], params["vert_chroma_subs"]) == (2, 2)
+    assert flow["label"] == "hls_output"
+    assert flow["segment_duration"] == {"numerator": 2, "denominator": 1}
+    # AppNote 0013 from the files themselves: 2 s segments with a 2 s target are each a run alone
+    sizes = [path.stat().st_size for path in hls_content.segment_paths()]
+    assert flow["avg_bit_rate"] == sum(sizes) * 8 // (20 * 1000)
+    assert flow["max_bit_rate"] == max(sizes) * 8 // (2 * 1000)
+    source = await _source(tams_store, flow["source_id"])
+    assert source["format"] == "urn:x-nmos:format:video"
+
+
+async def _source(store: RunningStore, source_id: str) -> dict[str, Any]:
+    async with _client(store) as client:
+        return await client.get_source(source_id)
+
+
+async def test_segment_timeranges_are_exact_and_hold_the_right_frames(
+    tams_store: RunningStore, hls_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    result = await _ingest(tams_store, hls_content, concurrency=4)
+    assert (result.registered, result.skipped) == (10, 0)
+    segments = await _segments(tams_store, result.flow_ids["video"])
+    assert [s["timerange"] for s in segments] == [str(hls_content.video_timerange(k)) for k in range(10)]
+    assert segments[0]["timerange"] == "[0:66666666_2:66666666)"
+    for segment in segments:
+        assert segment["object_timerange"] == segment["timerange"]
+        assert segment.get("ts_offset", "0:0") == "0:0"
+        assert segment["key_frame_count"] == 2
+        assert segment["last_duration"] == "0:33333333"
+    async with _client(tams_store) as client:
+        for k in (0, 7):
+            data = await client.download_object(segments[k]["get_urls"][0])
+            path = tmp_path / f"{k}.ts"
+            path.write_bytes(data)
+            assert sample_content.read_frame_numbers(path) == hls_content.frames(k)
+
+
+async def test_normalise_rounds_timeranges_to_the_frame_grid(
+    tams_store: RunningStore, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # 1 tick after the 30 fps grid: exact timeranges are off-grid, normalised ones on it
+    content = synthesized(tmp_path_factory, width=128, height=72, duration=2, segment_seconds=1, start_pts=6001)
+    exact = await _ingest(tams_store, content)
+    assert [str(tr) for tr in exact.timeranges["video"]] == ["[0:66677777_1:66677777)", "[1:66677777_2:66677777)"]
+    normalised = await _ingest(tams_store, content, normalise=True)
+    segments = await _segments(tams_store, normalised.flow_ids["video"])
+    assert [s["timerange"] for s in segments] == ["[0:66666666_1:66666666)", "[1:66666666_2:66666666)"]
+    for segment in segments:
+        # the media's own timestamps plus ts_offset give the regular Flow timeline
+        obj = TimeRange.from_str(segment["object_timerange"])
+        offset = Timestamp.from_str(segment["ts_offset"])
+        assert obj.start is not None
+        assert obj.start + offset == TimeRange.from_str(segment["timerange"]).start
+        assert obj.start.to_nanosec() == (6001 + 90000 * segments.index(segment)) * 10**9 // 90000
+
+
+async def test_segments_across_the_33_bit_wrap_carry_it_in_ts_offset(
+    tams_store: RunningStore, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    start = (1 << 33) - 45000
+    content = synthesized(tmp_path_factory, width=128, height=72, duration=2, segment_seconds=1, start_pts=start)
+    result = await _ingest(tams_store, content)
+    segments = await _segments(tams_store, result.flow_ids["video"])
+    wrap_ns = (1 << 33) * 10**9 // 90000
+    first, second = (TimeRange.from_str(s["timerange"]) for s in segments)
+    assert _ns(first.start) == start * 10**9 // 90000
+    assert first.end == second.start  # contiguous over the wrap
+    assert _ns(second.end) == (start + 2 * 90000) * 10**9 // 90000
+    assert segments[0].get("ts_offset", "0:0") == "0:0"
+    assert Timestamp.from_str(segments[1]["ts_offset"]).to_nanosec() in (wrap_ns, wrap_ns + 1)
+    assert _ns(TimeRange.from_str(segments[1]["object_timerange"]).start) == 45000 * 10**9 // 90000
+
+
+def _ns(timestamp: Timestamp | None) -> int:
+    assert timestamp is not None
+    return timestamp.to_nanosec()
+
+
+# -- resume and faults -------------------------------------------------------------------------
+
+
+async def test_rerun_skips_what_the_flow_has_and_completes_it(tams_store: RunningStore, hls_content: SynthesizedHLS) -> None:
+    flow_id = str(uuid.uuid4())
+    first = await _ingest(tams_store, hls_content, flow_id=flow_id, segment_count=5)
+    assert (first.registered, first.skipped) == (5, 0)
+    second = await _ingest(tams_store, hls_content, flow_id=flow_id)
+    assert (second.registered, second.skipped) == (5, 5)
+    segments = await _segments(tams_store, flow_id)
+    assert [s["timerange"] for s in segments] == [str(hls_content.video_timerange(k)) for k in range(10)]
+    assert len({s["object_id"] for s in segments}) == 10
+    third = await _ingest(tams_store, hls_content, flow_id=flow_id)
+    assert (third.registered, third.skipped, third.bytes) == (0, 10, 0)
+
+
+def test_a_killed_ingest_completes_on_a_second_run(
+    store_factory: Callable[..., RunningStore], hls_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    store = store_factory(latency_ms=100)
+    flow_id = str(uuid.uuid4())
+    args = ["--hls-filename", str(hls_content.playlist), "--flow-id", flow_id]
+    environ = {**os.environ, **store.env}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *args, "--concurrency", "1"], stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path, env=environ)
+    assert process.stderr is not None
+    deadline = time.monotonic() + 60
+    for line in process.stderr:
+        if "registered video segment" in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    process.stderr.close()
+    done = _run_script(None, store.env, *args, "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = re.match(r"ingested (\d+) segments \((\d+) already present\)", done.stdout)
+    assert found is not None, done.stdout
+    registered, skipped = int(found[1]), int(found[2])
+    assert skipped >= 1 and registered + skipped == 10
+    segments = _sync(_segments(store, flow_id))
+    assert [s["timerange"] for s in segments] == [str(hls_content.video_timerange(k)) for k in range(10)]
+
+
+def _sync(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def test_ingest_through_a_faulty_store_registers_every_segment_once(
+    store_factory: Callable[..., RunningStore], hls_content: SynthesizedHLS
+) -> None:
+    store = store_factory(fault_rate=0.2, fault_seed=4)
+    result = await _ingest(store, hls_content)
+    assert result.registered == 10
+    segments = await _segments(store, result.flow_ids["video"])
+    assert [s["timerange"] for s in segments] == [str(hls_content.video_timerange(k)) for k in range(10)]
+    assert len({s["object_id"] for s in segments}) == 10
+    async with _client(store) as client:
+        for segment in segments:
+            obj = await client.get_object(segment["object_id"])
+            assert result.flow_ids["video"] in obj["referenced_by_flows"]
+
+
+# -- audio -------------------------------------------------------------------------------------
+
+
+async def test_audio_gives_video_audio_and_multi_flows_with_collections(
+    tams_store: RunningStore, hls_audio_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    result = await _ingest(tams_store, hls_audio_content)
+    ids = result.flow_ids
+    assert set(ids) == {"video", "audio", "multi"}
+    video, audio, multi = [await _flow(tams_store, ids[k]) for k in ("video", "audio", "multi")]
+    assert video["format"] == "urn:x-nmos:format:video"
+    assert (audio["format"], audio["codec"]) == ("urn:x-nmos:format:audio", "audio/aac")
+    assert audio["essence_parameters"]["sample_rate"] == 48000 and audio["essence_parameters"]["channels"] == 2
+    assert multi["format"] == "urn:x-nmos:format:multi"
+    assert multi["flow_collection"] == [{"id": ids["video"], "role": "video"}, {"id": ids["audio"], "role": "audio"}]
+    assert len({video["source_id"], audio["source_id"], multi["source_id"]}) == 3
+    assert ids["multi"] in video.get("collected_by", [ids["multi"]])
+    audio_segments = await _segments(tams_store, ids["audio"])
+    assert [s["timerange"] for s in audio_segments[:-1]] == [str(hls_audio_content.audio_timerange(k)) for k in range(3)]
+    video_segments = await _segments(tams_store, ids["video"])
+    assert [s["timerange"] for s in video_segments] == [str(hls_audio_content.video_timerange(k)) for k in range(4)]
+    async with _client(tams_store) as client:
+        audio_object = await client.download_object(audio_segments[1]["get_urls"][0])
+        video_object = await client.download_object(video_segments[1]["get_urls"][0])
+    assert set(media.read_timing(audio_object).streams) == {"audio"}
+    assert set(media.read_timing(video_object).streams) == {"video"}
+    path = tmp_path / "v.ts"
+    path.write_bytes(video_object)
+    assert sample_content.read_frame_numbers(path) == hls_audio_content.frames(1)
+    again = await _ingest(tams_store, hls_audio_content, flow_id=ids["video"])
+    assert (again.registered, again.skipped, again.flow_ids) == (0, 4, ids)
+
+
+async def test_video_only_uploads_the_segments_as_they_are(
+    tams_store: RunningStore, hls_audio_content: SynthesizedHLS
+) -> None:
+    result = await _ingest(tams_store, hls_audio_content, video_only=True, segment_count=2)
+    assert set(result.flow_ids) == {"video"}
+    segments = await _segments(tams_store, result.flow_ids["video"])
+    async with _client(tams_store) as client:
+        data = await client.download_object(segments[0]["get_urls"][0])
+    assert data == hls_audio_content.segment_paths()[0].read_bytes()
+
+
+# -- playlists over HTTP -----------------------------------------------------------------------
+
+
+async def test_http_master_playlist_picks_the_highest_bandwidth_unless_told(
+    tams_store: RunningStore, hls_content: SynthesizedHLS, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    root = tmp_path / "site"
+    shutil.copytree(hls_content.directory, root / "high")
+    names = [p.name for p in hls_content.segment_paths()]
+    (root / "low").mkdir()
+    (root / "low" / "index.m3u8").write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:2\n"
+        + "".join(f"#EXTINF:2.0,\n../high/{name}\n" for name in names[:2]) + "#EXT-X-ENDLIST\n"
+    )
+    (root / "master.m3u8").write_text(
+        "#EXTM3U\n"
+        "#EXT-X-STREAM-INF:BANDWIDTH=100000,RESOLUTION=160x90\nlow/index.m3u8\n"
+        "#EXT-X-STREAM-INF:BANDWIDTH=900000,RESOLUTION=320x180\nhigh/hls_output.m3u8\n"
+    )
+    app = web.Application()
+    app.router.add_static("/", root)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("/master.m3u8"))
+    best = await _ingest(tams_store, url)
+    assert best.registered == 10
+    chosen = await _ingest(tams_store, url, variant="low")
+    assert chosen.registered == 2
+    segments = await _segments(tams_store, chosen.flow_ids["video"])
+    assert [s["timerange"] for s in segments] == [str(hls_content.video_timerange(k)) for k in range(2)]
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+# These fail before the store is asked anything, so no store is started for them.
+NO_STORE = {"TAMS_URL": "http://127.0.0.1:9", "USERNAME": "u", "PASSWORD": "p"}
+
+
+def test_missing_playlist_is_one_line(tmp_path: Path) -> None:
+    done = _run_script(None, NO_STORE, "--hls-filename", str(tmp_path / "nope.m3u8"), cwd=tmp_path)
+    assert "no such playlist" in _one_error_line(done)
+
+
+def test_a_file_that_is_not_hls_is_one_line(hls_content: SynthesizedHLS, tmp_path: Path) -> None:
+    done = _run_script(None, NO_STORE, "--hls-filename", str(hls_content.segment_paths()[0]), cwd=tmp_path)
+    assert "not an HLS playlist" in _one_error_line(done)
+
+
+def test_missing_segment_file_registers_nothing(tams_store: RunningStore, hls_content: SynthesizedHLS, tmp_path: Path) -> None:
+    content = copy_content(hls_content, tmp_path / "broken")
+    content.segment_paths()[6].unlink()
+    done = _run_script(None, tams_store.env, "--hls-filename", str(content.playlist), "--hls-segment-count", "0",
+                       cwd=tmp_path)
+    assert "no such segment file" in _one_error_line(done)
+    assert _sync(_all_flows(tams_store)) == []
+
+
+async def _all_flows(store: RunningStore) -> list[dict[str, Any]]:
+    async with _client(store) as client:
+        return [f async for f in client.flows()]
+
+
+def test_unreadable_segment_stops_with_only_whole_segments_registered(
+    tams_store: RunningStore, hls_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    content = copy_content(hls_content, tmp_path / "broken")
+    content.segment_paths()[5].write_bytes(b"\x47not really a transport stream" * 400)
+    flow_id = str(uuid.uuid4())
+    done = _run_script(None, tams_store.env, "--hls-filename", str(content.playlist), "--flow-id", flow_id,
+                       "--quiet", cwd=tmp_path)
+    assert "hls_output_00005.ts" in _one_error_line(done)
+    segments = _sync(_segments(tams_store, flow_id))
+    expected = {str(hls_content.video_timerange(k)) for k in range(10) if k != 5}
+    assert {s["timerange"] for s in segments} <= expected
+    for segment in segments:  # every registered segment has its object
+        assert _sync(_object(tams_store, segment["object_id"]))["referenced_by_flows"] == [flow_id]
+
+
+async def _object(store: RunningStore, object_id: str) -> dict[str, Any]:
+    async with _client(store) as client:
+        return await client.get_object(object_id)
+
+
+def test_existing_flow_with_other_properties_is_refused_before_any_write(
+    tams_store: RunningStore, hls_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    flow_id = str(uuid.uuid4())
+    body = {
+        "id": flow_id, "source_id": str(uuid.uuid4()), "format": "urn:x-nmos:format:video",
+        "codec": "video/h264", "container": "video/mp2t",
+        "essence_parameters": {"frame_width": 320, "frame_height": 180, "frame_rate": {"numerator": 25}},
+    }  # fmt: skip
+
+    async def create() -> None:
+        async with _client(tams_store) as client:
+            await client.put_flow(flow_id, body)
+
+    _sync(create())
+    done = _run_script(None, tams_store.env, "--hls-filename", str(hls_content.playlist), "--flow-id", flow_id,
+                       cwd=tmp_path)
+    line = _one_error_line(done)
+    assert "different properties" in line and "frame_rate" in line
+    assert _sync(_segments(tams_store, flow_id)) == []
+    assert _sync(_flow(tams_store, flow_id))["essence_parameters"]["frame_rate"]["numerator"] == 25
+
+
+def test_unreachable_store_is_one_line(hls_content: SynthesizedHLS, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"USERNAME": "u", "PASSWORD": "p"}
+    done = _run_script(f"http://127.0.0.1:{port}", env, "--hls-filename", str(hls_content.playlist), "--retries", "2",
+                       "--quiet", cwd=tmp_path)
+    assert "127.0.0.1" in _one_error_line(done)
+
+
+def test_bad_flow_params_is_one_line(hls_content: SynthesizedHLS, tmp_path: Path) -> None:
+    done = _run_script(None, NO_STORE, "--hls-filename", str(hls_content.playlist), "--flow-params", "{nope",
+                       cwd=tmp_path)
+    assert "--flow-params" in _one_error_line(done)
+
+
+def test_help_lists_every_option_with_its_default(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0
+    for option in ("--hls-filename", "--hls-start-segment", "--hls-segment-count", "--flow-id", "--source-id",
+                   "--flow-params", "--normalise", "--concurrency", "--variant", "--video-only", "--quiet",
+                   "--tams-url", "--client-id"):
+        assert option in done.stdout
+    text = " ".join(done.stdout.split())
+    assert "default: 8)" in text and "(default: sample_content/hls_output.m3u8)" in text
+
+
+def test_flow_params_override_the_probed_properties(tams_store: RunningStore, hls_content: SynthesizedHLS) -> None:
+    params = {"essence_parameters": {"colorspace": "BT709"}, "tags": {"genre": "test"}}
+    result = _sync(_ingest(tams_store, hls_content, flow_params=params, segment_count=1))
+    flow = _sync(_flow(tams_store, result.flow_ids["video"]))
+    assert flow["essence_parameters"]["colorspace"] == "BT709"
+    assert flow["essence_parameters"]["frame_width"] == 320
+    assert flow["tags"] == {"genre": "test"}
+    assert json.dumps(flow)  # still a valid Flow document
+    assert Fraction(flow["segment_duration"]["numerator"], flow["segment_duration"].get("denominator", 1)) == 2

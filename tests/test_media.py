@@ -1,0 +1,217 @@
+"""media.py: exact timing (pts to Timestamp, 33-bit wrap, segment timeranges) and properties."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from mediatimestamp.immutable import TimeRange, Timestamp
+
+import media
+import sample_content
+from tests.synthetic_media import SynthesizedHLS, synthesized, ticks_to_ns
+
+pytest_plugins = ["tests.media_fixtures"]
+
+WRAP = 1 << 33
+
+
+# -- time --------------------------------------------------------------------------------------
+
+
+def test_first_sample_pts_6000_is_0_66666666() -> None:
+    assert str(media.pts_to_timestamp(6000, Fraction(1, 90000))) == "0:66666666"
+
+
+@given(st.integers(min_value=-(2**40), max_value=2**40), st.sampled_from([90000, 48000, 30000, 15360, 1001]))
+def test_pts_to_timestamp_is_exact_and_floors(pts: int, rate: int) -> None:
+    ts = media.pts_to_timestamp(pts, Fraction(1, rate))
+    assert ts == Timestamp.from_count(pts, rate)  # the one rounding everyone using mediatimestamp gets
+    if pts >= 0:
+        assert ts.to_nanosec() == (pts * 10**9) // rate
+    assert media.pts_to_timestamp(Fraction(pts, 7), Fraction(7, rate)) == ts  # Fractions are exact too
+
+
+def test_unwrapper_adds_a_period_after_a_forward_wrap() -> None:
+    unwrapper = media.PtsUnwrapper()
+    raw = [WRAP - 6000, WRAP - 3000, 0, 3000]
+    assert [unwrapper.unwrap(p) for p in raw] == [WRAP - 6000, WRAP - 3000, WRAP, WRAP + 3000]
+
+
+def test_unwrapper_accepts_libav_negative_values_near_the_wrap() -> None:
+    unwrapper = media.PtsUnwrapper()
+    # libavformat reports pts just before the wrap as negative when a file starts there
+    assert [unwrapper.unwrap(p) for p in (-6000, -3000, 0, 3000)] == [WRAP - 6000, WRAP - 3000, WRAP, WRAP + 3000]
+
+
+def test_unwrapper_keeps_reordered_pts_on_the_right_side_of_the_wrap() -> None:
+    unwrapper = media.PtsUnwrapper()
+    # decode order with B-frames: the I-frame after the wrap, then B-frames from before it
+    raw = [WRAP - 9000, 3000, WRAP - 3000, 0]
+    assert [unwrapper.unwrap(p) for p in raw] == [WRAP - 9000, WRAP + 3000, WRAP - 3000, WRAP]
+
+
+@given(st.integers(min_value=0, max_value=WRAP - 1), st.lists(st.integers(min_value=-9000, max_value=2**31), max_size=40))
+def test_unwrapper_recovers_any_timeline_from_33_bit_values(start: int, steps: list[int]) -> None:
+    truth = [start]
+    for step in steps:
+        truth.append(truth[-1] + step)
+    unwrapper = media.PtsUnwrapper()
+    assert [unwrapper.unwrap(value % WRAP) for value in truth] == truth
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+def test_segment_timing_matches_the_synthesis(hls_content: SynthesizedHLS) -> None:
+    for k, path in enumerate(hls_content.segment_paths()):
+        timing = media.read_timing(path)
+        video = timing.video
+        assert video is not None and timing.audio is None
+        first, end = hls_content.video_ticks(k)
+        assert (video.first, video.end, video.packets, video.key_frames) == (first, end, 60, 2)
+        assert video.last_duration == 3000
+        assert video.timerange() == hls_content.video_timerange(k)
+    assert str(media.media_timerange(hls_content.segment_paths()[0])) == "[0:66666666_2:66666666)"
+
+
+def test_audio_timing_matches_the_synthesis(hls_audio_content: SynthesizedHLS) -> None:
+    for k, path in enumerate(hls_audio_content.segment_paths()[:-1]):
+        audio = media.read_timing(path).audio
+        assert audio is not None
+        assert audio.last_duration == 1920
+        assert audio.timerange() == hls_audio_content.audio_timerange(k)
+
+
+def test_timing_counts_only_packet_headers_not_decoded_frames(hls_content: SynthesizedHLS) -> None:
+    path = hls_content.segment_paths()[0]
+    with av.open(str(path)) as container:
+        payload = sum(p.size for p in container.demux(video=0) if p.size)
+    timing = media.read_timing(path.read_bytes())  # bytes in, same answer
+    assert timing.video is not None and timing.video.bytes == payload
+    assert timing.size == path.stat().st_size
+
+
+def test_timing_across_the_33_bit_wrap(tmp_path_factory: pytest.TempPathFactory) -> None:
+    start = WRAP - 45000  # half a second before the wrap
+    content = synthesized(tmp_path_factory, width=128, height=72, duration=2, segment_seconds=1, start_pts=start)
+    first, second = content.segment_paths()
+    crossing = media.read_timing(first).video
+    assert crossing is not None
+    assert crossing.first == start
+    assert crossing.end == start + 30 * 3000 > WRAP  # unwrapped inside the segment
+    after = media.read_timing(second).video
+    assert after is not None
+    assert after.first == start + 30 * 3000 - WRAP  # a raw 33-bit value in the next file
+    assert media.unwrap_near(after.first, crossing.first) == crossing.end
+    assert sample_content.read_frame_numbers(first) == list(range(30))
+
+
+def test_fractional_rate_durations_stay_exact(tmp_path_factory: pytest.TempPathFactory) -> None:
+    content = synthesized(tmp_path_factory, width=128, height=72, fps=Fraction(30000, 1001), duration=4,
+                          segment_seconds=2)
+    video = media.read_timing(content.segment_paths()[0]).video
+    assert video is not None
+    assert video.last_duration == 3003
+    assert video.timerange() == content.video_timerange(0)
+
+
+def test_mp4_timing_from_its_index_agrees_with_its_packets(tmp_path: Path) -> None:
+    film = tmp_path / "film.mp4"
+    with av.open(str(film), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 72, "yuv420p"
+        stream.options = {"preset": "ultrafast", "bframes": "2"}
+        for n in range(50):
+            frame = av.VideoFrame(128, 72, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([(n * 5) % 256]) * plane.buffer_size)
+            frame.pts, frame.time_base = n, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(film)) as container:
+        pts = [p.pts for p in container.demux(video=0) if p.size and p.pts is not None]
+        time_base = Fraction(container.streams.video[0].time_base or 0)
+    frame_ticks = 1 / (25 * time_base)
+    timing = media.read_timing(film).video
+    assert timing is not None
+    assert (timing.first, timing.packets) == (min(pts), 50)
+    assert timing.end == max(pts) + frame_ticks
+    assert timing.end - timing.first == 50 * frame_ticks  # 50 frames, no gaps
+
+
+def test_unreadable_media_raises_media_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.ts"
+    bogus.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(media.MediaError):
+        media.read_timing(bogus)
+    with pytest.raises(media.MediaError):
+        media.probe(b"#EXTM3U\n")
+
+
+# -- properties --------------------------------------------------------------------------------
+
+
+def test_probe_reads_video_and_audio_properties(hls_audio_content: SynthesizedHLS) -> None:
+    props = media.probe(hls_audio_content.segment_paths()[1])
+    assert props.container == "video/mp2t"
+    video, audio = props.video, props.audio
+    assert video is not None and audio is not None
+    assert (video.codec, video.width, video.height, video.frame_rate) == ("video/h264", 320, 180, Fraction(30))
+    assert (video.interlace_mode, video.component_type, video.bit_depth) == ("progressive", "YCbCr", 8)
+    assert (video.horiz_chroma_subs, video.vert_chroma_subs) == (2, 2)
+    assert video.avc is not None and video.avc[0] == 100  # x264's default High profile
+    assert (audio.codec, audio.sample_rate, audio.channels, audio.coded_frame_size) == ("audio/aac", 48000, 2, 1024)
+    fields = video.flow_fields()
+    assert fields["essence_parameters"]["frame_rate"] == {"numerator": 30, "denominator": 1}
+    assert fields["essence_parameters"]["aspect_ratio"] == {"numerator": 16, "denominator": 9}
+    assert audio.flow_fields()["essence_parameters"]["codec_parameters"]["mp4_oti"] == 2  # AAC-LC
+
+
+def test_probe_gives_an_exact_fractional_frame_rate(tmp_path_factory: pytest.TempPathFactory) -> None:
+    content = synthesized(tmp_path_factory, width=128, height=72, fps=Fraction(30000, 1001), duration=4,
+                          segment_seconds=2)
+    video = media.probe(content.segment_paths()[0]).video
+    assert video is not None and video.frame_rate == Fraction(30000, 1001)
+
+
+# -- segments ----------------------------------------------------------------------------------
+
+
+def test_bit_rates_follow_appnote_0013() -> None:
+    # four 2 s segments of 250 kB, 250 kB, 500 kB, 250 kB with a 2 s target: runs of 1 s to 3 s
+    # are single segments, so the peak is the 500 kB one: 2000 kbit/s; average 1250 kB*8/8 s.
+    segments = [(250_000, Fraction(2)), (250_000, Fraction(2)), (500_000, Fraction(2)), (250_000, Fraction(2))]
+    assert media.segment_bit_rates(segments, Fraction(2)) == (1250, 2000)
+    # 1 s segments, 4 s target: only runs of 2 to 6 s count, so a one-segment burst is averaged out
+    short = [(100_000, Fraction(1)), (300_000, Fraction(1)), (100_000, Fraction(1))]
+    assert media.segment_bit_rates(short, Fraction(4)) == (1333, 1600)
+    # ...but with a 2 s target a single 1 s segment is a run of its own
+    assert media.segment_bit_rates(short, Fraction(2)) == (1333, 2400)
+    # a single segment longer than 1.5 targets counts on its own
+    assert media.segment_bit_rates([(1_000_000, Fraction(8))], Fraction(2)) == (1000, 1000)
+
+
+def test_split_essences_keeps_every_timestamp(hls_audio_content: SynthesizedHLS, tmp_path: Path) -> None:
+    data = hls_audio_content.segment_paths()[1].read_bytes()
+    whole = media.read_timing(data)
+    parts = media.split_essences(data)
+    assert set(parts) == {"video", "audio"}
+    for kind, blob in parts.items():
+        alone = media.read_timing(blob)
+        assert set(alone.streams) == {kind}
+        mine, theirs = alone.streams[kind], whole.streams[kind]
+        assert (mine.first, mine.last, mine.packets, mine.bytes) == (theirs.first, theirs.last, theirs.packets, theirs.bytes)
+    video_only = tmp_path / "video.ts"
+    video_only.write_bytes(parts["video"])
+    assert sample_content.read_frame_numbers(video_only) == hls_audio_content.frames(1)
+
+
+def test_timerange_of_a_single_frame_without_rate_is_an_instant() -> None:
+    timing = media.StreamTiming(kind="video", index=0, time_base=Fraction(1, 90000), first=6000, last=6000,
+                                last_duration=Fraction(0), packets=1, key_frames=1, bytes=10)
+    assert timing.timerange() == TimeRange.from_single_timestamp(Timestamp.from_nanosec(ticks_to_ns(6000)))
