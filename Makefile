@@ -16,7 +16,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@test -w . || { echo "error: this checkout is read-only; clone it somewhere writable" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt || { \
+	  echo "error: installing the requirements failed (see above). They come as wheels from PyPI;" >&2; \
+	  echo "if pip had to build one from source, install a C compiler and Python headers" >&2; \
+	  echo "(Debian: apt-get install build-essential python3-dev) and run make again." >&2; exit 1; }
 	touch $(STAMP)
 
 test: venv
@@ -30,8 +33,26 @@ env_exports:
 	@test -f .env || { echo "error: no .env here; start the store with 'make store' first" >&2; exit 1; }
 	@sed -n 's/^\([A-Z0-9_]*\)=\(.*\)$$/export \1=\2/p' .env
 
-sample_content: venv
+sample_content: sample_content/hls_output.m3u8
+
+sample_content/hls_output.m3u8: | $(STAMP)
 	$(PY) sample_content.py --output-dir sample_content
+
+demo: sample_content/hls_output.m3u8 | $(STAMP)
+	$(PY) demo.py
+
+bench: venv
+	$(PY) bench/run_all.py
+
+soak: venv
+	$(PY) -m pytest -q -m soak --soak-long tests/test_soak.py
+
+proxy: venv
+	$(MAKE) -C authz_proxy run
+
+lint: venv
+	$(VENV)/bin/ruff check authz_proxy
+	$(VENV)/bin/mypy --config-file authz_proxy/mypy.ini authz_proxy
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) sample_content demo_output .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results.json
