@@ -814,15 +814,15 @@ class Database:
                 raise NoContainer(flow_id)
             failed: list[dict[str, Any]] = []
             stored = 0
-            for segment in segments:
+            if single:  # the job's own savepoint undoes a refused single segment
+                stored += self._add_segment(flow, segments[0], now)
+            for segment in segments if not single else ():
                 conn.execute("SAVEPOINT segment")
                 try:
                     stored += self._add_segment(flow, segment, now)
                 except StoreError as exc:
                     conn.execute("ROLLBACK TO segment")
                     conn.execute("RELEASE segment")
-                    if single:
-                        raise
                     failed.append(
                         {
                             "object_id": segment.object_id,
