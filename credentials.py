@@ -41,6 +41,7 @@ __all__ = [
     "BearerToken",
     "Credentials",
     "CredentialsError",
+    "HelpFormatter",
     "OAuth2ClientCredentials",
     "add_credential_args",
     "connection_from_args",
@@ -219,6 +220,21 @@ _SETTINGS: list[tuple[str, str, str]] = [
     ("username", "USERNAME", "username for HTTP Basic auth (used when no OAuth2 client is given)"),
     ("password", "PASSWORD", "password for HTTP Basic auth"),
 ]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that gives every option's default exactly once: as written in its help text when the
+    text already names it, "(required)" for required options, else "(default: ...)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
 
 
 def add_credential_args(parser: argparse.ArgumentParser) -> None:

@@ -31,9 +31,8 @@ import m3u8
 from dotenv import dotenv_values
 
 from client import TAMSClient
-from credentials import BasicCredentials
+from credentials import BasicCredentials, HelpFormatter
 from media import probe
-
 from sample_content import read_frame_numbers
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -210,7 +209,7 @@ def print_table(checks: list[Check]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "demo_output", help="fresh folder for the store and the outputs")
     parser.add_argument("--playlist", type=Path, default=REPO_ROOT / "sample_content" / "hls_output.m3u8", help="the sample content")
     args = parser.parse_args()

@@ -59,7 +59,7 @@ from client import (
     TAMSResponseError,
     UploadTarget,
 )
-from credentials import add_credential_args, connection_from_args
+from credentials import HelpFormatter, add_credential_args, connection_from_args
 
 __all__ = ["IngestError", "IngestOptions", "IngestResult", "ingest", "load_playlist", "main", "run"]
 
@@ -744,7 +744,7 @@ async def _update_bit_rates(client: TAMSClient, flow_ids: dict[str, str], sizes:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Ingest an HLS playlist of MPEG-TS segments into a TAMS store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_credential_args(parser)
     parser.add_argument("--hls-filename", default=DEFAULT_PLAYLIST, help="playlist path or http(s) URL")

@@ -47,7 +47,7 @@ import av.error
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
-from credentials import add_credential_args, connection_from_args
+from credentials import HelpFormatter, add_credential_args, connection_from_args
 from media import (
     PTS_WRAP,
     TS_CLOCK,
@@ -967,7 +967,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Export a TAMS Flow, or part of one, to an MPEG-TS (or .mp4) file with exactly "
         "the frames the Flow references.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_credential_args(parser)
     parser.add_argument("--flow-id", required=True, help="the Flow to export (video or audio)")

@@ -53,6 +53,8 @@ from pathlib import Path
 import av
 import av.error
 
+from credentials import HelpFormatter
+
 __all__ = [
     "CODE_BITS",
     "FILM_FILENAME",
@@ -644,7 +646,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Write sample HLS content (the Big Buck Bunny film or synthetic numbered frames), "
         "or read back the frame numbers burnt into synthetic content.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--output-dir", type=Path, default=Path("sample_content"), help="where to write")
     parser.add_argument("--synthetic", action="store_true", help="synthesize even if the film is available")

@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
-from credentials import Credentials, add_credential_args, connection_from_args
+from credentials import Credentials, HelpFormatter, add_credential_args, connection_from_args
 
 __all__ = [
     "EditError",
@@ -767,7 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="simple_edit.py",
         description="Make a new Flow from two input Flows by reference (no media is copied): "
                     "input 1's timerange then input 2's, or cuts between them every --cut-interval-sec.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_credential_args(parser)
     parser.add_argument("--input1-flow-id", required=True, help="input 1 Flow id (required)%(default).0s")
