@@ -66,9 +66,7 @@ async def get_token(session: aiohttp.ClientSession, url: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def make_flow(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str]
-) -> str:
+async def make_flow(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> str:
     flow_id = str(uuid.uuid4())
     flow = {
         "id": flow_id,
@@ -82,9 +80,7 @@ async def make_flow(
             "frame_rate": {"numerator": 30},
         },
     }
-    async with session.put(
-        f"{url}/flows/{flow_id}", json=flow, headers=headers
-    ) as response:
+    async with session.put(f"{url}/flows/{flow_id}", json=flow, headers=headers) as response:
         assert response.status == 201, await response.text()
     return flow_id
 
@@ -99,9 +95,7 @@ async def allocate(
     ids: list[str] = []
     while len(ids) < n:
         batch = min(1000, n - len(ids))
-        async with session.post(
-            f"{url}/flows/{flow_id}/storage", json={"limit": batch}, headers=headers
-        ) as response:
+        async with session.post(f"{url}/flows/{flow_id}/storage", json={"limit": batch}, headers=headers) as response:
             assert response.status == 201, await response.text()
             ids += [m["object_id"] for m in (await response.json())["media_objects"]]
     return ids
@@ -127,9 +121,7 @@ async def load_segments(
     started = time.perf_counter()
     for first in range(0, n, 1000):
         body = [segment(object_ids[i], i) for i in range(first, min(n, first + 1000))]
-        async with session.post(
-            f"{url}/flows/{flow_id}/segments", json=body, headers=headers
-        ) as response:
+        async with session.post(f"{url}/flows/{flow_id}/segments", json=body, headers=headers) as response:
             assert response.status == 201, await response.text()
     return time.perf_counter() - started
 
@@ -145,27 +137,21 @@ async def time_queries(
     rng = random.Random(1)
     durations: list[float] = []
     for _ in range(samples):
-        first = (
-            rng.randrange(0, n_segments - 100) * SEGMENT_NS + NS
-        )  # starts mid-segment
+        first = rng.randrange(0, n_segments - 100) * SEGMENT_NS + NS  # starts mid-segment
         last = first + 150 * SEGMENT_NS
         params = {
             "timerange": f"[{first // NS}:{first % NS}_{last // NS}:0)",
             "limit": "100",
         }
         started = time.perf_counter()
-        async with session.get(
-            f"{url}/flows/{flow_id}/segments", params=params, headers=headers
-        ) as response:
+        async with session.get(f"{url}/flows/{flow_id}/segments", params=params, headers=headers) as response:
             body = await response.json()
         durations.append(time.perf_counter() - started)
         assert response.status == 200 and len(body) == 100, (response.status, len(body))
     return durations
 
 
-async def post_throughput(
-    url: str, headers: dict[str, str], clients: int, per_client: int
-) -> float:
+async def post_throughput(url: str, headers: dict[str, str], clients: int, per_client: int) -> float:
     """Single-segment POSTs per second with ``clients`` concurrent sessions on one new Flow."""
     async with aiohttp.ClientSession() as setup:
         flow_id = await make_flow(setup, url, headers)
@@ -187,24 +173,16 @@ async def post_throughput(
     return clients * per_client / (time.perf_counter() - started)
 
 
-async def measure(
-    n_segments: int, samples: int, posts_per_client: int
-) -> list[dict[str, Any]]:
+async def measure(n_segments: int, samples: int, posts_per_client: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         process, url = start_store(Path(tmp) / "data")
         try:
             async with aiohttp.ClientSession() as session:
                 headers = await get_token(session, url)
                 flow_id = await make_flow(session, url, headers)
-                load_seconds = await load_segments(
-                    session, url, headers, flow_id, n_segments
-                )
-                await time_queries(
-                    session, url, headers, flow_id, n_segments, 20
-                )  # warm-up
-                durations = await time_queries(
-                    session, url, headers, flow_id, n_segments, samples
-                )
+                load_seconds = await load_segments(session, url, headers, flow_id, n_segments)
+                await time_queries(session, url, headers, flow_id, n_segments, 20)  # warm-up
+                durations = await time_queries(session, url, headers, flow_id, n_segments, samples)
             single = await post_throughput(url, headers, 1, posts_per_client * 2)
             eight = await post_throughput(url, headers, 8, posts_per_client)
         finally:
@@ -212,33 +190,40 @@ async def measure(
             process.wait(timeout=10)
     ms = sorted(d * 1000 for d in durations)
     p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    get = f"segment GET timerange+limit=100 on {n_segments} segments"
     return [
-        {"figure": f"segment GET timerange+limit=100 on {n_segments} segments, median", "value": round(statistics.median(ms), 2), "unit": "ms", "baseline": None, "ratio": None},
-        {"figure": f"segment GET timerange+limit=100 on {n_segments} segments, p95", "value": round(p95, 2), "unit": "ms", "baseline": None, "ratio": None},
-        {"figure": "bulk segment load (lists of 1000)", "value": round(n_segments / load_seconds), "unit": "segments/s", "baseline": None, "ratio": None},
-        {"figure": "segment POST throughput, 1 client", "value": round(single), "unit": "segments/s", "baseline": None, "ratio": None},
-        {"figure": "segment POST throughput, 8 concurrent clients", "value": round(eight), "unit": "segments/s", "baseline": round(single), "ratio": round(eight / single, 2)},
-    ]  # fmt: skip
+        figure(f"{get}, median", round(statistics.median(ms), 2), "ms"),
+        figure(f"{get}, p95", round(p95, 2), "ms"),
+        figure("bulk segment load (lists of 1000)", round(n_segments / load_seconds), "segments/s"),
+        figure("segment POST throughput, 1 client", round(single), "segments/s"),
+        figure(
+            "segment POST throughput, 8 concurrent clients",
+            round(eight),
+            "segments/s",
+            baseline=round(single),
+            ratio=round(eight / single, 2),
+        ),
+    ]
 
 
-def run(
-    n_segments: int = 100_000, samples: int = 200, posts_per_client: int = 400
-) -> list[dict[str, Any]]:
+def figure(
+    name: str, value: float, unit: str, *, baseline: float | None = None, ratio: float | None = None
+) -> dict[str, Any]:
+    return {"figure": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio}
+
+
+def run(n_segments: int = 100_000, samples: int = 200, posts_per_client: int = 400) -> list[dict[str, Any]]:
     """Run the benchmark; the figures as dicts (figure, value, unit, baseline, ratio)."""
     return asyncio.run(measure(n_segments, samples, posts_per_client))
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     width = max(len(r["figure"]) for r in rows)
-    print(
-        f"{'figure':<{width}}  {'value':>10}  {'unit':<11} {'baseline':>9}  {'ratio':>6}"
-    )
+    print(f"{'figure':<{width}}  {'value':>10}  {'unit':<11} {'baseline':>9}  {'ratio':>6}")
     for r in rows:
         baseline = "" if r["baseline"] is None else str(r["baseline"])
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        print(
-            f"{r['figure']:<{width}}  {r['value']:>10}  {r['unit']:<11} {baseline:>9}  {ratio:>6}"
-        )
+        print(f"{r['figure']:<{width}}  {r['value']:>10}  {r['unit']:<11} {baseline:>9}  {ratio:>6}")
 
 
 def main() -> None:

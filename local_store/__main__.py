@@ -34,9 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument(
-        "--port", type=int, default=8000, help="port to listen on; 0 picks a free port"
-    )
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free port")
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -124,9 +122,7 @@ def load_clients(path: Path | None) -> list[dict[str, Any]] | None:
         and isinstance(c.get("scopes", []), list)
         for c in clients
     ):
-        raise SystemExit(
-            f"error: {path} must hold a JSON list of {{client_id, client_secret, scopes, groups}}"
-        )
+        raise SystemExit(f"error: {path} must hold a JSON list of {{client_id, client_secret, scopes, groups}}")
     return clients
 
 
@@ -134,9 +130,7 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
     if not 0.0 <= args.fault_rate <= 1.0:
         raise SystemExit("error: --fault-rate must be between 0 and 1")
     if args.latency_ms < 0 or args.token_ttl <= 0 or args.presigned_url_ttl <= 0:
-        raise SystemExit(
-            "error: --latency-ms must be >= 0, --token-ttl and --presigned-url-ttl > 0"
-        )
+        raise SystemExit("error: --latency-ms must be >= 0, --token-ttl and --presigned-url-ttl > 0")
     if not 0 <= args.port <= 65535:
         raise SystemExit("error: --port must be between 0 and 65535")
     return StoreConfig(
@@ -192,9 +186,7 @@ async def serve(config: StoreConfig) -> None:
     runner = web.AppRunner(
         app,
         access_log_class=PathOnlyAccessLogger,
-        access_log=logging.getLogger("local_store.access")
-        if config.access_log
-        else None,
+        access_log=logging.getLogger("local_store.access") if config.access_log else None,
         handle_signals=False,
     )
     await runner.setup()
@@ -204,9 +196,7 @@ async def serve(config: StoreConfig) -> None:
     if config.env_file is not None:
         write_env_file(config.env_file, env_values(store))
     print(f"TAMS store at {store.base_url}", flush=True)
-    logger.info(
-        "data dir %s, storage backend %s", config.data_dir.resolve(), store.backend.id
-    )
+    logger.info("data dir %s, storage backend %s", config.data_dir.resolve(), store.backend.id)
     try:
         await stop.wait()
     finally:

@@ -54,9 +54,7 @@ TOKEN_PATH = "/oauth2/token"
 JWKS_PATH = "/.well-known/jwks.json"
 MEDIA_PATH = "/objects-data/{object_id}"
 NO_FAULTS = frozenset({TOKEN_PATH, JWKS_PATH})
-NO_API_AUTH = frozenset(
-    {TOKEN_PATH, JWKS_PATH, MEDIA_PATH}
-)  # media checks its own signatures
+NO_API_AUTH = frozenset({TOKEN_PATH, JWKS_PATH, MEDIA_PATH})  # media checks its own signatures
 
 
 def _template(request: web.Request) -> str:
@@ -66,9 +64,7 @@ def _template(request: web.Request) -> str:
 
 
 @web.middleware
-async def latency_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
+async def latency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     delay = request.app[STORE].config.latency_ms
     if delay > 0:
         await asyncio.sleep(delay / 1000)
@@ -76,26 +72,16 @@ async def latency_middleware(
 
 
 @web.middleware
-async def fault_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
+async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     store = request.app[STORE]
     rate = store.config.fault_rate
-    if (
-        rate > 0
-        and _template(request) not in NO_FAULTS
-        and store.fault_rng.random() < rate
-    ):
-        body = error_body(
-            "ServiceUnavailable", "Injected fault (--fault-rate); retry the request"
-        )
+    if rate > 0 and _template(request) not in NO_FAULTS and store.fault_rng.random() < rate:
+        body = error_body("ServiceUnavailable", "Injected fault (--fault-rate); retry the request")
         return web.json_response(body, status=503, headers={"Retry-After": "0"})
     return await handler(request)
 
 
-def render_error(
-    status: int, error_type: str, summary: str, headers: Any = None
-) -> web.Response:
+def render_error(status: int, error_type: str, summary: str, headers: Any = None) -> web.Response:
     response = web.json_response(error_body(error_type, summary), status=status)
     for name, value in headers or ():
         response.headers.add(name, value)
@@ -103,15 +89,11 @@ def render_error(
 
 
 @web.middleware
-async def error_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Unauthorized as exc:
-        return render_error(
-            exc.status, exc.error_type, exc.summary, www_authenticate_headers(exc)
-        )
+        return render_error(exc.status, exc.error_type, exc.summary, www_authenticate_headers(exc))
     except StoreError as exc:
         if exc.status >= 500:
             logger.error("%s %s failed: %s", request.method, request.path, exc.summary)
@@ -119,11 +101,7 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kept = [
-            (k, v)
-            for k, v in exc.headers.items()
-            if k.lower() in ("allow", "retry-after")
-        ]
+        kept = [(k, v) for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")]
         name = type(exc).__name__.removeprefix("HTTP")
         summary = exc.reason
         if exc.status == 404:
@@ -134,12 +112,8 @@ async def error_middleware(
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
-        logger.exception(
-            "unexpected error handling %s %s", request.method, request.path
-        )
-        return render_error(
-            500, "InternalError", "The store failed to handle this request"
-        )
+        logger.exception("unexpected error handling %s %s", request.method, request.path)
+        return render_error(500, "InternalError", "The store failed to handle this request")
 
 
 @web.middleware
@@ -160,9 +134,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 class PathOnlyAccessLogger(AbstractAccessLogger):
     """Access log lines with the path only: query strings may hold signatures or tokens."""
 
-    def log(
-        self, request: web.BaseRequest, response: web.StreamResponse, time: float
-    ) -> None:
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             '%s "%s %s" %s %s %.1fms',
             request.remote,
@@ -179,14 +151,10 @@ async def _token(request: web.Request) -> web.Response:
 
 
 async def _jwks(request: web.Request) -> web.Response:
-    return web.json_response(
-        await request.app[STORE].auth.jwks(), headers={"Cache-Control": "max-age=300"}
-    )
+    return web.json_response(await request.app[STORE].auth.jwks(), headers={"Cache-Control": "max-age=300"})
 
 
-def _client_records(
-    config: StoreConfig, settings: dict[str, str]
-) -> list[ClientRecord]:
+def _client_records(config: StoreConfig, settings: dict[str, str]) -> list[ClientRecord]:
     if config.clients is None:
         return [
             ClientRecord(
@@ -237,21 +205,15 @@ def _store_context(
                 }
             )
             if "jwt_private_key" in settings:
-                signing_key: asyncio.Future[str] = (
-                    asyncio.get_running_loop().create_future()
-                )
+                signing_key: asyncio.Future[str] = asyncio.get_running_loop().create_future()
                 signing_key.set_result(settings["jwt_private_key"])
             else:
                 signing_key = asyncio.ensure_future(_new_signing_key(db))
             base_url = config.public_url or f"http://{config.host}:{config.port}"
             clients = _client_records(config, settings)
             auth = Authenticator(
-                username=config.username
-                if config.username is not None
-                else settings["generated_username"],
-                password=config.password
-                if config.password is not None
-                else settings["generated_password"],
+                username=config.username if config.username is not None else settings["generated_username"],
+                password=config.password if config.password is not None else settings["generated_password"],
                 clients={c.client_id: c for c in clients},
                 signing_key=signing_key,
                 issuer=base_url,
@@ -261,13 +223,9 @@ def _store_context(
                 config=config,
                 db=db,
                 files=ObjectFiles(config.data_dir),
-                signer=UrlSigner(
-                    bytes.fromhex(settings["url_signing_key"]), config.presigned_url_ttl
-                ),
+                signer=UrlSigner(bytes.fromhex(settings["url_signing_key"]), config.presigned_url_ttl),
                 auth=auth,
-                backend=Backend(
-                    id=settings["backend_id"], label=settings["backend_label"]
-                ),
+                backend=Backend(id=settings["backend_id"], label=settings["backend_label"]),
                 base_url=base_url,
                 fault_rng=random.Random(config.fault_seed),
                 service_name=settings.get("service_name"),

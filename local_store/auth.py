@@ -96,9 +96,7 @@ class SigningKey:
 
     @classmethod
     def from_pem(cls, pem: str) -> SigningKey:
-        private_key = serialization.load_pem_private_key(
-            pem.encode("ascii"), password=None
-        )
+        private_key = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
         if not isinstance(private_key, rsa.RSAPrivateKey):
             raise TypeError("the stored token signing key is not an RSA key")
         public_key = private_key.public_key()
@@ -109,11 +107,7 @@ class SigningKey:
             sort_keys=True,
         )
         # RFC 7638 thumbprint: stable for a data dir's key, changes if the key does.
-        kid = (
-            base64.urlsafe_b64encode(hashlib.sha256(thumb_input.encode()).digest())
-            .decode()
-            .rstrip("=")
-        )
+        kid = base64.urlsafe_b64encode(hashlib.sha256(thumb_input.encode()).digest()).decode().rstrip("=")
         jwks = {"keys": [{**jwk, "kid": kid, "alg": "RS256", "use": "sig"}]}
         return cls(private_key, public_key, kid, jwks)
 
@@ -147,9 +141,7 @@ class Authenticator:
         return (await self.key()).jwks
 
     # --- tokens -------------------------------------------------------------------------
-    async def issue_token(
-        self, client: ClientRecord, scopes: Iterable[str]
-    ) -> dict[str, Any]:
+    async def issue_token(self, client: ClientRecord, scopes: Iterable[str]) -> dict[str, Any]:
         key = await self.key()
         now = time.time()
         scope_text = " ".join(scopes)
@@ -165,9 +157,7 @@ class Authenticator:
             "scope": scope_text,
             "groups": list(client.groups),
         }
-        token = jwt.encode(
-            claims, key.private_key, algorithm="RS256", headers={"kid": key.kid}
-        )
+        token = jwt.encode(claims, key.private_key, algorithm="RS256", headers={"kid": key.kid})
         return {
             "access_token": token,
             "token_type": "Bearer",
@@ -192,13 +182,9 @@ class Authenticator:
                 options={"require": ["exp", "iat", "sub", "iss"], "verify_aud": False},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise Unauthorized(
-                "The access token has expired", bearer_error="invalid_token"
-            ) from exc
+            raise Unauthorized("The access token has expired", bearer_error="invalid_token") from exc
         except jwt.InvalidTokenError as exc:
-            raise Unauthorized(
-                "The access token is not valid", bearer_error="invalid_token"
-            ) from exc
+            raise Unauthorized("The access token is not valid", bearer_error="invalid_token") from exc
         scope = claims.get("scope", "")
         groups = claims.get("groups", [])
         principal = Principal(
@@ -226,14 +212,8 @@ class Authenticator:
             return await self.verify_token(value)
         if scheme == "basic":
             user, password = _decode_basic(value)
-            if (
-                self.username
-                and _same(user, self.username)
-                and _same(password, self.password)
-            ):
-                return Principal(
-                    name=user, scopes=frozenset(ALL_SCOPES), groups=("admin",)
-                )
+            if self.username and _same(user, self.username) and _same(password, self.password):
+                return Principal(name=user, scopes=frozenset(ALL_SCOPES), groups=("admin",))
             raise Unauthorized("Bad username or password")
         raise Unauthorized("Unsupported authorization scheme")
 
@@ -303,9 +283,7 @@ def _oauth_error(status: int, error: str, description: str) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
 
 
-async def token_endpoint(
-    request: web.Request, authenticator: Authenticator
-) -> web.Response:
+async def token_endpoint(request: web.Request, authenticator: Authenticator) -> web.Response:
     if request.content_type not in (
         "application/x-www-form-urlencoded",
         "multipart/form-data",
@@ -317,9 +295,7 @@ async def token_endpoint(
     except (ValueError, UnicodeDecodeError):
         return _oauth_error(400, "invalid_request", "Malformed form body")
     if form.get("grant_type") != "client_credentials":
-        return _oauth_error(
-            400, "unsupported_grant_type", "Only client_credentials is supported"
-        )
+        return _oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported")
     try:
         client = authenticator.client_for(request, form)
     except Unauthorized as exc:
@@ -336,9 +312,7 @@ async def token_endpoint(
                 f"Scope not allowed for this client: {' '.join(unknown)}",
             )
         granted = list(dict.fromkeys(requested))
-    logger.info(
-        "issued token to client %s (scope %s)", client.client_id, " ".join(granted)
-    )
+    logger.info("issued token to client %s (scope %s)", client.client_id, " ".join(granted))
     return web.json_response(
         await authenticator.issue_token(client, granted),
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,4 +31,3 @@ class StoreConfig:
     max_limit: int = 1000
     max_storage_limit: int = 1000
     public_url: str | None = None  # set once the port is known
-    extra: dict[str, Any] = field(default_factory=dict)

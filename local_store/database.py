@@ -220,13 +220,9 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="sqlite"
-        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
-        self._queue: list[
-            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
-        ] = []
+        self._queue: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -291,18 +287,12 @@ class Database:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
-                outcomes = await self._call(
-                    self._run_batch, [(fn, args) for fn, args, _ in batch]
-                )
-            except (
-                BaseException
-            ) as exc:  # the COMMIT itself failed: nothing in the batch is stored
+                outcomes = await self._call(self._run_batch, [(fn, args) for fn, args, _ in batch])
+            except BaseException as exc:  # the COMMIT itself failed: nothing in the batch is stored
                 logger.error("write transaction failed: %s", exc)
                 for _, _, future in batch:
                     if not future.done():
-                        future.set_exception(
-                            StoreError("The store could not write to its database")
-                        )
+                        future.set_exception(StoreError("The store could not write to its database"))
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
@@ -314,9 +304,7 @@ class Database:
                 else:
                     future.set_exception(value)
 
-    def _run_batch(
-        self, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]
-    ) -> list[tuple[bool, Any]]:
+    def _run_batch(self, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         outcomes: list[tuple[bool, Any]] = []
@@ -348,10 +336,7 @@ class Database:
                 "INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)",
                 list(defaults.items()),
             )
-            return {
-                r["key"]: r["value"]
-                for r in self.conn.execute("SELECT key, value FROM settings")
-            }
+            return {r["key"]: r["value"] for r in self.conn.execute("SELECT key, value FROM settings")}
 
         return await self._write(run)
 
@@ -372,16 +357,12 @@ class Database:
     # --- sources ----------------------------------------------------------------------------
     async def get_source(self, source_id: str) -> dict[str, Any] | None:
         def run() -> dict[str, Any] | None:
-            row = self.conn.execute(
-                "SELECT * FROM sources WHERE id = ?", (source_id,)
-            ).fetchone()
+            row = self.conn.execute("SELECT * FROM sources WHERE id = ?", (source_id,)).fetchone()
             return _source_record(row) if row else None
 
         return await self._read(run)
 
-    async def list_sources(
-        self, query: SourceQuery, offset: int, limit: int
-    ) -> list[dict[str, Any]]:
+    async def list_sources(self, query: SourceQuery, offset: int, limit: int) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
             where: list[str] = []
             params: list[Any] = []
@@ -412,9 +393,7 @@ class Database:
         return await self._read(self._get_flow, flow_id)
 
     def _get_flow(self, flow_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute(
-            "SELECT * FROM flows WHERE id = ?", (flow_id,)
-        ).fetchone()
+        row = self.conn.execute("SELECT * FROM flows WHERE id = ?", (flow_id,)).fetchone()
         if row is None:
             return None
         record = _flow_record(row)
@@ -455,9 +434,7 @@ class Database:
         source_label: str | None,
     ) -> bool:
         """Create or replace a Flow (and create its Source if new); True if created."""
-        return await self._write(
-            self._put_flow, flow_id, doc, principal, now, source_label
-        )
+        return await self._write(self._put_flow, flow_id, doc, principal, now, source_label)
 
     def _put_flow(
         self,
@@ -468,21 +445,15 @@ class Database:
         source_label: str | None,
     ) -> bool:
         conn = self.conn
-        existing = conn.execute(
-            "SELECT * FROM flows WHERE id = ?", (flow_id,)
-        ).fetchone()
+        existing = conn.execute("SELECT * FROM flows WHERE id = ?", (flow_id,)).fetchone()
         source_id = doc["source_id"]
         flow_format = doc.get("format")
         if existing is not None and existing["read_only"]:
             old_doc = json.loads(existing["doc"])
             # A read_only Flow refuses every metadata change except to read_only itself.
-            if _without(old_doc, "read_only", "metadata_version") != _without(
-                doc, "read_only", "metadata_version"
-            ):
+            if _without(old_doc, "read_only", "metadata_version") != _without(doc, "read_only", "metadata_version"):
                 raise Forbidden(f"Flow {flow_id} is read_only")
-        source = conn.execute(
-            "SELECT format FROM sources WHERE id = ?", (source_id,)
-        ).fetchone()
+        source = conn.execute("SELECT format FROM sources WHERE id = ?", (source_id,)).fetchone()
         if source is None:
             conn.execute(
                 "INSERT INTO sources(id, format, label, description, tags, created, updated, created_by, updated_by) "
@@ -506,19 +477,12 @@ class Database:
         for member in members:
             if member == flow_id:
                 raise BadRequest("A Flow cannot collect itself")
-            if (
-                conn.execute("SELECT 1 FROM flows WHERE id = ?", (member,)).fetchone()
-                is None
-            ):
+            if conn.execute("SELECT 1 FROM flows WHERE id = ?", (member,)).fetchone() is None:
                 raise BadRequest(f"flow_collection member {member} does not exist")
         essence = doc.get("essence_parameters") or {}
         version = doc.get("metadata_version")
-        if existing is not None and (
-            version is None or version == existing["metadata_version"]
-        ):
-            if _without(json.loads(existing["doc"]), "metadata_version") != _without(
-                doc, "metadata_version"
-            ):
+        if existing is not None and (version is None or version == existing["metadata_version"]):
+            if _without(json.loads(existing["doc"]), "metadata_version") != _without(doc, "metadata_version"):
                 version = None
             else:
                 version = existing["metadata_version"]
@@ -549,9 +513,7 @@ class Database:
             }
             names = ", ".join(columns)
             marks = ", ".join("?" for _ in columns)
-            conn.execute(
-                f"INSERT INTO flows({names}) VALUES ({marks})", tuple(columns.values())
-            )
+            conn.execute(f"INSERT INTO flows({names}) VALUES ({marks})", tuple(columns.values()))
         else:
             if "created_by" in doc:
                 columns["created_by"] = doc["created_by"]
@@ -574,9 +536,7 @@ class Database:
         or ``("tags", "genre")``; read_only Flows refuse all but ``read_only`` itself."""
 
         def run() -> None:
-            row = self.conn.execute(
-                "SELECT doc FROM flows WHERE id = ?", (flow_id,)
-            ).fetchone()
+            row = self.conn.execute("SELECT doc FROM flows WHERE id = ?", (flow_id,)).fetchone()
             if row is None:
                 raise FlowNotFound(flow_id)
             doc = json.loads(row["doc"])
@@ -596,9 +556,7 @@ class Database:
         """Set or remove a Source's ``label``, ``description`` or one tag."""
 
         def run() -> None:
-            row = self.conn.execute(
-                "SELECT * FROM sources WHERE id = ?", (source_id,)
-            ).fetchone()
+            row = self.conn.execute("SELECT * FROM sources WHERE id = ?", (source_id,)).fetchone()
             if row is None:
                 raise SourceNotFound(source_id)
             doc = {
@@ -623,23 +581,17 @@ class Database:
 
     async def delete_flow(self, flow_id: str) -> None:
         def run() -> None:
-            row = self.conn.execute(
-                "SELECT read_only FROM flows WHERE id = ?", (flow_id,)
-            ).fetchone()
+            row = self.conn.execute("SELECT read_only FROM flows WHERE id = ?", (flow_id,)).fetchone()
             if row is None:
                 raise FlowNotFound(flow_id)
             if row["read_only"]:
                 raise Forbidden(f"Flow {flow_id} is read_only")
-            self.conn.execute(
-                "DELETE FROM flow_collections WHERE member_id = ?", (flow_id,)
-            )
+            self.conn.execute("DELETE FROM flow_collections WHERE member_id = ?", (flow_id,))
             self.conn.execute("DELETE FROM flows WHERE id = ?", (flow_id,))
 
         await self._write(run)
 
-    async def list_flows(
-        self, query: FlowQuery, offset: int, limit: int
-    ) -> list[dict[str, Any]]:
+    async def list_flows(self, query: FlowQuery, offset: int, limit: int) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
             where: list[str] = []
             params: list[Any] = []
@@ -660,9 +612,7 @@ class Database:
                 where.append("init_segments = ?")
                 params.append(1 if query.init_segments else 0)
             if query.timerange_empty:
-                where.append(
-                    "NOT EXISTS (SELECT 1 FROM segments s WHERE s.flow_id = flows.id)"
-                )
+                where.append("NOT EXISTS (SELECT 1 FROM segments s WHERE s.flow_id = flows.id)")
             elif query.timerange is not None:
                 first, last = query.timerange.first, query.timerange.last
                 # The segment starting last at or before the range's end overlaps the range
@@ -700,9 +650,7 @@ class Database:
         return await self._read(run)
 
     # --- storage allocation and objects -------------------------------------------------------
-    async def allocate_objects(
-        self, flow_id: str, object_ids: Sequence[str], content_type: str, now: str
-    ) -> None:
+    async def allocate_objects(self, flow_id: str, object_ids: Sequence[str], content_type: str, now: str) -> None:
         def run() -> None:
             flow = self._writable_flow(flow_id)
             if not flow["container"]:
@@ -740,15 +688,11 @@ class Database:
 
         await self._write(run)
 
-    async def get_object(
-        self, object_id: str, offset: int, limit: int
-    ) -> dict[str, Any] | None:
+    async def get_object(self, object_id: str, offset: int, limit: int) -> dict[str, Any] | None:
         """A registered object with one page of its referencing Flows, or None."""
 
         def run() -> dict[str, Any] | None:
-            row = self.conn.execute(
-                "SELECT * FROM objects WHERE id = ?", (object_id,)
-            ).fetchone()
+            row = self.conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
             if row is None or row["first_referenced_by_flow"] is None:
                 return None
             record = dict(row)
@@ -765,16 +709,12 @@ class Database:
                     (row["init_object_id"],),
                 ).fetchone()
                 record["init"] = dict(init) if init else None
-                record["init_urls"] = self._uncontrolled_urls(
-                    [row["init_object_id"]]
-                ).get(row["init_object_id"], [])
+                record["init_urls"] = self._uncontrolled_urls([row["init_object_id"]]).get(row["init_object_id"], [])
             return record
 
         return await self._read(run)
 
-    def _uncontrolled_urls(
-        self, object_ids: Sequence[str]
-    ) -> dict[str, list[tuple[str, str | None]]]:
+    def _uncontrolled_urls(self, object_ids: Sequence[str]) -> dict[str, list[tuple[str, str | None]]]:
         found: dict[str, list[tuple[str, str | None]]] = {}
         if not object_ids:
             return found
@@ -833,9 +773,7 @@ class Database:
                     continue
                 conn.execute("RELEASE segment")
             if stored:
-                conn.execute(
-                    "UPDATE flows SET segments_updated = ? WHERE id = ?", (now, flow_id)
-                )
+                conn.execute("UPDATE flows SET segments_updated = ? WHERE id = ?", (now, flow_id))
             return failed
 
         return await self._write(run)
@@ -871,9 +809,7 @@ class Database:
                 bool(neighbour["incl_start"]),
                 bool(neighbour["incl_end"]),
             )
-            raise SegmentOverlap(
-                f"Segment {seg.timerange_text} overlaps the stored segment {existing!s}"
-            )
+            raise SegmentOverlap(f"Segment {seg.timerange_text} overlaps the stored segment {existing!s}")
         if flow["init_segments"] and not seg.init_object_id:
             raise BadRequest("This Flow uses init segments: init_object_id is required")
         self._register_media_object(flow, seg, now)
@@ -903,15 +839,11 @@ class Database:
         )
         return 1
 
-    def _register_media_object(
-        self, flow: sqlite3.Row, seg: NewSegment, now: str
-    ) -> None:
+    def _register_media_object(self, flow: sqlite3.Row, seg: NewSegment, now: str) -> None:
         conn = self.conn
         flow_id = flow["id"]
         tr = seg.timerange
-        obj = conn.execute(
-            "SELECT * FROM objects WHERE id = ?", (seg.object_id,)
-        ).fetchone()
+        obj = conn.execute("SELECT * FROM objects WHERE id = ?", (seg.object_id,)).fetchone()
         # The object's own timeline: given, or (on first registration) timerange - ts_offset.
         own: StoredRange | None = seg.object_timerange or StoredRange(
             tr.start_ns - seg.ts_offset_ns,
@@ -929,14 +861,10 @@ class Database:
             )
         else:
             if obj["role"] == "init":
-                raise BadRequest(
-                    f"Object {seg.object_id!r} is registered as an init object"
-                )
+                raise BadRequest(f"Object {seg.object_id!r} is registered as an init object")
             registered = obj["first_referenced_by_flow"] is not None
             if not registered and obj["allocated_by_flow"] not in (None, flow_id):
-                raise BadRequest(
-                    f"Object {seg.object_id!r} was allocated for another Flow"
-                )
+                raise BadRequest(f"Object {seg.object_id!r} was allocated for another Flow")
             if obj["content_type"] and obj["content_type"] != flow["container"]:
                 raise BadRequest(
                     f"Object {seg.object_id!r} has content type {obj['content_type']}, "
@@ -967,30 +895,17 @@ class Database:
             if seg.get_urls:
                 conn.executemany(
                     "INSERT INTO object_urls(object_id, position, url, label) VALUES (?, ?, ?, ?)",
-                    [
-                        (seg.object_id, i, url, label)
-                        for i, (url, label) in enumerate(seg.get_urls)
-                    ],
+                    [(seg.object_id, i, url, label) for i, (url, label) in enumerate(seg.get_urls)],
                 )
 
     def _check_reuse(self, obj: sqlite3.Row, seg: NewSegment) -> None:
         """A segment reusing a registered object may not change the object's properties and
         must lie (after ts_offset) within the object's timerange."""
         oid = seg.object_id
-        if (
-            seg.key_frame_count is not None
-            and seg.key_frame_count != obj["key_frame_count"]
-        ):
-            raise BadRequest(
-                f"Object {oid!r} is already registered with a different key_frame_count"
-            )
-        if (
-            seg.init_object_id is not None
-            and seg.init_object_id != obj["init_object_id"]
-        ):
-            raise BadRequest(
-                f"Object {oid!r} is already registered with a different init_object_id"
-            )
+        if seg.key_frame_count is not None and seg.key_frame_count != obj["key_frame_count"]:
+            raise BadRequest(f"Object {oid!r} is already registered with a different key_frame_count")
+        if seg.init_object_id is not None and seg.init_object_id != obj["init_object_id"]:
+            raise BadRequest(f"Object {oid!r} is already registered with a different init_object_id")
         if seg.object_timerange is not None:
             ot = seg.object_timerange
             stored = (
@@ -1000,9 +915,7 @@ class Database:
                 bool(obj["ot_incl_end"]),
             )
             if (ot.start_ns, ot.end_ns, ot.incl_start, ot.incl_end) != stored:
-                raise BadRequest(
-                    f"Object {oid!r} is already registered with a different object_timerange"
-                )
+                raise BadRequest(f"Object {oid!r} is already registered with a different object_timerange")
         if obj["ot_first_ns"] is not None:
             first = seg.timerange.first_ns - seg.ts_offset_ns
             last = seg.timerange.last_ns - seg.ts_offset_ns
@@ -1011,23 +924,18 @@ class Database:
                     f"Segment {seg.timerange_text} minus ts_offset is outside the timerange of object {oid!r}"
                 )
 
-    def _register_init_object(
-        self, flow: sqlite3.Row, object_id: str, now: str
-    ) -> None:
+    def _register_init_object(self, flow: sqlite3.Row, object_id: str, now: str) -> None:
         conn = self.conn
-        obj = conn.execute(
-            "SELECT * FROM objects WHERE id = ?", (object_id,)
-        ).fetchone()
+        obj = conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
         if obj is None:
             conn.execute(
-                "INSERT INTO objects(id, controlled, role, first_referenced_by_flow, created) VALUES (?, 0, 'init', ?, ?)",
+                "INSERT INTO objects(id, controlled, role, first_referenced_by_flow, created) "
+                "VALUES (?, 0, 'init', ?, ?)",
                 (object_id, flow["id"], now),
             )
             return
         if obj["role"] == "media":
-            raise BadRequest(
-                f"Object {object_id!r} is registered as a media object, not an init object"
-            )
+            raise BadRequest(f"Object {object_id!r} is registered as a media object, not an init object")
         if obj["first_referenced_by_flow"] is None and obj["allocated_by_flow"] not in (
             None,
             flow["id"],
@@ -1039,9 +947,7 @@ class Database:
             (flow["id"], object_id),
         )
 
-    async def list_segments(
-        self, flow_id: str, query: SegmentQuery
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    async def list_segments(self, flow_id: str, query: SegmentQuery) -> tuple[list[dict[str, Any]], int | None]:
         """One page of segments (with their objects' details) and the next page's key."""
 
         def run() -> tuple[list[dict[str, Any]], int | None]:
@@ -1058,11 +964,7 @@ class Database:
                         "ORDER BY first_ns DESC LIMIT 1",
                         (flow_id, query.span.first),
                     ).fetchone()
-                    lower = (
-                        before[0]
-                        if before is not None and before[1] >= query.span.first
-                        else query.span.first
-                    )
+                    lower = before[0] if before is not None and before[1] >= query.span.first else query.span.first
                 upper = query.span.last
             if query.after is not None:
                 if query.reverse_order:
@@ -1092,22 +994,16 @@ class Database:
             if len(rows) > query.limit:
                 next_key = rows[query.limit]["first_ns"]
                 rows = rows[: query.limit]
-            ids = [r["object_id"] for r in rows] + [
-                r["init_object_id"] for r in rows if r["init_object_id"]
-            ]
+            ids = [r["object_id"] for r in rows] + [r["init_object_id"] for r in rows if r["init_object_id"]]
             urls = self._uncontrolled_urls(ids)
             for r in rows:
                 r["urls"] = urls.get(r["object_id"], [])
-                r["init_urls"] = (
-                    urls.get(r["init_object_id"], []) if r["init_object_id"] else []
-                )
+                r["init_urls"] = urls.get(r["init_object_id"], []) if r["init_object_id"] else []
             return rows, next_key
 
         return await self._read(run)
 
-    async def delete_segments(
-        self, flow_id: str, span: Span | None, object_id: str | None, now: str
-    ) -> int:
+    async def delete_segments(self, flow_id: str, span: Span | None, object_id: str | None, now: str) -> int:
         """Delete the segments wholly inside ``span`` (and of ``object_id``); returns the count."""
 
         def run() -> int:
@@ -1125,13 +1021,9 @@ class Database:
             if object_id is not None:
                 where.append("object_id = ?")
                 params.append(object_id)
-            cursor = self.conn.execute(
-                f"DELETE FROM segments WHERE {' AND '.join(where)}", params
-            )
+            cursor = self.conn.execute(f"DELETE FROM segments WHERE {' AND '.join(where)}", params)
             if cursor.rowcount:
-                self.conn.execute(
-                    "UPDATE flows SET segments_updated = ? WHERE id = ?", (now, flow_id)
-                )
+                self.conn.execute("UPDATE flows SET segments_updated = ? WHERE id = ?", (now, flow_id))
             return cursor.rowcount
 
         return await self._write(run)
@@ -1173,9 +1065,7 @@ def _order_clause(sort_by: str, reverse: bool, columns: dict[str, str]) -> str:
     return f"({column} IS NULL) {nulls_last}, {column} {direction}, id {id_direction}"
 
 
-def _tag_condition(
-    tags_expr: str, tag: TagFilter, where: list[str], params: list[Any]
-) -> None:
+def _tag_condition(tags_expr: str, tag: TagFilter, where: list[str], params: list[Any]) -> None:
     """Append a tag filter: exact string match, or any shared entry of a list value."""
     if tag.exists is not None:
         clause = f"EXISTS (SELECT 1 FROM json_each({tags_expr}) t WHERE t.key = ?)"
@@ -1187,7 +1077,8 @@ def _tag_condition(
     where.append(
         f"EXISTS (SELECT 1 FROM json_each({tags_expr}) t WHERE t.key = ? AND ("
         f"(t.type = 'text' AND t.value IN ({marks})) OR "
-        f"(t.type = 'array' AND EXISTS (SELECT 1 FROM json_each(t.value) v WHERE v.type = 'text' AND v.value IN ({marks})))))"
+        f"(t.type = 'array' AND EXISTS (SELECT 1 FROM json_each(t.value) v "
+        f"WHERE v.type = 'text' AND v.value IN ({marks})))))"
     )
     params.extend((tag.name, *values, *values))
 

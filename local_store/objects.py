@@ -49,14 +49,10 @@ class UrlSigner:
         self.ttl_seconds = ttl_seconds
 
     def _mac(self, method: str, object_id: str, content_type: str, expires: int) -> str:
-        message = "\n".join(
-            (method.upper(), object_id, content_type, str(expires))
-        ).encode()
+        message = "\n".join((method.upper(), object_id, content_type, str(expires))).encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def sign(
-        self, method: str, object_id: str, content_type: str, now: float | None = None
-    ) -> str:
+    def sign(self, method: str, object_id: str, content_type: str, now: float | None = None) -> str:
         """The query string (without ``?``) that presigns ``method`` on ``object_id``."""
         expires = int(now if now is not None else time.time()) + self.ttl_seconds
         mac = self._mac(method, object_id, content_type, expires)
@@ -91,9 +87,7 @@ def object_url_path(object_id: str) -> str:
     Object ids are arbitrary strings (``..`` included, which clients would normalise out of a
     URL path), so the path carries the id base64url-encoded.
     """
-    return "/objects-data/" + base64.urlsafe_b64encode(
-        object_id.encode("utf-8")
-    ).decode("ascii").rstrip("=")
+    return "/objects-data/" + base64.urlsafe_b64encode(object_id.encode("utf-8")).decode("ascii").rstrip("=")
 
 
 def object_id_from_path(segment: str) -> str | None:
@@ -103,11 +97,7 @@ def object_id_from_path(segment: str) -> str | None:
         object_id = raw.decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
-    return (
-        object_id
-        if object_id and object_url_path(object_id) == "/objects-data/" + segment
-        else None
-    )
+    return object_id if object_id and object_url_path(object_id) == "/objects-data/" + segment else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +114,7 @@ class ObjectFiles:
         self.tmp = data_dir / "tmp"
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        for (
-            stale
-        ) in self.tmp.iterdir():  # left by a crash mid-upload; never acknowledged
+        for stale in self.tmp.iterdir():  # left by a crash mid-upload; never acknowledged
             stale.unlink(missing_ok=True)
 
     def path_for(self, object_id: str) -> Path:
@@ -142,9 +130,7 @@ class ObjectFiles:
         except FileNotFoundError:
             return None
 
-    async def write(
-        self, object_id: str, chunks: AsyncIterator[bytes], max_size: int
-    ) -> WriteOutcome:
+    async def write(self, object_id: str, chunks: AsyncIterator[bytes], max_size: int) -> WriteOutcome:
         """Store the bytes from ``chunks`` as ``object_id``; raises ``FileExistsError`` when
         different bytes are already stored and ``OverflowError`` past ``max_size``.
 
@@ -171,9 +157,7 @@ class ObjectFiles:
                 await asyncio.to_thread(os.fsync, fd)
             finally:
                 os.close(fd)
-            created = await asyncio.to_thread(
-                _publish, tmp_path, final, digest.digest()
-            )
+            created = await asyncio.to_thread(_publish, tmp_path, final, digest.digest())
             return WriteOutcome(size=size, created=created)
         finally:
             tmp_path.unlink(missing_ok=True)

@@ -33,11 +33,7 @@ def _inline(node: Any, seen: tuple[str, ...]) -> Any:
         return [_inline(item, seen) for item in node]
     if not isinstance(node, dict):
         return node
-    result = {
-        k: _inline(v, seen)
-        for k, v in node.items()
-        if k not in ("$ref", "description", "examples")
-    }
+    result = {k: _inline(v, seen) for k, v in node.items() if k not in ("$ref", "description", "examples")}
     ref = node.get("$ref")
     if isinstance(ref, str):
         if not ref.endswith(".json") or "#" in ref or ref in seen:
@@ -67,9 +63,12 @@ def warm_up() -> None:
 def check(instance: Any, schema_file: str, what: str) -> None:
     """Raise ``BadRequest`` naming the most relevant problem if ``instance`` does not match."""
     validator = _validator(schema_file)
-    if validator.is_valid(instance):
-        return
-    error = best_match(validator.iter_errors(instance))
+    try:
+        if validator.is_valid(instance):
+            return
+        error = best_match(validator.iter_errors(instance))
+    except RecursionError as exc:
+        raise BadRequest(f"Invalid {what}: nested too deeply") from exc
     where = "/".join(str(p) for p in error.absolute_path) if error is not None else ""
     location = f" at {where}" if where else ""
     message = error.message[:300] if error is not None else "does not match the schema"

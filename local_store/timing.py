@@ -19,7 +19,6 @@ from .errors import InvalidTimerange
 __all__ = [
     "Span",
     "StoredRange",
-    "format_timestamp",
     "parse_timerange",
     "parse_timestamp",
     "span_of",
@@ -51,20 +50,12 @@ def parse_timerange(text: str) -> TimeRange:
     if match is None:
         raise InvalidTimerange(f"Invalid timerange {text!r}")
     open_mark, start, underscore, _end, close_mark = match.groups()
-    if (
-        underscore is None
-        and start is not None
-        and (open_mark == "(" or close_mark == ")")
-    ):
+    if underscore is None and start is not None and (open_mark == "(" or close_mark == ")"):
         return TimeRange.never()
     try:
         return TimeRange.from_str(text)
     except ValueError as exc:  # pragma: no cover - the regex already guards the syntax
         raise InvalidTimerange(f"Invalid timerange {text!r}") from exc
-
-
-def format_timestamp(ns: int) -> str:
-    return str(Timestamp.from_nanosec(ns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,23 +92,17 @@ class StoredRange:
     last_ns: int
 
     def to_timerange(self) -> TimeRange:
-        return make_timerange(
-            self.start_ns, self.end_ns, self.incl_start, self.incl_end
-        )
+        return make_timerange(self.start_ns, self.end_ns, self.incl_start, self.incl_end)
 
     def __str__(self) -> str:
         return str(self.to_timerange())
 
 
-def make_timerange(
-    start_ns: int, end_ns: int, incl_start: bool, incl_end: bool
-) -> TimeRange:
+def make_timerange(start_ns: int, end_ns: int, incl_start: bool, incl_end: bool) -> TimeRange:
     inclusivity = (TimeRange.INCLUDE_START if incl_start else TimeRange.EXCLUSIVE) | (
         TimeRange.INCLUDE_END if incl_end else TimeRange.EXCLUSIVE
     )
-    return TimeRange(
-        Timestamp.from_nanosec(start_ns), Timestamp.from_nanosec(end_ns), inclusivity
-    )
+    return TimeRange(Timestamp.from_nanosec(start_ns), Timestamp.from_nanosec(end_ns), inclusivity)
 
 
 def stored_range(timerange: TimeRange, what: str = "timerange") -> StoredRange:
@@ -125,12 +110,7 @@ def stored_range(timerange: TimeRange, what: str = "timerange") -> StoredRange:
     span = span_of(timerange)
     if span is None:
         raise InvalidTimerange(f"The {what} {timerange!s} is empty")
-    if (
-        span.first is None
-        or span.last is None
-        or timerange.start is None
-        or timerange.end is None
-    ):
+    if span.first is None or span.last is None or timerange.start is None or timerange.end is None:
         raise InvalidTimerange(f"The {what} {timerange!s} must be bounded at both ends")
     return StoredRange(
         start_ns=timerange.start.to_nanosec(),

@@ -101,11 +101,7 @@ class RunningStore:
         self.args = args
 
     def log_text(self) -> str:
-        return (
-            self.log_path.read_text(errors="replace")
-            if self.log_path and self.log_path.exists()
-            else ""
-        )
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
 
 def _close_pipes(process: subprocess.Popen[bytes]) -> None:
@@ -114,9 +110,7 @@ def _close_pipes(process: subprocess.Popen[bytes]) -> None:
             pipe.close()
 
 
-def _launch(
-    args: list[str], log_path: Path | None
-) -> tuple[subprocess.Popen[bytes], str]:
+def _launch(args: list[str], log_path: Path | None) -> tuple[subprocess.Popen[bytes], str]:
     log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
     try:
         process = subprocess.Popen(
@@ -136,14 +130,8 @@ def _launch(
         process.kill()
         process.wait()
         _close_pipes(process)
-        tail = (
-            log_path.read_text(errors="replace")[-2000:]
-            if log_path and log_path.exists()
-            else ""
-        )
-        raise RuntimeError(
-            f"local store did not start (first line {line!r}); log tail:\n{tail}"
-        )
+        tail = log_path.read_text(errors="replace")[-2000:] if log_path and log_path.exists() else ""
+        raise RuntimeError(f"local store did not start (first line {line!r}); log tail:\n{tail}")
     return process, line[len(prefix) :]
 
 
@@ -184,9 +172,7 @@ def start_store(
     args += extra_args or []
     log_path = data_dir.parent / f"{data_dir.name}.log"
     process, url = _launch(args, log_path)
-    env = dict(
-        line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line
-    )
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
     return RunningStore(
         url=url,
         data_dir=data_dir,

@@ -35,9 +35,7 @@ def _registry() -> Registry:
 def _validator(schema_file: str) -> Draft202012Validator:
     if not (SCHEMA_DIR / schema_file).is_file():
         raise FileNotFoundError(f"no schema {schema_file} in {SCHEMA_DIR}")
-    return Draft202012Validator(
-        {"$ref": schema_file}, registry=_registry(), format_checker=FormatChecker()
-    )
+    return Draft202012Validator({"$ref": schema_file}, registry=_registry(), format_checker=FormatChecker())
 
 
 def validate(instance: Any, schema_file: str) -> None:

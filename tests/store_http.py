@@ -39,10 +39,7 @@ ROOT_SCHEMA = {"type": "array", "items": {"type": "string"}}
 
 
 def basic_header(user: str, password: str) -> dict[str, str]:
-    return {
-        "Authorization": "Basic "
-        + base64.b64encode(f"{user}:{password}".encode()).decode()
-    }
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 @dataclass
@@ -82,16 +79,12 @@ class StoreHttp:
     ) -> Reply:
         url = path if path.startswith("http") else self.url + path
         merged = {**self.headers, **(headers or {})}
-        async with self.session.request(
-            method, url, headers=merged, **kwargs
-        ) as response:
+        async with self.session.request(method, url, headers=merged, **kwargs) as response:
             raw = await response.read()
             reply = Reply(response.status, response.headers, None, raw)
         if status is not None:
             wanted = (status,) if isinstance(status, int) else status
-            assert reply.status in wanted, (
-                f"{method} {path}: {reply.status} {raw[:500]!r}"
-            )
+            assert reply.status in wanted, f"{method} {path}: {reply.status} {raw[:500]!r}"
         is_json = reply.headers.get("Content-Type", "").startswith("application/json")
         if raw and is_json:
             reply.body = json.loads(raw)
@@ -106,19 +99,13 @@ class StoreHttp:
             elif schema is not None:
                 validate(reply.body, schema)
             else:
-                raise AssertionError(
-                    f"{method} {path}: JSON body received without a schema to check it"
-                )
+                raise AssertionError(f"{method} {path}: JSON body received without a schema to check it")
         elif reply.status >= 400 and method != "HEAD":
-            raise AssertionError(
-                f"{method} {path}: error {reply.status} without a JSON error body"
-            )
+            raise AssertionError(f"{method} {path}: error {reply.status} without a JSON error body")
         return reply
 
     # conveniences -------------------------------------------------------------------------
-    async def put_flow(
-        self, flow: dict[str, Any], status: int | tuple[int, ...] = (201, 204)
-    ) -> Reply:
+    async def put_flow(self, flow: dict[str, Any], status: int | tuple[int, ...] = (201, 204)) -> Reply:
         return await self.call(
             "PUT",
             f"/flows/{flow['id']}",
@@ -127,9 +114,7 @@ class StoreHttp:
             schema="flow-get.json",
         )
 
-    async def allocate(
-        self, flow_id: str, limit: int | None = 1, **body: Any
-    ) -> list[dict[str, Any]]:
+    async def allocate(self, flow_id: str, limit: int | None = 1, **body: Any) -> list[dict[str, Any]]:
         if limit is not None:
             body["limit"] = limit
         reply = await self.call(
@@ -141,9 +126,7 @@ class StoreHttp:
         )
         return reply.body["media_objects"]
 
-    async def post_segments(
-        self, flow_id: str, segments: Any, status: int | tuple[int, ...] = 201
-    ) -> Reply:
+    async def post_segments(self, flow_id: str, segments: Any, status: int | tuple[int, ...] = 201) -> Reply:
         return await self.call(
             "POST",
             f"/flows/{flow_id}/segments",

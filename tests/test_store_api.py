@@ -25,17 +25,13 @@ async def api(shared_store: RunningStore) -> AsyncIterator[StoreHttp]:
         )
 
 
-async def flow_with_segments(
-    api: StoreHttp, *ranges: str, **fields: Any
-) -> tuple[dict[str, Any], list[str]]:
+async def flow_with_segments(api: StoreHttp, *ranges: str, **fields: Any) -> tuple[dict[str, Any], list[str]]:
     flow = new_flow(**fields)
     await api.put_flow(flow, status=201)
     objects = await api.allocate(flow["id"], limit=len(ranges)) if ranges else []
     ids = [o["object_id"] for o in objects]
     for object_id, timerange in zip(ids, ranges, strict=True):
-        await api.post_segments(
-            flow["id"], {"object_id": object_id, "timerange": timerange}
-        )
+        await api.post_segments(flow["id"], {"object_id": object_id, "timerange": timerange})
     return flow, ids
 
 
@@ -50,17 +46,13 @@ async def test_service_describes_a_tams_82_store(api: StoreHttp) -> None:
     assert secs >= 300
     presigned = int(body["min_presigned_url_timeout"].split(":")[0])
     assert 30 <= presigned <= secs
-    root = await api.call(
-        "GET", "/", status=200, schema={"type": "array", "items": {"type": "string"}}
-    )
+    root = await api.call("GET", "/", status=200, schema={"type": "array", "items": {"type": "string"}})
     assert {"service", "flows", "sources"} <= set(root.body)
     head = await api.call("HEAD", "/service", status=200)
     assert head.raw == b""
 
 
-async def test_storage_backend_is_stable_and_default(
-    api: StoreHttp, shared_store: RunningStore
-) -> None:
+async def test_storage_backend_is_stable_and_default(api: StoreHttp, shared_store: RunningStore) -> None:
     first = await api.call(
         "GET",
         "/service/storage-backends",
@@ -106,17 +98,11 @@ async def test_flow_put_creates_then_updates(api: StoreHttp) -> None:
         assert field in created.body
     again = await api.put_flow(flow, status=204)
     assert again.raw == b""
-    fetched = await api.call(
-        "GET", f"/flows/{flow['id']}", status=200, schema="flow-get.json"
-    )
-    assert (
-        fetched.body["metadata_version"] == created.body["metadata_version"]
-    )  # nothing changed
+    fetched = await api.call("GET", f"/flows/{flow['id']}", status=200, schema="flow-get.json")
+    assert fetched.body["metadata_version"] == created.body["metadata_version"]  # nothing changed
     changed = await api.put_flow({**flow, "label": "renamed"}, status=204)
     assert changed.status == 204
-    fetched = await api.call(
-        "GET", f"/flows/{flow['id']}", status=200, schema="flow-get.json"
-    )
+    fetched = await api.call("GET", f"/flows/{flow['id']}", status=200, schema="flow-get.json")
     assert fetched.body["label"] == "renamed"
     assert fetched.body["metadata_version"] != created.body["metadata_version"]
 
@@ -155,11 +141,7 @@ async def test_flow_put_with_profile_id_and_codec_is_refused(api: StoreHttp) -> 
 async def test_flow_put_creates_its_source(api: StoreHttp) -> None:
     flow = new_flow()
     await api.put_flow(flow, status=201)
-    source = (
-        await api.call(
-            "GET", f"/sources/{flow['source_id']}", status=200, schema="source.json"
-        )
-    ).body
+    source = (await api.call("GET", f"/sources/{flow['source_id']}", status=200, schema="source.json")).body
     assert source["format"] == flow["format"]
     listed = await api.call(
         "GET",
@@ -204,14 +186,10 @@ async def test_flow_filters(api: StoreHttp) -> None:
         },
         label=f"wide-{tag}",
     )
-    narrow, _ = await flow_with_segments(
-        api, tags={"run": tag}, label=f"narrow-{tag}", codec="video/mp4v-es"
-    )
+    narrow, _ = await flow_with_segments(api, tags={"run": tag}, label=f"narrow-{tag}", codec="video/mp4v-es")
 
     async def ids(**params: str) -> set[str]:
-        reply = await api.call(
-            "GET", "/flows", params={"tag.run": tag, **params}, items="flow-get.json"
-        )
+        reply = await api.call("GET", "/flows", params={"tag.run": tag, **params}, items="flow-get.json")
         return {f["id"] for f in reply.body}
 
     both = {wide["id"], narrow["id"]}
@@ -222,9 +200,7 @@ async def test_flow_filters(api: StoreHttp) -> None:
     assert await ids(label=f"wide-{tag}") == {wide["id"]}
     assert await ids(source_id=narrow["source_id"]) == {narrow["id"]}
     assert await ids(format="urn:x-nmos:format:audio") == set()
-    assert await ids(**{"tag.kind": "b,z"}) == {
-        wide["id"]
-    }  # list value shares an entry
+    assert await ids(**{"tag.kind": "b,z"}) == {wide["id"]}  # list value shares an entry
     assert await ids(**{"tag.kind": "ab"}) == set()  # no partial matches
     assert await ids(**{"tag_exists.kind": "true"}) == {wide["id"]}
     assert await ids(**{"tag_exists.kind": "false"}) == {narrow["id"]}
@@ -238,9 +214,7 @@ async def test_flow_filters(api: StoreHttp) -> None:
         items="flow-get.json",
     )
     assert [f["id"] for f in labels.body] == [narrow["id"], wide["id"]]
-    newest = await api.call(
-        "GET", "/flows", params={"tag.run": tag}, items="flow-get.json"
-    )
+    newest = await api.call("GET", "/flows", params={"tag.run": tag}, items="flow-get.json")
     assert [f["id"] for f in newest.body] == [
         narrow["id"],
         wide["id"],
@@ -264,20 +238,14 @@ async def test_flow_delete_keeps_objects_shared_with_other_flows(
         flow_b["id"],
         {"object_id": shared, "timerange": "[100:0_110:0)", "ts_offset": "100:0"},
     )
-    obj = (
-        await api.call("GET", f"/objects/{shared}", status=200, schema="object.json")
-    ).body
+    obj = (await api.call("GET", f"/objects/{shared}", status=200, schema="object.json")).body
     assert set(obj["referenced_by_flows"]) == {flow_a["id"], flow_b["id"]}
     assert obj["first_referenced_by_flow"] == flow_a["id"]
     await api.call("DELETE", f"/flows/{flow_a['id']}", status=204)
     await api.call("GET", f"/flows/{flow_a['id']}", status=404)
-    obj = (
-        await api.call("GET", f"/objects/{shared}", status=200, schema="object.json")
-    ).body
+    obj = (await api.call("GET", f"/objects/{shared}", status=200, schema="object.json")).body
     assert obj["referenced_by_flows"] == [flow_b["id"]]
-    data = await api.call(
-        "GET", obj["get_urls"][0]["url"], headers={"Authorization": ""}
-    )
+    data = await api.call("GET", obj["get_urls"][0]["url"], headers={"Authorization": ""})
     assert data.status in (
         200,
         404,
@@ -294,9 +262,7 @@ async def test_read_only_flow_refuses_writes(api: StoreHttp) -> None:
         json={**flow, "read_only": True, "label": "x"},
         status=403,
     )
-    await api.call(
-        "POST", f"/flows/{flow['id']}/storage", json={"limit": 1}, status=403
-    )
+    await api.call("POST", f"/flows/{flow['id']}/storage", json={"limit": 1}, status=403)
     reply = await api.call(
         "POST",
         f"/flows/{flow['id']}/segments",
@@ -306,9 +272,7 @@ async def test_read_only_flow_refuses_writes(api: StoreHttp) -> None:
     assert reply.body["type"] == "Forbidden"
     await api.call("DELETE", f"/flows/{flow['id']}/segments", status=403)
     await api.call("DELETE", f"/flows/{flow['id']}", status=403)
-    await api.put_flow(
-        {**flow, "read_only": False}, status=204
-    )  # only read_only may change
+    await api.put_flow({**flow, "read_only": False}, status=204)  # only read_only may change
     await api.post_segments(
         flow["id"],
         {"object_id": object_id, "timerange": "[1:0_2:0)", "ts_offset": "1:0"},
@@ -328,9 +292,7 @@ async def test_storage_allocates_presigned_put_urls(api: StoreHttp) -> None:
         assert o["put_url"]["url"].startswith(api.url)
         assert o["put_url"]["content-type"] == "video/mp2t"
         assert o["presigned"] is True
-    chosen = await api.allocate(
-        flow["id"], limit=None, object_ids=["my/object 1", "other"]
-    )
+    chosen = await api.allocate(flow["id"], limit=None, object_ids=["my/object 1", "other"])
     assert [o["object_id"] for o in chosen] == ["my/object 1", "other"]
 
 
@@ -359,14 +321,10 @@ async def test_storage_refuses_bad_requests(api: StoreHttp) -> None:
     )
     await api.call("POST", f"/flows/{fid}/storage", json={"limit": 0}, status=400)
     await api.call("POST", f"/flows/{fid}/storage", json={"limit": "3"}, status=400)
-    await api.call(
-        "POST", f"/flows/{uuid.uuid4()}/storage", json={"limit": 1}, status=404
-    )
+    await api.call("POST", f"/flows/{uuid.uuid4()}/storage", json={"limit": 1}, status=404)
     bare = new_flow(container=None)
     await api.put_flow(bare, status=201)
-    await api.call(
-        "POST", f"/flows/{bare['id']}/storage", json={"limit": 1}, status=400
-    )
+    await api.call("POST", f"/flows/{bare['id']}/storage", json={"limit": 1}, status=400)
     reply = await api.call(
         "POST",
         f"/flows/{bare['id']}/segments",
@@ -387,11 +345,7 @@ async def test_unregistered_object_is_404_until_a_segment_uses_it(
         flow["id"],
         {"object_id": obj["object_id"], "timerange": "[0:0_2:0)", "key_frame_count": 1},
     )
-    body = (
-        await api.call(
-            "GET", f"/objects/{obj['object_id']}", status=200, schema="object.json"
-        )
-    ).body
+    body = (await api.call("GET", f"/objects/{obj['object_id']}", status=200, schema="object.json")).body
     assert body["referenced_by_flows"] == [flow["id"]]
     assert body["timerange"] == "[0:0_2:0)"
     assert body["key_frame_count"] == 1
@@ -417,14 +371,10 @@ async def test_object_allocated_for_another_flow_is_refused_until_registered(
 async def test_overlapping_segment_is_refused(api: StoreHttp) -> None:
     flow, _ = await flow_with_segments(api, "[0:0_10:0)", "[10:0_20:0)")
     (c,) = await api.allocate(flow["id"], limit=1)
-    reply = await api.post_segments(
-        flow["id"], {"object_id": c["object_id"], "timerange": "[5:0_15:0)"}, status=400
-    )
+    reply = await api.post_segments(flow["id"], {"object_id": c["object_id"], "timerange": "[5:0_15:0)"}, status=400)
     assert reply.body["type"] == "SegmentOverlap"
     # Edge cases: [1:0_2:0) then the instant [2:0] do not overlap; (19:0_20:0] overlaps [10:0_20:0).
-    await api.post_segments(
-        flow["id"], {"object_id": c["object_id"], "timerange": "[20:0]"}
-    )
+    await api.post_segments(flow["id"], {"object_id": c["object_id"], "timerange": "[20:0]"})
     await api.post_segments(
         flow["id"],
         {"object_id": c["object_id"], "timerange": "(19:0_20:0]"},
@@ -440,9 +390,7 @@ async def test_overlapping_segment_is_refused(api: StoreHttp) -> None:
 
 async def test_repeating_an_identical_segment_is_accepted_once(api: StoreHttp) -> None:
     flow, (a,) = await flow_with_segments(api, "[0:0_10:0)")
-    await api.post_segments(
-        flow["id"], {"object_id": a, "timerange": "[0:0_10:0)", "ts_offset": "0:0"}
-    )
+    await api.post_segments(flow["id"], {"object_id": a, "timerange": "[0:0_10:0)", "ts_offset": "0:0"})
     await api.post_segments(flow["id"], [{"object_id": a, "timerange": "[0:0_10:0)"}])
     listed = await api.segments(flow["id"])
     assert len(listed.body) == 1
@@ -467,9 +415,7 @@ async def test_bulk_post_reports_only_the_failed_segments(api: StoreHttp) -> Non
         status=200,
     )
     failed = reply.body["failed_segments"]
-    assert [(f["object_id"], f["timerange"]) for f in failed] == [
-        (objs[1], "[5:0_15:0)")
-    ]
+    assert [(f["object_id"], f["timerange"]) for f in failed] == [(objs[1], "[5:0_15:0)")]
     assert failed[0]["error"]["type"] == "SegmentOverlap"
     listed = await api.segments(flow["id"])
     assert [s["object_id"] for s in listed.body] == [first, objs[0], objs[2]]
@@ -547,9 +493,7 @@ async def test_reused_object_must_fit_and_keep_its_properties(api: StoreHttp) ->
     await api.put_flow(other, status=201)
     fid = other["id"]
     # The middle of the object, shifted by 100 s: inside its timerange.
-    await api.post_segments(
-        fid, {"object_id": obj, "timerange": "[102:0_105:0)", "ts_offset": "100:0"}
-    )
+    await api.post_segments(fid, {"object_id": obj, "timerange": "[102:0_105:0)", "ts_offset": "100:0"})
     await api.post_segments(
         fid,
         {"object_id": obj, "timerange": "[205:0_215:0)", "ts_offset": "200:0"},
@@ -584,9 +528,7 @@ async def test_init_and_media_objects_cannot_swap_roles(api: StoreHttp) -> None:
     fid = flow["id"]
     (init,) = await api.allocate(fid, limit=1, content_type="video/mp4")
     media = [o["object_id"] for o in await api.allocate(fid, limit=3)]
-    await api.post_segments(
-        fid, {"object_id": media[0], "timerange": "[0:0_1:0)"}, status=400
-    )  # needs init
+    await api.post_segments(fid, {"object_id": media[0], "timerange": "[0:0_1:0)"}, status=400)  # needs init
     await api.post_segments(
         fid,
         {
@@ -614,9 +556,7 @@ async def test_init_and_media_objects_cannot_swap_roles(api: StoreHttp) -> None:
     assert segment["init_object"]["get_urls"]
     obj = (await api.call("GET", f"/objects/{media[0]}", schema="object.json")).body
     assert obj["init_object"]["id"] == init["object_id"]
-    init_obj = (
-        await api.call("GET", f"/objects/{init['object_id']}", schema="object.json")
-    ).body
+    init_obj = (await api.call("GET", f"/objects/{init['object_id']}", schema="object.json")).body
     assert init_obj["referenced_by_flows"] == [fid]
     assert "timerange" not in init_obj
 
@@ -638,9 +578,7 @@ async def test_delete_segments_removes_only_covered_ones(api: StoreHttp) -> None
         status=204,
     )
     assert len((await api.segments(fid)).body) == 1
-    await api.call(
-        "DELETE", f"/flows/{fid}/segments", params={"object_id": b}, status=204
-    )
+    await api.call("DELETE", f"/flows/{fid}/segments", params={"object_id": b}, status=204)
     assert (await api.segments(fid)).body == []
     body = (
         await api.call(
@@ -652,9 +590,7 @@ async def test_delete_segments_removes_only_covered_ones(api: StoreHttp) -> None
     ).body
     assert body["timerange"] == "()"
     await api.call("DELETE", f"/flows/{uuid.uuid4()}/segments", status=404)
-    await api.call(
-        "DELETE", f"/flows/{fid}/segments", params={"timerange": "[0:0_x)"}, status=400
-    )
+    await api.call("DELETE", f"/flows/{fid}/segments", params={"timerange": "[0:0_x)"}, status=400)
 
 
 async def test_get_url_filters(api: StoreHttp) -> None:
@@ -668,11 +604,7 @@ async def test_get_url_filters(api: StoreHttp) -> None:
             "get_urls": [{"url": "http://example.invalid/x", "label": "cdn"}],
         },
     )
-    backend_id = (
-        await api.call(
-            "GET", "/service/storage-backends", schema="storage-backends-list.json"
-        )
-    ).body[0]["id"]
+    backend_id = (await api.call("GET", "/service/storage-backends", schema="storage-backends-list.json")).body[0]["id"]
 
     async def urls(**params: str) -> list[list[dict[str, Any]]]:
         return [s.get("get_urls", []) for s in (await api.segments(fid, **params)).body]
@@ -680,9 +612,7 @@ async def test_get_url_filters(api: StoreHttp) -> None:
     local, external = await urls()
     assert [u["presigned"] for u in local] == [True, False]
     assert all(u["label"] == "local" for u in local)
-    assert external == [
-        {"url": "http://example.invalid/x", "presigned": False, "label": "cdn"}
-    ]
+    assert external == [{"url": "http://example.invalid/x", "presigned": False, "label": "cdn"}]
     assert await urls(accept_get_urls="") == [[], []]
     assert [[u["presigned"] for u in x] for x in await urls(presigned="true")] == [
         [True],
@@ -698,9 +628,7 @@ async def test_get_url_filters(api: StoreHttp) -> None:
     ]
     assert [len(x) for x in await urls(accept_storage_ids=backend_id)] == [2, 0]
     verbose, _ = await urls(verbose_storage="true")
-    assert all(
-        u["storage_id"] == backend_id and u["controlled"] is True for u in verbose
-    )
+    assert all(u["storage_id"] == backend_id and u["controlled"] is True for u in verbose)
     assert verbose[0]["store_type"] == "http_object_store"
     assert [len(x) for x in await urls(**{"storage_backend_tag.tier": "gold"})] == [
         0,
@@ -723,15 +651,11 @@ async def test_paging_follows_link_headers_to_the_end(api: StoreHttp) -> None:
             assert reply.headers["Link"].endswith('>; rel="next"')
             seen += [s["object_id"] for s in reply.body]
             next_url = reply.headers["Link"].split(">")[0].lstrip("<")
-            reply = await api.call(
-                "GET", next_url, status=200, items="flow-segment.json"
-            )
+            reply = await api.call("GET", next_url, status=200, items="flow-segment.json")
             pages += 1
         seen += [s["object_id"] for s in reply.body]
         assert "X-Paging-NextKey" not in reply.headers
-        expected = {"": ids, "reverse_order": ids[::-1], "timerange": ids[2:6]}[
-            next(iter(params), "")
-        ]
+        expected = {"": ids, "reverse_order": ids[::-1], "timerange": ids[2:6]}[next(iter(params), "")]
         assert seen == expected
         assert pages == -(-len(expected) // 3)
     first_page = await api.segments(flow["id"], limit="3")
@@ -747,9 +671,7 @@ async def test_flow_and_source_listings_page(api: StoreHttp) -> None:
         await api.put_flow(flow, status=201)
         made.append(flow["id"])
     seen: list[str] = []
-    reply = await api.call(
-        "GET", "/flows", params={"tag.page": tag, "limit": "2"}, items="flow-get.json"
-    )
+    reply = await api.call("GET", "/flows", params={"tag.page": tag, "limit": "2"}, items="flow-get.json")
     while True:
         seen += [f["id"] for f in reply.body]
         if "Link" not in reply.headers:
@@ -758,9 +680,7 @@ async def test_flow_and_source_listings_page(api: StoreHttp) -> None:
         reply = await api.call("GET", next_url, items="flow-get.json")
     assert sorted(seen) == sorted(made)
     assert len(seen) == len(set(seen))
-    sources = await api.call(
-        "GET", "/sources", params={"limit": "2"}, items="source.json"
-    )
+    sources = await api.call("GET", "/sources", params={"limit": "2"}, items="source.json")
     assert sources.headers["X-Paging-Limit"] == "2" and "Link" in sources.headers
 
 
@@ -769,22 +689,14 @@ async def test_flow_and_source_properties_as_resources(api: StoreHttp) -> None:
     created = (await api.put_flow(flow, status=201)).body
     fid, sid = flow["id"], flow["source_id"]
     string = {"type": "string"}
-    assert (
-        await api.call("GET", f"/flows/{fid}/label", status=200, schema=string)
-    ).body == "test flow"
-    await api.call(
-        "PUT", f"/flows/{fid}/description", json="moving pictures", status=204
-    )
-    assert (
-        await api.call("GET", f"/flows/{fid}/description", schema=string)
-    ).body == "moving pictures"
+    assert (await api.call("GET", f"/flows/{fid}/label", status=200, schema=string)).body == "test flow"
+    await api.call("PUT", f"/flows/{fid}/description", json="moving pictures", status=204)
+    assert (await api.call("GET", f"/flows/{fid}/description", schema=string)).body == "moving pictures"
     await api.call("DELETE", f"/flows/{fid}/description", status=204)
     await api.call("GET", f"/flows/{fid}/description", status=404)
     await api.call("DELETE", f"/flows/{fid}/description", status=404)
     await api.call("PUT", f"/flows/{fid}/max_bit_rate", json=5000, status=204)
-    assert (
-        await api.call("GET", f"/flows/{fid}/max_bit_rate", schema={"type": "integer"})
-    ).body == 5000
+    assert (await api.call("GET", f"/flows/{fid}/max_bit_rate", schema={"type": "integer"})).body == 5000
     await api.call("PUT", f"/flows/{fid}/max_bit_rate", json=-1, status=400)
     await api.call("PUT", f"/flows/{fid}/label", json=7, status=400)
     await api.call("PUT", f"/flows/{fid}/tags/take", json=["1", "2"], status=204)
@@ -800,9 +712,7 @@ async def test_flow_and_source_properties_as_resources(api: StoreHttp) -> None:
     assert body["metadata_updated"] > created["metadata_updated"]
     # read_only protects everything but read_only itself.
     await api.call("PUT", f"/flows/{fid}/read_only", json=True, status=204)
-    assert (
-        await api.call("GET", f"/flows/{fid}/read_only", schema={"type": "boolean"})
-    ).body is True
+    assert (await api.call("GET", f"/flows/{fid}/read_only", schema={"type": "boolean"})).body is True
     await api.call("PUT", f"/flows/{fid}/tags/take", json="3", status=403)
     await api.call("PUT", f"/flows/{fid}/label", json="no", status=403)
     await api.call("PUT", f"/flows/{fid}/read_only", json=False, status=204)
@@ -825,23 +735,15 @@ async def test_flow_and_source_properties_as_resources(api: StoreHttp) -> None:
         json=[{"id": str(uuid.uuid4()), "role": "x"}],
         status=400,
     )
-    member_body = (
-        await api.call("GET", f"/flows/{member['id']}", schema="flow-get.json")
-    ).body
+    member_body = (await api.call("GET", f"/flows/{member['id']}", schema="flow-get.json")).body
     assert member_body["collected_by"] == [fid]
-    collection = await api.call(
-        "GET", f"/flows/{fid}/flow_collection", schema="flow-collection.json"
-    )
+    collection = await api.call("GET", f"/flows/{fid}/flow_collection", schema="flow-collection.json")
     assert collection.body == [{"id": member["id"], "role": "video"}]
     # Sources.
     await api.call("PUT", f"/sources/{sid}/label", json="a source", status=204)
-    assert (
-        await api.call("GET", f"/sources/{sid}/label", schema=string)
-    ).body == "a source"
+    assert (await api.call("GET", f"/sources/{sid}/label", schema=string)).body == "a source"
     await api.call("PUT", f"/sources/{sid}/tags/owner", json="news", status=204)
-    assert (await api.call("GET", f"/sources/{sid}/tags", schema="tags.json")).body == {
-        "owner": "news"
-    }
+    assert (await api.call("GET", f"/sources/{sid}/tags", schema="tags.json")).body == {"owner": "news"}
     listed = await api.call(
         "GET",
         "/sources",

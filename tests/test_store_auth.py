@@ -76,9 +76,7 @@ def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
 
 
-async def test_api_needs_credentials(
-    http: StoreHttp, shared_store: RunningStore
-) -> None:
+async def test_api_needs_credentials(http: StoreHttp, shared_store: RunningStore) -> None:
     for method, path in (
         ("GET", "/flows"),
         ("GET", "/service"),
@@ -95,9 +93,7 @@ async def test_api_needs_credentials(
         status=401,
     )
     await http.call("GET", "/flows", headers={"Authorization": "Basic !!!"}, status=401)
-    await http.call(
-        "GET", "/flows", headers={"Authorization": "Digest abc"}, status=401
-    )
+    await http.call("GET", "/flows", headers={"Authorization": "Digest abc"}, status=401)
     reply = await http.call("GET", "/flows", headers=bearer("not.a.jwt"), status=401)
     assert 'error="invalid_token"' in reply.headers.getall("WWW-Authenticate")[0]
     await http.call(
@@ -109,24 +105,16 @@ async def test_api_needs_credentials(
     )
 
 
-async def test_tokens_are_rs256_jwts_verifiable_with_the_jwks(
-    http: StoreHttp, shared_store: RunningStore
-) -> None:
+async def test_tokens_are_rs256_jwts_verifiable_with_the_jwks(http: StoreHttp, shared_store: RunningStore) -> None:
     before = int(time.time())
-    access_token = await token(
-        http, "test-admin", "test-admin-secret", "tams-api/read tams-api/write"
-    )
-    jwks = (
-        await http.call("GET", "/.well-known/jwks.json", status=200, schema=JWKS_SCHEMA)
-    ).body
+    access_token = await token(http, "test-admin", "test-admin-secret", "tams-api/read tams-api/write")
+    jwks = (await http.call("GET", "/.well-known/jwks.json", status=200, schema=JWKS_SCHEMA)).body
     header = jwt.get_unverified_header(access_token)
     assert header["alg"] == "RS256"
     (key,) = [k for k in jwks["keys"] if k["kid"] == header["kid"]]
     public_key = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(key))
     assert isinstance(public_key, RSAPublicKey)
-    claims = jwt.decode(
-        access_token, public_key, algorithms=["RS256"], options={"verify_aud": False}
-    )
+    claims = jwt.decode(access_token, public_key, algorithms=["RS256"], options={"verify_aud": False})
     assert claims["iss"] == shared_store.url
     assert claims["sub"] == "test-admin"
     assert claims["scope"] == "tams-api/read tams-api/write"
@@ -137,9 +125,7 @@ async def test_tokens_are_rs256_jwts_verifiable_with_the_jwks(
     assert set(jwt.decode(via_form, options={"verify_signature": False})["scope"].split()) == {
         "tams-api/read", "tams-api/write", "tams-api/delete", "tams-api/admin"
     }  # fmt: skip
-    await http.call(
-        "GET", "/flows", headers=bearer(access_token), status=200, items="flow-get.json"
-    )
+    await http.call("GET", "/flows", headers=bearer(access_token), status=200, items="flow-get.json")
     await http.call(
         "GET",
         "/flows",
@@ -147,9 +133,7 @@ async def test_tokens_are_rs256_jwts_verifiable_with_the_jwks(
         status=200,
         items="flow-get.json",
     )
-    forged = access_token[:-4] + (
-        "AAAA" if not access_token.endswith("AAAA") else "BBBB"
-    )
+    forged = access_token[:-4] + ("AAAA" if not access_token.endswith("AAAA") else "BBBB")
     await http.call("GET", "/flows", headers=bearer(forged), status=401)
 
 
@@ -158,27 +142,26 @@ async def test_token_endpoint_refusals(http: StoreHttp) -> None:
         ({"grant_type": "client_credentials"}, basic_header("test-admin", "wrong"), 401, "invalid_client"),
         ({"grant_type": "client_credentials"}, basic_header("nobody", "x"), 401, "invalid_client"),
         ({"grant_type": "password"}, basic_header("test-admin", "test-admin-secret"), 400, "unsupported_grant_type"),
-        ({"grant_type": "client_credentials", "scope": "tams-api/write"}, basic_header("test-reader", "test-reader-secret"), 400, "invalid_scope"),
+        (
+            {"grant_type": "client_credentials", "scope": "tams-api/write"},
+            basic_header("test-reader", "test-reader-secret"),
+            400,
+            "invalid_scope",
+        ),
         ({"grant_type": "client_credentials", "client_id": "test-admin"}, {}, 401, "invalid_client"),
     ]  # fmt: skip
     for data, headers, status, error in cases:
-        reply = await http.call(
-            "POST", "/oauth2/token", data=data, headers=headers, status=status
-        )
+        reply = await http.call("POST", "/oauth2/token", data=data, headers=headers, status=status)
         assert reply.body["error"] == error
     await http.call("GET", "/oauth2/token", status=405)
 
 
 async def test_scopes_are_enforced(http: StoreHttp, shared_store: RunningStore) -> None:
-    admin = http.with_headers(
-        basic_header(shared_store.username, shared_store.password)
-    )
+    admin = http.with_headers(basic_header(shared_store.username, shared_store.password))
     flow = new_flow()
     await admin.put_flow(flow, status=201)
     (obj,) = await admin.allocate(flow["id"])
-    reader = http.with_headers(
-        bearer(await token(http, "test-reader", "test-reader-secret"))
-    )
+    reader = http.with_headers(bearer(await token(http, "test-reader", "test-reader-secret")))
     await reader.call("GET", f"/flows/{flow['id']}", status=200, schema="flow-get.json")
     await reader.segments(flow["id"])
     await reader.call("GET", "/service", status=200, schema="service.json")
@@ -193,20 +176,12 @@ async def test_scopes_are_enforced(http: StoreHttp, shared_store: RunningStore) 
     ):
         reply = await reader.call(method, path, json=body, status=403)
         assert "scope" in reply.body["summary"]
-    writer_token = await token(
-        http, "test-admin", "test-admin-secret", "tams-api/read tams-api/write"
-    )
+    writer_token = await token(http, "test-admin", "test-admin-secret", "tams-api/read tams-api/write")
     writer = http.with_headers(bearer(writer_token))
     await writer.post_segments(flow["id"], segment)
-    await writer.call(
-        "DELETE", f"/flows/{flow['id']}/segments", status=403
-    )  # needs tams-api/delete
-    await writer.call(
-        "POST", "/service", json={"name": "x"}, status=403
-    )  # needs tams-api/admin
-    deleter = http.with_headers(
-        bearer(await token(http, "test-admin", "test-admin-secret", "tams-api/delete"))
-    )
+    await writer.call("DELETE", f"/flows/{flow['id']}/segments", status=403)  # needs tams-api/delete
+    await writer.call("POST", "/service", json={"name": "x"}, status=403)  # needs tams-api/admin
+    deleter = http.with_headers(bearer(await token(http, "test-admin", "test-admin-secret", "tams-api/delete")))
     await deleter.call("DELETE", f"/flows/{flow['id']}/segments", status=204)
     assert (await reader.segments(flow["id"])).body == []
 
@@ -226,9 +201,7 @@ async def test_expired_token_is_refused(
             items="flow-get.json",
         )
         await asyncio.sleep(2.1)
-        reply = await http.call(
-            "GET", "/flows", headers=bearer(access_token), status=401
-        )
+        reply = await http.call("GET", "/flows", headers=bearer(access_token), status=401)
         assert 'error="invalid_token"' in reply.headers.getall("WWW-Authenticate")[0]
         assert "expired" in reply.body["summary"]
 
@@ -275,9 +248,7 @@ async def test_secrets_and_signatures_never_reach_the_log(
             headers={"Content-Type": "video/mp2t"},
             status=403,
         )
-        await api.post_segments(
-            flow["id"], {"object_id": obj["object_id"], "timerange": "[0:0_1:0)"}
-        )
+        await api.post_segments(flow["id"], {"object_id": obj["object_id"], "timerange": "[0:0_1:0)"})
         (segment,) = (await api.segments(flow["id"], presigned="true")).body
         get_url = segment["get_urls"][0]["url"]
         secrets_seen.append(get_url.split("?", 1)[1])
@@ -302,7 +273,4 @@ async def test_secrets_and_signatures_never_reach_the_log(
     for secret in secrets_seen:
         assert secret not in log
     assert "X-Tams-Signature" not in log
-    assert (
-        base64.b64encode(f"{store.username}:{store.password}".encode()).decode()
-        not in log
-    )
+    assert base64.b64encode(f"{store.username}:{store.password}".encode()).decode() not in log

@@ -30,9 +30,7 @@ async def stored(api: StoreHttp) -> dict[str, Any]:
     flow = new_flow(tags={"keep": "me"})
     await api.put_flow(flow, status=201)
     (obj,) = await api.allocate(flow["id"])
-    await api.post_segments(
-        flow["id"], {"object_id": obj["object_id"], "timerange": "[0:0_2:0)"}
-    )
+    await api.post_segments(flow["id"], {"object_id": obj["object_id"], "timerange": "[0:0_2:0)"})
     return {"flow": flow, "snapshot": await snapshot(api, flow["id"])}
 
 
@@ -45,15 +43,11 @@ async def snapshot(api: StoreHttp, flow_id: str) -> tuple[Any, Any]:
         schema="flow-get.json",
     )
     segments = await api.segments(flow_id, include_object_timerange="true")
-    urls_dropped = [
-        {k: v for k, v in s.items() if k != "get_urls"} for s in segments.body
-    ]
+    urls_dropped = [{k: v for k, v in s.items() if k != "get_urls"} for s in segments.body]
     return flow.body, urls_dropped
 
 
-async def test_malformed_and_wrongly_typed_flow_bodies(
-    api: StoreHttp, stored: dict[str, Any]
-) -> None:
+async def test_malformed_and_wrongly_typed_flow_bodies(api: StoreHttp, stored: dict[str, Any]) -> None:
     flow = stored["flow"]
     path = f"/flows/{flow['id']}"
     bad_bodies: list[tuple[str, bytes | str]] = [
@@ -82,9 +76,7 @@ async def test_malformed_and_wrongly_typed_flow_bodies(
         ("codec without a slash", json.dumps({**flow, "codec": "h264"})),
     ]
     for what, body in bad_bodies:
-        reply = await api.call(
-            "PUT", path, data=body, headers={"Content-Type": "application/json"}
-        )
+        reply = await api.call("PUT", path, data=body, headers={"Content-Type": "application/json"})
         assert reply.status == 400, (what, reply.status, reply.raw)
     assert await snapshot(api, flow["id"]) == stored["snapshot"]
 
@@ -191,14 +183,10 @@ async def test_unknown_routes_and_methods(api: StoreHttp) -> None:
     assert "GET" in reply.headers["Allow"]
     await api.call("PUT", f"/sources/{uuid.uuid4()}", json={}, status=405)
     await api.call("PATCH", f"/flows/{uuid.uuid4()}", json={}, status=405)
-    await api.call(
-        "GET", "/service", status=200, schema="service.json"
-    )  # still serving
+    await api.call("GET", "/service", status=200, schema="service.json")  # still serving
 
 
-async def test_bad_service_and_storage_bodies(
-    api: StoreHttp, stored: dict[str, Any]
-) -> None:
+async def test_bad_service_and_storage_bodies(api: StoreHttp, stored: dict[str, Any]) -> None:
     await api.call("POST", "/service", json={"name": 5}, status=400)
     await api.call(
         "POST",
@@ -219,3 +207,20 @@ async def test_bad_service_and_storage_bodies(
     ):
         reply = await api.call("POST", f"/flows/{fid}/storage", json=body)
         assert reply.status == 400, (body, reply.status)
+
+
+async def test_deeply_nested_json_is_refused(api: StoreHttp, stored: dict[str, Any]) -> None:
+    flow = stored["flow"]
+    deep = "[" * 100_000 + "]" * 100_000
+    for body in (
+        deep,
+        json.dumps({**flow, "tags": {"x": "y"}, "label": "x"})[:-1] + ', "extra": ' + "[" * 5000 + "]" * 5000 + "}",
+    ):
+        reply = await api.call(
+            "PUT",
+            f"/flows/{flow['id']}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert reply.status == 400
+    assert await snapshot(api, flow["id"]) == stored["snapshot"]

@@ -34,11 +34,7 @@ async def test_acknowledged_writes_survive_kill_9(
                 schema={"type": "object"},
             )
         ).body["access_token"]
-        backend = (
-            await api.call(
-                "GET", "/service/storage-backends", schema="storage-backends-list.json"
-            )
-        ).body
+        backend = (await api.call("GET", "/service/storage-backends", schema="storage-backends-list.json")).body
         flow = new_flow()
         await api.put_flow(flow, status=201)
         fid = flow["id"]
@@ -101,18 +97,10 @@ async def test_acknowledged_writes_survive_kill_9(
         first, last = stored[0], stored[-1]
         assert body["timerange"] == f"{first.split('_')[0]}_{last.split('_')[1]}"
         # Objects, keys, tokens and the backend id carried over.
-        (segment,) = (
-            await api.segments(fid, object_id=media["object_id"], presigned="true")
-        ).body
+        (segment,) = (await api.segments(fid, object_id=media["object_id"], presigned="true")).body
         await api.call("GET", segment["get_urls"][0]["url"], status=200)
-        assert (
-            await api.call("GET", segment["get_urls"][0]["url"])
-        ).raw == b"durable bytes"
-        after = (
-            await api.call(
-                "GET", "/service/storage-backends", schema="storage-backends-list.json"
-            )
-        ).body
+        assert (await api.call("GET", segment["get_urls"][0]["url"])).raw == b"durable bytes"
+        after = (await api.call("GET", "/service/storage-backends", schema="storage-backends-list.json")).body
         assert after[0]["id"] == backend[0]["id"]
         await api.call(
             "GET",
@@ -121,9 +109,7 @@ async def test_acknowledged_writes_survive_kill_9(
             status=200,
             items="flow-get.json",
         )
-        assert not list(
-            (store.data_dir / "tmp").iterdir()
-        )  # no half-written upload left behind
+        assert not list((store.data_dir / "tmp").iterdir())  # no half-written upload left behind
 
 
 async def test_sigterm_stops_cleanly(
@@ -150,9 +136,7 @@ async def test_concurrent_overlapping_posts_are_each_recorded_or_refused(
             start = rng.randrange(0, 100_000) * 1_000_000
             length = rng.randrange(1, 5) * 1_000_000_000
             end = start + length
-            timerange = (
-                f"[{start // 10**9}:{start % 10**9}_{end // 10**9}:{end % 10**9})"
-            )
+            timerange = f"[{start // 10**9}:{start % 10**9}_{end // 10**9}:{end % 10**9})"
             candidates.append((object_id, start, end, timerange))
 
         async def post(candidate: tuple[str, int, int, str]) -> int:
@@ -181,9 +165,7 @@ async def test_concurrent_overlapping_posts_are_each_recorded_or_refused(
         # Every refused one really overlapped something recorded.
         for candidate, status in zip(candidates, results, strict=True):
             if status == 400:
-                assert any(
-                    a[1] < candidate[2] and candidate[1] < a[2] for a in accepted
-                )
+                assert any(a[1] < candidate[2] and candidate[1] < a[2] for a in accepted)
         body = (
             await api.call(
                 "GET",
@@ -192,7 +174,4 @@ async def test_concurrent_overlapping_posts_are_each_recorded_or_refused(
                 schema="flow-get.json",
             )
         ).body
-        assert (
-            body["timerange"]
-            == f"{accepted[0][3].split('_')[0]}_{accepted[-1][3].split('_')[1]}"
-        )
+        assert body["timerange"] == f"{accepted[0][3].split('_')[0]}_{accepted[-1][3].split('_')[1]}"

@@ -29,9 +29,7 @@ async def test_fault_rate_answers_a_seeded_fraction_with_503(
     second = store_factory(fault_rate=0.3, fault_seed=7)
     async with aiohttp.ClientSession() as session:
         a = StoreHttp(session, first.url, basic_header(first.username, first.password))
-        b = StoreHttp(
-            session, second.url, basic_header(second.username, second.password)
-        )
+        b = StoreHttp(session, second.url, basic_header(second.username, second.password))
         pattern_a = await statuses(a, 300)
         pattern_b = await statuses(b, 300)
         assert set(pattern_a) == {200, 503}
@@ -47,9 +45,7 @@ async def test_fault_rate_answers_a_seeded_fraction_with_503(
                 status=200,
                 schema=TOKEN_SCHEMA,
             )
-            await a.call(
-                "GET", "/.well-known/jwks.json", status=200, schema={"type": "object"}
-            )
+            await a.call("GET", "/.well-known/jwks.json", status=200, schema={"type": "object"})
 
 
 async def test_faulted_requests_do_no_work(
@@ -57,9 +53,7 @@ async def test_faulted_requests_do_no_work(
 ) -> None:
     store = store_factory(fault_rate=0.5, fault_seed=3)
     async with aiohttp.ClientSession() as session:
-        api = StoreHttp(
-            session, store.url, basic_header(store.username, store.password)
-        )
+        api = StoreHttp(session, store.url, basic_header(store.username, store.password))
 
         async def until_not_503(method: str, path: str, **kwargs: object) -> int:
             while True:
@@ -70,23 +64,15 @@ async def test_faulted_requests_do_no_work(
         outcomes: dict[str, int] = {}
         for _ in range(30):
             flow = new_flow()
-            reply = await api.call(
-                "PUT", f"/flows/{flow['id']}", json=flow, schema="flow-get.json"
-            )
+            reply = await api.call("PUT", f"/flows/{flow['id']}", json=flow, schema="flow-get.json")
             outcomes[flow["id"]] = reply.status
         assert set(outcomes.values()) == {201, 503}
         for flow_id, status in outcomes.items():
-            found = await until_not_503(
-                "GET", f"/flows/{flow_id}", schema="flow-get.json"
-            )
+            found = await until_not_503("GET", f"/flows/{flow_id}", schema="flow-get.json")
             assert found == (200 if status == 201 else 404)
         # Media requests are faulted too, and a faulted upload stores nothing.
         flow = new_flow()
-        while (
-            await api.call(
-                "PUT", f"/flows/{flow['id']}", json=flow, schema="flow-get.json"
-            )
-        ).status == 503:
+        while (await api.call("PUT", f"/flows/{flow['id']}", json=flow, schema="flow-get.json")).status == 503:
             pass
         objects: list[dict[str, object]] = []
         while not objects:
@@ -117,9 +103,7 @@ async def test_latency_delays_every_answer(
 ) -> None:
     store = store_factory(latency_ms=150)
     async with aiohttp.ClientSession() as session:
-        http = StoreHttp(
-            session, store.url, basic_header(store.username, store.password)
-        )
+        http = StoreHttp(session, store.url, basic_header(store.username, store.password))
         for path in ("/service", "/nowhere"):
             started = time.monotonic()
             reply = await http.call("GET", path, schema="service.json")

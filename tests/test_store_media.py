@@ -45,12 +45,8 @@ async def registered(
     flow = new_flow()
     await api.put_flow(flow, status=201)
     (obj,) = await api.allocate(flow["id"])
-    await no_auth(api).call(
-        "PUT", obj["put_url"]["url"], data=data, headers=TS, status=201
-    )
-    await api.post_segments(
-        flow["id"], {"object_id": obj["object_id"], "timerange": timerange}
-    )
+    await no_auth(api).call("PUT", obj["put_url"]["url"], data=data, headers=TS, status=201)
+    await api.post_segments(flow["id"], {"object_id": obj["object_id"], "timerange": timerange})
     (segment,) = (await api.segments(flow["id"])).body
     return flow["id"], obj["object_id"], segment["get_urls"]
 
@@ -64,19 +60,13 @@ async def test_presigned_upload_and_download(api: StoreHttp) -> None:
     got = await no_auth(api).call("GET", str(presigned[0]["url"]), status=200)
     assert got.raw == data
     assert got.headers["Content-Type"] == "video/mp2t"
-    part = await no_auth(api).call(
-        "GET", str(presigned[0]["url"]), headers={"Range": "bytes=10-19"}, status=206
-    )
+    part = await no_auth(api).call("GET", str(presigned[0]["url"]), headers={"Range": "bytes=10-19"}, status=206)
     assert part.raw == data[10:20]
-    await no_auth(api).call(
-        "GET", str(plain[0]["url"]), status=401
-    )  # not presigned: needs credentials
+    await no_auth(api).call("GET", str(plain[0]["url"]), status=401)  # not presigned: needs credentials
     assert (await api.call("GET", str(plain[0]["url"]), status=200)).raw == data
 
 
-async def test_tampered_signatures_are_refused_and_write_nothing(
-    api: StoreHttp, shared_store: RunningStore
-) -> None:
+async def test_tampered_signatures_are_refused_and_write_nothing(api: StoreHttp, shared_store: RunningStore) -> None:
     flow = new_flow()
     await api.put_flow(flow, status=201)
     first, second = await api.allocate(flow["id"], limit=2)
@@ -86,18 +76,11 @@ async def test_tampered_signatures_are_refused_and_write_nothing(
     tampered = [
         with_query(
             url,
-            **{
-                "X-Tams-Signature": ("0" if signature[0] != "0" else "1")
-                + signature[1:]
-            },
+            **{"X-Tams-Signature": ("0" if signature[0] != "0" else "1") + signature[1:]},
         ),
         with_query(
             url,
-            **{
-                "X-Tams-Expires": str(
-                    int(dict(parse_qsl(urlsplit(url).query))["X-Tams-Expires"]) + 3600
-                )
-            },
+            **{"X-Tams-Expires": str(int(dict(parse_qsl(urlsplit(url).query))["X-Tams-Expires"]) + 3600)},
         ),
         url.replace(
             first["put_url"]["url"].split("?")[0],
@@ -108,9 +91,7 @@ async def test_tampered_signatures_are_refused_and_write_nothing(
     for bad in tampered:
         reply = await anon.call("PUT", bad, data=b"evil", headers=TS, status=403)
         assert reply.body["type"] == "Forbidden"
-    await anon.call(
-        "PUT", url, data=b"evil", headers={"Content-Type": "video/mp4"}, status=403
-    )  # signed type differs
+    await anon.call("PUT", url, data=b"evil", headers={"Content-Type": "video/mp4"}, status=403)  # signed type differs
     await anon.call("GET", url, status=403)  # a PUT signature does not allow GET
     for obj in (first, second):
         files = list((shared_store.data_dir / "objects").rglob("*"))
@@ -125,34 +106,20 @@ async def test_expired_urls_are_refused(
 ) -> None:
     store = store_factory(extra_args=["--presigned-url-ttl", "1"])
     async with aiohttp.ClientSession() as session:
-        api = StoreHttp(
-            session, store.url, basic_header(store.username, store.password)
-        )
+        api = StoreHttp(session, store.url, basic_header(store.username, store.password))
         flow = new_flow()
         await api.put_flow(flow, status=201)
         early, late = await api.allocate(flow["id"], limit=2)
-        await no_auth(api).call(
-            "PUT", early["put_url"]["url"], data=b"in time", headers=TS, status=201
-        )
-        await api.post_segments(
-            flow["id"], {"object_id": early["object_id"], "timerange": "[0:0_1:0)"}
-        )
+        await no_auth(api).call("PUT", early["put_url"]["url"], data=b"in time", headers=TS, status=201)
+        await api.post_segments(flow["id"], {"object_id": early["object_id"], "timerange": "[0:0_1:0)"})
         (segment,) = (await api.segments(flow["id"], presigned="true")).body
         await asyncio.sleep(2.1)
-        reply = await no_auth(api).call(
-            "PUT", late["put_url"]["url"], data=b"too late", headers=TS, status=403
-        )
+        reply = await no_auth(api).call("PUT", late["put_url"]["url"], data=b"too late", headers=TS, status=403)
         assert "expired" in reply.body["summary"]
         await no_auth(api).call("GET", segment["get_urls"][0]["url"], status=403)
         (fresh,) = (await api.segments(flow["id"], presigned="true")).body
-        assert (
-            await no_auth(api).call("GET", fresh["get_urls"][0]["url"], status=200)
-        ).raw == b"in time"
-        assert not list(
-            (store.data_dir / "objects").rglob(
-                hashlib.sha256(late["object_id"].encode()).hexdigest()
-            )
-        )
+        assert (await no_auth(api).call("GET", fresh["get_urls"][0]["url"], status=200)).raw == b"in time"
+        assert not list((store.data_dir / "objects").rglob(hashlib.sha256(late["object_id"].encode()).hexdigest()))
 
 
 async def test_objects_are_never_overwritten(api: StoreHttp) -> None:
@@ -162,23 +129,15 @@ async def test_objects_are_never_overwritten(api: StoreHttp) -> None:
     url = obj["put_url"]["url"]
     anon = no_auth(api)
     await anon.call("PUT", url, data=b"first", headers=TS, status=201)
-    await anon.call(
-        "PUT", url, data=b"first", headers=TS, status=200
-    )  # a retried upload of the same bytes
+    await anon.call("PUT", url, data=b"first", headers=TS, status=200)  # a retried upload of the same bytes
     reply = await anon.call("PUT", url, data=b"second", headers=TS, status=409)
     assert reply.body["type"] == "Conflict"
-    await api.post_segments(
-        flow["id"], {"object_id": obj["object_id"], "timerange": "[0:0_1:0)"}
-    )
+    await api.post_segments(flow["id"], {"object_id": obj["object_id"], "timerange": "[0:0_1:0)"})
     (segment,) = (await api.segments(flow["id"], presigned="true")).body
-    assert (
-        await anon.call("GET", segment["get_urls"][0]["url"], status=200)
-    ).raw == b"first"
+    assert (await anon.call("GET", segment["get_urls"][0]["url"], status=200)).raw == b"first"
 
 
-async def test_object_ids_cannot_escape_the_data_dir(
-    api: StoreHttp, shared_store: RunningStore
-) -> None:
+async def test_object_ids_cannot_escape_the_data_dir(api: StoreHttp, shared_store: RunningStore) -> None:
     flow = new_flow()
     await api.put_flow(flow, status=201)
     outside = shared_store.data_dir.parent
@@ -213,9 +172,7 @@ async def test_object_ids_cannot_escape_the_data_dir(
         assert got.raw == segment["object_id"].encode()
         if segment["object_id"] != "..":  # clients normalise a ".." path segment away
             object_path = f"/objects/{_quote(segment['object_id'])}"
-            assert (await api.call("GET", object_path, schema="object.json")).body[
-                "id"
-            ] == segment["object_id"]
+            assert (await api.call("GET", object_path, schema="object.json")).body["id"] == segment["object_id"]
     assert not Path("/etc/passwd-copy").exists()
 
 
@@ -258,6 +215,4 @@ async def test_unsigned_urls_need_credentials_and_a_write_scope(api: StoreHttp) 
         headers=TS,
         status=404,
     )
-    await api.call(
-        "PUT", url, data=b"x", headers={"Content-Type": "video/mp4"}, status=400
-    )  # not the allocated type
+    await api.call("PUT", url, data=b"x", headers={"Content-Type": "video/mp4"}, status=400)  # not the allocated type

@@ -32,9 +32,7 @@ def segment_ranges(draw: st.DrawFn) -> TimeRange:
     start = draw(instants)
     length = draw(st.integers(0, 3 * NS))
     incl_end = draw(st.booleans()) if length else True
-    inclusivity = TimeRange.INCLUDE_START | (
-        TimeRange.INCLUDE_END if incl_end else TimeRange.EXCLUSIVE
-    )
+    inclusivity = TimeRange.INCLUDE_START | (TimeRange.INCLUDE_END if incl_end else TimeRange.EXCLUSIVE)
     return TimeRange(
         Timestamp.from_nanosec(start),
         Timestamp.from_nanosec(start + length),
@@ -46,9 +44,9 @@ def segment_ranges(draw: st.DrawFn) -> TimeRange:
 def query_ranges(draw: st.DrawFn) -> TimeRange:
     start = draw(st.none() | instants)
     end = draw(st.none() | instants)
-    inclusivity = (
-        TimeRange.INCLUDE_START if draw(st.booleans()) else TimeRange.EXCLUSIVE
-    ) | (TimeRange.INCLUDE_END if draw(st.booleans()) else TimeRange.EXCLUSIVE)
+    inclusivity = (TimeRange.INCLUDE_START if draw(st.booleans()) else TimeRange.EXCLUSIVE) | (
+        TimeRange.INCLUDE_END if draw(st.booleans()) else TimeRange.EXCLUSIVE
+    )
     return TimeRange(
         None if start is None else Timestamp.from_nanosec(start),
         None if end is None else Timestamp.from_nanosec(end),
@@ -56,26 +54,15 @@ def query_ranges(draw: st.DrawFn) -> TimeRange:
     )
 
 
-async def check(
-    store: RunningStore, segments: list[TimeRange], queries: list[TimeRange]
-) -> None:
+async def check(store: RunningStore, segments: list[TimeRange], queries: list[TimeRange]) -> None:
     async with aiohttp.ClientSession() as session:
-        api = StoreHttp(
-            session, store.url, basic_header(store.username, store.password)
-        )
+        api = StoreHttp(session, store.url, basic_header(store.username, store.password))
         flow = new_flow()
         await api.put_flow(flow, status=201)
         fid = flow["id"]
-        body = [
-            {"object_id": f"obj-{i}-{uuid.uuid4()}", "timerange": str(tr)}
-            for i, tr in enumerate(segments)
-        ]
+        body = [{"object_id": f"obj-{i}-{uuid.uuid4()}", "timerange": str(tr)} for i, tr in enumerate(segments)]
         reply = await api.post_segments(fid, body, status=(200, 201))
-        failed = (
-            {f["object_id"] for f in reply.body["failed_segments"]}
-            if reply.status == 200
-            else set()
-        )
+        failed = {f["object_id"] for f in reply.body["failed_segments"]} if reply.status == 200 else set()
         # The store accepts a segment exactly when it overlaps none accepted before it.
         accepted: list[TimeRange] = []
         for item, timerange in zip(body, segments, strict=True):
@@ -86,32 +73,21 @@ async def check(
             )
             if not clashes:
                 accepted.append(timerange)
-        ordered = sorted(
-            accepted, key=lambda tr: tr.start or Timestamp()
-        )  # segments are bounded
+        ordered = sorted(accepted, key=lambda tr: tr.start or Timestamp())  # segments are bounded
         listed = [s["timerange"] for s in (await api.segments(fid, limit="1000")).body]
         assert listed == [str(tr) for tr in ordered]
         for query in queries:
-            got = [
-                s["timerange"]
-                for s in (
-                    await api.segments(fid, timerange=str(query), limit="1000")
-                ).body
-            ]
+            got = [s["timerange"] for s in (await api.segments(fid, timerange=str(query), limit="1000")).body]
             expected = [str(tr) for tr in ordered if tr.overlaps_with_timerange(query)]
             assert got == expected, str(query)
             paged: list[str] = []
-            reply = await api.segments(
-                fid, timerange=str(query), limit="2", reverse_order="true"
-            )
+            reply = await api.segments(fid, timerange=str(query), limit="2", reverse_order="true")
             while True:
                 paged += [s["timerange"] for s in reply.body]
                 if "Link" not in reply.headers:
                     break
                 next_url = reply.headers["Link"].split(">")[0].lstrip("<")
-                reply = await api.call(
-                    "GET", next_url, status=200, items="flow-segment.json"
-                )
+                reply = await api.call("GET", next_url, status=200, items="flow-segment.json")
             assert paged == expected[::-1], str(query)
         flow_body = await api.call(
             "GET",
@@ -135,9 +111,7 @@ async def check(
             status=204,
         )
         left = [s["timerange"] for s in (await api.segments(fid, limit="1000")).body]
-        assert left == [
-            str(tr) for tr in ordered if not doomed.contains_subrange(tr)
-        ], str(doomed)
+        assert left == [str(tr) for tr in ordered if not doomed.contains_subrange(tr)], str(doomed)
 
 
 @settings(

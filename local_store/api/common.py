@@ -57,9 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-UUID_RE = re.compile(
-    r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
-)
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 MIME_RE = re.compile(
     r"^(application|audio|font|example|image|message|model|multipart|text|video|x-(?:[0-9A-Za-z!#$%&'*+.^_`|~-]+))"
     r"/([0-9A-Za-z!#$%&'*+.^_`|~-]+)$"
@@ -83,9 +81,7 @@ def check_uuid(value: str, what: str) -> str:
     return value
 
 
-def query_bool(
-    request: web.Request, name: str, default: bool | None = None
-) -> bool | None:
+def query_bool(request: web.Request, name: str, default: bool | None = None) -> bool | None:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -116,9 +112,7 @@ def query_limit(request: web.Request, store: Store) -> int:
     return min(limit, store.config.max_limit)
 
 
-def query_timerange(
-    request: web.Request, name: str = "timerange"
-) -> tuple[bool, Span | None]:
+def query_timerange(request: web.Request, name: str = "timerange") -> tuple[bool, Span | None]:
     """(given, span); ``span`` is None for a timerange covering nothing (e.g. ``()``)."""
     raw = request.query.get(name)
     if raw is None:
@@ -149,10 +143,7 @@ def query_offset_page(request: web.Request) -> int:
 
 
 async def json_body(request: web.Request, *, optional: bool = False) -> Any:
-    if (
-        request.content_length is not None
-        and request.content_length > request.app[STORE].config.max_body_bytes
-    ):
+    if request.content_length is not None and request.content_length > request.app[STORE].config.max_body_bytes:
         raise PayloadTooLarge("The request body is too large")
     try:
         raw = await request.read()
@@ -164,13 +155,11 @@ async def json_body(request: web.Request, *, optional: bool = False) -> Any:
         raise BadRequest("A JSON request body is required")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadRequest(f"Malformed JSON body: {exc}") from exc
 
 
-def paging_headers(
-    request: web.Request, limit: int, count: int, next_key: str | None
-) -> dict[str, str]:
+def paging_headers(request: web.Request, limit: int, count: int, next_key: str | None) -> dict[str, str]:
     headers = {"X-Paging-Limit": str(limit), "X-Paging-Count": str(count)}
     if next_key is not None:
         headers["X-Paging-NextKey"] = next_key
@@ -179,9 +168,7 @@ def paging_headers(
     return headers
 
 
-def json_response(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=json.dumps(body, separators=(",", ":")).encode(),
         status=status,
@@ -206,17 +193,11 @@ class UrlFilter:
     @classmethod
     def from_request(cls, request: web.Request) -> UrlFilter:
         raw_labels = request.query.get("accept_get_urls")
-        labels = (
-            None
-            if raw_labels is None
-            else frozenset(x for x in raw_labels.split(",") if x)
-        )
+        labels = None if raw_labels is None else frozenset(x for x in raw_labels.split(",") if x)
         raw_ids = request.query.get("accept_storage_ids")
         storage_ids = None
         if raw_ids:
-            storage_ids = frozenset(
-                check_uuid(x, "storage id") for x in raw_ids.split(",")
-            )
+            storage_ids = frozenset(check_uuid(x, "storage id") for x in raw_ids.split(","))
         backend_ok = True
         for tag in query_tags(request, prefix="storage_backend_"):
             # The local backend has no tags: it matches only "tag does not exist".
@@ -269,9 +250,7 @@ def get_urls(
                 urls.append(item)
     if filters.storage_ids is None and filters.presigned is not True:
         for url, label in uncontrolled:
-            if filters.labels is not None and (
-                label is None or label not in filters.labels
-            ):
+            if filters.labels is not None and (label is None or label not in filters.labels):
                 continue
             item = {"url": url, "presigned": False}
             if label is not None:
@@ -289,8 +268,6 @@ def check_string(value: Any, name: str) -> str:
 
 
 def check_tag(value: Any, name: str) -> str | list[str]:
-    if isinstance(value, str) or (
-        isinstance(value, list) and all(isinstance(v, str) for v in value)
-    ):
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         return value
     raise BadRequest(f"Tag {name} must be a string or a list of strings")

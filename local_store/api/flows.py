@@ -86,9 +86,7 @@ def flow_body(record: dict[str, Any], timerange: str | None = None) -> dict[str,
     return body
 
 
-async def flow_timerange_text(
-    store: Store, flow_id: str, clip: Span | None, clip_given: bool
-) -> str:
+async def flow_timerange_text(store: Store, flow_id: str, clip: Span | None, clip_given: bool) -> str:
     bounds = await store.db.flow_timerange(flow_id)
     if bounds is None:
         return "()"
@@ -140,9 +138,7 @@ async def get_flows(request: web.Request) -> web.Response:
         records = await store.db.list_flows(query, offset, limit + 1)
     next_key = f"o{offset + limit}" if len(records) > limit else None
     page = [flow_body(r) for r in records[:limit]]
-    return json_response(
-        page, headers=paging_headers(request, limit, len(page), next_key)
-    )
+    return json_response(page, headers=paging_headers(request, limit, len(page), next_key))
 
 
 @routes.get("/flows/{flow_id}")
@@ -154,9 +150,7 @@ async def get_flow(request: web.Request) -> web.Response:
     record = await store.db.get_flow(flow_id)
     if record is None:
         raise FlowNotFound(flow_id)
-    timerange = (
-        await flow_timerange_text(store, flow_id, clip, clip_given) if include else None
-    )
+    timerange = await flow_timerange_text(store, flow_id, clip, clip_given) if include else None
     return json_response(flow_body(record, timerange))
 
 
@@ -171,17 +165,11 @@ async def put_flow(request: web.Request) -> web.Response:
     doc = {k: v for k, v in body.items() if k not in SERVER_MANAGED_FLOW_FIELDS}
     schemas.check(doc, "flow-put.json", "Flow")
     if doc["id"] != flow_id:
-        raise BadRequest(
-            f"The Flow id in the body ({doc['id']}) differs from the path ({flow_id})"
-        )
+        raise BadRequest(f"The Flow id in the body ({doc['id']}) differs from the path ({flow_id})")
     if "profile_id" in doc:
-        raise BadRequest(
-            f"Unknown Flow Profile {doc['profile_id']}: this store has no Flow Profiles"
-        )
+        raise BadRequest(f"Unknown Flow Profile {doc['profile_id']}: this store has no Flow Profiles")
     principal = principal_of(request)
-    created = await store.db.put_flow(
-        flow_id, doc, principal.name, utc_now_iso(), source_label=doc.get("label")
-    )
+    created = await store.db.put_flow(flow_id, doc, principal.name, utc_now_iso(), source_label=doc.get("label"))
     if not created:
         return web.Response(status=204)
     record = await store.db.get_flow(flow_id)
@@ -252,9 +240,7 @@ async def put_flow_property(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     value = FLOW_PROPERTIES[name](await json_body(request), name)
     store = store_of(request)
-    await store.db.update_flow_property(
-        flow_id, (name,), value, principal_of(request).name, utc_now_iso()
-    )
+    await store.db.update_flow_property(flow_id, (name,), value, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
 
 
@@ -264,9 +250,7 @@ async def delete_flow_property(request: web.Request) -> web.Response:
     if name == "read_only":
         raise web.HTTPMethodNotAllowed("DELETE", ["GET", "HEAD", "PUT"])
     store = store_of(request)
-    await store.db.update_flow_property(
-        flow_id, (name,), DELETE_VALUE, principal_of(request).name, utc_now_iso()
-    )
+    await store.db.update_flow_property(flow_id, (name,), DELETE_VALUE, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
 
 
@@ -295,9 +279,7 @@ async def put_flow_tag(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     value = check_tag(await json_body(request), name)
     store = store_of(request)
-    await store.db.update_flow_property(
-        flow_id, ("tags", name), value, principal_of(request).name, utc_now_iso()
-    )
+    await store.db.update_flow_property(flow_id, ("tags", name), value, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
 
 
@@ -306,9 +288,7 @@ async def delete_flow_tag(request: web.Request) -> web.Response:
     flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
     path = ("tags", request.match_info["name"])
     store = store_of(request)
-    await store.db.update_flow_property(
-        flow_id, path, DELETE_VALUE, principal_of(request).name, utc_now_iso()
-    )
+    await store.db.update_flow_property(flow_id, path, DELETE_VALUE, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
 
 
@@ -325,16 +305,10 @@ async def post_storage(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise BadRequest("The storage request must be a JSON object")
     schemas.check(body, "flow-storage-post.json", "storage request")
-    if (
-        "content-type" in body
-        and "content_type" in body
-        and body["content-type"] != body["content_type"]
-    ):
+    if "content-type" in body and "content_type" in body and body["content-type"] != body["content_type"]:
         raise BadRequest("content_type and content-type differ")
     content_type = body.get("content_type", body.get("content-type"))
-    if content_type is not None and (
-        not isinstance(content_type, str) or not MIME_RE.match(content_type)
-    ):
+    if content_type is not None and (not isinstance(content_type, str) or not MIME_RE.match(content_type)):
         raise BadRequest(f"Invalid content_type {content_type!r}")
     storage_id = body.get("storage_id")
     if storage_id is not None and storage_id != store.backend.id:
@@ -345,20 +319,14 @@ async def post_storage(request: web.Request) -> web.Response:
         if not object_ids:
             raise BadRequest("object_ids must not be empty")
         if len(object_ids) > store.config.max_storage_limit:
-            raise BadRequest(
-                f"At most {store.config.max_storage_limit} object_ids per request"
-            )
-        if any(not oid for oid in object_ids) or len(set(object_ids)) != len(
-            object_ids
-        ):
+            raise BadRequest(f"At most {store.config.max_storage_limit} object_ids per request")
+        if any(not oid for oid in object_ids) or len(set(object_ids)) != len(object_ids):
             raise BadRequest("object_ids must be distinct non-empty strings")
     else:
         limit = body.get("limit", 10)
         if limit < 1:
             raise BadRequest("limit must be a positive integer")
-        object_ids = [
-            str(uuid.uuid4()) for _ in range(min(limit, store.config.max_storage_limit))
-        ]
+        object_ids = [str(uuid.uuid4()) for _ in range(min(limit, store.config.max_storage_limit))]
     flow = await store.db.get_flow(flow_id)
     if flow is None:
         raise FlowNotFound(flow_id)
@@ -366,9 +334,7 @@ async def post_storage(request: web.Request) -> web.Response:
         raise BadRequest(f"Flow {flow_id} has no container set")
     if content_type is None:
         content_type = flow["container"]
-    await store.db.allocate_objects(
-        flow_id, object_ids, content_type.lower(), utc_now_iso()
-    )
+    await store.db.allocate_objects(flow_id, object_ids, content_type.lower(), utc_now_iso())
     media_objects = []
     for object_id in object_ids:
         url = store.base_url + object_url_path(object_id)

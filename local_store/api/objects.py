@@ -93,9 +93,7 @@ async def get_object(request: web.Request) -> web.Response:
 # --- media bytes -----------------------------------------------------------------------------------
 
 
-async def authorise_media(
-    request: web.Request, method: str, object_id: str, content_type: str
-) -> None:
+async def authorise_media(request: web.Request, method: str, object_id: str, content_type: str) -> None:
     """Presigned (signature in the query) or API credentials; raises 401/403."""
     store = store_of(request)
     if SIGNATURE_PARAM in request.query or EXPIRES_PARAM in request.query:
@@ -132,16 +130,9 @@ async def put_object_data(request: web.Request) -> web.Response:
     if record is None or not record["controlled"]:
         raise ObjectNotFound(object_id)
     if record["content_type"] and record["content_type"] != content_type:
-        raise BadRequest(
-            f"This object must be uploaded with Content-Type {record['content_type']}"
-        )
-    if (
-        request.content_length is not None
-        and request.content_length > store.config.max_object_bytes
-    ):
-        raise PayloadTooLarge(
-            f"Objects are limited to {store.config.max_object_bytes} bytes"
-        )
+        raise BadRequest(f"This object must be uploaded with Content-Type {record['content_type']}")
+    if request.content_length is not None and request.content_length > store.config.max_object_bytes:
+        raise PayloadTooLarge(f"Objects are limited to {store.config.max_object_bytes} bytes")
     try:
         outcome = await store.files.write(
             object_id,
@@ -149,9 +140,7 @@ async def put_object_data(request: web.Request) -> web.Response:
             store.config.max_object_bytes,
         )
     except FileExistsError as exc:
-        raise Conflict(
-            f"Object {object_id!r} already holds different bytes; objects are never overwritten"
-        ) from exc
+        raise Conflict(f"Object {object_id!r} already holds different bytes; objects are never overwritten") from exc
     except OverflowError as exc:
         raise PayloadTooLarge(str(exc)) from exc
     await store.db.record_upload(object_id, outcome.size, utc_now_iso())

@@ -150,14 +150,10 @@ async def get_segments(request: web.Request) -> web.Response:
 def parse_segment(item: dict[str, Any]) -> NewSegment:
     parsed = parse_timerange(item["timerange"])
     timerange = stored_range(parsed, "segment timerange")
-    ts_offset = (
-        parse_timestamp(item["ts_offset"]) if "ts_offset" in item else Timestamp()
-    )
+    ts_offset = parse_timestamp(item["ts_offset"]) if "ts_offset" in item else Timestamp()
     object_timerange = None
     if "object_timerange" in item:
-        object_timerange = stored_range(
-            parse_timerange(item["object_timerange"]), "object_timerange"
-        )
+        object_timerange = stored_range(parse_timerange(item["object_timerange"]), "object_timerange")
     last_duration = None
     if "last_duration" in item:
         last_duration = parse_timestamp(item["last_duration"])
@@ -166,12 +162,8 @@ def parse_segment(item: dict[str, Any]) -> NewSegment:
     if not item["object_id"]:
         raise BadRequest("object_id must not be empty")
     init_object_id = item.get("init_object_id")
-    if init_object_id is not None and (
-        not init_object_id or init_object_id == item["object_id"]
-    ):
-        raise BadRequest(
-            "init_object_id must be a non-empty id different from object_id"
-        )
+    if init_object_id is not None and (not init_object_id or init_object_id == item["object_id"]):
+        raise BadRequest("init_object_id must be a non-empty id different from object_id")
     return NewSegment(
         object_id=item["object_id"],
         timerange=timerange,
@@ -198,9 +190,7 @@ async def post_segments(request: web.Request) -> web.Response:
     if not isinstance(items, list):
         raise BadRequest("Send one segment object or a list of them")
     if not items:
-        return web.Response(
-            status=201
-        )  # the schema allows an empty list: nothing to do
+        return web.Response(status=201)  # the schema allows an empty list: nothing to do
     if len(items) > 10000:
         raise PayloadTooLarge("At most 10000 segments per request")
     parsed: list[NewSegment] = []

@@ -49,9 +49,7 @@ def service_body(store: Store) -> dict[str, Any]:
         "min_object_timeout": f"{store.config.min_object_timeout}:0",
         "min_presigned_url_timeout": f"{min(store.config.presigned_url_ttl, store.config.min_object_timeout)}:0",
     }
-    body["name"] = (
-        store.service_name if store.service_name is not None else "Local TAMS store"
-    )
+    body["name"] = store.service_name if store.service_name is not None else "Local TAMS store"
     body["description"] = (
         store.service_description
         if store.service_description is not None

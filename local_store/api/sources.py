@@ -73,9 +73,7 @@ async def get_sources(request: web.Request) -> web.Response:
     records = await store.db.list_sources(query, offset, limit + 1)
     next_key = f"o{offset + limit}" if len(records) > limit else None
     page = [source_body(r) for r in records[:limit]]
-    return json_response(
-        page, headers=paging_headers(request, limit, len(page), next_key)
-    )
+    return json_response(page, headers=paging_headers(request, limit, len(page), next_key))
 
 
 @routes.get("/sources/{source_id}")
