@@ -45,7 +45,7 @@ bench: venv
 	$(PY) bench/run_all.py
 
 soak: venv
-	$(PY) -m pytest -q -m soak --soak-long tests/test_soak.py
+	SOAK_LONG=1 $(PY) -m pytest -q -m soak tests/test_soak.py
 
 proxy: venv
 	$(MAKE) -C authz_proxy run

@@ -52,7 +52,8 @@ class BenchStore:
             self.process.stdout.close()
 
 
-def start_store(data_dir: Path, *, latency_ms: int = 0, fault_rate: float = 0.0, extra_args: list[str] | None = None) -> BenchStore:
+def start_store(data_dir: Path, *, latency_ms: int = 0, fault_rate: float = 0.0,
+                extra_args: list[str] | None = None) -> BenchStore:
     """Start a store on a free port over ``data_dir``; its credentials are generated."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env_file = data_dir.parent / f"{data_dir.name}.env"
