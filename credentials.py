@@ -241,14 +241,12 @@ def add_credential_args(parser: argparse.ArgumentParser) -> None:
     """Add the TAMS connection options; each falls back to an environment variable."""
     group = parser.add_argument_group("TAMS connection (each falls back to an environment variable, then ./.env)")
     for dest, env, text in _SETTINGS:
-        # "%(default).0s" prints nothing; it only stops ArgumentDefaultsHelpFormatter
-        # from appending "(default: None)" after the real fallback.
         group.add_argument(
             "--" + dest.replace("_", "-"),
             dest=dest,
             default=None,
             metavar=env,
-            help=f"{text} (default: ${env}, then {env} in ./.env)%(default).0s",
+            help=f"{text} (default: ${env}, then {env} in ./.env)",
         )
 
 

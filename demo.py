@@ -183,11 +183,15 @@ def check_outputs(work: Path, playlist: Path, commands: list[str], variables: di
         segments = asyncio.run(count_segments(work, variables[variable]))
         if synthetic:
             passed = got == frames
-            note = "" if passed else f"expected {len(frames)} numbered frames, got {len(got)} (first difference at index {_first_difference(got, frames)})"
+            note = "" if passed else (
+                f"expected {len(frames)} numbered frames, got {len(got)}"
+                f" (first difference at index {_first_difference(got, frames)})"
+            )
         else:
             passed = len(got) == len(frames)
             note = "frame count only (the film has no frame numbers)"
-        checks.append(Check(label, segments, len(got), str((work / name).relative_to(REPO_ROOT)) if work.is_relative_to(REPO_ROOT) else str(work / name), passed, note))
+        shown = (work / name).relative_to(REPO_ROOT) if work.is_relative_to(REPO_ROOT) else work / name
+        checks.append(Check(label, segments, len(got), str(shown), passed, note))
     if len(checks) != len(expected):
         raise DemoError(f"the walk-through exports {len(checks)} Flows; the demo checks {len(expected)}")
     return checks

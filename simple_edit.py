@@ -770,25 +770,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     add_credential_args(parser)
-    parser.add_argument("--input1-flow-id", required=True, help="input 1 Flow id (required)%(default).0s")
+    parser.add_argument("--input1-flow-id", required=True, help="input 1 Flow id")
     parser.add_argument("--input1-timerange", default="_", help="frames of input 1 to use (input 1 timeline)")
-    parser.add_argument("--input2-flow-id", required=True, help="input 2 Flow id (required)%(default).0s")
+    parser.add_argument("--input2-flow-id", required=True, help="input 2 Flow id")
     parser.add_argument("--input2-timerange", default="_", help="frames of input 2 to use (input 2 timeline)")
-    parser.add_argument("--output-flow-id", default=None, help="output Flow id, which must not exist yet (default: a new uuid)%(default).0s")
-    parser.add_argument("--output-source-id", default=None, help="output Source id (default: a new uuid)%(default).0s")
+    parser.add_argument("--output-flow-id", default=None, help="output Flow id, which must not exist yet (default: a new uuid)")
+    parser.add_argument("--output-source-id", default=None, help="output Source id (default: a new uuid)")
     parser.add_argument("--cut-interval-sec", default=None,
                         help="cut between the inputs every this many seconds of output (e.g. 2, 1.5 or 3/2; "
-                             "rounded to whole frames) instead of concatenating them (default: concatenate)"
-                             "%(default).0s")
+                             "rounded to whole frames) instead of concatenating them (default: concatenate)")
     parser.add_argument("--start", default=None,
                         help="output timeline start, seconds:nanoseconds "
-                             "(default: where input 1's frames start)%(default).0s")
+                             "(default: where input 1's frames start)")
     parser.add_argument("--legacy-sample-fields", action="store_true",
                         help="also write the deprecated sample_offset/sample_count, for older stores and readers")
-    parser.add_argument("--label", default=None, help="output Flow label (default: made from the inputs' labels)%(default).0s")
+    parser.add_argument("--label", default=None, help="output Flow label (default: made from the inputs' labels)")
     parser.add_argument("--dry-run", action="store_true", help="print the segments the edit would write; write nothing")
     parser.add_argument("--page-limit", type=int, default=None,
-                        help="segments per page when reading the inputs (default: the store's)%(default).0s")
+                        help="segments per page when reading the inputs (default: the store's)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="segments per list POST")
     return parser
 
