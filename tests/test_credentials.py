@@ -21,6 +21,7 @@ from credentials import (
     DEFAULT_SCOPE,
     BasicCredentials,
     BearerToken,
+    HelpFormatter,
     CredentialsError,
     OAuth2ClientCredentials,
     add_credential_args,
@@ -50,7 +51,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
 
 
 def test_help_names_the_environment_variable_each_option_falls_back_to() -> None:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
     add_credential_args(parser)
     text = " ".join(parser.format_help().split())
     for option, variable in [("--tams-url", "TAMS_URL"), ("--oauth2-url", "OAUTH2_URL"),
