@@ -8,7 +8,10 @@ Starts ``python -m local_store`` on a free port with a temporary data dir, then:
 2. times ``GET /flows/{id}/segments?timerange=...&limit=100`` at random places in that Flow
    (median and p95; each answer carries presigned ``get_urls``),
 3. measures single-segment POST throughput with 1 client (the baseline) and 8 concurrent
-   clients, in the same run.
+   clients, in the same run,
+4. and again with 8 clients while a webhook receives every ``flows/segments_added`` event (a
+   receiver in this process counts them; the figure waits until all have arrived): what event
+   delivery costs the hot path (without webhooks it costs nothing: no event is even recorded).
 
 Figures only; nothing here asserts a time. ``run()`` returns the figures as a list of
 ``{"figure", "value", "unit", "baseline", "ratio"}`` dicts for ``make bench``.
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"client_id": "bench-admin", "client_secret": "bench-secret"}
@@ -173,6 +177,63 @@ async def post_throughput(url: str, headers: dict[str, str], clients: int, per_c
     return clients * per_client / (time.perf_counter() - started)
 
 
+class Receiver:
+    """A webhook receiver on a free port that counts the segments it is told about."""
+
+    def __init__(self) -> None:
+        self.segments = 0
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.segments += len(body["event"]["segments"])
+        return web.Response(status=200)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        host, port = self.runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}/hook"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def hooked_throughput(url: str, headers: dict[str, str], clients: int, per_client: int) -> float:
+    """``post_throughput`` with a webhook on every segments_added; waits for every delivery."""
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{url}/service/webhooks",
+                json={"url": receiver.url, "events": ["flows/segments_added"]},
+                headers=headers,
+            ) as response,
+        ):
+            assert response.status == 201, await response.text()
+            webhook_id = (await response.json())["id"]
+        rate = await post_throughput(url, headers, clients, per_client)
+        deadline = time.monotonic() + 60
+        while receiver.segments < clients * per_client:
+            assert time.monotonic() < deadline, f"only {receiver.segments} segments were announced"
+            await asyncio.sleep(0.05)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.delete(f"{url}/service/webhooks/{webhook_id}", headers=headers) as response,
+        ):
+            assert response.status == 204, await response.text()
+        return rate
+    finally:
+        await receiver.stop()
+
+
 async def measure(n_segments: int, samples: int, posts_per_client: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         process, url = start_store(Path(tmp) / "data")
@@ -185,6 +246,7 @@ async def measure(n_segments: int, samples: int, posts_per_client: int) -> list[
                 durations = await time_queries(session, url, headers, flow_id, n_segments, samples)
             single = await post_throughput(url, headers, 1, posts_per_client * 2)
             eight = await post_throughput(url, headers, 8, posts_per_client)
+            hooked = await hooked_throughput(url, headers, 8, posts_per_client)
         finally:
             process.terminate()
             process.wait(timeout=10)
@@ -203,12 +265,17 @@ async def measure(n_segments: int, samples: int, posts_per_client: int) -> list[
             baseline=round(single),
             ratio=round(eight / single, 2),
         ),
+        figure(
+            "segment POST throughput, 8 clients, webhook on every segments_added",
+            round(hooked),
+            "segments/s",
+            baseline=round(eight),
+            ratio=round(hooked / eight, 2),
+        ),
     ]
 
 
-def figure(
-    name: str, value: float, unit: str, *, baseline: float | None = None, ratio: float | None = None
-) -> dict[str, Any]:
+def figure(name: str, value: float, unit: str, *, baseline: float | None = None, ratio: float | None = None) -> dict[str, Any]:
     return {"figure": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio}
 
 

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -95,6 +96,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lifetime of presigned URLs, seconds (the spec asks for at least 30; less is for tests)",
     )
     parser.add_argument(
+        "--gc-grace",
+        type=float,
+        default=600.0,
+        help="seconds before a media object allocated but never registered, or no longer referenced by "
+        "any segment, is removed; /service advertises at least the spec's 300 (below 300 is for tests only)",
+    )
+    parser.add_argument(
+        "--gc-interval",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="seconds between garbage collection sweeps (default: a quarter of --gc-grace, at least 0.2)",
+    )
+    parser.add_argument(
+        "--webhook-attempts",
+        type=int,
+        default=8,
+        help="delivery attempts per webhook event before the webhook is marked 'error'",
+    )
+    parser.add_argument(
+        "--webhook-backoff",
+        type=float,
+        default=1.0,
+        help="seconds before the first webhook delivery retry; doubles each time up to 60",
+    )
+    parser.add_argument(
+        "--webhook-timeout",
+        type=float,
+        default=10.0,
+        help="seconds one webhook delivery POST may take",
+    )
+    parser.add_argument(
         "--access-log",
         action="store_true",
         help="log every request (paths only) to stderr",
@@ -133,6 +165,12 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
         raise SystemExit("error: --latency-ms must be >= 0, --token-ttl and --presigned-url-ttl > 0")
     if not 0 <= args.port <= 65535:
         raise SystemExit("error: --port must be between 0 and 65535")
+    gc_interval = getattr(args, "gc_interval", None)
+    gc_values = [args.gc_grace] + ([gc_interval] if gc_interval is not None else [])
+    if not all(math.isfinite(v) and v > 0 for v in gc_values):
+        raise SystemExit("error: --gc-grace and --gc-interval must be positive numbers of seconds")
+    if args.webhook_attempts < 1 or not args.webhook_backoff >= 0 or not args.webhook_timeout > 0:
+        raise SystemExit("error: --webhook-attempts must be >= 1, --webhook-backoff >= 0, --webhook-timeout > 0")
     return StoreConfig(
         host=args.host,
         port=args.port,
@@ -147,6 +185,11 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
         env_file=args.env_file,
         access_log=args.access_log,
         presigned_url_ttl=args.presigned_url_ttl,
+        gc_grace=args.gc_grace,
+        gc_interval=gc_interval,
+        webhook_attempts=args.webhook_attempts,
+        webhook_backoff=args.webhook_backoff,
+        webhook_timeout=args.webhook_timeout,
     )
 
 

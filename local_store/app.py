@@ -43,6 +43,8 @@ from .auth import (
 from .config import StoreConfig
 from .database import Database
 from .errors import StoreError, Unauthorized, error_body
+from .events import WebhookHub
+from .gc import GarbageCollector
 from .objects import ObjectFiles, UrlSigner
 from .state import STORE, Backend, Store
 
@@ -189,6 +191,7 @@ def _store_context(
         config.data_dir.mkdir(parents=True, exist_ok=True)
         schemas.warm_up()
         db = Database(config.data_dir / "tams.sqlite3")
+        db.delete_request_ttl = config.delete_request_ttl
         await db.open()
         try:
             # Generated once per data dir and kept in it, so a restart keeps ids, keys and
@@ -219,19 +222,29 @@ def _store_context(
                 issuer=base_url,
                 token_ttl=config.token_ttl,
             )
-            app[STORE] = Store(
+            files = ObjectFiles(config.data_dir)
+            hub = WebhookHub(db, config)
+            app[STORE] = store = Store(
                 config=config,
                 db=db,
-                files=ObjectFiles(config.data_dir),
+                files=files,
                 signer=UrlSigner(bytes.fromhex(settings["url_signing_key"]), config.presigned_url_ttl),
                 auth=auth,
                 backend=Backend(id=settings["backend_id"], label=settings["backend_label"]),
                 base_url=base_url,
                 fault_rng=random.Random(config.fault_seed),
+                hub=hub,
                 service_name=settings.get("service_name"),
                 service_description=settings.get("service_description"),
             )
-            yield
+            await hub.start(store)
+            collector = GarbageCollector(db, files, config)
+            collector.start()
+            try:
+                yield
+            finally:
+                await collector.close()
+                await hub.close()
             if not signing_key.done():
                 signing_key.cancel()
             with contextlib.suppress(asyncio.CancelledError):

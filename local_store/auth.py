@@ -8,6 +8,10 @@
   ``Authorization: Bearer <jwt>``, or ``?access_token=<jwt>``.
 * Coarse scopes (AppNote 0016): ``tams-api/read`` for GET/HEAD, ``tams-api/write`` for PUT/POST,
   ``tams-api/delete`` for DELETE of Flows and segments, ``tams-api/admin`` for everything.
+  Only admins may POST ``/service``, create Flow Profiles and list ``/flow-delete-requests``;
+  one deletion request is readable with ``tams-api/delete``. Webhook PUT/DELETE need
+  ``tams-api/write`` (AppNote 0016's table says read, which looks like a slip: read access must
+  not let a caller redirect or remove someone's event stream).
 
 Secrets never reach the log: failures are logged with the client id or the reason only.
 """
@@ -246,13 +250,21 @@ def _decode_basic(value: str) -> tuple[str, str]:
     return user, password
 
 
+# Readable with any scope: what the service is and offers.
+OPEN_READS = frozenset({"/", "/service", "/service/storage-backends", "/service/profiles", "/service/profiles/{profile_id}"})
+
+
 def required_scope(method: str, path_template: str) -> str | None:
     """The coarse scope a request needs (AppNote 0016); ``None``: any authenticated caller."""
     if method in ("GET", "HEAD"):
-        if path_template in ("/", "/service", "/service/storage-backends"):
+        if path_template in OPEN_READS:
             return None
+        if path_template == "/flow-delete-requests":
+            return ADMIN
+        if path_template == "/flow-delete-requests/{request_id}":
+            return DELETE  # whoever may delete may watch a deletion
         return READ
-    if path_template == "/service":
+    if path_template in ("/service", "/service/profiles/{profile_id}"):
         return ADMIN
     if method == "DELETE" and path_template in (
         "/flows/{flow_id}",

@@ -6,22 +6,40 @@ Writes run as ``BEGIN IMMEDIATE`` ... ``COMMIT`` on that thread; the caller's co
 only after the commit, and with ``synchronous=FULL`` in WAL mode a commit is on disk when it
 returns, so an acknowledged write survives ``kill -9``.
 
-The schema is one idempotent DDL script applied at start-up.
+The schema is one idempotent DDL script applied at start-up (plus column additions for data
+dirs made by older versions).
 
 Times are integer nanoseconds. Segments keep their timerange as given (``start_ns``, ``end_ns``
 and the two inclusivity flags) plus the first and last nanosecond they cover (``first_ns``,
 ``last_ns``, both inclusive), which turn overlap tests into integer comparisons. Segments of a
 Flow never overlap, so ordering by ``first_ns`` also orders by ``last_ns``; the table is
 clustered on ``(flow_id, first_ns)`` and every timerange query is an index range scan.
+
+Change events: a write that changes a Flow, a Source or segments records a ``ChangeEvent``
+(only for the event types ``event_types_wanted`` names, i.e. those some active webhook wants),
+and after the COMMIT the batch's events go to ``event_sink`` in commit order (see ``events.py``).
+
+Media object lifecycle, as the garbage collector (``gc.py``) relies on it:
+
+* an allocated object has ``first_referenced_by_flow`` NULL until a segment registers it;
+* when the last segment (or media object, for an init object) referencing an object goes,
+  ``unreferenced_at`` is set; a new reference clears it;
+* ``collect_garbage`` checks and deletes in one transaction, so it can never remove an object a
+  segment references, and leaves a tombstone in ``collected_objects``: a segment POST naming a
+  collected object is refused rather than registering an object without bytes;
+* file removals are queued in ``pending_file_removals`` in the same transaction and done after
+  the COMMIT, so a crash in between only delays them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import json
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,17 +52,20 @@ from .errors import (
     Forbidden,
     NoContainer,
     NotFound,
+    ObjectNotFound,
     SegmentOverlap,
     SourceNotFound,
     StoreError,
     error_body,
 )
+from .events import ChangeEvent
 from .timing import Span, StoredRange, make_timerange
 
 __all__ = [
     "DELETE_VALUE",
     "Database",
     "FlowQuery",
+    "GcOutcome",
     "NewSegment",
     "SegmentQuery",
     "SourceQuery",
@@ -56,6 +77,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BATCH = 256  # writes per group-committed transaction
+TOMBSTONE_TTL = 7 * 24 * 3600  # seconds a collected object's id stays refused for registration
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (
@@ -120,7 +142,8 @@ CREATE TABLE IF NOT EXISTS objects (
     key_frame_count          INTEGER,
     init_object_id           TEXT,
     created                  TEXT NOT NULL,
-    uploaded                 TEXT
+    uploaded                 TEXT,
+    unreferenced_at          REAL             -- epoch seconds the last reference went
 );
 CREATE TABLE IF NOT EXISTS object_urls (      -- uncontrolled instances (get_urls given by clients)
     object_id TEXT NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
@@ -150,7 +173,65 @@ CREATE TABLE IF NOT EXISTS segments (
 CREATE INDEX IF NOT EXISTS segments_object ON segments(object_id, flow_id);
 CREATE INDEX IF NOT EXISTS segments_init_object ON segments(init_object_id, flow_id)
     WHERE init_object_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS collected_objects (  -- tombstones of garbage-collected objects
+    id           TEXT PRIMARY KEY,
+    collected_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending_file_removals (  -- media files to unlink after the COMMIT
+    object_id TEXT PRIMARY KEY,
+    queued_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delete_requests (
+    id      TEXT PRIMARY KEY,
+    flow_id TEXT NOT NULL,
+    doc     TEXT NOT NULL,                -- deletion-request.json
+    created TEXT NOT NULL,
+    expiry  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delete_requests_expiry ON delete_requests(expiry);
+CREATE TABLE IF NOT EXISTS webhooks (
+    id      TEXT PRIMARY KEY,
+    url     TEXT NOT NULL,
+    owner   TEXT,                         -- the principal that registered it
+    doc     TEXT NOT NULL,                -- webhook-post.json as given (minus status)
+    status  TEXT NOT NULL,
+    error   TEXT,                         -- error.json, when status is 'error'
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS profiles (
+    id      TEXT PRIMARY KEY,
+    doc     TEXT NOT NULL,                -- profile.json as created
+    label   TEXT,
+    format  TEXT,
+    codec   TEXT,
+    created TEXT NOT NULL
+);
 """
+
+# Columns added after the first release; ALTERed into older data dirs before INDEXES run.
+ADDED_COLUMNS = (("objects", "unreferenced_at", "REAL"),)
+
+INDEXES = """
+CREATE INDEX IF NOT EXISTS objects_unregistered ON objects(created)
+    WHERE first_referenced_by_flow IS NULL;
+CREATE INDEX IF NOT EXISTS objects_unreferenced ON objects(unreferenced_at)
+    WHERE unreferenced_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS objects_init ON objects(init_object_id)
+    WHERE init_object_id IS NOT NULL;
+CREATE TEMP TABLE IF NOT EXISTS touched_objects (id TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+
+# Whether the row ``objects`` is referenced: by a segment (as media or init object) or, for an
+# init object, by a media object.
+REFERENCED = (
+    "(EXISTS (SELECT 1 FROM segments s WHERE s.object_id = objects.id) "
+    "OR EXISTS (SELECT 1 FROM segments s WHERE s.init_object_id = objects.id) "
+    "OR EXISTS (SELECT 1 FROM objects m WHERE m.init_object_id = objects.id))"
+)
+
+# Source collections are inferred from Flow collections: Source S collects Source T when a Flow
+# of S collects a Flow of T. The rows of this join: member Flow `mf`, collecting Flow `cf`.
+SOURCE_COLLECTION_JOIN = "FROM flows mf JOIN flow_collections fc ON fc.member_id = mf.id JOIN flows cf ON cf.id = fc.collector_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +248,7 @@ class SourceQuery:
     label: str | None = None
     format: str | None = None
     tags: tuple[TagFilter, ...] = ()
+    collected_by: tuple[str, ...] | None = None  # () : only Sources no Source collects
     sort_by: str | None = None
     reverse_order: bool = False
 
@@ -183,7 +265,9 @@ class FlowQuery:
     frame_width: int | None = None
     frame_height: int | None = None
     init_segments: bool | None = None
+    profile_id: str | None = None
     tags: tuple[TagFilter, ...] = ()
+    collected_by: tuple[str, ...] | None = None  # () : only Flows no Flow collects
     sort_by: str | None = None
     reverse_order: bool = False
 
@@ -215,6 +299,15 @@ class NewSegment:
     get_urls: tuple[tuple[str, str], ...] = ()  # (url, label): uncontrolled instances
 
 
+@dataclass(frozen=True, slots=True)
+class GcOutcome:
+    """What one garbage collection transaction did."""
+
+    removed: list[str]  # object ids whose records were deleted
+    files: list[str]  # object ids whose files are to be unlinked now
+    more: bool  # a batch limit was hit: sweep again soon
+
+
 class Database:
     """The store's SQLite database; every method runs on the one database thread."""
 
@@ -224,6 +317,11 @@ class Database:
         self._conn: sqlite3.Connection | None = None
         self._queue: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
+        # Set by the webhook hub: which event types to record, and who gets them after COMMIT.
+        self.event_types_wanted: frozenset[str] = frozenset()
+        self.event_sink: Callable[[list[ChangeEvent]], None] | None = None
+        self._events: list[ChangeEvent] = []  # the current transaction's (database thread only)
+        self.delete_request_ttl: float = 24 * 3600.0  # how long deletion request records are kept
 
     # --- plumbing ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -242,6 +340,20 @@ class Database:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
+        added: set[tuple[str, str]] = set()
+        for table, column, kind in ADDED_COLUMNS:
+            present = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                added.add((table, column))
+        conn.executescript(INDEXES)
+        if ("objects", "unreferenced_at") in added:
+            # Objects that Flow or segment deletes left behind before this column existed:
+            # their grace period starts now (after INDEXES, which make the check cheap).
+            conn.execute(
+                f"UPDATE objects SET unreferenced_at = ? WHERE first_referenced_by_flow IS NOT NULL AND NOT {REFERENCED}",
+                (time.time(),),
+            )
         self._conn = conn
 
     async def close(self) -> None:
@@ -287,7 +399,7 @@ class Database:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
-                outcomes = await self._call(self._run_batch, [(fn, args) for fn, args, _ in batch])
+                outcomes, events = await self._call(self._run_batch, [(fn, args) for fn, args, _ in batch])
             except BaseException as exc:  # the COMMIT itself failed: nothing in the batch is stored
                 logger.error("write transaction failed: %s", exc)
                 for _, _, future in batch:
@@ -296,6 +408,11 @@ class Database:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
+            if events and self.event_sink is not None:
+                try:
+                    self.event_sink(events)
+                except Exception:  # a webhook problem must never fail the write
+                    logger.exception("publishing %d change events failed", len(events))
             for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
@@ -304,28 +421,95 @@ class Database:
                 else:
                     future.set_exception(value)
 
-    def _run_batch(self, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+    def _run_batch(self, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> tuple[list[tuple[bool, Any]], list[ChangeEvent]]:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         outcomes: list[tuple[bool, Any]] = []
+        self._events = []
         try:
             for fn, args in jobs:
+                mark = len(self._events)
                 conn.execute("SAVEPOINT job")
                 try:
                     result = fn(*args)
                 except Exception as exc:  # noqa: BLE001 - the error is handed to its caller
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    del self._events[mark:]  # a refused write announces nothing
                     outcomes.append((False, exc))
                 else:
                     conn.execute("RELEASE job")
                     outcomes.append((True, result))
             conn.execute("COMMIT")
         except BaseException:
+            self._events = []
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return outcomes
+        events, self._events = self._events, []
+        return outcomes, events
+
+    # --- change events ----------------------------------------------------------------------
+    def _wants(self, event_type: str) -> bool:
+        return event_type in self.event_types_wanted
+
+    def _event(
+        self,
+        event_type: str,
+        now: str,
+        *,
+        source_id: str,
+        flow_id: str | None = None,
+        flow_collected_by: Sequence[str] | None = None,
+        source_collected_by: Sequence[str] | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an event for after the COMMIT (the caller checked ``_wants``)."""
+        if flow_id is not None and flow_collected_by is None:
+            flow_collected_by = self._flow_collected_by(flow_id)
+        if source_collected_by is None:
+            source_collected_by = self._source_collected_by(source_id)
+        self._events.append(
+            ChangeEvent(
+                event_type=event_type,
+                timestamp=now,
+                flow_id=flow_id,
+                source_id=source_id,
+                flow_collected_by=tuple(flow_collected_by or ()),
+                source_collected_by=tuple(source_collected_by),
+                payload=payload or {},
+            )
+        )
+
+    def _flow_changed(self, event_type: str, flow_id: str, now: str) -> None:
+        """flows/created or flows/updated with the Flow as it now is."""
+        if not self._wants(event_type):
+            return
+        record = self._get_flow(flow_id)
+        if record is None:
+            return
+        self._event(
+            event_type,
+            now,
+            flow_id=flow_id,
+            source_id=record["source_id"],
+            flow_collected_by=record["collected_by"],
+            payload={"flow": record},
+        )
+
+    def _source_changed(self, event_type: str, source_id: str, now: str) -> None:
+        """sources/created or sources/updated with the Source as it now is."""
+        if not self._wants(event_type):
+            return
+        record = self._get_source(source_id)
+        if record is not None:
+            self._event(
+                event_type,
+                now,
+                source_id=source_id,
+                source_collected_by=record["collected_by"],
+                payload={"source": record},
+            )
 
     # --- settings ---------------------------------------------------------------------------
     async def settings(self, defaults: dict[str, str]) -> dict[str, str]:
@@ -347,8 +531,7 @@ class Database:
                     self.conn.execute("DELETE FROM settings WHERE key = ?", (key,))
                 else:
                     self.conn.execute(
-                        "INSERT INTO settings(key, value) VALUES (?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        "INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                         (key, value),
                     )
 
@@ -356,11 +539,48 @@ class Database:
 
     # --- sources ----------------------------------------------------------------------------
     async def get_source(self, source_id: str) -> dict[str, Any] | None:
-        def run() -> dict[str, Any] | None:
-            row = self.conn.execute("SELECT * FROM sources WHERE id = ?", (source_id,)).fetchone()
-            return _source_record(row) if row else None
+        return await self._read(self._get_source, source_id)
 
-        return await self._read(run)
+    def _get_source(self, source_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM sources WHERE id = ?", (source_id,)).fetchone()
+        return self._with_source_collections(_source_record(row)) if row else None
+
+    def _with_source_collections(self, record: dict[str, Any]) -> dict[str, Any]:
+        record["source_collection"] = self._source_collection(record["id"])
+        record["collected_by"] = self._source_collected_by(record["id"])
+        return record
+
+    def _source_collection(self, source_id: str) -> list[dict[str, Any]]:
+        """The Sources this Source collects: those of the members of its Flows' collections,
+        in collection order, each once (with the role of its first appearance)."""
+        items: list[dict[str, Any]] = []
+        seen: set[str] = {source_id}
+        collectors = self.conn.execute(
+            "SELECT doc FROM flows cf WHERE cf.source_id = ? "
+            "AND EXISTS (SELECT 1 FROM flow_collections fc WHERE fc.collector_id = cf.id) ORDER BY created, id",
+            (source_id,),
+        ).fetchall()
+        for collector in collectors:
+            for member in json.loads(collector["doc"]).get("flow_collection", []):
+                row = self.conn.execute("SELECT source_id FROM flows WHERE id = ?", (member["id"],)).fetchone()
+                if row is None or row["source_id"] in seen:
+                    continue
+                seen.add(row["source_id"])
+                item: dict[str, Any] = {"id": row["source_id"]}
+                if "role" in member:
+                    item["role"] = member["role"]
+                items.append(item)
+        return items
+
+    def _source_collected_by(self, source_id: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT DISTINCT cf.source_id {SOURCE_COLLECTION_JOIN} "
+                "WHERE mf.source_id = ? AND cf.source_id != mf.source_id ORDER BY cf.source_id",
+                (source_id,),
+            )
+        ]
 
     async def list_sources(self, query: SourceQuery, offset: int, limit: int) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
@@ -374,6 +594,14 @@ class Database:
                 params.append(query.format)
             for tag in query.tags:
                 _tag_condition("sources.tags", tag, where, params)
+            if query.collected_by is not None:
+                sub = f"SELECT 1 {SOURCE_COLLECTION_JOIN} WHERE mf.source_id = sources.id AND cf.source_id != sources.id"
+                if query.collected_by:
+                    marks = ", ".join("?" for _ in query.collected_by)
+                    where.append(f"EXISTS ({sub} AND cf.source_id IN ({marks}))")
+                    params.extend(query.collected_by)
+                else:
+                    where.append(f"NOT EXISTS ({sub})")
             order = _order_clause(
                 query.sort_by or "created",
                 query.reverse_order,
@@ -384,7 +612,7 @@ class Database:
                 sql += " WHERE " + " AND ".join(where)
             sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
             rows = self.conn.execute(sql, (*params, limit, offset)).fetchall()
-            return [_source_record(r) for r in rows]
+            return [self._with_source_collections(_source_record(r)) for r in rows]
 
         return await self._read(run)
 
@@ -397,14 +625,17 @@ class Database:
         if row is None:
             return None
         record = _flow_record(row)
-        record["collected_by"] = [
+        record["collected_by"] = self._flow_collected_by(flow_id)
+        return record
+
+    def _flow_collected_by(self, flow_id: str) -> list[str]:
+        return [
             r[0]
             for r in self.conn.execute(
                 "SELECT DISTINCT collector_id FROM flow_collections WHERE member_id = ? ORDER BY collector_id",
                 (flow_id,),
             )
         ]
-        return record
 
     async def flow_timerange(self, flow_id: str) -> tuple[int, bool, int, bool] | None:
         """(start_ns, incl_start, end_ns, incl_end) spanning the Flow's segments, if any."""
@@ -470,9 +701,7 @@ class Database:
                 ),
             )
         elif source["format"] != flow_format:
-            raise BadRequest(
-                f"Flow format {flow_format} conflicts with the format {source['format']} of Source {source_id}"
-            )
+            raise BadRequest(f"Flow format {flow_format} conflicts with the format {source['format']} of Source {source_id}")
         members = [m["id"] for m in doc.get("flow_collection", [])]
         for member in members:
             if member == flow_id:
@@ -505,6 +734,7 @@ class Database:
             "updated_by": doc.get("updated_by", principal),
             "metadata_version": version,
         }
+        old_members: list[str] = []
         if existing is None:
             columns |= {
                 "id": flow_id,
@@ -522,16 +752,26 @@ class Database:
                 f"UPDATE flows SET {assignments} WHERE id = ?",
                 (*columns.values(), flow_id),
             )
+            old_members = [
+                r[0] for r in conn.execute("SELECT member_id FROM flow_collections WHERE collector_id = ? ORDER BY position", (flow_id,))
+            ]
         conn.execute("DELETE FROM flow_collections WHERE collector_id = ?", (flow_id,))
         conn.executemany(
             "INSERT INTO flow_collections(collector_id, position, member_id) VALUES (?, ?, ?)",
             [(flow_id, i, m) for i, m in enumerate(members)],
         )
+        if source is None:
+            self._source_changed("sources/created", source_id, now)
+        self._flow_changed("flows/created" if existing is None else "flows/updated", flow_id, now)
+        if existing is not None and existing["source_id"] != source_id:
+            self._drop_source_if_unused(existing["source_id"], now)
+        # Members that left or joined this collection have a new collected_by.
+        changed = [m for m in old_members if m not in members] + [m for m in members if m not in old_members]
+        for member in dict.fromkeys(changed):
+            self._flow_changed("flows/updated", member, now)
         return existing is None
 
-    async def update_flow_property(
-        self, flow_id: str, path: tuple[str, ...], value: Any, principal: str, now: str
-    ) -> None:
+    async def update_flow_property(self, flow_id: str, path: tuple[str, ...], value: Any, principal: str, now: str) -> None:
         """Set (or with ``value is DELETE_VALUE`` remove) one field of a Flow, e.g. ``("label",)``
         or ``("tags", "genre")``; read_only Flows refuse all but ``read_only`` itself."""
 
@@ -576,20 +816,73 @@ class Database:
                     source_id,
                 ),
             )
+            self._source_changed("sources/updated", source_id, now)
 
         await self._write(run)
 
-    async def delete_flow(self, flow_id: str) -> None:
-        def run() -> None:
-            row = self.conn.execute("SELECT read_only FROM flows WHERE id = ?", (flow_id,)).fetchone()
+    async def delete_flow(self, flow_id: str, principal: str, now: str) -> dict[str, Any]:
+        """Delete a Flow, its segments and (with its last Flow) its Source; returns the deletion
+        request record kept for ``/flow-delete-requests``.
+
+        Members of the Flow's collection lose it from ``collected_by``; Flows that collected it
+        lose it from their ``flow_collection`` (no collection names a Flow that is gone).
+        """
+
+        def run() -> dict[str, Any]:
+            conn = self.conn
+            row = conn.execute("SELECT read_only, source_id FROM flows WHERE id = ?", (flow_id,)).fetchone()
             if row is None:
                 raise FlowNotFound(flow_id)
             if row["read_only"]:
                 raise Forbidden(f"Flow {flow_id} is read_only")
-            self.conn.execute("DELETE FROM flow_collections WHERE member_id = ?", (flow_id,))
-            self.conn.execute("DELETE FROM flows WHERE id = ?", (flow_id,))
+            source_id = row["source_id"]
+            flow_cb = self._flow_collected_by(flow_id)
+            source_cb = self._source_collected_by(source_id)
+            members = [r[0] for r in conn.execute("SELECT DISTINCT member_id FROM flow_collections WHERE collector_id = ?", (flow_id,))]
+            self._touch_objects("flow_id = ?", [flow_id])
+            conn.execute("DELETE FROM flow_collections WHERE member_id = ?", (flow_id,))
+            conn.execute("DELETE FROM flows WHERE id = ?", (flow_id,))  # segments cascade
+            self._mark_unreferenced()
+            if self._wants("flows/deleted"):
+                self._event(
+                    "flows/deleted",
+                    now,
+                    flow_id=flow_id,
+                    source_id=source_id,
+                    flow_collected_by=flow_cb,
+                    source_collected_by=source_cb,
+                )
+            for collector in flow_cb:
+                self._drop_collection_member(collector, flow_id, now)
+            for member in members:
+                self._flow_changed("flows/updated", member, now)
+            self._drop_source_if_unused(source_id, now, source_cb)
+            return self._record_delete_request(flow_id, "_", True, principal, now)
 
-        await self._write(run)
+        return await self._write(run)
+
+    def _drop_source_if_unused(self, source_id: str, now: str, collected_by: Sequence[str] | None = None) -> None:
+        """A Source goes with its last Flow (the API has no other way to delete one)."""
+        if self.conn.execute("SELECT 1 FROM flows WHERE source_id = ? LIMIT 1", (source_id,)).fetchone():
+            return
+        if collected_by is None:
+            collected_by = self._source_collected_by(source_id)
+        self.conn.execute("DELETE FROM sources WHERE id = ?", (source_id,))
+        if self._wants("sources/deleted"):
+            self._event("sources/deleted", now, source_id=source_id, source_collected_by=collected_by)
+
+    def _drop_collection_member(self, collector_id: str, member_id: str, now: str) -> None:
+        row = self.conn.execute("SELECT doc FROM flows WHERE id = ?", (collector_id,)).fetchone()
+        if row is None:
+            return
+        doc = json.loads(row["doc"])
+        doc["flow_collection"] = [m for m in doc.get("flow_collection", []) if m.get("id") != member_id]
+        doc["metadata_version"] = str(uuid.uuid4())
+        self.conn.execute(
+            "UPDATE flows SET doc = ?, metadata_updated = ?, metadata_version = ? WHERE id = ?",
+            (json.dumps(doc, separators=(",", ":")), now, doc["metadata_version"], collector_id),
+        )
+        self._flow_changed("flows/updated", collector_id, now)
 
     async def list_flows(self, query: FlowQuery, offset: int, limit: int) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
@@ -611,6 +904,9 @@ class Database:
             if query.init_segments is not None:
                 where.append("init_segments = ?")
                 params.append(1 if query.init_segments else 0)
+            if query.profile_id is not None:
+                where.append("json_extract(flows.doc, '$.profile_id') = ?")
+                params.append(query.profile_id)
             if query.timerange_empty:
                 where.append("NOT EXISTS (SELECT 1 FROM segments s WHERE s.flow_id = flows.id)")
             elif query.timerange is not None:
@@ -631,6 +927,14 @@ class Database:
                 params.extend(sub_params)
             for tag in query.tags:
                 _tag_condition("json_extract(flows.doc, '$.tags')", tag, where, params)
+            if query.collected_by is not None:
+                sub = "SELECT 1 FROM flow_collections fc WHERE fc.member_id = flows.id"
+                if query.collected_by:
+                    marks = ", ".join("?" for _ in query.collected_by)
+                    where.append(f"EXISTS ({sub} AND fc.collector_id IN ({marks}))")
+                    params.extend(query.collected_by)
+                else:
+                    where.append(f"NOT EXISTS ({sub})")
             order = _order_clause(
                 query.sort_by or "created",
                 query.reverse_order,
@@ -645,7 +949,10 @@ class Database:
                 sql += " WHERE " + " AND ".join(where)
             sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
             rows = self.conn.execute(sql, (*params, limit, offset)).fetchall()
-            return [_flow_record(r) for r in rows]
+            records = [_flow_record(r) for r in rows]
+            for record in records:
+                record["collected_by"] = self._flow_collected_by(record["id"])
+            return records
 
         return await self._read(run)
 
@@ -657,8 +964,9 @@ class Database:
                 raise NoContainer(flow_id)
             placeholders = ", ".join("?" for _ in object_ids)
             taken = self.conn.execute(
-                f"SELECT id FROM objects WHERE id IN ({placeholders})",
-                tuple(object_ids),
+                f"SELECT id FROM objects WHERE id IN ({placeholders}) "
+                f"UNION ALL SELECT object_id FROM pending_file_removals WHERE object_id IN ({placeholders})",
+                (*object_ids, *object_ids),
             ).fetchall()
             if taken:
                 raise BadRequest(f"Object id {taken[0][0]!r} already exists")
@@ -666,6 +974,8 @@ class Database:
                 "INSERT INTO objects(id, allocated_by_flow, controlled, content_type, created) VALUES (?, ?, 1, ?, ?)",
                 [(oid, flow_id, content_type, now) for oid in object_ids],
             )
+            # A client-chosen id may name an object collected long ago: it is new again.
+            self.conn.execute(f"DELETE FROM collected_objects WHERE id IN ({placeholders})", tuple(object_ids))
 
         await self._write(run)
 
@@ -679,17 +989,28 @@ class Database:
 
         return await self._read(run)
 
-    async def record_upload(self, object_id: str, size: int, now: str) -> None:
-        def run() -> None:
-            self.conn.execute(
-                "UPDATE objects SET size = ?, uploaded = COALESCE(uploaded, ?) WHERE id = ?",
+    async def record_upload(self, object_id: str, size: int, now: str) -> bool:
+        """Note an object's uploaded bytes; False (and its file queued for removal) if the object
+        was garbage-collected while its bytes were arriving."""
+
+        def run() -> bool:
+            cursor = self.conn.execute(
+                "UPDATE objects SET size = ?, uploaded = COALESCE(uploaded, ?) WHERE id = ? AND controlled = 1",
                 (size, now, object_id),
             )
+            if cursor.rowcount:
+                return True
+            self.conn.execute(
+                "INSERT OR IGNORE INTO pending_file_removals(object_id, queued_at) VALUES (?, ?)",
+                (object_id, time.time()),
+            )
+            return False
 
-        await self._write(run)
+        return await self._write(run)
 
-    async def get_object(self, object_id: str, offset: int, limit: int) -> dict[str, Any] | None:
-        """A registered object with one page of its referencing Flows, or None."""
+    async def get_object(self, object_id: str, offset: int, limit: int, flow_tags: Sequence[TagFilter] = ()) -> dict[str, Any] | None:
+        """A registered object with one page of its referencing Flows (those whose tags match
+        ``flow_tags``), or None."""
 
         def run() -> dict[str, Any] | None:
             row = self.conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
@@ -697,9 +1018,14 @@ class Database:
                 return None
             record = dict(row)
             column = "init_object_id" if row["role"] == "init" else "object_id"
+            where = [f"s.{column} = ?"]
+            params: list[Any] = [object_id]
+            for tag in flow_tags:
+                _tag_condition("json_extract(f.doc, '$.tags')", tag, where, params)
             flows = self.conn.execute(
-                f"SELECT DISTINCT flow_id FROM segments WHERE {column} = ? ORDER BY flow_id LIMIT ? OFFSET ?",
-                (object_id, limit, offset),
+                "SELECT DISTINCT s.flow_id FROM segments s JOIN flows f ON f.id = s.flow_id "
+                f"WHERE {' AND '.join(where)} ORDER BY s.flow_id LIMIT ? OFFSET ?",
+                (*params, limit, offset),
             ).fetchall()
             record["referenced_by_flows"] = [r[0] for r in flows]
             record["urls"] = self._uncontrolled_urls([object_id]).get(object_id, [])
@@ -723,17 +1049,113 @@ class Database:
             chunk = unique[start : start + 500]
             placeholders = ", ".join("?" for _ in chunk)
             for r in self.conn.execute(
-                f"SELECT object_id, url, label FROM object_urls WHERE object_id IN ({placeholders}) "
-                "ORDER BY object_id, position",
+                f"SELECT object_id, url, label FROM object_urls WHERE object_id IN ({placeholders}) ORDER BY object_id, position",
                 tuple(chunk),
             ):
                 found.setdefault(r[0], []).append((r[1], r[2]))
         return found
 
+    # --- object instances -----------------------------------------------------------------------
+    def _registered_object(self, object_id: str) -> sqlite3.Row:
+        row = self.conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
+        if row is None or row["first_referenced_by_flow"] is None:
+            raise ObjectNotFound(object_id)
+        return row
+
+    async def add_uncontrolled_instance(self, object_id: str, url: str, label: str) -> None:
+        """Register a URL the object's bytes can also be read from (404 unless registered)."""
+
+        def run() -> None:
+            self._registered_object(object_id)
+            labels = {r[0] for r in self.conn.execute("SELECT label FROM object_urls WHERE object_id = ?", (object_id,))}
+            if label in labels:
+                raise BadRequest(f"Object {object_id!r} already has an instance labelled {label!r}")
+            position = self.conn.execute(
+                "SELECT COALESCE(MAX(position) + 1, 0) FROM object_urls WHERE object_id = ?", (object_id,)
+            ).fetchone()[0]
+            self.conn.execute(
+                "INSERT INTO object_urls(object_id, position, url, label) VALUES (?, ?, ?, ?)",
+                (object_id, position, url, label),
+            )
+
+        await self._write(run)
+
+    async def object_instances(self, object_id: str) -> dict[str, Any]:
+        """A registered object's controlled flag, content type and uncontrolled URLs."""
+
+        def run() -> dict[str, Any]:
+            row = self._registered_object(object_id)
+            pending = self.conn.execute("SELECT 1 FROM pending_file_removals WHERE object_id = ?", (object_id,)).fetchone()
+            return {
+                "controlled": bool(row["controlled"]),
+                "content_type": row["content_type"],
+                "urls": self._uncontrolled_urls([object_id]).get(object_id, []),
+                "removal_pending": pending is not None,
+            }
+
+        return await self._read(run)
+
+    async def set_controlled(self, object_id: str, size: int, now: str) -> bool:
+        """Record a controlled copy written by the store; False if the object is gone, already
+        controlled, or its old file is still being removed (the caller removes the new file)."""
+
+        def run() -> bool:
+            cursor = self.conn.execute(
+                "UPDATE objects SET controlled = 1, size = ?, uploaded = ? WHERE id = ? AND controlled = 0 "
+                "AND first_referenced_by_flow IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM pending_file_removals p WHERE p.object_id = objects.id)",
+                (size, now, object_id),
+            )
+            return bool(cursor.rowcount)
+
+        return await self._write(run)
+
+    async def remove_instance(
+        self,
+        object_id: str,
+        *,
+        storage_id: str | None,
+        label: str | None,
+        backend_id: str,
+        backend_label: str,
+    ) -> bool:
+        """Remove the instance named by ``storage_id`` or ``label``; True if it was the controlled
+        one, whose file the caller then unlinks. The last instance is never removed."""
+
+        def run() -> bool:
+            row = self._registered_object(object_id)
+            urls = self._uncontrolled_urls([object_id]).get(object_id, [])
+            controlled = bool(row["controlled"])
+            if storage_id is not None:
+                if label is not None and label != backend_label:
+                    raise BadRequest("storage_id and label name different instances")
+                if storage_id != backend_id or not controlled:
+                    raise NotFound(f"Object {object_id!r} has no instance on storage {storage_id}")
+                drop_controlled, drop_urls = True, 0
+            else:
+                assert label is not None
+                drop_controlled = controlled and label == backend_label
+                drop_urls = sum(1 for _, url_label in urls if url_label == label)
+                if not drop_controlled and not drop_urls:
+                    raise NotFound(f"Object {object_id!r} has no instance labelled {label!r}")
+            if int(drop_controlled) + drop_urls >= int(controlled) + len(urls):
+                raise BadRequest(f"Refusing to delete the last instance of object {object_id!r}; delete the segments that use it instead")
+            if drop_controlled:
+                self.conn.execute("UPDATE objects SET controlled = 0, size = NULL WHERE id = ?", (object_id,))
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO pending_file_removals(object_id, queued_at) VALUES (?, ?)",
+                    (object_id, time.time()),
+                )
+            if drop_urls:
+                self.conn.execute("DELETE FROM object_urls WHERE object_id = ? AND label = ?", (object_id, label))
+            return drop_controlled
+
+        return await self._write(run)
+
     # --- segments ---------------------------------------------------------------------------
     def _writable_flow(self, flow_id: str) -> sqlite3.Row:
         flow = self.conn.execute(
-            "SELECT id, container, read_only, init_segments FROM flows WHERE id = ?",
+            "SELECT id, source_id, container, read_only, init_segments FROM flows WHERE id = ?",
             (flow_id,),
         ).fetchone()
         if flow is None:
@@ -742,9 +1164,7 @@ class Database:
             raise Forbidden(f"Flow {flow_id} is read_only")
         return flow
 
-    async def post_segments(
-        self, flow_id: str, segments: Sequence[NewSegment], now: str, *, single: bool
-    ) -> list[dict[str, Any]]:
+    async def post_segments(self, flow_id: str, segments: Sequence[NewSegment], now: str, *, single: bool) -> list[dict[str, Any]]:
         """Register segments; returns the failed ones (``single``: raise the failure instead)."""
 
         def run() -> list[dict[str, Any]]:
@@ -753,13 +1173,15 @@ class Database:
             if not flow["container"]:
                 raise NoContainer(flow_id)
             failed: list[dict[str, Any]] = []
-            stored = 0
+            stored: list[int] = []  # first_ns of each segment stored
             if single:  # the job's own savepoint undoes a refused single segment
-                stored += self._add_segment(flow, segments[0], now)
+                if self._add_segment(flow, segments[0], now):
+                    stored.append(segments[0].timerange.first_ns)
             for segment in segments if not single else ():
                 conn.execute("SAVEPOINT segment")
                 try:
-                    stored += self._add_segment(flow, segment, now)
+                    if self._add_segment(flow, segment, now):
+                        stored.append(segment.timerange.first_ns)
                 except StoreError as exc:
                     conn.execute("ROLLBACK TO segment")
                     conn.execute("RELEASE segment")
@@ -774,12 +1196,21 @@ class Database:
                 conn.execute("RELEASE segment")
             if stored:
                 conn.execute("UPDATE flows SET segments_updated = ? WHERE id = ?", (now, flow_id))
+                if self._wants("flows/segments_added"):
+                    rows = self._segment_rows_at(flow_id, stored)
+                    self._event(
+                        "flows/segments_added",
+                        now,
+                        flow_id=flow_id,
+                        source_id=flow["source_id"],
+                        payload={"rows": rows},
+                    )
             return failed
 
         return await self._write(run)
 
-    def _add_segment(self, flow: sqlite3.Row, seg: NewSegment, now: str) -> int:
-        """Insert one segment (inside a savepoint); 0 if an identical one is already stored."""
+    def _add_segment(self, flow: sqlite3.Row, seg: NewSegment, now: str) -> bool:
+        """Insert one segment (inside a savepoint); False if an identical one is already stored."""
         conn = self.conn
         flow_id = flow["id"]
         tr = seg.timerange
@@ -802,7 +1233,7 @@ class Database:
                 # retried sends exactly the segment already stored (same object_id, timerange
                 # and ts_offset). Treat it as done (201) rather than as an overlap, so retries
                 # are safe; anything else overlapping is refused below.
-                return 0
+                return False
             existing = make_timerange(
                 neighbour["start_ns"],
                 neighbour["end_ns"],
@@ -837,7 +1268,16 @@ class Database:
                 seg.init_object_id,
             ),
         )
-        return 1
+        return True
+
+    def _refuse_collected(self, object_id: str) -> None:
+        """An unknown object id that names a garbage-collected object cannot be registered: its
+        bytes are gone, and a segment must never point at nothing."""
+        if self.conn.execute("SELECT 1 FROM collected_objects WHERE id = ?", (object_id,)).fetchone():
+            raise BadRequest(
+                f"Object {object_id!r} was removed by garbage collection (unregistered or unreferenced for "
+                "longer than min_object_timeout); allocate and upload it again"
+            )
 
     def _register_media_object(self, flow: sqlite3.Row, seg: NewSegment, now: str) -> None:
         conn = self.conn
@@ -854,6 +1294,7 @@ class Database:
             tr.last_ns - seg.ts_offset_ns,
         )
         if obj is None:
+            self._refuse_collected(seg.object_id)
             conn.execute(
                 "INSERT INTO objects(id, controlled, content_type, role, first_referenced_by_flow, created) "
                 "VALUES (?, 0, ?, 'media', ?, ?)",
@@ -867,12 +1308,13 @@ class Database:
                 raise BadRequest(f"Object {seg.object_id!r} was allocated for another Flow")
             if obj["content_type"] and obj["content_type"] != flow["container"]:
                 raise BadRequest(
-                    f"Object {seg.object_id!r} has content type {obj['content_type']}, "
-                    f"but the Flow's container is {flow['container']}"
+                    f"Object {seg.object_id!r} has content type {obj['content_type']}, but the Flow's container is {flow['container']}"
                 )
             if registered:
                 self._check_reuse(obj, seg)
                 own = None
+            if obj["unreferenced_at"] is not None:  # referenced again: its grace period ends
+                conn.execute("UPDATE objects SET unreferenced_at = NULL WHERE id = ?", (seg.object_id,))
         if own is not None:
             conn.execute(
                 "UPDATE objects SET role = 'media', first_referenced_by_flow = COALESCE(first_referenced_by_flow, ?), "
@@ -920,17 +1362,15 @@ class Database:
             first = seg.timerange.first_ns - seg.ts_offset_ns
             last = seg.timerange.last_ns - seg.ts_offset_ns
             if first < obj["ot_first_ns"] or last > obj["ot_last_ns"]:
-                raise BadRequest(
-                    f"Segment {seg.timerange_text} minus ts_offset is outside the timerange of object {oid!r}"
-                )
+                raise BadRequest(f"Segment {seg.timerange_text} minus ts_offset is outside the timerange of object {oid!r}")
 
     def _register_init_object(self, flow: sqlite3.Row, object_id: str, now: str) -> None:
         conn = self.conn
         obj = conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
         if obj is None:
+            self._refuse_collected(object_id)
             conn.execute(
-                "INSERT INTO objects(id, controlled, role, first_referenced_by_flow, created) "
-                "VALUES (?, 0, 'init', ?, ?)",
+                "INSERT INTO objects(id, controlled, role, first_referenced_by_flow, created) VALUES (?, 0, 'init', ?, ?)",
                 (object_id, flow["id"], now),
             )
             return
@@ -942,10 +1382,42 @@ class Database:
         ):
             raise BadRequest(f"Object {object_id!r} was allocated for another Flow")
         conn.execute(
-            "UPDATE objects SET role = 'init', first_referenced_by_flow = COALESCE(first_referenced_by_flow, ?) "
-            "WHERE id = ?",
+            "UPDATE objects SET role = 'init', first_referenced_by_flow = COALESCE(first_referenced_by_flow, ?), "
+            "unreferenced_at = NULL WHERE id = ?",
             (flow["id"], object_id),
         )
+
+    _SEGMENT_SELECT = (
+        "SELECT s.*, o.controlled AS controlled, o.content_type AS content_type, "
+        "o.key_frame_count AS key_frame_count, o.timerange AS object_timerange, "
+        "io.controlled AS init_controlled, io.content_type AS init_content_type "
+        "FROM segments s JOIN objects o ON o.id = s.object_id "
+        "LEFT JOIN objects io ON io.id = s.init_object_id "
+    )
+
+    def _with_urls(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ids = [r["object_id"] for r in rows] + [r["init_object_id"] for r in rows if r["init_object_id"]]
+        urls = self._uncontrolled_urls(ids)
+        for r in rows:
+            r["urls"] = urls.get(r["object_id"], [])
+            r["init_urls"] = urls.get(r["init_object_id"], []) if r["init_object_id"] else []
+        return rows
+
+    def _segment_rows_at(self, flow_id: str, first_ns: Sequence[int]) -> list[dict[str, Any]]:
+        """The rows (as ``list_segments`` gives them) of a Flow's segments starting at ``first_ns``."""
+        rows: list[dict[str, Any]] = []
+        keys = sorted(first_ns)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows += [
+                dict(r)
+                for r in self.conn.execute(
+                    self._SEGMENT_SELECT + f"WHERE s.flow_id = ? AND s.first_ns IN ({marks}) ORDER BY s.first_ns",
+                    (flow_id, *chunk),
+                )
+            ]
+        return self._with_urls(rows)
 
     async def list_segments(self, flow_id: str, query: SegmentQuery) -> tuple[list[dict[str, Any]], int | None]:
         """One page of segments (with their objects' details) and the next page's key."""
@@ -960,8 +1432,7 @@ class Database:
                 if query.span.first is not None:
                     # Only the last segment starting before the range can reach into it.
                     before = conn.execute(
-                        "SELECT first_ns, last_ns FROM segments WHERE flow_id = ? AND first_ns < ? "
-                        "ORDER BY first_ns DESC LIMIT 1",
+                        "SELECT first_ns, last_ns FROM segments WHERE flow_id = ? AND first_ns < ? ORDER BY first_ns DESC LIMIT 1",
                         (flow_id, query.span.first),
                     ).fetchone()
                     lower = before[0] if before is not None and before[1] >= query.span.first else query.span.first
@@ -981,58 +1452,361 @@ class Database:
                 where.append("s.object_id = ?")
                 params.append(query.object_id)
             direction = "DESC" if query.reverse_order else "ASC"
-            sql = (
-                "SELECT s.*, o.controlled AS controlled, o.content_type AS content_type, "
-                "o.key_frame_count AS key_frame_count, o.timerange AS object_timerange, "
-                "io.controlled AS init_controlled, io.content_type AS init_content_type "
-                "FROM segments s JOIN objects o ON o.id = s.object_id "
-                "LEFT JOIN objects io ON io.id = s.init_object_id "
-                f"WHERE {' AND '.join(where)} ORDER BY s.first_ns {direction} LIMIT ?"
-            )
+            sql = self._SEGMENT_SELECT + f"WHERE {' AND '.join(where)} ORDER BY s.first_ns {direction} LIMIT ?"
             rows = [dict(r) for r in conn.execute(sql, (*params, query.limit + 1))]
             next_key = None
             if len(rows) > query.limit:
                 next_key = rows[query.limit]["first_ns"]
                 rows = rows[: query.limit]
-            ids = [r["object_id"] for r in rows] + [r["init_object_id"] for r in rows if r["init_object_id"]]
-            urls = self._uncontrolled_urls(ids)
-            for r in rows:
-                r["urls"] = urls.get(r["object_id"], [])
-                r["init_urls"] = urls.get(r["init_object_id"], []) if r["init_object_id"] else []
-            return rows, next_key
+            return self._with_urls(rows), next_key
 
         return await self._read(run)
 
-    async def delete_segments(self, flow_id: str, span: Span | None, object_id: str | None, now: str) -> int:
-        """Delete the segments wholly inside ``span`` (and of ``object_id``); returns the count."""
+    async def delete_segments(
+        self,
+        flow_id: str,
+        span: Span | None,
+        object_id: str | None,
+        *,
+        timerange_text: str,
+        principal: str,
+        now: str,
+    ) -> tuple[int, dict[str, Any]]:
+        """Delete the segments wholly inside ``span`` (and of ``object_id``); returns the count
+        and the deletion request record kept for ``/flow-delete-requests``."""
 
-        def run() -> int:
+        def run() -> tuple[int, dict[str, Any]]:
+            conn = self.conn
             flow = self._writable_flow(flow_id)
-            if span is None:  # an empty timerange covers no segment
-                return 0
-            where = ["flow_id = ?"]
-            params: list[Any] = [flow["id"]]
-            if span.first is not None:
-                where.append("first_ns >= ?")
-                params.append(span.first)
-            if span.last is not None:
-                where.append("first_ns <= ? AND last_ns <= ?")
-                params.extend((span.last, span.last))
-            if object_id is not None:
-                where.append("object_id = ?")
-                params.append(object_id)
-            cursor = self.conn.execute(f"DELETE FROM segments WHERE {' AND '.join(where)}", params)
-            if cursor.rowcount:
-                self.conn.execute("UPDATE flows SET segments_updated = ? WHERE id = ?", (now, flow_id))
-            return cursor.rowcount
+            deleted = 0
+            if span is not None:  # an empty timerange covers no segment
+                where = ["flow_id = ?"]
+                params: list[Any] = [flow["id"]]
+                if span.first is not None:
+                    where.append("first_ns >= ?")
+                    params.append(span.first)
+                if span.last is not None:
+                    where.append("first_ns <= ? AND last_ns <= ?")
+                    params.extend((span.last, span.last))
+                if object_id is not None:
+                    where.append("object_id = ?")
+                    params.append(object_id)
+                condition = " AND ".join(where)
+                bounds = None
+                if self._wants("flows/segments_deleted"):
+                    bounds = (
+                        conn.execute(
+                            f"SELECT start_ns, incl_start FROM segments WHERE {condition} ORDER BY first_ns LIMIT 1",
+                            params,
+                        ).fetchone(),
+                        conn.execute(
+                            f"SELECT end_ns, incl_end FROM segments WHERE {condition} ORDER BY first_ns DESC LIMIT 1",
+                            params,
+                        ).fetchone(),
+                    )
+                self._touch_objects(condition, params)
+                deleted = conn.execute(f"DELETE FROM segments WHERE {condition}", params).rowcount
+                self._mark_unreferenced()
+                if deleted:
+                    conn.execute("UPDATE flows SET segments_updated = ? WHERE id = ?", (now, flow_id))
+                    if bounds is not None and bounds[0] is not None and bounds[1] is not None:
+                        (start_ns, incl_start), (end_ns, incl_end) = bounds
+                        timerange = make_timerange(start_ns, end_ns, bool(incl_start), bool(incl_end))
+                        self._event(
+                            "flows/segments_deleted",
+                            now,
+                            flow_id=flow_id,
+                            source_id=flow["source_id"],
+                            payload={"timerange": str(timerange)},
+                        )
+            return deleted, self._record_delete_request(flow_id, timerange_text, False, principal, now)
 
         return await self._write(run)
+
+    def _touch_objects(self, condition: str, params: Sequence[Any]) -> None:
+        """Note the objects (media and init) of the segments matching ``condition``, before they
+        are deleted, for ``_mark_unreferenced``."""
+        self.conn.execute(f"INSERT OR IGNORE INTO temp.touched_objects SELECT object_id FROM segments WHERE {condition}", params)
+        self.conn.execute(
+            "INSERT OR IGNORE INTO temp.touched_objects SELECT init_object_id FROM segments "
+            f"WHERE {condition} AND init_object_id IS NOT NULL",
+            params,
+        )
+
+    def _mark_unreferenced(self) -> None:
+        """Start the grace period of every touched object nothing references any more."""
+        self.conn.execute(
+            "UPDATE objects SET unreferenced_at = ? WHERE id IN (SELECT id FROM temp.touched_objects) "
+            f"AND unreferenced_at IS NULL AND NOT {REFERENCED}",
+            (time.time(),),
+        )
+        self.conn.execute("DELETE FROM temp.touched_objects")
+
+    # --- garbage collection -----------------------------------------------------------------
+    async def collect_garbage(self, grace: float, batch: int = 1000) -> GcOutcome:
+        """Remove, in one transaction, objects allocated but never registered and objects no
+        segment or media object references, each so for longer than ``grace`` seconds.
+
+        Every candidate is re-checked for references inside the transaction, so an object a
+        segment references (including one referenced again during its grace period) is never
+        removed, and a segment POST racing with the sweep either registers the object first (and
+        it is kept) or finds it gone and is refused (``_refuse_collected``).
+        """
+
+        def run() -> GcOutcome:
+            conn = self.conn
+            now = time.time()
+            cutoff = now - grace
+            cutoff_iso = _iso(cutoff)
+            unregistered = conn.execute(
+                "SELECT id, controlled, init_object_id FROM objects WHERE first_referenced_by_flow IS NULL "
+                f"AND created < ? AND (uploaded IS NULL OR uploaded < ?) AND NOT {REFERENCED} LIMIT ?",
+                (cutoff_iso, cutoff_iso, batch),
+            ).fetchall()
+            unreferenced = conn.execute(
+                "SELECT id, controlled, init_object_id FROM objects WHERE unreferenced_at IS NOT NULL "
+                f"AND unreferenced_at < ? AND NOT {REFERENCED} LIMIT ?",
+                (cutoff, batch),
+            ).fetchall()
+            # Referenced again but the mark was left: clear it (belt and braces).
+            conn.execute(
+                f"UPDATE objects SET unreferenced_at = NULL WHERE unreferenced_at IS NOT NULL AND unreferenced_at < ? AND {REFERENCED}",
+                (cutoff,),
+            )
+            removed: list[str] = []
+            for row in [*unregistered, *unreferenced]:
+                conn.execute("DELETE FROM objects WHERE id = ?", (row["id"],))  # object_urls cascade
+                conn.execute("INSERT OR REPLACE INTO collected_objects(id, collected_at) VALUES (?, ?)", (row["id"], now))
+                if row["controlled"]:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO pending_file_removals(object_id, queued_at) VALUES (?, ?)",
+                        (row["id"], now),
+                    )
+                if row["init_object_id"]:  # the init object may have lost its last reference
+                    conn.execute("INSERT OR IGNORE INTO temp.touched_objects VALUES (?)", (row["init_object_id"],))
+                removed.append(row["id"])
+            self._mark_unreferenced()
+            conn.execute("DELETE FROM delete_requests WHERE expiry < ?", (_iso(now),))
+            conn.execute("DELETE FROM collected_objects WHERE collected_at < ?", (now - TOMBSTONE_TTL,))
+            files = [r[0] for r in conn.execute("SELECT object_id FROM pending_file_removals LIMIT ?", (batch * 2,))]
+            more = len(unregistered) == batch or len(unreferenced) == batch
+            return GcOutcome(removed=removed, files=files, more=more)
+
+        return await self._write(run)
+
+    async def pending_file_removals(self) -> list[str]:
+        def run() -> list[str]:
+            return [r[0] for r in self.conn.execute("SELECT object_id FROM pending_file_removals")]
+
+        return await self._read(run)
+
+    async def file_removals_done(self, object_ids: Sequence[str]) -> None:
+        """Forget queued removals whose files are gone (unless the object is controlled again)."""
+
+        def run() -> None:
+            self.conn.executemany("DELETE FROM pending_file_removals WHERE object_id = ?", [(oid,) for oid in object_ids])
+
+        if object_ids:
+            await self._write(run)
+
+    async def controlled_object_ids(self) -> list[str]:
+        """Every object whose bytes this store holds (or is waiting for)."""
+
+        def run() -> list[str]:
+            return [r[0] for r in self.conn.execute("SELECT id FROM objects WHERE controlled = 1")]
+
+        return await self._read(run)
+
+    # --- deletion requests --------------------------------------------------------------------
+    def _record_delete_request(self, flow_id: str, timerange: str, delete_flow: bool, principal: str, now: str) -> dict[str, Any]:
+        """Keep the record of a (synchronously completed) deletion for ``/flow-delete-requests``."""
+        expiry = _iso(time.time() + self.delete_request_ttl)
+        doc = {
+            "id": str(uuid.uuid4()),
+            "flow_id": flow_id,
+            "timerange_to_delete": timerange,
+            "timerange_remaining": "()",
+            "delete_flow": delete_flow,
+            "created": now,
+            "created_by": principal,
+            "updated": now,
+            "expiry": expiry,
+            "status": "done",
+        }
+        self.conn.execute(
+            "INSERT INTO delete_requests(id, flow_id, doc, created, expiry) VALUES (?, ?, ?, ?, ?)",
+            (doc["id"], flow_id, json.dumps(doc), now, expiry),
+        )
+        return doc
+
+    async def get_delete_request(self, request_id: str) -> dict[str, Any] | None:
+        def run() -> dict[str, Any] | None:
+            row = self.conn.execute("SELECT doc FROM delete_requests WHERE id = ?", (request_id,)).fetchone()
+            return json.loads(row["doc"]) if row else None
+
+        return await self._read(run)
+
+    async def list_delete_requests(self, sort_by: str, reverse: bool, offset: int, limit: int) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            order = _order_clause(sort_by, reverse, {"created": "created", "expiry": "expiry"})
+            rows = self.conn.execute(f"SELECT doc FROM delete_requests ORDER BY {order} LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+            return [json.loads(r["doc"]) for r in rows]
+
+        return await self._read(run)
+
+    # --- webhooks -----------------------------------------------------------------------------
+    def _webhook(self, webhook_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+        return _webhook_record(row) if row else None
+
+    async def create_webhook(self, webhook_id: str, doc: dict[str, Any], status: str, owner: str, now: str) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            self.conn.execute(
+                "INSERT INTO webhooks(id, url, owner, doc, status, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (webhook_id, doc["url"], owner, json.dumps(doc), status, now),
+            )
+            record = self._webhook(webhook_id)
+            assert record is not None
+            return record
+
+        return await self._write(run)
+
+    async def get_webhook(self, webhook_id: str) -> dict[str, Any] | None:
+        return await self._read(self._webhook, webhook_id)
+
+    async def list_all_webhooks(self) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            return [_webhook_record(r) for r in self.conn.execute("SELECT * FROM webhooks ORDER BY created, id")]
+
+        return await self._read(run)
+
+    async def list_webhooks(
+        self, owner: str | None, tags: Sequence[TagFilter], reverse: bool, offset: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """A page of webhooks sorted by url (``owner`` None: everyone's)."""
+
+        def run() -> list[dict[str, Any]]:
+            where: list[str] = []
+            params: list[Any] = []
+            if owner is not None:
+                where.append("owner = ?")
+                params.append(owner)
+            for tag in tags:
+                _tag_condition("json_extract(webhooks.doc, '$.tags')", tag, where, params)
+            direction = "DESC" if reverse else "ASC"
+            sql = "SELECT * FROM webhooks"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += f" ORDER BY url {direction}, id {direction} LIMIT ? OFFSET ?"
+            return [_webhook_record(r) for r in self.conn.execute(sql, (*params, limit, offset))]
+
+        return await self._read(run)
+
+    async def replace_webhook(self, webhook_id: str, doc: dict[str, Any], status: str, owner: str | None) -> dict[str, Any]:
+        """PUT: replace a webhook's registration (``owner`` None: any owner's). Re-enabling
+        (``created``) clears an error; an ``error`` webhook cannot go straight to ``disabled``.
+        An ``api_key_value`` left out is kept while ``api_key_name`` stays the same."""
+
+        def run() -> dict[str, Any]:
+            current = self._webhook(webhook_id)
+            if current is None or (owner is not None and current["owner"] != owner):
+                raise NotFound(f"Webhook {webhook_id} does not exist")
+            if current["status"] == "error" and status == "disabled":
+                raise BadRequest("A webhook in the error state can only be re-enabled (status created), not disabled")
+            old = current["doc"]
+            new_doc = dict(doc)
+            if "api_key_value" not in new_doc and "api_key_value" in old and new_doc.get("api_key_name") == old.get("api_key_name"):
+                new_doc["api_key_value"] = old["api_key_value"]
+            # Already delivering and asked to keep going: it stays started.
+            new_status = "started" if current["status"] == "started" and status == "created" else status
+            self.conn.execute(
+                "UPDATE webhooks SET url = ?, doc = ?, status = ?, error = NULL WHERE id = ?",
+                (new_doc["url"], json.dumps(new_doc), new_status, webhook_id),
+            )
+            record = self._webhook(webhook_id)
+            assert record is not None
+            return record
+
+        return await self._write(run)
+
+    async def delete_webhook(self, webhook_id: str, owner: str | None) -> None:
+        def run() -> None:
+            current = self._webhook(webhook_id)
+            if current is None or (owner is not None and current["owner"] != owner):
+                raise NotFound(f"Webhook {webhook_id} does not exist")
+            self.conn.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,))
+
+        await self._write(run)
+
+    async def set_webhook_status(
+        self, webhook_id: str, status: str, error: dict[str, Any] | None, *, only_if: Sequence[str]
+    ) -> dict[str, Any] | None:
+        """Set a webhook's status (and error) if its status is one of ``only_if``; the record
+        afterwards, or None if it no longer exists or was not changed."""
+
+        def run() -> dict[str, Any] | None:
+            marks = ", ".join("?" for _ in only_if)
+            cursor = self.conn.execute(
+                f"UPDATE webhooks SET status = ?, error = ? WHERE id = ? AND status IN ({marks})",
+                (status, json.dumps(error) if error is not None else None, webhook_id, *only_if),
+            )
+            return self._webhook(webhook_id) if cursor.rowcount else None
+
+        return await self._write(run)
+
+    # --- flow profiles ------------------------------------------------------------------------
+    async def create_profile(self, doc: dict[str, Any], principal: str, now: str) -> dict[str, Any]:
+        """Store a new Profile; 400 if the id exists (Profiles are immutable)."""
+
+        def run() -> dict[str, Any]:
+            if self.conn.execute("SELECT 1 FROM profiles WHERE id = ?", (doc["id"],)).fetchone():
+                raise BadRequest(f"Profile {doc['id']} already exists; Profiles cannot be changed")
+            stored = {**doc, "created": now, "created_by": doc.get("created_by", principal)}
+            metadata = doc["flow_metadata"]
+            self.conn.execute(
+                "INSERT INTO profiles(id, doc, label, format, codec, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (doc["id"], json.dumps(stored), doc.get("label"), metadata.get("format"), metadata.get("codec"), now),
+            )
+            return stored
+
+        return await self._write(run)
+
+    async def get_profile(self, profile_id: str) -> dict[str, Any] | None:
+        def run() -> dict[str, Any] | None:
+            row = self.conn.execute("SELECT doc FROM profiles WHERE id = ?", (profile_id,)).fetchone()
+            return json.loads(row["doc"]) if row else None
+
+        return await self._read(run)
+
+    async def list_profiles(
+        self, *, format: str | None, codec: str | None, label: str | None, offset: int, limit: int
+    ) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            where: list[str] = []
+            params: list[Any] = []
+            for column, value in (("format", format), ("codec", codec), ("label", label)):
+                if value is not None:
+                    where.append(f"{column} = ?")
+                    params.append(value)
+            sql = "SELECT doc FROM profiles"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += f" ORDER BY {_order_clause('label', False, {'label': 'label'})} LIMIT ? OFFSET ?"
+            return [json.loads(r["doc"]) for r in self.conn.execute(sql, (*params, limit, offset))]
+
+        return await self._read(run)
 
 
 # --- helpers ---------------------------------------------------------------------------------
 
 
 DELETE_VALUE = object()  # update_*_property: remove the field
+
+
+def _iso(epoch: float) -> str:
+    """An epoch time in the format of ``errors.utc_now_iso`` (so the two compare as text)."""
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _set_path(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -1092,4 +1866,11 @@ def _source_record(row: sqlite3.Row) -> dict[str, Any]:
 def _flow_record(row: sqlite3.Row) -> dict[str, Any]:
     record = dict(row)
     record["doc"] = json.loads(record["doc"])
+    return record
+
+
+def _webhook_record(row: sqlite3.Row) -> dict[str, Any]:
+    record = dict(row)
+    record["doc"] = json.loads(record["doc"])
+    record["error"] = json.loads(record["error"]) if record["error"] else None
     return record

@@ -28,12 +28,19 @@ def _raw(schema_file: str) -> Any:
     return json.loads((SCHEMA_DIR / schema_file).read_text(encoding="utf-8"))
 
 
-def _inline(node: Any, seen: tuple[str, ...]) -> Any:
+# Keywords whose values map names to schemas: their keys are property names, not keywords, so a
+# property called "description" is kept (only the annotation keywords are dropped elsewhere).
+_NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def _inline(node: Any, seen: tuple[str, ...], names: bool = False) -> Any:
     if isinstance(node, list):
         return [_inline(item, seen) for item in node]
     if not isinstance(node, dict):
         return node
-    result = {k: _inline(v, seen) for k, v in node.items() if k not in ("$ref", "description", "examples")}
+    if names:
+        return {k: _inline(v, seen) for k, v in node.items()}
+    result = {k: _inline(v, seen, k in _NAME_MAPS) for k, v in node.items() if k not in ("$ref", "description", "examples")}
     ref = node.get("$ref")
     if isinstance(ref, str):
         if not ref.endswith(".json") or "#" in ref or ref in seen:

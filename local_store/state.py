@@ -10,6 +10,7 @@ from aiohttp import web
 from .auth import Authenticator
 from .config import StoreConfig
 from .database import Database
+from .events import WebhookHub
 from .objects import ObjectFiles, UrlSigner
 
 __all__ = ["STORE", "Backend", "Store"]
@@ -53,6 +54,7 @@ class Store:
     backend: Backend
     base_url: str
     fault_rng: random.Random
+    hub: WebhookHub
     service_name: str | None = None
     service_description: str | None = None
 

@@ -146,8 +146,13 @@ def start_store(
     username: str = "test-user",
     password: str = "test-password",
     extra_args: list[str] | None = None,
+    gc_grace: float | None = None,
+    gc_interval: float | None = None,
 ) -> RunningStore:
-    """Start a store subprocess on a free port over ``data_dir``."""
+    """Start a store subprocess on a free port over ``data_dir``.
+
+    ``gc_grace``/``gc_interval`` set ``--gc-grace``/``--gc-interval`` (seconds; a grace below the
+    spec's 300 s is for tests only)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     clients = DEFAULT_CLIENTS if clients is None else clients
     clients_file = data_dir.parent / f"{data_dir.name}-clients.json"
@@ -169,6 +174,10 @@ def start_store(
         args += ["--token-ttl", str(token_ttl)]
     if latency_ms:
         args += ["--latency-ms", str(latency_ms)]
+    if gc_grace is not None:
+        args += ["--gc-grace", str(gc_grace)]
+    if gc_interval is not None:
+        args += ["--gc-interval", str(gc_interval)]
     args += extra_args or []
     log_path = data_dir.parent / f"{data_dir.name}.log"
     process, url = _launch(args, log_path)
@@ -191,7 +200,8 @@ def start_store(
 def store_factory(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., RunningStore]]:
-    """``store_factory(fault_rate=, fault_seed=, token_ttl=, latency_ms=, clients=, data_dir=)``."""
+    """``store_factory(fault_rate=, fault_seed=, token_ttl=, latency_ms=, clients=, data_dir=,
+    gc_grace=, gc_interval=, extra_args=)``."""
     started: list[RunningStore] = []
 
     def factory(*, data_dir: Path | None = None, **options: Any) -> RunningStore:

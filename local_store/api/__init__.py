@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import flows, objects, segments, service, sources
+from . import deletes, flows, objects, profiles, segments, service, sources, webhooks
 
 __all__ = ["ROUTE_TABLES"]
 
 ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     service.routes,
+    profiles.routes,
+    webhooks.routes,
     sources.routes,
     flows.routes,
     segments.routes,
     objects.routes,
+    deletes.routes,
 )

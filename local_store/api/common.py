@@ -10,21 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from ..auth import Principal
+from ..bodies import UrlFilter, get_urls
 from ..database import (
     TagFilter,
 )
 from ..errors import (
     BadRequest,
     PayloadTooLarge,
-)
-from ..objects import (
-    object_url_path,
 )
 from ..state import STORE, Store
 from ..timing import (
@@ -36,7 +34,9 @@ from ..timing import (
 __all__ = [
     "MIME_RE",
     "UUID_RE",
+    "FORMATS",
     "UrlFilter",
+    "check_http_url",
     "check_string",
     "check_tag",
     "check_uuid",
@@ -46,12 +46,16 @@ __all__ = [
     "paging_headers",
     "principal_of",
     "query_bool",
+    "query_format",
+    "query_mime",
+    "query_uuid_list",
     "query_int",
     "query_limit",
     "query_offset_page",
     "query_tags",
     "query_timerange",
     "store_of",
+    "url_filter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,6 +137,54 @@ def query_tags(request: web.Request, prefix: str = "") -> tuple[TagFilter, ...]:
     return tuple(filters)
 
 
+def query_uuid_list(request: web.Request, name: str) -> tuple[str, ...] | None:
+    """A comma-separated UUID list (``collected_by_ids``); empty means "none" (``()``)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if raw == "":
+        return ()
+    return tuple(check_uuid(value, name) for value in raw.split(","))
+
+
+FORMATS = frozenset(
+    {
+        "urn:x-nmos:format:video",
+        "urn:x-tam:format:image",
+        "urn:x-nmos:format:audio",
+        "urn:x-nmos:format:data",
+        "urn:x-nmos:format:multi",
+    }
+)
+
+
+def query_format(request: web.Request, allowed: frozenset[str] = FORMATS) -> str | None:
+    value = request.query.get("format")
+    if value is not None and value not in allowed:
+        raise BadRequest(f"Unknown format {value[:80]!r}")
+    return value
+
+
+def query_mime(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    if value is not None and not re.fullmatch(r"[^\s/]+/[^\s/]+", value):
+        raise BadRequest(f"{name} must be a MIME type, not {value[:80]!r}")
+    return value
+
+
+def check_http_url(value: Any, what: str) -> str:
+    """An absolute http(s) URL with a host (webhook receivers, uncontrolled instances)."""
+    if not isinstance(value, str) or len(value) > 4096:
+        raise BadRequest(f"{what} must be an http or https URL")
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"{what} is not a valid URL") from exc
+    if url.scheme not in ("http", "https") or not url.host or not url.is_absolute():
+        raise BadRequest(f"{what} must be an absolute http or https URL")
+    return value
+
+
 def query_offset_page(request: web.Request) -> int:
     raw = request.query.get("page")
     if raw is None:
@@ -154,13 +206,33 @@ async def json_body(request: web.Request, *, optional: bool = False) -> Any:
             return None
         raise BadRequest("A JSON request body is required")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadRequest(f"Malformed JSON body: {exc}") from exc
+    if SURROGATE_ESCAPE.search(raw):
+        # JSON lets "\ud800" through, but a lone surrogate is not text: it could not be stored
+        # or sent on. Checked only when such an escape appears, so normal bodies pay nothing.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest("Malformed JSON body: a string holds an unpaired surrogate") from exc
+    return value
 
 
-def paging_headers(request: web.Request, limit: int, count: int, next_key: str | None) -> dict[str, str]:
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def paging_headers(
+    request: web.Request,
+    limit: int,
+    count: int,
+    next_key: str | None,
+    reverse: bool | None = None,
+) -> dict[str, str]:
+    """The spec's paging headers; ``reverse`` (if given) adds X-Paging-Reverse-Order."""
     headers = {"X-Paging-Limit": str(limit), "X-Paging-Count": str(count)}
+    if reverse is not None:
+        headers["X-Paging-Reverse-Order"] = "true" if reverse else "false"
     if next_key is not None:
         headers["X-Paging-NextKey"] = next_key
         next_url = request.url.update_query(page=next_key)
@@ -177,88 +249,30 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-# --- get_urls --------------------------------------------------------------------------------------
+# --- get_urls ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class UrlFilter:
-    """The get_urls query filters (all must match)."""
-
-    labels: frozenset[str] | None = None  # accept_get_urls; empty set: no URLs at all
-    storage_ids: frozenset[str] | None = None  # accept_storage_ids
-    presigned: bool | None = None
-    verbose: bool = False
-    backend_ok: bool = True  # storage_backend_tag filters against our (tagless) backend
-
-    @classmethod
-    def from_request(cls, request: web.Request) -> UrlFilter:
-        raw_labels = request.query.get("accept_get_urls")
-        labels = None if raw_labels is None else frozenset(x for x in raw_labels.split(",") if x)
-        raw_ids = request.query.get("accept_storage_ids")
-        storage_ids = None
-        if raw_ids:
-            storage_ids = frozenset(check_uuid(x, "storage id") for x in raw_ids.split(","))
-        backend_ok = True
-        for tag in query_tags(request, prefix="storage_backend_"):
-            # The local backend has no tags: it matches only "tag does not exist".
-            if tag.exists is not False:
-                backend_ok = False
-        return cls(
-            labels=labels,
-            storage_ids=storage_ids,
-            presigned=query_bool(request, "presigned"),
-            verbose=bool(query_bool(request, "verbose_storage", False)),
-            backend_ok=backend_ok,
-        )
-
-
-def get_urls(
-    store: Store,
-    object_id: str,
-    controlled: bool,
-    content_type: str | None,
-    uncontrolled: list[tuple[str, str | None]],
-    filters: UrlFilter,
-) -> list[dict[str, Any]]:
-    """The URLs an object's bytes can be read from, best first, after ``filters``."""
-    if filters.labels is not None and not filters.labels:
-        return []  # accept_get_urls= (empty) asks for no URLs at all
-    urls: list[dict[str, Any]] = []
-    backend = store.backend
-    if controlled and filters.backend_ok:
-        label_ok = filters.labels is None or backend.label in filters.labels
-        storage_ok = filters.storage_ids is None or backend.id in filters.storage_ids
-        if label_ok and storage_ok:
-            plain = store.base_url + object_url_path(object_id)
-            for presigned in (True, False):
-                if filters.presigned is not None and filters.presigned != presigned:
-                    continue
-                url = plain
-                if presigned:
-                    url += "?" + store.signer.sign("GET", object_id, content_type or "")
-                item: dict[str, Any] = {
-                    "url": url,
-                    "presigned": presigned,
-                    "label": backend.label,
-                }
-                if filters.verbose:
-                    item |= {
-                        "storage_id": backend.id,
-                        "controlled": True,
-                        **backend.verbose(),
-                    }
-                urls.append(item)
-    if filters.storage_ids is None and filters.presigned is not True:
-        for url, label in uncontrolled:
-            if filters.labels is not None and (label is None or label not in filters.labels):
-                continue
-            item = {"url": url, "presigned": False}
-            if label is not None:
-                item["label"] = label
-            if filters.verbose:
-                item["controlled"] = False
-            urls.append(item)
-    return urls
+def url_filter(request: web.Request) -> UrlFilter:
+    """The get_urls query filters: accept_get_urls, accept_storage_ids, presigned,
+    verbose_storage and the storage_backend_tag filters."""
+    raw_labels = request.query.get("accept_get_urls")
+    labels = None if raw_labels is None else frozenset(x for x in raw_labels.split(",") if x)
+    raw_ids = request.query.get("accept_storage_ids")
+    storage_ids = None
+    if raw_ids:
+        storage_ids = frozenset(check_uuid(x, "storage id") for x in raw_ids.split(","))
+    backend_ok = True
+    for tag in query_tags(request, prefix="storage_backend_"):
+        # The local backend has no tags: it matches only "tag does not exist".
+        if tag.exists is not False:
+            backend_ok = False
+    return UrlFilter(
+        labels=labels,
+        storage_ids=storage_ids,
+        presigned=query_bool(request, "presigned"),
+        verbose=bool(query_bool(request, "verbose_storage", False)),
+        backend_ok=backend_ok,
+    )
 
 
 def check_string(value: Any, name: str) -> str:

@@ -1,4 +1,8 @@
-"""``/flows``, ``/flows/{id}``, a Flow's properties as their own resources, and storage allocation."""
+"""``/flows``, ``/flows/{id}``, a Flow's properties as their own resources, and storage allocation.
+
+A Flow PUT naming a Flow Profile gets the Profile's technical metadata (``apply_profile``);
+DELETE is synchronous and recorded under ``/flow-delete-requests`` (``delete_flow``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import schemas
+from ..bodies import flow_body
 from ..database import (
     DELETE_VALUE,
     FlowQuery,
@@ -37,11 +42,14 @@ from .common import (
     paging_headers,
     principal_of,
     query_bool,
+    query_format,
     query_int,
     query_limit,
+    query_mime,
     query_offset_page,
     query_tags,
     query_timerange,
+    query_uuid_list,
     store_of,
 )
 
@@ -50,6 +58,10 @@ __all__ = ["routes"]
 logger = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+
+FLOW_STATUSES = frozenset({"awaiting_content", "ingesting", "replication_in_progress", "closed_complete"})
+# The technical metadata a Flow Profile holds (flow-technical.json and the format variants).
+PROFILE_FIELDS = frozenset({"format", "codec", "container", "avg_bit_rate", "segment_duration", "container_mapping", "essence_parameters"})
 
 # Server-managed fields are ignored on PUT (timerange MUST be), so they are not validated either.
 SERVER_MANAGED_FLOW_FIELDS = (
@@ -62,28 +74,6 @@ SERVER_MANAGED_FLOW_FIELDS = (
 
 
 # --- flows -----------------------------------------------------------------------------------------
-
-
-def flow_body(record: dict[str, Any], timerange: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = dict(record["doc"])
-    body["id"] = record["id"]
-    body["source_id"] = record["source_id"]
-    body.setdefault("tags", {})
-    for key in (
-        "created",
-        "metadata_updated",
-        "segments_updated",
-        "created_by",
-        "updated_by",
-        "metadata_version",
-    ):
-        if record.get(key) is not None:
-            body[key] = record[key]
-    if record.get("collected_by"):
-        body["collected_by"] = record["collected_by"]
-    if timerange is not None:
-        body["timerange"] = timerange
-    return body
 
 
 async def flow_timerange_text(store: Store, flow_id: str, clip: Span | None, clip_given: bool) -> str:
@@ -116,29 +106,35 @@ async def get_flows(request: web.Request) -> web.Response:
     sort_by = request.query.get("sort_by")
     if sort_by is not None and sort_by not in ("created", "metadata_updated", "label"):
         raise BadRequest(f"Unsupported sort_by {sort_by!r}")
+    profile_id = request.query.get("profile_id")
+    if profile_id is not None:
+        check_uuid(profile_id, "profile_id")
+    status = request.query.get("status")
+    if status is not None and status not in FLOW_STATUSES:
+        raise BadRequest(f"Unknown Flow status {status[:60]!r}")
     given, span = query_timerange(request)
     query = FlowQuery(
         source_id=source_id,
         timerange=span if given and span is not None else None,
         timerange_empty=given and span is None,
-        format=request.query.get("format"),
-        codec=request.query.get("codec"),
+        format=query_format(request),
+        codec=query_mime(request, "codec"),
         label=request.query.get("label"),
-        status=request.query.get("status"),
+        status=status,
         frame_width=query_int(request, "frame_width"),
         frame_height=query_int(request, "frame_height"),
         init_segments=query_bool(request, "init_segments"),
+        profile_id=profile_id,
         tags=query_tags(request),
+        collected_by=query_uuid_list(request, "collected_by_ids"),
         sort_by=sort_by,
         reverse_order=bool(query_bool(request, "reverse_order", False)),
     )
-    if request.query.get("profile_id") is not None:
-        records: list[dict[str, Any]] = []  # no Flow Profiles are stored here
-    else:
-        records = await store.db.list_flows(query, offset, limit + 1)
+    records = await store.db.list_flows(query, offset, limit + 1)
     next_key = f"o{offset + limit}" if len(records) > limit else None
     page = [flow_body(r) for r in records[:limit]]
-    return json_response(page, headers=paging_headers(request, limit, len(page), next_key))
+    headers = paging_headers(request, limit, len(page), next_key, query.reverse_order)
+    return json_response(page, headers=headers)
 
 
 @routes.get("/flows/{flow_id}")
@@ -166,8 +162,7 @@ async def put_flow(request: web.Request) -> web.Response:
     schemas.check(doc, "flow-put.json", "Flow")
     if doc["id"] != flow_id:
         raise BadRequest(f"The Flow id in the body ({doc['id']}) differs from the path ({flow_id})")
-    if "profile_id" in doc:
-        raise BadRequest(f"Unknown Flow Profile {doc['profile_id']}: this store has no Flow Profiles")
+    doc = await apply_profile(store, doc)
     principal = principal_of(request)
     created = await store.db.put_flow(flow_id, doc, principal.name, utc_now_iso(), source_label=doc.get("label"))
     if not created:
@@ -177,10 +172,37 @@ async def put_flow(request: web.Request) -> web.Response:
     return json_response(flow_body(record), status=201)
 
 
+async def apply_profile(store: Store, doc: dict[str, Any]) -> dict[str, Any]:
+    """A Flow PUT naming a Flow Profile gets the Profile's technical metadata (normalised on
+    write, so a GET shows it); ``profile_id: ""`` unlinks a Flow from its Profile."""
+    profile_id = doc.get("profile_id")
+    if profile_id is None:
+        return doc
+    if profile_id == "":
+        return {k: v for k, v in doc.items() if k != "profile_id"}
+    given = sorted(PROFILE_FIELDS.intersection(doc))
+    if given:
+        raise BadRequest(f"A Flow using a Profile may not also give its technical metadata ({', '.join(given)})")
+    profile = await store.db.get_profile(profile_id)
+    if profile is None:
+        raise BadRequest(f"Unknown Flow Profile {profile_id}")
+    return {**profile["flow_metadata"], **doc}
+
+
 @routes.delete("/flows/{flow_id}")
 async def delete_flow(request: web.Request) -> web.Response:
+    """Delete a Flow, synchronously.
+
+    The spec lets a store answer 204 (done) or 202 with a deletion request to poll. Here the
+    Flow, its segments and (with its last Flow) its Source go in one transaction, so the answer
+    is always 204: a client must handle 204 anyway, and a 202 for work already finished would
+    only make it poll. The request is still recorded (``status: done``) under
+    ``/flow-delete-requests`` for monitoring. Objects no other Flow uses are removed by the
+    garbage collector after the grace period.
+    """
     flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
-    await store_of(request).db.delete_flow(flow_id)
+    store = store_of(request)
+    await store.db.delete_flow(flow_id, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
 
 

@@ -1,12 +1,16 @@
-"""``/objects/{id}`` and the media bytes served at ``/objects-data/...`` (presigned or with credentials)."""
+"""``/objects/{id}``, its ``instances``, and the media bytes served at ``/objects-data/...``
+(presigned or with credentials)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
+from .. import schemas
 from ..auth import check_scope
 from ..errors import (
     BadRequest,
@@ -20,16 +24,23 @@ from ..errors import (
 from ..objects import (
     EXPIRES_PARAM,
     SIGNATURE_PARAM,
+    WriteOutcome,
     object_id_from_path,
 )
+from ..state import Store
 from .common import (
-    UrlFilter,
+    check_http_url,
+    check_string,
+    check_uuid,
     get_urls,
+    json_body,
     json_response,
     paging_headers,
     query_limit,
     query_offset_page,
+    query_tags,
     store_of,
+    url_filter,
 )
 
 __all__ = ["routes"]
@@ -48,8 +59,9 @@ async def get_object(request: web.Request) -> web.Response:
     object_id = request.match_info["object_id"]
     limit = query_limit(request, store)
     offset = query_offset_page(request)
-    filters = UrlFilter.from_request(request)
-    record = await store.db.get_object(object_id, offset, limit + 1)
+    filters = url_filter(request)
+    flow_tags = query_tags(request, prefix="flow_")
+    record = await store.db.get_object(object_id, offset, limit + 1, flow_tags)
     if record is None:
         raise ObjectNotFound(object_id)
     flows = record["referenced_by_flows"]
@@ -88,6 +100,110 @@ async def get_object(request: web.Request) -> web.Response:
     headers = paging_headers(request, limit, len(body["referenced_by_flows"]), next_key)
     del headers["X-Paging-Count"]  # /objects sends only Link, Limit and NextKey
     return json_response(body, headers=headers)
+
+
+# --- instances -------------------------------------------------------------------------------------
+
+
+@routes.post("/objects/{object_id}/instances")
+async def post_instance(request: web.Request) -> web.Response:
+    """Add an instance: ``{"url", "label"}`` registers an uncontrolled URL; ``{"storage_id"}``
+    asks for a controlled copy on that backend. The local store has one backend, so a copy is
+    only possible for an object it does not hold yet: the store fetches the bytes from one of
+    the object's uncontrolled URLs and keeps them (synchronously, then 201)."""
+    store = store_of(request)
+    object_id = request.match_info["object_id"]
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise BadRequest("The instance must be a JSON object")
+    schemas.check(body, "objects-instances-post.json", "object instance")
+    if "storage_id" in body:
+        if body["storage_id"] != store.backend.id:
+            raise BadRequest(f"Unknown storage_id {body['storage_id']}")
+        await copy_to_local_storage(store, object_id)
+        return web.Response(status=201)
+    url = check_http_url(body["url"], "url")
+    label = check_string(body["label"], "label")
+    if not label:
+        raise BadRequest("label must not be empty")
+    if label == store.backend.label:
+        raise BadRequest(f"The label {label!r} belongs to a storage backend")
+    await store.db.add_uncontrolled_instance(object_id, url, label)
+    return web.Response(status=201)
+
+
+async def copy_to_local_storage(store: Store, object_id: str) -> None:
+    instances = await store.db.object_instances(object_id)
+    if instances["controlled"]:
+        raise BadRequest(f"Object {object_id!r} already has an instance on storage {store.backend.id}")
+    if instances["removal_pending"]:
+        raise BadRequest(f"The previous local instance of {object_id!r} is still being removed; retry")
+    sources = [url for url, _ in instances["urls"]]
+    if not sources:
+        raise BadRequest(f"Object {object_id!r} has no instance to copy from")
+    failures: list[str] = []
+    for source in sources:
+        try:
+            outcome = await _fetch_into(store, object_id, source)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            failures.append(type(exc).__name__)
+            continue
+        except _FetchRefused as exc:
+            failures.append(str(exc))
+            continue
+        if await store.db.set_controlled(object_id, outcome.size, utc_now_iso()):
+            return
+        if outcome.created:  # lost a race (object gone or copied meanwhile): keep nothing stray
+            await asyncio.to_thread(store.files.path_for(object_id).unlink, missing_ok=True)
+        raise BadRequest(f"Object {object_id!r} changed while it was being copied; retry")
+    raise BadRequest(f"Could not copy object {object_id!r} from any of its instances ({', '.join(failures)})")
+
+
+class _FetchRefused(Exception):
+    pass
+
+
+async def _fetch_into(store: Store, object_id: str, url: str) -> WriteOutcome:
+    timeout = aiohttp.ClientTimeout(total=300, sock_connect=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(url, allow_redirects=True) as response,
+    ):
+        if response.status != 200:
+            raise _FetchRefused(f"HTTP {response.status}")
+        try:
+            return await store.files.write(object_id, response.content.iter_chunked(1 << 16), store.config.max_object_bytes)
+        except FileExistsError as exc:
+            raise _FetchRefused("different bytes are already stored") from exc
+        except OverflowError as exc:
+            raise _FetchRefused("too large") from exc
+
+
+@routes.delete("/objects/{object_id}/instances")
+async def delete_instance(request: web.Request) -> web.Response:
+    """Remove the instance named by ``storage_id`` (the controlled copy) or ``label``; the last
+    instance is refused (400): remove an object by deleting the segments that use it."""
+    store = store_of(request)
+    object_id = request.match_info["object_id"]
+    storage_id = request.query.get("storage_id")
+    label = request.query.get("label")
+    if storage_id is None and label is None:
+        raise BadRequest("Give storage_id or label")
+    if storage_id is not None:
+        check_uuid(storage_id, "storage_id")
+    if label is not None and not label:
+        raise BadRequest("label must not be empty")
+    controlled = await store.db.remove_instance(
+        object_id,
+        storage_id=storage_id,
+        label=label,
+        backend_id=store.backend.id,
+        backend_label=store.backend.label,
+    )
+    if controlled:
+        await asyncio.to_thread(store.files.path_for(object_id).unlink, missing_ok=True)
+        await store.db.file_removals_done([object_id])
+    return web.Response(status=204)
 
 
 # --- media bytes -----------------------------------------------------------------------------------
@@ -143,7 +259,11 @@ async def put_object_data(request: web.Request) -> web.Response:
         raise Conflict(f"Object {object_id!r} already holds different bytes; objects are never overwritten") from exc
     except OverflowError as exc:
         raise PayloadTooLarge(str(exc)) from exc
-    await store.db.record_upload(object_id, outcome.size, utc_now_iso())
+    if not await store.db.record_upload(object_id, outcome.size, utc_now_iso()):
+        # Garbage-collected while the bytes were arriving: they must not stay behind.
+        await asyncio.to_thread(store.files.path_for(object_id).unlink, missing_ok=True)
+        await store.db.file_removals_done([object_id])
+        raise ObjectNotFound(object_id)
     return web.Response(status=201 if outcome.created else 200)
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from mediatimestamp.immutable import Timestamp
 
 from .. import schemas
+from ..bodies import segment_body
 from ..database import (
     NewSegment,
     SegmentQuery,
@@ -21,7 +22,6 @@ from ..errors import (
     StoreError,
     utc_now_iso,
 )
-from ..state import Store
 from ..timing import (
     Span,
     make_timerange,
@@ -30,16 +30,16 @@ from ..timing import (
     stored_range,
 )
 from .common import (
-    UrlFilter,
     check_uuid,
-    get_urls,
     json_body,
     json_response,
     paging_headers,
+    principal_of,
     query_bool,
     query_limit,
     query_timerange,
     store_of,
+    url_filter,
 )
 
 __all__ = ["routes"]
@@ -50,53 +50,6 @@ routes = web.RouteTableDef()
 
 
 # --- segments --------------------------------------------------------------------------------------
-
-
-def segment_body(
-    store: Store,
-    row: dict[str, Any],
-    filters: UrlFilter,
-    include_object_timerange: bool,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "object_id": row["object_id"],
-        "timerange": row["timerange"],
-        "ts_offset": row["ts_offset"],
-    }
-    if row["last_duration"] is not None:
-        body["last_duration"] = row["last_duration"]
-    if row["sample_offset"] is not None:
-        body["sample_offset"] = row["sample_offset"]
-    if row["sample_count"] is not None:
-        body["sample_count"] = row["sample_count"]
-    if row["key_frame_count"] is not None:
-        body["key_frame_count"] = row["key_frame_count"]
-    if include_object_timerange and row["object_timerange"] is not None:
-        body["object_timerange"] = row["object_timerange"]
-    urls = get_urls(
-        store,
-        row["object_id"],
-        bool(row["controlled"]),
-        row["content_type"],
-        row["urls"],
-        filters,
-    )
-    if urls or filters.labels is None:
-        body["get_urls"] = urls
-    if row["init_object_id"]:
-        init: dict[str, Any] = {"object_id": row["init_object_id"]}
-        init_urls = get_urls(
-            store,
-            row["init_object_id"],
-            bool(row["init_controlled"]),
-            row["init_content_type"],
-            row["init_urls"],
-            filters,
-        )
-        if init_urls or filters.labels is None:
-            init["get_urls"] = init_urls
-        body["init_object"] = init
-    return body
 
 
 def segment_page_key(raw: str | None) -> int | None:
@@ -115,7 +68,7 @@ async def get_segments(request: web.Request) -> web.Response:
     given, span = query_timerange(request)
     reverse = bool(query_bool(request, "reverse_order", False))
     include_ot = bool(query_bool(request, "include_object_timerange", False))
-    filters = UrlFilter.from_request(request)
+    filters = url_filter(request)
     after = segment_page_key(request.query.get("page"))
     if given and span is None:
         rows: list[dict[str, Any]] = []
@@ -211,12 +164,24 @@ async def post_segments(request: web.Request) -> web.Response:
 
 @routes.delete("/flows/{flow_id}/segments")
 async def delete_segments(request: web.Request) -> web.Response:
+    """Delete the segments wholly inside ``timerange`` (default: all), synchronously: one
+    transaction, then 204 (see ``flows.delete_flow`` for why never 202). The request is recorded
+    under ``/flow-delete-requests``; objects left unreferenced are garbage-collected later."""
     store = store_of(request)
     flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
     given, span = query_timerange(request)
     if not given:
         span = Span(None, None)
     object_id = request.query.get("object_id")
-    deleted = await store.db.delete_segments(flow_id, span, object_id, utc_now_iso())
+    if object_id is not None and not object_id:
+        raise BadRequest("object_id must not be empty")
+    deleted, _ = await store.db.delete_segments(
+        flow_id,
+        span,
+        object_id,
+        timerange_text=str(parse_timerange(request.query["timerange"])) if given else "_",
+        principal=principal_of(request).name,
+        now=utc_now_iso(),
+    )
     logger.info("deleted %d segments of flow %s", deleted, flow_id)
     return web.Response(status=204)

@@ -1,4 +1,10 @@
-"""``/``, ``/service`` and ``/service/storage-backends``."""
+"""``/``, ``/service`` and ``/service/storage-backends``.
+
+``/service`` reports the API version (8.2), ``min_object_timeout`` (the garbage collection grace,
+never below the spec's 300 s), the event stream mechanisms (webhooks) and, as an extension the
+schema allows, ``storage_backends``: the same list ``/service/storage-backends`` serves (clients
+should use that endpoint; the copy is for people reading ``/service``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from mediatimestamp.immutable import Timestamp
 
 from .. import schemas
 from ..errors import (
@@ -38,16 +45,29 @@ SERVICE_VERSION = "local_store 1.0"
 
 @routes.get("/")
 async def get_root(request: web.Request) -> web.Response:
-    return json_response(["service", "flows", "sources"])
+    return json_response(["service", "flows", "sources", "flow-delete-requests"])
+
+
+def _seconds(value: float) -> str:
+    """Seconds as a TAMS timestamp (whole nanoseconds, so exact for any decimal option)."""
+    return str(Timestamp.from_nanosec(round(value * 1_000_000_000)))
 
 
 def service_body(store: Store) -> dict[str, Any]:
+    timeout = store.config.min_object_timeout
     body: dict[str, Any] = {
         "type": "urn:x-tams:service.local-store",
         "api_version": API_VERSION,
         "service_version": SERVICE_VERSION,
-        "min_object_timeout": f"{store.config.min_object_timeout}:0",
-        "min_presigned_url_timeout": f"{min(store.config.presigned_url_ttl, store.config.min_object_timeout)}:0",
+        "min_object_timeout": _seconds(timeout),
+        "min_presigned_url_timeout": _seconds(min(store.config.presigned_url_ttl, timeout)),
+        "event_stream_mechanisms": [
+            {
+                "name": "webhooks",
+                "docs": "https://bbc.github.io/tams/8.2/index.html#/operations/POST_webhooks",
+            }
+        ],
+        "storage_backends": [store.backend.describe()],
     }
     body["name"] = store.service_name if store.service_name is not None else "Local TAMS store"
     body["description"] = (
@@ -86,10 +106,13 @@ async def get_storage_backends(request: web.Request) -> web.Response:
     store = store_of(request)
     limit = query_limit(request, store)
     offset = query_offset_page(request)
-    query_bool(request, "reverse_order")
+    reverse = bool(query_bool(request, "reverse_order", False))
     backends = [store.backend.describe()]
     for tag in query_tags(request):
-        if tag.exists is not False:
+        if tag.exists is not False:  # the local backend has no tags
             backends = []
+    if reverse:
+        backends.reverse()
     page = backends[offset : offset + limit]
-    return json_response(page, headers=paging_headers(request, limit, len(page), None))
+    next_key = f"o{offset + limit}" if len(backends) > offset + limit else None
+    return json_response(page, headers=paging_headers(request, limit, len(page), next_key, reverse))

@@ -1,4 +1,9 @@
-"""``/sources`` and a Source's properties (label, description, tags) as their own resources."""
+"""``/sources`` and a Source's properties (label, description, tags) as their own resources.
+
+There is no PUT or DELETE of a Source: a Source is created by the first Flow PUT that names it
+and deleted with its last Flow. ``source_collection``/``collected_by`` are inferred from the
+Flow collections of the Sources' Flows.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..bodies import source_body
 from ..database import (
     DELETE_VALUE,
     SourceQuery,
@@ -26,9 +32,11 @@ from .common import (
     paging_headers,
     principal_of,
     query_bool,
+    query_format,
     query_limit,
     query_offset_page,
     query_tags,
+    query_uuid_list,
     store_of,
 )
 
@@ -42,18 +50,6 @@ routes = web.RouteTableDef()
 # --- sources ---------------------------------------------------------------------------------------
 
 
-def source_body(record: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": record["id"], "format": record["format"]}
-    for key in ("label", "description"):
-        if record[key] is not None:
-            body[key] = record[key]
-    body["tags"] = record["tags"]
-    for key in ("created", "updated", "created_by", "updated_by"):
-        if record[key] is not None:
-            body[key] = record[key]
-    return body
-
-
 @routes.get("/sources")
 async def get_sources(request: web.Request) -> web.Response:
     store = store_of(request)
@@ -62,18 +58,19 @@ async def get_sources(request: web.Request) -> web.Response:
     sort_by = request.query.get("sort_by")
     if sort_by is not None and sort_by not in ("created", "updated", "label"):
         raise BadRequest(f"Unsupported sort_by {sort_by!r}")
-    fmt = request.query.get("format")
     query = SourceQuery(
         label=request.query.get("label"),
-        format=fmt,
+        format=query_format(request),
         tags=query_tags(request),
+        collected_by=query_uuid_list(request, "collected_by_ids"),
         sort_by=sort_by,
         reverse_order=bool(query_bool(request, "reverse_order", False)),
     )
     records = await store.db.list_sources(query, offset, limit + 1)
     next_key = f"o{offset + limit}" if len(records) > limit else None
     page = [source_body(r) for r in records[:limit]]
-    return json_response(page, headers=paging_headers(request, limit, len(page), next_key))
+    headers = paging_headers(request, limit, len(page), next_key, query.reverse_order)
+    return json_response(page, headers=headers)
 
 
 @routes.get("/sources/{source_id}")
@@ -110,9 +107,7 @@ async def put_source_property(request: web.Request) -> web.Response:
     source_id = check_uuid(request.match_info["source_id"], "Source id")
     name = request.match_info["name"]
     value = check_string(await json_body(request), name)
-    await store_of(request).db.update_source_property(
-        source_id, (name,), value, principal_of(request).name, utc_now_iso()
-    )
+    await store_of(request).db.update_source_property(source_id, (name,), value, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
 
 
@@ -120,9 +115,7 @@ async def put_source_property(request: web.Request) -> web.Response:
 async def delete_source_property(request: web.Request) -> web.Response:
     source_id = check_uuid(request.match_info["source_id"], "Source id")
     name = request.match_info["name"]
-    await store_of(request).db.update_source_property(
-        source_id, (name,), DELETE_VALUE, principal_of(request).name, utc_now_iso()
-    )
+    await store_of(request).db.update_source_property(source_id, (name,), DELETE_VALUE, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
 
 
@@ -146,9 +139,7 @@ async def put_source_tag(request: web.Request) -> web.Response:
     source_id = check_uuid(request.match_info["source_id"], "Source id")
     name = request.match_info["name"]
     value = check_tag(await json_body(request), name)
-    await store_of(request).db.update_source_property(
-        source_id, ("tags", name), value, principal_of(request).name, utc_now_iso()
-    )
+    await store_of(request).db.update_source_property(source_id, ("tags", name), value, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
 
 
@@ -156,7 +147,5 @@ async def put_source_tag(request: web.Request) -> web.Response:
 async def delete_source_tag(request: web.Request) -> web.Response:
     source_id = check_uuid(request.match_info["source_id"], "Source id")
     path = ("tags", request.match_info["name"])
-    await store_of(request).db.update_source_property(
-        source_id, path, DELETE_VALUE, principal_of(request).name, utc_now_iso()
-    )
+    await store_of(request).db.update_source_property(source_id, path, DELETE_VALUE, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
