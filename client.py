@@ -7,9 +7,11 @@ endpoints are async iterators that follow ``Link: rel="next"`` across all pages.
 Requests that are safe to repeat (GET, HEAD, PUT, DELETE, the storage POST,
 uploads and segment POSTs) are retried with exponential backoff and full jitter
 on connection errors, timeouts and 408/429/500/502/503/504, honouring
-``Retry-After``. A segment POST that was retried and then refused because the
-segment is already there is checked against the store and counted as done. On a
-401, renewable credentials are renewed once and the request is sent again.
+``Retry-After``. A host name that does not resolve is tried only ``DNS_RETRIES``
+more times (it is nearly always a mistyped URL). A segment POST that was retried
+and then refused because the segment is already there is checked against the
+store and counted as done. On a 401, renewable credentials are renewed once and
+the request is sent again.
 
 Exceptions (each carries ``method``, ``url`` without secrets, ``status``, ``body``)::
 
@@ -20,7 +22,8 @@ Exceptions (each carries ``method``, ``url`` without secrets, ``status``, ``body
 
 Logs never hold an Authorization header, a client secret or a presigned URL's
 query: API URLs are logged with unknown query parameters redacted, media URLs
-without their query.
+without their query, and aiohttp's own messages (which may quote the full URL)
+pass through ``redact_text`` before they reach a log line or an error.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urljoin, urlsplit, urlunsplit
 from uuid import UUID
 
 import aiohttp
@@ -60,6 +63,7 @@ __all__ = [
     "backoff_ceiling",
     "next_link",
     "parse_retry_after",
+    "redact_text",
     "redact_url",
     "retry_delay",
 ]
@@ -70,6 +74,9 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REPEATABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # Failures after which the request may simply be sent again.
 TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+# A host name that does not resolve is nearly always a mistyped URL, not a passing fault:
+# allow a resolver hiccup this many retries, not the whole budget.
+DNS_RETRIES = 2
 
 
 # ---------------------------------------------------------------------------
@@ -176,6 +183,10 @@ _SAFE_PREFIXES = ("tag.", "tag_exists.", "flow_tag.", "flow_tag_exists.", "stora
                   "storage_backend_tag_exists.")
 
 
+def _safe_param(name: str) -> bool:
+    return name in _SAFE_PARAMS or name.startswith(_SAFE_PREFIXES)
+
+
 def redact_url(url: str, *, keep_query: bool = True) -> str:
     """``url`` fit for logs and errors: no user info; with ``keep_query`` the
     TAMS API's own query parameters kept and any other value replaced by
@@ -185,11 +196,45 @@ def redact_url(url: str, *, keep_query: bool = True) -> str:
     query = ""
     if keep_query and parts.query:
         pairs = [
-            (k, v if k in _SAFE_PARAMS or k.startswith(_SAFE_PREFIXES) else "REDACTED")
+            (k, v if _safe_param(k) else "REDACTED")
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
         ]
         query = urlencode(pairs, safe="[]():_,.", quote_via=quote)
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+# A URL inside an exception's message: up to white space, a quote or an angle bracket.
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+", re.IGNORECASE)
+# Shorter query values are left alone in the free text: they cannot be told apart from
+# the words and numbers around them, and no signature or token is that short.
+_MIN_SECRET = 6
+
+
+def redact_text(text: str, url: str, *, keep_query: bool = True) -> str:
+    """``text`` (an exception's message about a request to ``url``) fit for logs and
+    errors: every URL in it redacted as ``redact_url`` does, and the values of
+    ``url``'s secret query parameters (and its password) removed wherever else
+    they appear. aiohttp puts the full request URL, signature and all, into some
+    of its messages (a connect timeout, a refused redirect...)."""
+    text = _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0), keep_query=keep_query), text)
+    parts = urlsplit(url)
+    secrets = {parts.password or ""}
+    for pair in parts.query.split("&"):
+        name, _, raw = pair.partition("=")
+        if not _safe_param(unquote_plus(name)):
+            secrets.update((raw, unquote_plus(raw)))
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= _MIN_SECRET:
+            text = text.replace(secret, "REDACTED")
+    return text
+
+
+def _describe(exc: BaseException, url: str, *, keep_query: bool = True) -> str:
+    """An exception as one short, redacted phrase for messages and logs."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    return redact_text(text, url, keep_query=keep_query)
 
 
 _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
@@ -415,6 +460,7 @@ class TAMSClient:
         shown = redact_url(url, keep_query=not media)
         repeatable = method in REPEATABLE_METHODS if retry is None else retry
         retries = 0
+        dns_failures = 0
         renewed = False
         while True:
             sent = dict(headers or {})
@@ -434,16 +480,29 @@ class TAMSClient:
                 if retries + 1 >= self.retry.attempts:
                     raise error from exc
                 failure = exc
+            except aiohttp.ClientConnectorDNSError as exc:
+                # nothing was sent, so trying again is safe for any method; but only a few times
+                dns_failures += 1
+                if dns_failures > DNS_RETRIES or retries + 1 >= self.retry.attempts:
+                    reason = exc.os_error.strerror or _describe(exc.os_error, url, keep_query=not media)
+                    raise TAMSConnectionError(
+                        f"cannot resolve host {exc.host or urlsplit(url).hostname}: {reason} "
+                        f"({method} {shown}, {retries + 1} attempt(s))",
+                        method=method, url=shown,
+                    ) from exc
+                failure = exc
             except TRANSIENT_ERRORS as exc:
                 if not repeatable or retries + 1 >= self.retry.attempts:
-                    cause = str(exc) or type(exc).__name__
                     raise TAMSConnectionError(
-                        f"could not reach {method} {shown} after {retries + 1} attempt(s): {cause}",
+                        f"could not reach {method} {shown} after {retries + 1} attempt(s): "
+                        f"{_describe(exc, url, keep_query=not media)}",
                         method=method, url=shown,
                     ) from exc
                 failure = exc
             except aiohttp.ClientError as exc:
-                raise TAMSConnectionError(f"{method} {shown} failed: {exc}", method=method, url=shown) from exc
+                raise TAMSConnectionError(
+                    f"{method} {shown} failed: {_describe(exc, url, keep_query=not media)}", method=method, url=shown
+                ) from exc
 
             if reply is not None:
                 reply.attempts = retries + 1
@@ -463,7 +522,12 @@ class TAMSClient:
 
             retry_after = parse_retry_after(reply.headers.get("Retry-After")) if reply is not None else None
             delay = retry_delay(self.retry, retries, retry_after, self._rng)
-            what = f"{reply.status} {reply.reason}" if reply is not None else type(failure).__name__
+            if reply is not None:
+                what = f"{reply.status} {reply.reason}"
+            elif failure is None or isinstance(failure, CredentialsError):
+                what = type(failure).__name__
+            else:
+                what = f"{type(failure).__name__}: {_describe(failure, url, keep_query=not media)}"
             logger.info("%s %s: %s; retry %d of %d in %.2fs", method, shown, what, retries + 1,
                         self.retry.attempts - 1, delay)
             retries += 1
@@ -501,12 +565,13 @@ class TAMSClient:
     @staticmethod
     def _credentials_error(method: str, shown: str, exc: CredentialsError) -> TAMSError:
         token_url = redact_url(exc.url)
+        message = redact_text(exc.message, exc.url)
         if exc.status is None:
             return TAMSConnectionError(
-                f"{method} {shown}: {exc.message} ({token_url})", method="POST", url=token_url
+                f"{method} {shown}: {message} ({token_url})", method="POST", url=token_url
             )
         return TAMSResponseError(
-            f"{method} {shown}: {exc.message} by {token_url}: {_summary(exc.body)}",
+            f"{method} {shown}: {message} by {token_url}: {_summary(exc.body)}",
             method="POST", url=token_url, status=exc.status, body=exc.body,
         )
 
@@ -822,8 +887,10 @@ class TAMSClient:
                 async for chunk in response.content.iter_chunked(chunk_size):
                     yield chunk
             except TRANSIENT_ERRORS as exc:
-                raise TAMSConnectionError(f"GET {shown}: the download broke off: {exc or type(exc).__name__}",
-                                          method="GET", url=shown) from exc
+                raise TAMSConnectionError(
+                    f"GET {shown}: the download broke off: {_describe(exc, target, keep_query=False)}",
+                    method="GET", url=shown,
+                ) from exc
 
         try:
             yield chunks()

@@ -2,11 +2,12 @@
 """`make demo`: the README walk-through, run for real against a fresh local store.
 
 It starts ``python -m local_store`` on a free port with a fresh data dir under ``demo_output/``
-(the store writes ``demo_output/.env``, which the scripts read as the README says), then runs every
-``./script.py ...`` line of the README's walk-through in order, with ``$FLOW1`` and friends set to
-new ids. Afterwards it reads the frame numbers back from every exported file, checks them against
-the frames of the sample content's own segment files, and prints a table. The store is stopped
-however the run ends; any failure exits non-zero.
+(the store writes ``demo_output/.env``, which the scripts read as the README says, and logs to
+``demo_output/store_data.log``), then runs every ``./script.py ...`` line of the README's
+walk-through in order, with ``$FLOW1`` and friends set to new ids. Afterwards it reads the frame
+numbers back from every exported file, checks them against the frames of the sample content's own
+segment files, and prints a table. The store is stopped however the run ends; any failure exits
+non-zero.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +32,7 @@ from dotenv import dotenv_values
 
 from client import TAMSClient
 from credentials import BasicCredentials, HelpFormatter
+from local_store.launcher import RunningStore, StoreStartError, start_store
 from media import probe
 from sample_content import read_frame_numbers
 
@@ -67,33 +68,17 @@ def walkthrough_commands(readme: Path) -> list[str]:
     return commands
 
 
-def start_store(work: Path) -> tuple[subprocess.Popen[str], str]:
-    data_dir = work / "store_data"
-    cmd = [
-        sys.executable, "-m", "local_store", "--port", "0", "--data-dir", str(data_dir),
-        "--env-file", str(work / ".env"), "--log-level", "WARNING",
-    ]
-    process = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + STORE_START_TIMEOUT
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        if line.startswith("TAMS store at "):
-            return process, line.split()[-1]
-    stop_store(process)
-    raise DemoError("the local store did not start (see its messages above)")
-
-
-def stop_store(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def start_demo_store(work: Path) -> RunningStore:
+    """A store over a fresh ``work/store_data`` that writes ``work/.env``; its stderr goes to
+    ``work/store_data.log``."""
+    try:
+        return start_store(
+            work / "store_data", env_file=work / ".env", extra_args=["--log-level", "WARNING"],
+            timeout=STORE_START_TIMEOUT,
+        )
+    except StoreStartError as exc:
+        said = f" ({exc.last_line})" if exc.last_line else ""
+        raise DemoError(f"the local store did not start: {exc.reason}{said}") from exc
 
 
 def run_command(line: str, variables: dict[str, str], work: Path) -> None:
@@ -226,8 +211,8 @@ def main() -> int:
         shutil.rmtree(args.work_dir, ignore_errors=True)
         args.work_dir.mkdir(parents=True)
         (args.work_dir / "sample_content").symlink_to(args.playlist.parent.resolve())
-        store, url = start_store(args.work_dir)
-        print(f"local store at {url} (data in {args.work_dir / 'store_data'})", flush=True)
+        store = start_demo_store(args.work_dir)
+        print(f"local store at {store.url} (data in {args.work_dir / 'store_data'})", flush=True)
         variables = {name: str(uuid.uuid4()) for name in ("FLOW1", "FLOW2", "EDIT1", "EDIT2")}
         for line in commands:
             run_command(line, variables, args.work_dir)
@@ -240,7 +225,7 @@ def main() -> int:
         return 130
     finally:
         if store is not None:
-            stop_store(store)
+            store.stop()
     print()
     print_table(checks)
     print(f"\ndemo finished in {time.monotonic() - started:.1f} s")

@@ -89,6 +89,7 @@ class IngestOptions:
     description: str | None = None
     normalise: bool = False
     concurrency: int = 8
+    storage_batch: int | None = None  # upload targets per storage request (None: from concurrency)
     variant: str | None = None
     video_only: bool = False
     progress: bool = False
@@ -395,13 +396,15 @@ async def _existing(client: TAMSClient, flow_id: str) -> _ExistingSegments:
 class _Targets:
     """Upload targets for one Flow, shared by the upload tasks.
 
-    A background task asks the store for ``batch`` at a time and keeps at most one batch waiting
-    ahead of use, so uploads rarely wait for an allocation and no URL waits long enough to expire.
+    A background task asks the store for ``batch`` at a time. It hands targets on through a queue
+    of one, so it asks for the next batch only when the last target of the current one is waiting
+    to be used: uploads rarely wait for an allocation, at most one batch (and one target) is held
+    ahead of use, and no URL waits long enough to expire.
     """
 
     def __init__(self, client: TAMSClient, flow_id: str, batch: int, content_type: str) -> None:
         self._source = client.allocate_storage(flow_id, batch=batch, content_type=content_type)
-        self._queue: asyncio.Queue[UploadTarget] = asyncio.Queue(maxsize=batch)
+        self._queue: asyncio.Queue[UploadTarget] = asyncio.Queue(maxsize=1)
         self._filler: asyncio.Task[None] | None = None
 
     async def _fill(self) -> None:
@@ -534,6 +537,10 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
                   started: float) -> IngestResult:
     if options.concurrency < 1:
         raise IngestError("--concurrency must be at least 1")
+    if options.storage_batch is not None and options.storage_batch < 1:
+        raise IngestError("--storage-batch must be at least 1")
+    if options.segment_count is not None and options.segment_count < 1:
+        raise IngestError("the segment count must be at least 1 (None: to the end of the playlist)")
     playlist = await load_playlist(options.hls, variant=options.variant, session=session)
     if not 0 <= options.start_segment < len(playlist.segments):
         raise IngestError(f"--hls-start-segment {options.start_segment} is outside the playlist's "
@@ -568,7 +575,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
 
     existing = {p.kind: await _existing(client, p.flow_id) for p in essences}
     existing_counts = {kind: len(segs) for kind, segs in existing.items()}
-    batch = min(max(options.concurrency, 4), 32)
+    batch = options.storage_batch or min(max(options.concurrency, 4), 32)
     targets = {p.kind: _Targets(client, p.flow_id, batch, props.container) for p in essences}
     registrars = {p.kind: _Registrar(client, p.flow_id, p.kind) for p in essences}
     rates: dict[str, Fraction | None] = {"video": props.video.frame_rate if props.video else None}
@@ -741,6 +748,25 @@ async def _update_bit_rates(client: TAMSClient, flow_ids: dict[str, str], sizes:
 # Command line
 
 
+def _non_negative_int(text: str) -> int:
+    """An argparse type: a whole number, zero or more."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number, one or more."""
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not at least 1")
+    return value
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Ingest an HLS playlist of MPEG-TS segments into a TAMS store.",
@@ -748,8 +774,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_credential_args(parser)
     parser.add_argument("--hls-filename", default=DEFAULT_PLAYLIST, help="playlist path or http(s) URL")
-    parser.add_argument("--hls-start-segment", type=int, default=0, help="first playlist segment to ingest (0-based)")
-    parser.add_argument("--hls-segment-count", type=int, default=30, help="how many segments (0: all)")
+    parser.add_argument("--hls-start-segment", type=_non_negative_int, default=0,
+                        help="first playlist segment to ingest (0-based)")
+    parser.add_argument("--hls-segment-count", type=_non_negative_int, default=30, help="how many segments (0: all)")
     parser.add_argument("--variant", default=None, help="master playlist variant: index or part of its URI "
                         "(default: the highest bandwidth)")
     parser.add_argument("--flow-id", default=None, help="video flow id; reuse it to resume (default: new)")
@@ -762,7 +789,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--label", default=None, help="flow label (default: the playlist name)")
     parser.add_argument("--description", default=None, help="flow description (default: where it came from)")
     parser.add_argument("--normalise", action="store_true", help="round timeranges to the frame/sample grid")
-    parser.add_argument("--concurrency", type=int, default=8, help="segments uploaded at once")
+    parser.add_argument("--concurrency", type=_positive_int, default=8, help="segments uploaded at once")
+    parser.add_argument("--storage-batch", type=_positive_int, default=None,
+                        help="upload URLs asked for per storage request "
+                        "(default: the concurrency, at least 4 and at most 32)")
     parser.add_argument("--retries", type=int, default=RetryPolicy().attempts - 1,
                         help="times a failed request is sent again (with exponential backoff)")
     parser.add_argument("--video-only", action="store_true", help="one video flow even if the segments carry audio")
@@ -802,6 +832,7 @@ def _options(args: argparse.Namespace) -> IngestOptions:
         description=args.description,
         normalise=args.normalise,
         concurrency=args.concurrency,
+        storage_batch=args.storage_batch,
         variant=args.variant,
         video_only=args.video_only,
         progress=not args.quiet and sys.stderr.isatty(),

@@ -7,12 +7,15 @@ The Flow timeline is not the media timeline. For every segment this script:
   moves timestamps just below 2^33 to just below zero), anchored on the segment's
   ``object_timerange`` so the high bits carried by ``ts_offset`` line up;
 - puts each frame on the Flow timeline (``media time + ts_offset``) and keeps the frames whose
-  Flow time lies in the segment's ``timerange`` (and, with ``--exact``, in ``--timerange``), or the
-  frames picked by the deprecated ``sample_offset``/``sample_count`` (presentation order);
+  Flow time lies in the segment's ``timerange`` (and, with ``--exact``, in ``--timerange``), a frame
+  within a quarter of a frame of a bound counting as on it (``in_timerange``, the rule
+  simple_edit.py cuts by), or the frames picked by the deprecated ``sample_offset``/``sample_count``
+  (presentation order);
 - copies the kept packets when decoding can start at the first of them and no kept frame needs a
   dropped one (the kept packets run unbroken in decode order from a keyframe); otherwise decodes
-  that object alone and re-encodes just the kept frames with the Flow's codec (first one forced to
-  be a keyframe), logging which segments were re-encoded.
+  that object alone and re-encodes just the kept frames with the Flow's codec and, for H.264, its
+  ``avc_parameters`` profile and level (first one forced to be a keyframe), logging which segments
+  were re-encoded.
 
 Output timestamps are Flow timeline times (MPEG-TS: 90 kHz, written modulo 2^33 as the format
 does; gaps between segments stay gaps). MP4 output (``--output`` ending in ``.mp4``) starts at
@@ -59,6 +62,7 @@ from media import (
 
 __all__ = [
     "MPEGTS_WRAP",
+    "FRAME_TOLERANCE",
     "FlowFileWriter",
     "FrameTiming",
     "ObjectMedia",
@@ -66,7 +70,9 @@ __all__ = [
     "OutgestSummary",
     "SegmentPlan",
     "SegmentRef",
+    "encoder_options",
     "flow_time",
+    "in_timerange",
     "outgest",
     "plan_segment",
     "read_object",
@@ -77,8 +83,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MPEGTS_WRAP = PTS_WRAP  # MPEG-TS pts/dts are 33-bit counts of a 90 kHz clock (TS_CLOCK)
-# Times closer than half a 90 kHz tick are the same instant: absorbs the nanosecond rounding of
-# timeranges and ts_offsets registered by other tools (2^33 ticks is not a whole number of ns).
+# The membership rule, shared with simple_edit.py: a frame belongs to a timerange when its Flow
+# time is inside it, and a frame within FRAME_TOLERANCE of a frame duration of a bound counts as
+# exactly on that bound (so the bound's inclusivity decides). Stored times are quantised (to
+# nanoseconds; MPEG-TS to 90 kHz ticks, so at 24000/1001 a frame's pts is up to 0.75 tick before
+# its exact place on the frame grid where an edit puts a cut), while two frames are always at least
+# a frame duration apart: a quarter of one absorbs any quantisation and never confuses two frames.
+FRAME_TOLERANCE = Fraction(1, 4)
+# The tolerance (seconds) when the frame duration is unknown (a single frame of unknown rate):
+# half a 90 kHz tick, which still absorbs nanosecond rounding of registered timeranges.
 TOLERANCE = Fraction(1, 2 * TS_CLOCK)
 WORK_TIME_BASE = Fraction(1, TS_CLOCK)  # packet timestamps handed to the muxer are in this base
 
@@ -95,6 +108,9 @@ ENCODER_OPTIONS = {
     "libx264": {"preset": "medium", "crf": "16"},
     "libx265": {"preset": "medium", "crf": "18"},
 }
+# H.264 profile_idc (as in essence_parameters.avc_parameters.profile) -> libx264 ``profile``.
+# x264 has no Extended profile (88); its Baseline is Constrained Baseline.
+X264_PROFILES = {66: "baseline", 77: "main", 100: "high", 110: "high10", 122: "high422", 244: "high444"}
 
 
 class OutgestError(Exception):
@@ -164,21 +180,34 @@ def flow_time(ticks: int, time_base: Fraction, ts_offset: Timestamp) -> Fraction
     return Fraction(ticks) * time_base + _to_fraction(ts_offset)
 
 
-def _in_timerange(t: Fraction, tr: TimeRange) -> bool:
-    """``t in tr``, treating times within TOLERANCE of a bound as on the bound."""
+def bound_tolerance(frame_duration: Fraction | None) -> Fraction:
+    """How far (seconds) a frame's time may be from a timerange bound and still count as on it:
+    FRAME_TOLERANCE of ``frame_duration`` (video frame, or audio coded frame), else TOLERANCE."""
+    if not frame_duration:
+        return TOLERANCE
+    return max(TOLERANCE, frame_duration * FRAME_TOLERANCE)
+
+
+def in_timerange(t: Fraction, tr: TimeRange, tolerance: Fraction = TOLERANCE) -> bool:
+    """Whether a frame at Flow time ``t`` (seconds) belongs to ``tr``: the membership rule.
+
+    A time within ``tolerance`` of a bound (see :func:`bound_tolerance`) is taken as exactly on it,
+    so ``[`` and ``]`` take that frame and ``(`` and ``)`` leave it out; otherwise plain ``t in tr``.
+    ``simple_edit._frame_bounds`` applies the same rule to frames on an exact grid.
+    """
     if tr.is_empty():
         return False
     if tr.start is not None:
         start = _to_fraction(tr.start)
-        if tr.includes_start() and t < start - TOLERANCE:
+        if tr.includes_start() and t < start - tolerance:
             return False
-        if not tr.includes_start() and t <= start + TOLERANCE:
+        if not tr.includes_start() and t <= start + tolerance:
             return False
     if tr.end is not None:
         end = _to_fraction(tr.end)
-        if tr.includes_end() and t > end + TOLERANCE:
+        if tr.includes_end() and t > end + tolerance:
             return False
-        if not tr.includes_end() and t >= end - TOLERANCE:
+        if not tr.includes_end() and t >= end - tolerance:
             return False
     return True
 
@@ -391,6 +420,12 @@ def _select_by_samples(
     return first, stop
 
 
+def _shortest_step(frames: Sequence[FrameTiming], order: Sequence[int], time_base: Fraction) -> Fraction | None:
+    """The smallest gap (seconds) between consecutive frames in presentation order, if any."""
+    steps = [frames[b].pts - frames[a].pts for a, b in zip(order, order[1:]) if frames[b].pts > frames[a].pts]
+    return min(steps) * time_base if steps else None
+
+
 def plan_segment(
     frames: Sequence[FrameTiming],
     time_base: Fraction,
@@ -398,13 +433,18 @@ def plan_segment(
     *,
     request: TimeRange | None = None,
     sample_rate: int | None = None,
+    frame_duration: Fraction | None = None,
 ) -> SegmentPlan:
     """Choose the frames ``segment`` takes from its object and whether their packets can be copied.
 
     Frames are kept when their Flow time (pts + ``ts_offset``) lies in the segment's ``timerange``
-    and in ``request`` (given only for ``--exact``), or, for segments carrying the deprecated
-    ``sample_offset``/``sample_count``, when their presentation-order index (audio: first sample)
-    is in that range. ``sample_rate`` is set for audio, where every coded frame decodes alone.
+    and in ``request`` (given only for ``--exact``), by the membership rule of
+    :func:`in_timerange`: a frame within a quarter of ``frame_duration`` (seconds; the Flow's
+    frame duration, or the audio coded frame's; when None, the shortest step between the object's
+    frames) of a bound is on that bound. Segments carrying the deprecated
+    ``sample_offset``/``sample_count`` keep the frames whose presentation-order index (audio: first
+    sample) is in that range instead. ``sample_rate`` is set for audio, where every coded frame
+    decodes alone.
 
     Copying is safe when the kept packets are one unbroken run in decode order that starts with
     the first kept frame, and that frame is a keyframe (or the object's own first frame, which
@@ -412,21 +452,23 @@ def plan_segment(
     since references are always decoded earlier.
     """
     order = presentation_order(frames)
+    tolerance = bound_tolerance(frame_duration or _shortest_step(frames, order, time_base))
+
+    def inside(index: int, timerange: TimeRange) -> bool:
+        return in_timerange(flow_time(frames[index].pts, time_base, segment.ts_offset), timerange, tolerance)
+
     if segment.sample_offset is not None or segment.sample_count is not None:
         first, stop = _select_by_samples(frames, order, segment, time_base, sample_rate)
         if request is not None:
-            inside = [
-                p for p in range(first, stop) if _in_timerange(flow_time(frames[order[p]].pts, time_base, segment.ts_offset), request)
-            ]
-            first, stop = (inside[0], inside[-1] + 1) if inside else (first, first)
+            picked = [p for p in range(first, stop) if inside(order[p], request)]
+            first, stop = (picked[0], picked[-1] + 1) if picked else (first, first)
     else:
-        inside = [
+        picked = [
             p
             for p, index in enumerate(order)
-            if _in_timerange(flow_time(frames[index].pts, time_base, segment.ts_offset), segment.timerange)
-            and (request is None or _in_timerange(flow_time(frames[index].pts, time_base, segment.ts_offset), request))
+            if inside(index, segment.timerange) and (request is None or inside(index, request))
         ]
-        first, stop = (inside[0], inside[-1] + 1) if inside else (0, 0)
+        first, stop = (picked[0], picked[-1] + 1) if picked else (0, 0)
     kept = tuple(sorted(order[first:stop]))
     if not kept:
         return SegmentPlan(first, stop, (), True)
@@ -546,8 +588,12 @@ class FlowFileWriter:
         self.temp_path.unlink(missing_ok=True)
 
 
-def _reencoded_packets(media: ObjectMedia, plan: SegmentPlan) -> Iterator[tuple[av.Packet, int, int]]:
-    """Decode the object from the keyframe before the cut and re-encode the planned frames alone.
+def _reencoded_packets(
+    media: ObjectMedia, plan: SegmentPlan, options: Mapping[str, str] | None = None
+) -> Iterator[tuple[av.Packet, int, int]]:
+    """Decode the object from the keyframe before the cut and re-encode the planned frames alone,
+    with encoder ``options`` (see :func:`encoder_options`; default: ENCODER_OPTIONS) and the
+    object's size, pixel format, frame rate and colour.
 
     Yields (packet, pts, dts) with unwrapped media timestamps in the object's time base.
     """
@@ -610,7 +656,7 @@ def _reencoded_packets(media: ObjectMedia, plan: SegmentPlan) -> Iterator[tuple[
                     value = getattr(template, name, None)
                     if value:
                         setattr(created, name, value)
-                created.options = dict(ENCODER_OPTIONS.get(encoder_name, {}))
+                created.options = dict(ENCODER_OPTIONS.get(encoder_name, {}) if options is None else options)
                 encoder = created
             frame.pict_type = av.video.frame.PictureType.I if frame.pts == 0 else av.video.frame.PictureType.NONE
             frame.time_base = media.time_base
@@ -638,9 +684,12 @@ def write_segment(
     segment: SegmentRef,
     *,
     request: TimeRange | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> SegmentResult:
-    """Write the frames ``segment`` takes from ``media`` (see ``plan_segment``) to ``writer``."""
-    plan = plan_segment(media.frames, media.time_base, segment, request=request, sample_rate=media.sample_rate)
+    """Write the frames ``segment`` takes from ``media`` (see ``plan_segment``) to ``writer``;
+    a re-encoded cut uses encoder ``options`` (see :func:`encoder_options`)."""
+    plan = plan_segment(media.frames, media.time_base, segment, request=request, sample_rate=media.sample_rate,
+                        frame_duration=media.frame_duration)
     if not plan.packets:
         return SegmentResult(0, False)
     duration = media.frame_duration
@@ -656,7 +705,7 @@ def write_segment(
             )
     else:
         count = 0
-        for packet, pts, dts in _reencoded_packets(media, plan):
+        for packet, pts, dts in _reencoded_packets(media, plan, options):
             writer.write(
                 packet,
                 media.stream,
@@ -706,7 +755,8 @@ def check_segment_timing(path: Path, media: ObjectMedia, segment: SegmentRef) ->
 
     problems: list[str] = []
     if segment.sample_offset is not None or segment.sample_count is not None:
-        plan = plan_segment(media.frames, media.time_base, segment, sample_rate=media.sample_rate)
+        plan = plan_segment(media.frames, media.time_base, segment, sample_rate=media.sample_rate,
+                            frame_duration=media.frame_duration)
         if plan.frame_count:
             order = presentation_order(media.frames)
             pick_start = flow_time(media.frames[order[plan.first]].pts, media.time_base, segment.ts_offset)
@@ -755,6 +805,30 @@ class OutgestSummary:
             f"{self.output}: {self.segments} segments ({self.reencoded} re-encoded), {self.frames} frames, "
             f"{self.bytes} bytes in {self.seconds:.2f} s ({rate:.1f} MB/s)"
         )
+
+
+def encoder_options(flow: Mapping[str, Any], codec: str) -> dict[str, str]:
+    """Options for the encoder that re-encodes cut segments of ``flow`` (FFmpeg ``codec``): our
+    quality settings plus, for H.264, the profile and level of the Flow's
+    ``essence_parameters.avc_parameters`` (as ingest writes them), so re-encoded frames stay
+    within what the Flow declares. Size, pixel format, frame rate and colour come from the
+    decoded frames and the object's stream (see ``_reencoded_packets``)."""
+    encoder_name = ENCODERS.get(codec, codec)
+    options = dict(ENCODER_OPTIONS.get(encoder_name, {}))
+    avc = (flow.get("essence_parameters") or {}).get("avc_parameters")
+    if encoder_name != "libx264" or not isinstance(avc, Mapping):
+        return options
+    profile_idc, level_idc = avc.get("profile"), avc.get("level")
+    if isinstance(profile_idc, int):
+        if profile_idc in X264_PROFILES:
+            options["profile"] = X264_PROFILES[profile_idc]
+        else:
+            logger.warning("the Flow's H.264 profile %d cannot be encoded by libx264; cut segments will use"
+                           " libx264's choice", profile_idc)
+    if isinstance(level_idc, int) and level_idc > 0:
+        # level_idc is ten times the level number; 9 is level 1b in the High profiles.
+        options["level"] = "1b" if level_idc == 9 else f"{level_idc // 10}.{level_idc % 10}"
+    return options
 
 
 def _essence(flow: Mapping[str, Any]) -> tuple[str, str, Fraction | None]:
@@ -854,6 +928,7 @@ async def outgest(
     except NotFound as exc:
         raise OutgestError(f"Flow {flow_id} not found") from exc
     kind, codec, frame_rate = _essence(flow)
+    options = encoder_options(flow, codec)
     flow_range = _timerange(flow.get("timerange")) or TimeRange.never()
     span = flow_range.intersect_with(timerange)
     total = _seconds(span)
@@ -873,7 +948,7 @@ async def outgest(
                     for problem in check_segment_timing(path, media, segment):
                         summary.timing_warnings += 1
                         logger.warning("segment %s (object %s): %s", segment.timerange, segment.object_id, problem)
-                result = write_segment(writer, media, segment, request=request)
+                result = write_segment(writer, media, segment, request=request, options=options)
         except OutgestError as exc:
             raise OutgestError(f"segment {segment.timerange} (object {segment.object_id}): {exc}") from exc
         return result

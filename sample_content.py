@@ -34,6 +34,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import http.client
 import logging
 import math
 import os
@@ -41,10 +42,10 @@ import shutil
 import socket
 import sys
 import threading
-import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from array import array
 from dataclasses import dataclass
 from fractions import Fraction
@@ -59,6 +60,8 @@ __all__ = [
     "CODE_BITS",
     "FILM_FILENAME",
     "FILM_URL",
+    "MIN_HEIGHT",
+    "MIN_WIDTH",
     "PLAYLIST_NAME",
     "TS_CLOCK",
     "SampleContentError",
@@ -88,6 +91,8 @@ _WHITE = 235
 _MIN_CONTRAST = 48  # a block and its inverse must differ by this much luma to count as read
 _AUDIO_RATE = 48000
 _AAC_FRAME = 1024
+_MIN_BLOCK_W = 4  # narrower code blocks do not survive compression
+MIN_HEIGHT = 36
 
 
 class SampleContentError(Exception):
@@ -114,13 +119,17 @@ class _Layout:
     digit_h: int
     stroke: int
 
+    @staticmethod
+    def margin_and_block_width(width: int) -> tuple[int, int]:
+        margin_x = max(2, width // 40)
+        return margin_x, (width - 2 * margin_x) // _BLOCKS
+
     @classmethod
     def for_size(cls, width: int, height: int) -> _Layout:
-        margin_x = max(2, width // 40)
-        block_w = (width - 2 * margin_x) // _BLOCKS
+        margin_x, block_w = cls.margin_and_block_width(width)
         block_h = max(4, height // 12)
         top = max(2, height // 30)
-        if block_w < 4:
+        if block_w < _MIN_BLOCK_W:
             raise SampleContentError(f"picture {width}x{height} is too small for the frame code")
         digits = 7
         digit_h = max(10, height // 4)
@@ -141,6 +150,11 @@ class _Layout:
             digit_h=digit_h,
             stroke=max(2, digit_h // 10),
         )
+
+
+# The narrowest even picture whose code blocks are wide enough to read back.
+MIN_WIDTH = next(w for w in range(2, 2 * _BLOCKS * _MIN_BLOCK_W, 2)
+                 if _Layout.margin_and_block_width(w)[1] >= _MIN_BLOCK_W)
 
 
 def _check_bits(n: int) -> int:
@@ -413,8 +427,8 @@ def synthesize(
     """
     output_dir = Path(output_dir)
     fps = Fraction(fps)
-    if width % 2 or height % 2 or width < 64 or height < 36:
-        raise SampleContentError("width and height must be even and at least 64x36")
+    if width % 2 or height % 2 or width < MIN_WIDTH or height < MIN_HEIGHT:
+        raise SampleContentError(f"width and height must be even and at least {MIN_WIDTH}x{MIN_HEIGHT}")
     if fps <= 0:
         raise SampleContentError("fps must be positive")
     frames = math.floor(Fraction(duration) * fps)
@@ -597,26 +611,39 @@ def _resolves(host: str, timeout: float) -> bool:
 
 
 def _download_film(url: str, destination: Path, timeout: float) -> bool:
+    """Fetch the film (zipped or not) to ``destination``.
+
+    Both the download and the extraction write to ``.part`` names that are renamed into place only
+    when complete, so an interrupted run never leaves a truncated film for the next run to use.
+    """
     host = urllib.parse.urlsplit(url).hostname or ""
     if not _resolves(host, timeout):
         logger.info("cannot resolve %s; synthesizing instead", host)
         return False
-    partial = destination.with_name(destination.name + ".part")
+    downloaded = destination.with_name(destination.name + ".download.part")
+    extracted = destination.with_name(destination.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
+        with urllib.request.urlopen(url, timeout=timeout) as response, downloaded.open("wb") as out:
             shutil.copyfileobj(response, out, 1 << 20)
+            expected = response.headers.get("Content-Length")
+            if expected is not None and expected.isdigit() and out.tell() < int(expected):
+                # a connection closed early ends the copy quietly: only the length tells
+                raise http.client.IncompleteRead(b"", int(expected) - out.tell())
         if url.endswith(".zip"):
-            with zipfile.ZipFile(partial) as archive:
+            with zipfile.ZipFile(downloaded) as archive:
                 member = next(n for n in archive.namelist() if n.endswith(".mp4"))
-                with archive.open(member) as src, destination.open("wb") as out:
+                with archive.open(member) as src, extracted.open("wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
-            partial.unlink()
+            os.replace(extracted, destination)
         else:
-            os.replace(partial, destination)
-    except (OSError, urllib.error.URLError, zipfile.BadZipFile, StopIteration) as exc:
+            os.replace(downloaded, destination)
+    except (OSError, http.client.HTTPException, zipfile.BadZipFile, zlib.error, EOFError, StopIteration) as exc:
+        # URLError is an OSError; a download cut short is an HTTPException (IncompleteRead)
         logger.info("cannot download %s (%s); synthesizing instead", url, exc)
-        partial.unlink(missing_ok=True)
         return False
+    finally:
+        downloaded.unlink(missing_ok=True)
+        extracted.unlink(missing_ok=True)
     return True
 
 
@@ -642,6 +669,17 @@ def make_sample_content(
     return synthesize(output_dir, segment_seconds=segment_seconds, **synth)  # type: ignore[arg-type]
 
 
+def _positive_fraction(text: str) -> Fraction:
+    """An argparse type: a number or fraction above zero ("30", "29.97", "30000/1001")."""
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or fraction") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above zero")
+    return value
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Write sample HLS content (the Big Buck Bunny film or synthetic numbered frames), "
@@ -652,10 +690,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--synthetic", action="store_true", help="synthesize even if the film is available")
     parser.add_argument("--width", type=int, default=640, help="synthetic picture width")
     parser.add_argument("--height", type=int, default=360, help="synthetic picture height")
-    parser.add_argument("--fps", type=Fraction, default=Fraction(30), help="synthetic frame rate, e.g. 30000/1001")
-    parser.add_argument("--duration", type=Fraction, default=Fraction(60), help="synthetic duration, seconds")
-    parser.add_argument("--segment-seconds", type=Fraction, default=Fraction(5), help="segment length, seconds")
-    parser.add_argument("--gop-seconds", type=Fraction, default=Fraction(1), help="synthetic GOP length, seconds")
+    parser.add_argument("--fps", type=_positive_fraction, default=Fraction(30),
+                        help="synthetic frame rate, e.g. 30000/1001")
+    parser.add_argument("--duration", type=_positive_fraction, default=Fraction(60),
+                        help="synthetic duration, seconds")
+    parser.add_argument("--segment-seconds", type=_positive_fraction, default=Fraction(5),
+                        help="segment length, seconds")
+    parser.add_argument("--gop-seconds", type=_positive_fraction, default=Fraction(1),
+                        help="synthetic GOP length, seconds")
     parser.add_argument("--audio", action="store_true", help="add an AAC stereo track to synthetic content")
     parser.add_argument("--start-pts", type=int, default=6000, help="first frame's pts at 90 kHz")
     parser.add_argument("--preset", default="veryfast", help="x264 preset for synthetic content")

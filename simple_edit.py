@@ -40,6 +40,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
 from credentials import Credentials, HelpFormatter, add_credential_args, connection_from_args
+from outgest_file import FRAME_TOLERANCE
 
 __all__ = [
     "EditError",
@@ -67,11 +68,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# A frame whose timestamp misses a bound by less than this fraction of a frame duration
-# still counts as on the bound: stored timestamps are quantised (to nanoseconds, and by
-# containers such as MPEG-TS to 90 kHz ticks), so a frame's stored time can be a little
-# off its exact place on the grid. 1/1000 of a frame is far below anything a person means.
-GRID_TOLERANCE = Fraction(1, 1000)
+# The membership rule is outgest_file's (one rule for the tool that writes cuts and the one
+# that reads them): a frame within GRID_TOLERANCE of a frame duration of a bound counts as on
+# the bound. Stored timestamps are quantised (to nanoseconds; MPEG-TS to 90 kHz ticks, up to
+# 0.75 tick before the exact grid at 24000/1001), so the real frame a reader finds at a cut
+# this edit puts on the exact grid is a little off it; a quarter of a frame absorbs that at any
+# rate and can never take a neighbouring frame for it.
+GRID_TOLERANCE = FRAME_TOLERANCE
 
 # Segments per list POST; a store may cap request bodies.
 DEFAULT_BATCH_SIZE = 100
@@ -171,12 +174,15 @@ def _frame_bounds(timerange: TimeRange, anchor: Fraction, rate: Fraction) -> tup
     ``[first, stop)`` on the grid ``anchor + k / rate`` (``anchor`` in exact seconds;
     None where the timerange is unbounded).
 
-    Rounding rule: frame k is inside when its grid time is inside the timerange, and a
-    frame that misses a bound by less than GRID_TOLERANCE of a frame still counts as on
-    it. So a bound between two frames moves to the later one (an inclusive start at
-    2.4 frames gives first = 3; an exclusive end at 5.6 gives stop = 6, i.e. frame 5 is
-    the last), and a bound on a frame keeps its inclusivity (``[`` takes the frame,
-    ``(`` starts with the next one; ``)`` stops before it, ``]`` takes it).
+    Rounding rule (``outgest_file.in_timerange``'s, on the grid): frame k is inside when
+    its grid time is inside the timerange, and a frame within GRID_TOLERANCE (a quarter)
+    of a frame of a bound counts as on it. So a bound on or within a quarter frame of a
+    frame keeps its inclusivity for that frame (``[`` takes it, ``(`` starts with the next
+    one; ``)`` stops before it, ``]`` takes it), and a bound further between two frames
+    moves to the later one (an inclusive start at 2.4 frames gives first = 3; an exclusive
+    end at 5.6 gives stop = 6, i.e. frame 5 is the last). The cuts this edit writes are on
+    the grid, so a reader applying the same rule to the real (quantised) frame times picks
+    exactly the frames counted here.
     """
     if timerange.is_empty():
         return 0, 0
@@ -465,6 +471,7 @@ def plan_interval(
     origins = tuple(spans[0].segment.anchor + spans[0].first / spans[0].segment.rate for spans in selections)
     ends = tuple(spans[-1].end for spans in selections)
     rates = tuple(spans[0].segment.rate for spans in selections)
+    cursors = [0, 0]   # per input: its first span with frames the next window may take
     out: list[PlannedSegment] = []
     cursor = selections[0][0].start if start is None else start
     turn = 0
@@ -474,7 +481,7 @@ def plan_interval(
         window_start = _floor_timestamp(origins[i] + turn * frames_per_cut / rate)
         window_end = _floor_timestamp(origins[i] + (turn + 1) * frames_per_cut / rate)
         window = TimeRange(window_start, window_end, TimeRange.INCLUDE_START)
-        spans = select_frames(selections[i], window)
+        spans, cursors[i] = _take_window(selections[i], cursors[i], window)
         if not spans and _frames_between(ends[i], window_start, rate) >= -GRID_TOLERANCE:
             break  # nothing left of this input
         cursor = _place(spans, cursor, i + 1, out)
@@ -482,6 +489,31 @@ def plan_interval(
             break  # this input ran out during its turn
         turn += 1
     return out
+
+
+def _take_window(spans: Sequence[Span], cursor: int, window: TimeRange) -> tuple[list[Span], int]:
+    """The frames of ``spans[cursor:]`` in ``window`` (as :func:`select_frames` would pick
+    them from all of ``spans``), and the cursor for the next, later window.
+
+    ``spans`` are in timeline order and do not overlap, and each window starts where the
+    input's previous one ended, so a span the window ends after is used up for good and
+    the first span starting after the window ends the search: each span is looked at a
+    bounded number of times, keeping interval planning linear in the input's length.
+    """
+    picked: list[Span] = []
+    while cursor < len(spans):
+        span = spans[cursor]
+        first, stop = _frame_bounds(window, span.segment.anchor, span.segment.rate)
+        assert first is not None and stop is not None
+        if stop <= span.first:
+            break  # this span (and every later one) starts after the window
+        lo, hi = max(span.first, first), min(span.stop, stop)
+        if lo < hi:
+            picked.append(Span(span.segment, lo, hi))
+        if stop < span.stop:
+            break  # the window ends inside this span; the next one starts here
+        cursor += 1
+    return picked, cursor
 
 
 # ---------------------------------------------------------------------------

@@ -44,7 +44,10 @@ OPTIONS: list[tuple[str, str, object, str]] = [
     ("--upstream-username", "UPSTREAM_USERNAME", None, "the proxy's own Basic username for the store"),
     ("--upstream-password", "UPSTREAM_PASSWORD", None, "the proxy's own Basic password for the store"),
     ("--public-url", "PUBLIC_URL", None, "URL callers use to reach the proxy (for Link/Location); else Host"),
-    ("--cursor-secret", "CURSOR_SECRET", None, "key signing page tokens (share it between replicas); random when unset"),
+    ("--cursor-secret", "CURSOR_SECRET", None,
+     "key encrypting and authenticating page tokens (share it between replicas); random when unset"),
+    ("--max-segment-objects", "MAX_SEGMENT_OBJECTS", "100",
+     "most distinct objects a non-admin segment POST may name (each costs upstream look-ups); more get 400"),
     ("--max-body-size", "MAX_BODY_SIZE", str(16 * 1024 * 1024), "largest request body accepted, in bytes"),
     ("--log-level", "LOG_LEVEL", "info", "logging level"),
     ("--pass-through-token", "PASS_THROUGH_TOKEN", False,
@@ -133,6 +136,9 @@ def config_from(s: Mapping[str, object]) -> tuple[ProxyConfig, str, int]:
     if not 0 <= port <= 65535:
         fail(f"--port must be 0-65535, not {port}")
     cursor_secret = text("cursor_secret")
+    max_segment_objects = int(number("max_segment_objects", int))
+    if max_segment_objects < 1:
+        fail(f"--max-segment-objects must be at least 1, not {max_segment_objects}")
     config = ProxyConfig(
         api_url=api_url,
         jwks_url=jwks_url,
@@ -146,6 +152,7 @@ def config_from(s: Mapping[str, object]) -> tuple[ProxyConfig, str, int]:
         public_url=text("public_url"),
         cursor_secret=cursor_secret.encode() if cursor_secret else None,
         max_body_size=int(number("max_body_size", int)),
+        max_segment_objects=max_segment_objects,
     )
     return config, str(s["host"]), port
 

@@ -25,7 +25,7 @@ class ProxyConfig:
     ignore_scopes: bool = False
     pass_through_token: bool = False
     public_url: str | None = None  # how callers reach the proxy, for Link/Location; else from Host
-    cursor_secret: bytes | None = None  # signs page tokens; random per process when None
+    cursor_secret: bytes | None = None  # keys the page tokens' encryption; random per process when None
     max_body_size: int = 16 * 1024 * 1024
     default_limit: int = 100
     max_limit: int = 1000
@@ -33,4 +33,6 @@ class ProxyConfig:
     upstream_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(attempts=3, base=0.1, cap=1.0))
     delete_request_memory: int = 10000
     jwks_min_refresh: float = 10.0  # seconds between JWKS re-fetches caused by unknown kids
+    # distinct objects one non-admin segment POST may name (each costs upstream look-ups)
+    max_segment_objects: int = 100
     upstream_page_size: int | None = None  # items per upstream page in filtered listings; None: chosen per request

@@ -33,6 +33,7 @@ from .rules import (
     Verdict,
     class_change_needs,
     decide,
+    may_change_classes,
     may_create_with,
     may_read_some,
     parse_auth_classes,
@@ -191,6 +192,16 @@ def need(caller: Caller, classes: Iterable[str], perms: Iterable[Perm], what: Re
         raise Forbidden(why or f"This needs {wanted} permission on {_NOUN[what]} {ident}")
 
 
+def need_class_change(caller: Caller, old: frozenset[str], new: frozenset[str], what: Resource, ident: str) -> None:
+    """Changing auth_classes: read, write and delete on the resource as it is (each class added
+    or removed hands out or takes away all three), and each added class one the caller can
+    write, so nobody moves a resource into a class they do not belong to."""
+    need(caller, old, class_change_needs(old, new), what, ident,
+         f"Changing a {_NOUN[what]}'s auth_classes needs read, write and delete permission on it")
+    if not may_change_classes(caller, old, new):
+        raise Forbidden("auth_classes may only gain classes the caller can write")
+
+
 async def resource(ctx: Ctx, what: Resource, ident: str) -> dict[str, Any] | None:
     if what is Resource.FLOW:
         return await ctx.lookups.flow(ident)
@@ -314,12 +325,88 @@ async def handle_guarded(ctx: Ctx) -> web.StreamResponse:
 
 async def handle_get_guarded(ctx: Ctx) -> web.StreamResponse:
     """GET/HEAD of a Flow, Source or webhook: the look-up (made with the caller's query, e.g.
-    include_timerange) is itself the answer, so one upstream call does both."""
+    include_timerange) is itself the answer, so one upstream call does both (plus look-ups of
+    any collection members, which are shown only when readable)."""
     if ctx.admin_may(Perm.READ):
         return await forward(ctx)
     found = await ctx.lookups.get(ctx.path, ctx.query)
     need(ctx.caller, resource_classes(found), {Perm.READ}, ctx.rule.resource, ctx.resource_id)
-    return json_reply(found)
+    (shown,) = await hide_unreadable_references(ctx, ctx.rule.resource, [found])
+    return json_reply(shown)
+
+
+async def handle_collection_get(ctx: Ctx) -> web.StreamResponse:
+    """GET/HEAD of a Flow's flow_collection: only the members the caller can read. (HEAD is
+    judged on the GET, so it answers as GET would.)"""
+    if ctx.admin_may(Perm.READ):
+        return await forward(ctx)
+    flow = await ctx.lookups.flow(ctx.resource_id)
+    need(ctx.caller, resource_classes(flow), {Perm.READ}, Resource.FLOW, ctx.resource_id)
+    reply = await ctx.upstream.call("GET", ctx.path, query=ctx.query, headers=forward_headers(ctx, False),
+                                    caller_auth=ctx.caller_auth)
+    if reply.status != 200:
+        return reply_response(ctx, reply)
+    members = reply.json()
+    if not isinstance(members, list):
+        raise BadGateway("The store's flow_collection is not a JSON list")
+    readable = await readable_ids(ctx, Resource.FLOW, [i for i in map(reference_id, members) if i is not None])
+    kept = [m for m in members if reference_id(m) in readable]
+    if not kept:
+        # as the store answers a Flow without a collection, so hidden members go unnoticed
+        raise NotFound("The Flow has no flow_collection")
+    return json_reply(kept)
+
+
+# Fields of a Flow or Source naming others of its kind: a Flow's members and the Flows
+# collecting it, a Source's likewise. Unfiltered they would tell a caller that hidden ones exist.
+REFERENCE_FIELDS: dict[Resource, tuple[str, ...]] = {
+    Resource.FLOW: ("flow_collection", "collected_by"),
+    Resource.SOURCE: ("source_collection", "collected_by"),
+}
+
+
+def reference_id(entry: object) -> str | None:
+    """The id in a collection entry (``{"id": ..., "role": ...}``) or a collected_by entry (the id)."""
+    if isinstance(entry, dict):
+        entry = entry.get("id")
+    return entry if isinstance(entry, str) else None
+
+
+async def readable_ids(ctx: Ctx, what: Resource, ids: Iterable[str], known: Iterable[str] = ()) -> set[str]:
+    """Those of ``ids`` naming a Flow or Source the caller can read (``known``: ids already
+    known to be readable, not looked up again)."""
+    readable = set(known)
+    wanted = [i for i in dict.fromkeys(ids) if i not in readable]
+    found = await gather_limited(resource(ctx, what, i) for i in wanted)
+    readable.update(i for i, item in zip(wanted, found, strict=True)
+                    if Perm.READ in permissions(ctx.caller, resource_classes(item)))
+    return readable
+
+
+async def hide_unreadable_references(ctx: Ctx, what: Resource, items: Sequence[Any],
+                                     known: Iterable[str] = ()) -> list[Any]:
+    """Copies of ``items`` (Flows or Sources the caller may read) whose collection fields name
+    only what the caller can read; a field left empty is dropped, so a resource collected only
+    by hidden ones looks like one not collected at all."""
+    fields = REFERENCE_FIELDS.get(what, ())
+    if not any(isinstance(item, dict) and name in item for item in items for name in fields):
+        return list(items)
+    ids = [i for item in items if isinstance(item, dict) for name in fields
+           if isinstance(item.get(name), list) for i in map(reference_id, item[name]) if i is not None]
+    readable = await readable_ids(ctx, what, ids, known)
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, dict):
+            item = dict(item)
+            for name in fields:
+                if name not in item:
+                    continue
+                value = item.pop(name)
+                kept = [e for e in value if reference_id(e) in readable] if isinstance(value, list) else []
+                if kept:
+                    item[name] = kept
+        out.append(item)
+    return out
 
 
 async def handle_flow_put(ctx: Ctx) -> web.StreamResponse:
@@ -340,9 +427,7 @@ async def handle_flow_put(ctx: Ctx) -> web.StreamResponse:
         if existing is not None:
             old_classes = resource_classes(existing)
             need(caller, old_classes, {Perm.WRITE}, Resource.FLOW, flow_id)
-            extra = class_change_needs(old_classes, new_classes)
-            need(caller, old_classes, extra, Resource.FLOW, flow_id,
-                 "Changing a Flow's auth_classes needs read, write and delete permission on it")
+            need_class_change(caller, old_classes, new_classes, Resource.FLOW, flow_id)
             if source is not None and source_id != existing.get("source_id"):
                 need(caller, resource_classes(source), {Perm.WRITE}, Resource.SOURCE, source_id)
         else:
@@ -429,8 +514,7 @@ async def handle_tag_change(ctx: Ctx) -> web.StreamResponse:
         old_classes = resource_classes(found)
         need(ctx.caller, old_classes, {Perm.WRITE}, ctx.rule.resource, ctx.resource_id)
         if name == AUTH_CLASSES:
-            need(ctx.caller, old_classes, class_change_needs(old_classes, new_classes), ctx.rule.resource,
-                 ctx.resource_id, "Changing auth_classes needs read, write and delete permission")
+            need_class_change(ctx.caller, old_classes, new_classes, ctx.rule.resource, ctx.resource_id)
     return await forward(ctx, body=value)
 
 
@@ -442,6 +526,11 @@ async def handle_segments_get(ctx: Ctx) -> web.StreamResponse:
 
 
 async def handle_segments_post(ctx: Ctx) -> web.StreamResponse:
+    """Registering segments needs write on the Flow and, for each object reused, read access
+    to that object (AppNote 0016): an object used only by Flows the caller cannot read is, to
+    the caller, hidden, so the answer is the 404 an unknown object gets from ``GET /objects``.
+    Each distinct object costs upstream look-ups, so a non-admin request may name at most
+    ``config.max_segment_objects`` of them (400 beyond that)."""
     body = await read_json(ctx)
     segments = [body] if isinstance(body, dict) else body
     if not isinstance(segments, list) or not all(isinstance(s, dict) for s in segments):
@@ -458,10 +547,13 @@ async def handle_segments_post(ctx: Ctx) -> web.StreamResponse:
         flow = await ctx.lookups.flow(flow_id)
         need(ctx.caller, resource_classes(flow), {Perm.WRITE}, Resource.FLOW, flow_id)
         distinct = list(dict.fromkeys(object_ids))
+        most = ctx.state.config.max_segment_objects
+        if len(distinct) > most:
+            raise BadRequest(f"A segment POST may name at most {most} distinct objects; send fewer segments at a time")
         usable = await gather_limited(object_usable(ctx, oid, flow_id) for oid in distinct)
         refused = [oid for oid, ok in zip(distinct, usable, strict=True) if not ok]
         if refused:
-            raise Forbidden(f"Object {refused[0]} is used by Flows the caller cannot read")
+            raise object_not_found(refused[0])
     return await forward(ctx, body=body)
 
 
@@ -531,7 +623,7 @@ async def handle_object_get(ctx: Ctx) -> web.StreamResponse:
         return refs
 
     if not may_read_some(ctx.caller):
-        raise NotFound(f"Object {ctx.resource_id} not found")
+        raise object_not_found(ctx.resource_id)
     try:
         items, next_cursor, first_page = await paged(ctx, refs_of, readable_flow_ids(ctx), lambda ref: str(ref))
     except UpstreamAnswer as exc:
@@ -539,7 +631,7 @@ async def handle_object_get(ctx: Ctx) -> web.StreamResponse:
             raise
         items, next_cursor, first_page = [], None, None  # unknown answers exactly like hidden
     if not items:
-        raise NotFound(f"Object {ctx.resource_id} not found")
+        raise object_not_found(ctx.resource_id)
     assert first_page is not None
     body = dict(first_page.body)
     body["referenced_by_flows"] = items
@@ -548,6 +640,11 @@ async def handle_object_get(ctx: Ctx) -> web.StreamResponse:
         del body["first_referenced_by_flow"]
     headers = paging_headers(ctx, len(items), next_cursor, first_page, count_header=False)
     return json_reply(body, headers=headers)
+
+
+def object_not_found(object_id: str) -> NotFound:
+    """The one refusal for an object that does not exist or that the caller may not see."""
+    return NotFound(f"Object {object_id} not found")
 
 
 def readable_flow_ids(ctx: Ctx) -> Callable[[Sequence[Any]], Awaitable[list[bool]]]:
@@ -573,7 +670,7 @@ async def handle_object_instances(ctx: Ctx) -> web.StreamResponse:
         flows = await gather_limited(ctx.lookups.flow(r) for r in dict.fromkeys(refs))
         granted = [permissions(ctx.caller, resource_classes(f)) for f in flows]
         if not any(granted):
-            raise NotFound(f"Object {ctx.resource_id} not found")
+            raise object_not_found(ctx.resource_id)
         if not all(Perm.WRITE in g for g in granted):
             raise Forbidden("Changing an object's instances needs write permission on every Flow that uses it")
     return await forward(ctx, body=body)
@@ -676,6 +773,8 @@ async def handle_list(ctx: Ctx) -> web.StreamResponse:
 
     if may_read_some(ctx.caller):
         items, next_cursor, first_page = await paged(ctx, items_of, readable, id_of)
+        on_page = [i for i in map(id_of, items) if i is not None]
+        items = await hide_unreadable_references(ctx, ctx.rule.resource, items, known=on_page)
     else:
         parse_limit(ctx)  # still refuse a bad limit
         items, next_cursor, first_page = [], None, None
@@ -805,8 +904,7 @@ async def handle_webhook_write(ctx: Ctx) -> web.StreamResponse:
         existing = await ctx.lookups.webhook(ctx.resource_id)
         old_classes = resource_classes(existing)
         need(caller, old_classes, {Perm.WRITE}, Resource.WEBHOOK, ctx.resource_id)
-        need(caller, old_classes, class_change_needs(old_classes, classes_from_tags(tags)), Resource.WEBHOOK,
-             ctx.resource_id, "Changing a webhook's auth_classes needs read, write and delete permission")
+        need_class_change(caller, old_classes, classes_from_tags(tags), Resource.WEBHOOK, ctx.resource_id)
     return await forward(ctx, body=await flatten_webhook(ctx, body))
 
 
@@ -820,6 +918,7 @@ HANDLERS: dict[Kind, Callable[[Ctx], Awaitable[web.StreamResponse]]] = {
     Kind.FLOW_DELETE: handle_flow_delete,
     Kind.TAG_PUT: handle_tag_change,
     Kind.TAG_DELETE: handle_tag_change,
+    Kind.COLLECTION_GET: handle_collection_get,
     Kind.COLLECTION_PUT: handle_collection_put,
     Kind.SEGMENTS_GET: handle_segments_get,
     Kind.SEGMENTS_POST: handle_segments_post,

@@ -8,20 +8,27 @@ the end is empty, and each permitted item appears once.
 
 The proxy's page token (``Cursor``) names the upstream page to read (its URL, as the store's
 own ``Link`` gave it), how many of its items to skip, and the id of the first item to return,
-which survives inserts before it. Tokens are signed, so a caller cannot point the proxy at an
-upstream URL of its own choosing.
+which survives inserts before it. Tokens are encrypted and authenticated (AES-GCM, padded to a
+fixed size step), so a caller can neither point the proxy at an upstream URL of its own choosing
+nor read the upstream offsets, which would tell how many hidden items precede each one. The key
+is derived from the proxy's cursor secret, so replicas sharing the secret accept each other's
+tokens.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import BadGateway, BadRequest
 
@@ -38,25 +45,36 @@ class Cursor:
     next_id: str | None  # the first item to return, if it can still be found
 
 
-class CursorCodec:
-    """Signs and checks page tokens (HMAC-SHA256 over the JSON, base64url)."""
+# Plaintexts are padded (with JSON whitespace) to a multiple of this, so a token's length says
+# little about the offsets inside it.
+PAD_TO = 64
+_NONCE = 12
+_KEY_INFO = b"tams authz proxy page tokens v1"
 
-    def __init__(self, key: bytes) -> None:
-        self._key = key
+
+class CursorCodec:
+    """Encrypts and checks page tokens: AES-256-GCM under a key derived (HKDF-SHA256) from
+    ``secret``, a random nonce per token, base64url without padding."""
+
+    def __init__(self, secret: bytes) -> None:
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_INFO).derive(secret)
+        self._aead = AESGCM(key)
 
     def encode(self, cursor: Cursor) -> str:
         payload = json.dumps([cursor.up, cursor.skip, cursor.next_id], separators=(",", ":")).encode()
-        mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
-        return base64.urlsafe_b64encode(mac + payload).decode().rstrip("=")
+        payload += b" " * (-len(payload) % PAD_TO)
+        nonce = os.urandom(_NONCE)
+        return base64.urlsafe_b64encode(nonce + self._aead.encrypt(nonce, payload, None)).decode().rstrip("=")
 
     def decode(self, token: str) -> Cursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError) as exc:
             raise BadRequest("The page token is not valid") from exc
-        mac, payload = raw[:16], raw[16:]
-        if len(mac) < 16 or not hmac.compare_digest(mac, hmac.new(self._key, payload, hashlib.sha256).digest()[:16]):
-            raise BadRequest("The page token is not valid")
+        try:
+            payload = self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], None)
+        except (InvalidTag, ValueError) as exc:
+            raise BadRequest("The page token is not valid") from exc
         try:
             up, skip, next_id = json.loads(payload)
         except (ValueError, TypeError) as exc:

@@ -21,7 +21,9 @@ The model (AppNote 0016, fine-grained part):
   does not exist has no classes, so only admins get past 404 for it.
 * Adding or removing a class hands that class's ``_read``, ``_write`` and ``_delete`` groups their
   permissions (or takes them away), so changing ``auth_classes`` on an existing resource needs
-  read, write and delete on it. A new resource may only carry classes the caller can write.
+  read, write and delete on it, and every class it adds must be one the caller can write (or
+  anyone with all three permissions could hand a resource to a class they do not belong to).
+  A new resource may only carry classes the caller can write.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "class_change_needs",
     "decide",
     "match_route",
+    "may_change_classes",
     "may_create_with",
     "may_read_some",
     "parse_auth_classes",
@@ -95,6 +98,7 @@ class Kind(enum.Enum):
     FLOW_DELETE = "delete a Flow"
     TAG_PUT = "set a tag (auth_classes guarded)"
     TAG_DELETE = "delete a tag (auth_classes guarded)"
+    COLLECTION_GET = "a Flow's flow_collection, filtered to readable Flows"
     COLLECTION_PUT = "set a Flow's flow_collection"
     SEGMENTS_GET = "list a Flow's segments"
     SEGMENTS_POST = "register segments"
@@ -168,7 +172,7 @@ def _rules() -> tuple[RouteRule, ...]:
         add(f"/flows/{{flowId}}/{prop}", ["PUT", "DELETE"], Kind.GUARDED, flow, Perm.WRITE, fid)
     add("/flows/{flowId}/read_only", read, Kind.GUARDED, flow, Perm.READ, fid)
     add("/flows/{flowId}/read_only", ["PUT"], Kind.GUARDED, flow, Perm.WRITE, fid)
-    add("/flows/{flowId}/flow_collection", read, Kind.GUARDED, flow, Perm.READ, fid)
+    add("/flows/{flowId}/flow_collection", read, Kind.COLLECTION_GET, flow, Perm.READ, fid)
     add("/flows/{flowId}/flow_collection", ["PUT"], Kind.COLLECTION_PUT, flow, Perm.WRITE, fid)
     add("/flows/{flowId}/flow_collection", ["DELETE"], Kind.GUARDED, flow, Perm.WRITE, fid)
     add("/flows/{flowId}/segments", read, Kind.SEGMENTS_GET, flow, Perm.READ, fid)
@@ -382,6 +386,16 @@ def may_create_with(caller: Caller, classes: Iterable[str]) -> bool:
     if caller.admin_group:
         return caller.claims(Perm.WRITE)
     return bool(classes) and classes <= writable_classes(caller)
+
+
+def may_change_classes(caller: Caller, old: Iterable[str], new: Iterable[str]) -> bool:
+    """Whether the caller may change a resource's classes from ``old`` to ``new``, beyond the
+    permissions ``class_change_needs`` asks on the resource: admins may; others only add
+    classes they can write into. (Creating with a foreign class is refused by
+    ``may_create_with``; this stops a later change doing the same.)"""
+    if caller.admin_group:
+        return caller.claims(Perm.WRITE)
+    return frozenset(new) - frozenset(old) <= writable_classes(caller)
 
 
 def may_read_some(caller: Caller) -> bool:

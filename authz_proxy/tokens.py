@@ -10,7 +10,9 @@ rotation), but at most once every ``min_refresh`` seconds, so a flood of made-up
 turn the proxy into a JWKS hammer.
 
 ``exp`` is required; ``exp``, ``nbf`` and ``iat`` are checked with ``leeway`` seconds of clock
-slack; ``iss`` and ``aud`` are checked when configured. Every failure is an ``Unauthorized``
+slack; ``iss`` is checked when configured. ``aud`` is always checked: with an audience
+configured a token must name it, and without one a token naming any audience is refused (it
+was meant for some other service). Every failure is an ``Unauthorized``
 carrying a fixed message; token contents are never logged or echoed.
 """
 
@@ -201,7 +203,7 @@ class TokenVerifier:
                 issuer=s.issuer,
                 audience=s.audience,
                 leeway=s.leeway,
-                options={"require": required, "verify_aud": s.audience is not None},
+                options={"require": required},  # verify_aud stays on: PyJWT then refuses an unexpected aud
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("The access token has expired") from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import PathOnlyAccessLogger, create_app, env_values
+from .app import PathOnlyAccessLogger, StoreRunner, create_app, env_values
 from .config import StoreConfig
 from .errors import StoreError
 from .state import STORE
@@ -226,7 +227,7 @@ async def serve(config: StoreConfig) -> None:
     host = f"[{config.host}]" if ":" in config.host else config.host
     config.public_url = f"http://{host}:{config.port}"
     app = create_app(config)
-    runner = web.AppRunner(
+    runner = StoreRunner(
         app,
         access_log_class=PathOnlyAccessLogger,
         access_log=logging.getLogger("local_store.access") if config.access_log else None,
@@ -258,7 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(config))
     except (OSError, StoreError) as exc:
-        print(f"error: cannot start the store: {exc}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            host = f"[{config.host}]" if ":" in config.host else config.host
+            message = (
+                f"cannot listen on {host}:{config.port}: the port is in use; "
+                "stop whatever uses it or choose another with --port (make store PORT=8123)"
+            )
+        else:
+            message = f"cannot start the store: {exc}"
+        print(f"error: {message}", file=sys.stderr)
         return 1
     return 0
 

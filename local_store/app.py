@@ -12,6 +12,12 @@ Middlewares, outermost first:
 
 The access log (off unless ``--access-log``) records paths only, never query strings, so
 presigned URL signatures and ``access_token`` parameters stay out of it.
+
+Requests aiohttp refuses before any handler runs (a header line over ``MAX_FIELD_BYTES``, a
+request line over ``MAX_LINE_BYTES``, bytes that are not HTTP) are answered by
+``StoreRequestHandler`` with the spec's error body; aiohttp's own answer is plain text and its log
+line quotes the offending bytes, which may be an Authorization header. Serve the app with
+``StoreRunner`` to get that.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestHandler
 
 from . import schemas
 from .api import ROUTE_TABLES
@@ -48,7 +56,7 @@ from .gc import GarbageCollector
 from .objects import ObjectFiles, UrlSigner
 from .state import STORE, Backend, Store
 
-__all__ = ["PathOnlyAccessLogger", "create_app", "env_values"]
+__all__ = ["MAX_FIELD_BYTES", "PathOnlyAccessLogger", "StoreRequestHandler", "StoreRunner", "create_app", "env_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,10 @@ JWKS_PATH = "/.well-known/jwks.json"
 MEDIA_PATH = "/objects-data/{object_id}"
 NO_FAULTS = frozenset({TOKEN_PATH, JWKS_PATH})
 NO_API_AUTH = frozenset({TOKEN_PATH, JWKS_PATH, MEDIA_PATH})  # media checks its own signatures
+# One header line may be this long: a bearer token of a client in many groups can pass
+# aiohttp's default 8190 bytes. Longer ones get a 400 with the spec's error body.
+MAX_FIELD_BYTES = 32 * 1024
+MAX_LINE_BYTES = 16 * 1024  # the request line (path and query)
 
 
 def _template(request: web.Request) -> str:
@@ -255,6 +267,52 @@ def _store_context(
     return context
 
 
+class StoreRequestHandler(RequestHandler):
+    """aiohttp's connection handler, except for the answers it makes itself: requests that do
+    not parse (header too long, not HTTP) get the spec's error body, and the log names only the
+    kind of problem, never the bytes (aiohttp's exception messages quote the start of the
+    offending header line, e.g. a token)."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # the answer has started: the connection is lost
+            raise ConnectionError("an error happened after the response had started")
+        if isinstance(exc, HttpProcessingError):
+            logger.warning("refused a malformed request from %s: %d %s", request.remote, status, type(exc).__name__)
+            if isinstance(exc, LineTooLong):
+                summary = f"The request line or a header line is too long (a header line may have at most {MAX_FIELD_BYTES} bytes)"
+            else:
+                summary = "The request is not valid HTTP"
+            error_type = "BadRequest"
+        else:
+            if exc is not None:
+                logger.error("error handling %s %s", request.method, request.path, exc_info=exc)
+            summary = "The store failed to handle this request" if status >= 500 else "The request could not be handled"
+            error_type = "InternalError" if status >= 500 else "BadRequest"
+        response = web.json_response(error_body(error_type, summary), status=status)
+        response.force_close()
+        return response
+
+
+class _StoreServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return StoreRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class StoreRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections are handled by ``StoreRequestHandler``."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _StoreServer  # the same server state; only the handler class differs
+        return server
+
+
 def create_app(config: StoreConfig) -> web.Application:
     """The store as an aiohttp application; state is opened and closed in ``cleanup_ctx``."""
     app = web.Application(
@@ -265,6 +323,7 @@ def create_app(config: StoreConfig) -> web.Application:
             auth_middleware,
         ],
         client_max_size=config.max_body_bytes,
+        handler_args={"max_field_size": MAX_FIELD_BYTES, "max_line_size": MAX_LINE_BYTES},
     )
     app.cleanup_ctx.append(_store_context(config))
     app.router.add_post(TOKEN_PATH, _token)

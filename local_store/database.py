@@ -10,10 +10,11 @@ The schema is one idempotent DDL script applied at start-up (plus column additio
 dirs made by older versions).
 
 Times are integer nanoseconds. Segments keep their timerange as given (``start_ns``, ``end_ns``
-and the two inclusivity flags) plus the first and last nanosecond they cover (``first_ns``,
-``last_ns``, both inclusive), which turn overlap tests into integer comparisons. Segments of a
-Flow never overlap, so ordering by ``first_ns`` also orders by ``last_ns``; the table is
-clustered on ``(flow_id, first_ns)`` and every timerange query is an index range scan.
+and the two inclusivity flags) plus the first and last point they cover in half-nanoseconds
+(``first_hns``, ``last_hns``, both inclusive; see ``timing.Span``), which turn overlap tests into
+integer comparisons that agree with the spec's continuous timeranges. Segments of a
+Flow never overlap, so ordering by ``first_hns`` also orders by ``last_hns``; the table is
+clustered on ``(flow_id, first_hns)`` and every timerange query is an index range scan.
 
 Change events: a write that changes a Flow, a Source or segments records a ``ChangeEvent``
 (only for the event types ``event_types_wanted`` names, i.e. those some active webhook wants),
@@ -67,6 +68,7 @@ __all__ = [
     "FlowQuery",
     "GcOutcome",
     "NewSegment",
+    "PageAfter",
     "SegmentQuery",
     "SourceQuery",
     "TagFilter",
@@ -136,8 +138,8 @@ CREATE TABLE IF NOT EXISTS objects (
     ot_end_ns                INTEGER,
     ot_incl_start            INTEGER,
     ot_incl_end              INTEGER,
-    ot_first_ns              INTEGER,
-    ot_last_ns               INTEGER,
+    ot_first_hns              INTEGER,
+    ot_last_hns               INTEGER,
     timerange                TEXT,            -- object_timerange as text
     key_frame_count          INTEGER,
     init_object_id           TEXT,
@@ -154,8 +156,8 @@ CREATE TABLE IF NOT EXISTS object_urls (      -- uncontrolled instances (get_url
 );
 CREATE TABLE IF NOT EXISTS segments (
     flow_id        TEXT NOT NULL REFERENCES flows(id) ON DELETE CASCADE,
-    first_ns       INTEGER NOT NULL,
-    last_ns        INTEGER NOT NULL,
+    first_hns       INTEGER NOT NULL,
+    last_hns        INTEGER NOT NULL,
     timerange      TEXT NOT NULL,         -- as formatted once by mediatimestamp on the way in
     start_ns       INTEGER NOT NULL,
     end_ns         INTEGER NOT NULL,
@@ -168,7 +170,7 @@ CREATE TABLE IF NOT EXISTS segments (
     sample_offset  INTEGER,
     sample_count   INTEGER,
     init_object_id TEXT REFERENCES objects(id),
-    PRIMARY KEY (flow_id, first_ns)
+    PRIMARY KEY (flow_id, first_hns)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS segments_object ON segments(object_id, flow_id);
 CREATE INDEX IF NOT EXISTS segments_init_object ON segments(init_object_id, flow_id)
@@ -244,6 +246,21 @@ class TagFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class PageAfter:
+    """Keyset paging: where the previous page ended, as the sort value and id of its last item.
+
+    Listings sort on (sort value, id), a total order, and a page starts after this key rather
+    than at an offset, so items inserted or deleted between pages neither repeat nor skip an
+    item that existed throughout."""
+
+    value: str | None
+    id: str
+
+
+Page = tuple[list[dict[str, Any]], PageAfter | None]  # one page and the next page's key (None: last)
+
+
+@dataclass(frozen=True, slots=True)
 class SourceQuery:
     label: str | None = None
     format: str | None = None
@@ -277,7 +294,7 @@ class SegmentQuery:
     span: Span | None = None  # None: every segment
     object_id: str | None = None
     reverse_order: bool = False
-    after: int | None = None  # paging key: first_ns of the first segment of this page
+    after: int | None = None  # paging key: first_hns of the first segment of this page
     limit: int = 100
 
 
@@ -340,6 +357,12 @@ class Database:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
+        if "first_hns" not in {r["name"] for r in conn.execute("PRAGMA table_info(segments)")}:
+            conn.close()
+            raise sqlite3.DatabaseError(
+                "it was made by an older version of the store (segment times in whole nanoseconds);"
+                " start with a new --data-dir"
+            )
         added: set[tuple[str, str]] = set()
         for table, column, kind in ADDED_COLUMNS:
             present = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
@@ -582,8 +605,8 @@ class Database:
             )
         ]
 
-    async def list_sources(self, query: SourceQuery, offset: int, limit: int) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
+    async def list_sources(self, query: SourceQuery, after: PageAfter | None, limit: int) -> Page:
+        def run() -> Page:
             where: list[str] = []
             params: list[Any] = []
             if query.label is not None:
@@ -602,17 +625,15 @@ class Database:
                     params.extend(query.collected_by)
                 else:
                     where.append(f"NOT EXISTS ({sub})")
-            order = _order_clause(
-                query.sort_by or "created",
-                query.reverse_order,
-                {"created": "created", "updated": "updated", "label": "label"},
-            )
+            column = {"created": "created", "updated": "updated", "label": "label"}[query.sort_by or "created"]
+            order = _keyset(column, column != "label", query.reverse_order, after, where, params)
             sql = "SELECT * FROM sources"
             if where:
                 sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
-            rows = self.conn.execute(sql, (*params, limit, offset)).fetchall()
-            return [self._with_source_collections(_source_record(r)) for r in rows]
+            sql += f" ORDER BY {order} LIMIT ?"
+            rows = self.conn.execute(sql, (*params, limit + 1)).fetchall()
+            records, next_after = _page_of([_source_record(r) for r in rows], limit, column)
+            return [self._with_source_collections(r) for r in records], next_after
 
         return await self._read(run)
 
@@ -642,13 +663,13 @@ class Database:
 
         def run() -> tuple[int, bool, int, bool] | None:
             first = self.conn.execute(
-                "SELECT start_ns, incl_start FROM segments WHERE flow_id = ? ORDER BY first_ns LIMIT 1",
+                "SELECT start_ns, incl_start FROM segments WHERE flow_id = ? ORDER BY first_hns LIMIT 1",
                 (flow_id,),
             ).fetchone()
             if first is None:
                 return None
             last = self.conn.execute(
-                "SELECT end_ns, incl_end FROM segments WHERE flow_id = ? ORDER BY first_ns DESC LIMIT 1",
+                "SELECT end_ns, incl_end FROM segments WHERE flow_id = ? ORDER BY first_hns DESC LIMIT 1",
                 (flow_id,),
             ).fetchone()
             return first[0], bool(first[1]), last[0], bool(last[1])
@@ -884,8 +905,8 @@ class Database:
         )
         self._flow_changed("flows/updated", collector_id, now)
 
-    async def list_flows(self, query: FlowQuery, offset: int, limit: int) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
+    async def list_flows(self, query: FlowQuery, after: PageAfter | None, limit: int) -> Page:
+        def run() -> Page:
             where: list[str] = []
             params: list[Any] = []
             for column in (
@@ -913,12 +934,12 @@ class Database:
                 first, last = query.timerange.first, query.timerange.last
                 # The segment starting last at or before the range's end overlaps the range
                 # if any segment does (segments never overlap, so it ends latest too).
-                sub = "SELECT s.last_ns FROM segments s WHERE s.flow_id = flows.id"
+                sub = "SELECT s.last_hns FROM segments s WHERE s.flow_id = flows.id"
                 sub_params: list[Any] = []
                 if last is not None:
-                    sub += " AND s.first_ns <= ?"
+                    sub += " AND s.first_hns <= ?"
                     sub_params.append(last)
-                sub += " ORDER BY s.first_ns DESC LIMIT 1"
+                sub += " ORDER BY s.first_hns DESC LIMIT 1"
                 if first is None:
                     where.append(f"({sub}) IS NOT NULL")
                 else:
@@ -935,24 +956,17 @@ class Database:
                     params.extend(query.collected_by)
                 else:
                     where.append(f"NOT EXISTS ({sub})")
-            order = _order_clause(
-                query.sort_by or "created",
-                query.reverse_order,
-                {
-                    "created": "created",
-                    "metadata_updated": "metadata_updated",
-                    "label": "label",
-                },
-            )
+            column = {"created": "created", "metadata_updated": "metadata_updated", "label": "label"}[query.sort_by or "created"]
+            order = _keyset(column, column != "label", query.reverse_order, after, where, params)
             sql = "SELECT * FROM flows"
             if where:
                 sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
-            rows = self.conn.execute(sql, (*params, limit, offset)).fetchall()
-            records = [_flow_record(r) for r in rows]
+            sql += f" ORDER BY {order} LIMIT ?"
+            rows = self.conn.execute(sql, (*params, limit + 1)).fetchall()
+            records, next_after = _page_of([_flow_record(r) for r in rows], limit, column)
             for record in records:
                 record["collected_by"] = self._flow_collected_by(record["id"])
-            return records
+            return records, next_after
 
         return await self._read(run)
 
@@ -1008,9 +1022,12 @@ class Database:
 
         return await self._write(run)
 
-    async def get_object(self, object_id: str, offset: int, limit: int, flow_tags: Sequence[TagFilter] = ()) -> dict[str, Any] | None:
+    async def get_object(
+        self, object_id: str, after_flow: str | None, limit: int, flow_tags: Sequence[TagFilter] = ()
+    ) -> dict[str, Any] | None:
         """A registered object with one page of its referencing Flows (those whose tags match
-        ``flow_tags``), or None."""
+        ``flow_tags``, in id order, after the id ``after_flow``), or None. ``next_flow`` in the
+        record is the last Flow id of the page when there are more."""
 
         def run() -> dict[str, Any] | None:
             row = self.conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
@@ -1022,12 +1039,19 @@ class Database:
             params: list[Any] = [object_id]
             for tag in flow_tags:
                 _tag_condition("json_extract(f.doc, '$.tags')", tag, where, params)
-            flows = self.conn.execute(
-                "SELECT DISTINCT s.flow_id FROM segments s JOIN flows f ON f.id = s.flow_id "
-                f"WHERE {' AND '.join(where)} ORDER BY s.flow_id LIMIT ? OFFSET ?",
-                (*params, limit, offset),
-            ).fetchall()
-            record["referenced_by_flows"] = [r[0] for r in flows]
+            if after_flow is not None:
+                where.append("s.flow_id > ?")
+                params.append(after_flow)
+            flows = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT DISTINCT s.flow_id FROM segments s JOIN flows f ON f.id = s.flow_id "
+                    f"WHERE {' AND '.join(where)} ORDER BY s.flow_id LIMIT ?",
+                    (*params, limit + 1),
+                )
+            ]
+            record["referenced_by_flows"] = flows[:limit]
+            record["next_flow"] = flows[limit - 1] if len(flows) > limit else None
             record["urls"] = self._uncontrolled_urls([object_id]).get(object_id, [])
             if row["init_object_id"]:
                 init = self.conn.execute(
@@ -1173,15 +1197,15 @@ class Database:
             if not flow["container"]:
                 raise NoContainer(flow_id)
             failed: list[dict[str, Any]] = []
-            stored: list[int] = []  # first_ns of each segment stored
+            stored: list[int] = []  # first_hns of each segment stored
             if single:  # the job's own savepoint undoes a refused single segment
                 if self._add_segment(flow, segments[0], now):
-                    stored.append(segments[0].timerange.first_ns)
+                    stored.append(segments[0].timerange.first_hns)
             for segment in segments if not single else ():
                 conn.execute("SAVEPOINT segment")
                 try:
                     if self._add_segment(flow, segment, now):
-                        stored.append(segment.timerange.first_ns)
+                        stored.append(segment.timerange.first_hns)
                 except StoreError as exc:
                     conn.execute("ROLLBACK TO segment")
                     conn.execute("RELEASE segment")
@@ -1215,11 +1239,18 @@ class Database:
         flow_id = flow["id"]
         tr = seg.timerange
         neighbour = conn.execute(
-            "SELECT first_ns, last_ns, start_ns, end_ns, incl_start, incl_end, object_id, ts_offset_ns "
-            "FROM segments WHERE flow_id = ? AND first_ns <= ? ORDER BY first_ns DESC LIMIT 1",
-            (flow_id, tr.last_ns),
+            "SELECT first_hns, last_hns, start_ns, end_ns, incl_start, incl_end, object_id, ts_offset_ns, "
+            "last_duration, sample_offset, sample_count, init_object_id "
+            "FROM segments WHERE flow_id = ? AND first_hns <= ? ORDER BY first_hns DESC LIMIT 1",
+            (flow_id, tr.last_hns),
         ).fetchone()
-        if neighbour is not None and neighbour["last_ns"] >= tr.first_ns:
+        if neighbour is not None and neighbour["last_hns"] >= tr.first_hns:
+            existing = make_timerange(
+                neighbour["start_ns"],
+                neighbour["end_ns"],
+                bool(neighbour["incl_start"]),
+                bool(neighbour["incl_end"]),
+            )
             same = (
                 neighbour["object_id"] == seg.object_id
                 and neighbour["start_ns"] == tr.start_ns
@@ -1229,17 +1260,17 @@ class Database:
                 and neighbour["ts_offset_ns"] == seg.ts_offset_ns
             )
             if same:
-                # Idempotent repeat: a client that lost the response to a segment POST and
-                # retried sends exactly the segment already stored (same object_id, timerange
-                # and ts_offset). Treat it as done (201) rather than as an overlap, so retries
-                # are safe; anything else overlapping is refused below.
-                return False
-            existing = make_timerange(
-                neighbour["start_ns"],
-                neighbour["end_ns"],
-                bool(neighbour["incl_start"]),
-                bool(neighbour["incl_end"]),
-            )
+                # A client that lost the response to a segment POST and retried sends exactly
+                # the segment already stored: treat it as done (201) rather than as an overlap,
+                # so retries are safe. A "repeat" that says something else about the segment
+                # is a different segment in the same place, and is refused like any overlap.
+                differences = self._repeat_differences(neighbour, seg)
+                if not differences:
+                    return False
+                raise SegmentOverlap(
+                    f"Segment {seg.timerange_text} of object {seg.object_id!r} is already stored with a different "
+                    f"{', '.join(differences)}; delete it first to change it"
+                )
             raise SegmentOverlap(f"Segment {seg.timerange_text} overlaps the stored segment {existing!s}")
         if flow["init_segments"] and not seg.init_object_id:
             raise BadRequest("This Flow uses init segments: init_object_id is required")
@@ -1247,13 +1278,13 @@ class Database:
         if seg.init_object_id:
             self._register_init_object(flow, seg.init_object_id, now)
         conn.execute(
-            "INSERT INTO segments(flow_id, first_ns, last_ns, timerange, start_ns, end_ns, incl_start, incl_end, "
+            "INSERT INTO segments(flow_id, first_hns, last_hns, timerange, start_ns, end_ns, incl_start, incl_end, "
             "object_id, ts_offset_ns, ts_offset, last_duration, sample_offset, sample_count, init_object_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 flow_id,
-                tr.first_ns,
-                tr.last_ns,
+                tr.first_hns,
+                tr.last_hns,
                 seg.timerange_text,
                 tr.start_ns,
                 tr.end_ns,
@@ -1269,6 +1300,38 @@ class Database:
             ),
         )
         return True
+
+    def _repeat_differences(self, stored: sqlite3.Row, seg: NewSegment) -> list[str]:
+        """The fields in which ``seg`` differs from the stored segment with its object, timerange
+        and ts_offset. Fields kept per segment must be equal (left out = not set); the object's
+        own properties (as for any reused object) only where ``seg`` gives them."""
+        differences = [
+            name
+            for name, value in (
+                ("last_duration", seg.last_duration_text),
+                ("sample_offset", seg.sample_offset),
+                ("sample_count", seg.sample_count),
+                ("init_object_id", seg.init_object_id),
+            )
+            if stored[name] != value
+        ]
+        obj = self.conn.execute(
+            "SELECT key_frame_count, ot_start_ns, ot_end_ns, ot_incl_start, ot_incl_end FROM objects WHERE id = ?",
+            (seg.object_id,),
+        ).fetchone()
+        if seg.key_frame_count is not None and seg.key_frame_count != obj["key_frame_count"]:
+            differences.append("key_frame_count")
+        ot = seg.object_timerange
+        if ot is not None and (ot.start_ns, ot.end_ns, ot.incl_start, ot.incl_end) != (
+            obj["ot_start_ns"],
+            obj["ot_end_ns"],
+            bool(obj["ot_incl_start"]),
+            bool(obj["ot_incl_end"]),
+        ):
+            differences.append("object_timerange")
+        if seg.get_urls and not set(seg.get_urls) <= set(self._uncontrolled_urls([seg.object_id]).get(seg.object_id, [])):
+            differences.append("get_urls")  # (instances added since may make the stored list longer)
+        return differences
 
     def _refuse_collected(self, object_id: str) -> None:
         """An unknown object id that names a garbage-collected object cannot be registered: its
@@ -1290,8 +1353,8 @@ class Database:
             tr.end_ns - seg.ts_offset_ns,
             tr.incl_start,
             tr.incl_end,
-            tr.first_ns - seg.ts_offset_ns,
-            tr.last_ns - seg.ts_offset_ns,
+            tr.first_hns - 2 * seg.ts_offset_ns,
+            tr.last_hns - 2 * seg.ts_offset_ns,
         )
         if obj is None:
             self._refuse_collected(seg.object_id)
@@ -1318,7 +1381,7 @@ class Database:
         if own is not None:
             conn.execute(
                 "UPDATE objects SET role = 'media', first_referenced_by_flow = COALESCE(first_referenced_by_flow, ?), "
-                "ot_start_ns = ?, ot_end_ns = ?, ot_incl_start = ?, ot_incl_end = ?, ot_first_ns = ?, ot_last_ns = ?, "
+                "ot_start_ns = ?, ot_end_ns = ?, ot_incl_start = ?, ot_incl_end = ?, ot_first_hns = ?, ot_last_hns = ?, "
                 "timerange = ?, key_frame_count = ?, init_object_id = ? WHERE id = ?",
                 (
                     flow_id,
@@ -1326,8 +1389,8 @@ class Database:
                     own.end_ns,
                     int(own.incl_start),
                     int(own.incl_end),
-                    own.first_ns,
-                    own.last_ns,
+                    own.first_hns,
+                    own.last_hns,
                     str(own),
                     seg.key_frame_count,
                     seg.init_object_id,
@@ -1358,10 +1421,10 @@ class Database:
             )
             if (ot.start_ns, ot.end_ns, ot.incl_start, ot.incl_end) != stored:
                 raise BadRequest(f"Object {oid!r} is already registered with a different object_timerange")
-        if obj["ot_first_ns"] is not None:
-            first = seg.timerange.first_ns - seg.ts_offset_ns
-            last = seg.timerange.last_ns - seg.ts_offset_ns
-            if first < obj["ot_first_ns"] or last > obj["ot_last_ns"]:
+        if obj["ot_first_hns"] is not None:
+            first = seg.timerange.first_hns - 2 * seg.ts_offset_ns
+            last = seg.timerange.last_hns - 2 * seg.ts_offset_ns
+            if first < obj["ot_first_hns"] or last > obj["ot_last_hns"]:
                 raise BadRequest(f"Segment {seg.timerange_text} minus ts_offset is outside the timerange of object {oid!r}")
 
     def _register_init_object(self, flow: sqlite3.Row, object_id: str, now: str) -> None:
@@ -1403,17 +1466,17 @@ class Database:
             r["init_urls"] = urls.get(r["init_object_id"], []) if r["init_object_id"] else []
         return rows
 
-    def _segment_rows_at(self, flow_id: str, first_ns: Sequence[int]) -> list[dict[str, Any]]:
-        """The rows (as ``list_segments`` gives them) of a Flow's segments starting at ``first_ns``."""
+    def _segment_rows_at(self, flow_id: str, first_hns: Sequence[int]) -> list[dict[str, Any]]:
+        """The rows (as ``list_segments`` gives them) of a Flow's segments starting at ``first_hns``."""
         rows: list[dict[str, Any]] = []
-        keys = sorted(first_ns)
+        keys = sorted(first_hns)
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
             rows += [
                 dict(r)
                 for r in self.conn.execute(
-                    self._SEGMENT_SELECT + f"WHERE s.flow_id = ? AND s.first_ns IN ({marks}) ORDER BY s.first_ns",
+                    self._SEGMENT_SELECT + f"WHERE s.flow_id = ? AND s.first_hns IN ({marks}) ORDER BY s.first_hns",
                     (flow_id, *chunk),
                 )
             ]
@@ -1432,7 +1495,7 @@ class Database:
                 if query.span.first is not None:
                     # Only the last segment starting before the range can reach into it.
                     before = conn.execute(
-                        "SELECT first_ns, last_ns FROM segments WHERE flow_id = ? AND first_ns < ? ORDER BY first_ns DESC LIMIT 1",
+                        "SELECT first_hns, last_hns FROM segments WHERE flow_id = ? AND first_hns < ? ORDER BY first_hns DESC LIMIT 1",
                         (flow_id, query.span.first),
                     ).fetchone()
                     lower = before[0] if before is not None and before[1] >= query.span.first else query.span.first
@@ -1443,20 +1506,20 @@ class Database:
                 else:
                     lower = query.after if lower is None else max(lower, query.after)
             if lower is not None:
-                where.append("s.first_ns >= ?")
+                where.append("s.first_hns >= ?")
                 params.append(lower)
             if upper is not None:
-                where.append("s.first_ns <= ?")
+                where.append("s.first_hns <= ?")
                 params.append(upper)
             if query.object_id is not None:
                 where.append("s.object_id = ?")
                 params.append(query.object_id)
             direction = "DESC" if query.reverse_order else "ASC"
-            sql = self._SEGMENT_SELECT + f"WHERE {' AND '.join(where)} ORDER BY s.first_ns {direction} LIMIT ?"
+            sql = self._SEGMENT_SELECT + f"WHERE {' AND '.join(where)} ORDER BY s.first_hns {direction} LIMIT ?"
             rows = [dict(r) for r in conn.execute(sql, (*params, query.limit + 1))]
             next_key = None
             if len(rows) > query.limit:
-                next_key = rows[query.limit]["first_ns"]
+                next_key = rows[query.limit]["first_hns"]
                 rows = rows[: query.limit]
             return self._with_urls(rows), next_key
 
@@ -1483,10 +1546,10 @@ class Database:
                 where = ["flow_id = ?"]
                 params: list[Any] = [flow["id"]]
                 if span.first is not None:
-                    where.append("first_ns >= ?")
+                    where.append("first_hns >= ?")
                     params.append(span.first)
                 if span.last is not None:
-                    where.append("first_ns <= ? AND last_ns <= ?")
+                    where.append("first_hns <= ? AND last_hns <= ?")
                     params.extend((span.last, span.last))
                 if object_id is not None:
                     where.append("object_id = ?")
@@ -1496,11 +1559,11 @@ class Database:
                 if self._wants("flows/segments_deleted"):
                     bounds = (
                         conn.execute(
-                            f"SELECT start_ns, incl_start FROM segments WHERE {condition} ORDER BY first_ns LIMIT 1",
+                            f"SELECT start_ns, incl_start FROM segments WHERE {condition} ORDER BY first_hns LIMIT 1",
                             params,
                         ).fetchone(),
                         conn.execute(
-                            f"SELECT end_ns, incl_end FROM segments WHERE {condition} ORDER BY first_ns DESC LIMIT 1",
+                            f"SELECT end_ns, incl_end FROM segments WHERE {condition} ORDER BY first_hns DESC LIMIT 1",
                             params,
                         ).fetchone(),
                     )
@@ -1646,11 +1709,18 @@ class Database:
 
         return await self._read(run)
 
-    async def list_delete_requests(self, sort_by: str, reverse: bool, offset: int, limit: int) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
-            order = _order_clause(sort_by, reverse, {"created": "created", "expiry": "expiry"})
-            rows = self.conn.execute(f"SELECT doc FROM delete_requests ORDER BY {order} LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-            return [json.loads(r["doc"]) for r in rows]
+    async def list_delete_requests(self, sort_by: str, reverse: bool, after: PageAfter | None, limit: int) -> Page:
+        def run() -> Page:
+            column = {"created": "created", "expiry": "expiry"}[sort_by]
+            where: list[str] = []
+            params: list[Any] = []
+            order = _keyset(column, True, reverse, after, where, params)
+            sql = "SELECT id, created, expiry, doc FROM delete_requests"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            rows = self.conn.execute(f"{sql} ORDER BY {order} LIMIT ?", (*params, limit + 1)).fetchall()
+            page, next_after = _page_of([dict(r) for r in rows], limit, column)
+            return [json.loads(r["doc"]) for r in page], next_after
 
         return await self._read(run)
 
@@ -1680,12 +1750,10 @@ class Database:
 
         return await self._read(run)
 
-    async def list_webhooks(
-        self, owner: str | None, tags: Sequence[TagFilter], reverse: bool, offset: int, limit: int
-    ) -> list[dict[str, Any]]:
+    async def list_webhooks(self, owner: str | None, tags: Sequence[TagFilter], reverse: bool, after: PageAfter | None, limit: int) -> Page:
         """A page of webhooks sorted by url (``owner`` None: everyone's)."""
 
-        def run() -> list[dict[str, Any]]:
+        def run() -> Page:
             where: list[str] = []
             params: list[Any] = []
             if owner is not None:
@@ -1693,12 +1761,12 @@ class Database:
                 params.append(owner)
             for tag in tags:
                 _tag_condition("json_extract(webhooks.doc, '$.tags')", tag, where, params)
-            direction = "DESC" if reverse else "ASC"
+            order = _keyset("url", False, reverse, after, where, params)
             sql = "SELECT * FROM webhooks"
             if where:
                 sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY url {direction}, id {direction} LIMIT ? OFFSET ?"
-            return [_webhook_record(r) for r in self.conn.execute(sql, (*params, limit, offset))]
+            sql += f" ORDER BY {order} LIMIT ?"
+            return _page_of([_webhook_record(r) for r in self.conn.execute(sql, (*params, limit + 1))], limit, "url")
 
         return await self._read(run)
 
@@ -1778,21 +1846,21 @@ class Database:
 
         return await self._read(run)
 
-    async def list_profiles(
-        self, *, format: str | None, codec: str | None, label: str | None, offset: int, limit: int
-    ) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
+    async def list_profiles(self, *, format: str | None, codec: str | None, label: str | None, after: PageAfter | None, limit: int) -> Page:
+        def run() -> Page:
             where: list[str] = []
             params: list[Any] = []
             for column, value in (("format", format), ("codec", codec), ("label", label)):
                 if value is not None:
                     where.append(f"{column} = ?")
                     params.append(value)
-            sql = "SELECT doc FROM profiles"
+            order = _keyset("label", False, False, after, where, params)
+            sql = "SELECT id, label, doc FROM profiles"
             if where:
                 sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY {_order_clause('label', False, {'label': 'label'})} LIMIT ? OFFSET ?"
-            return [json.loads(r["doc"]) for r in self.conn.execute(sql, (*params, limit, offset))]
+            sql += f" ORDER BY {order} LIMIT ?"
+            page, next_after = _page_of([dict(r) for r in self.conn.execute(sql, (*params, limit + 1))], limit, "label")
+            return [json.loads(r["doc"]) for r in page], next_after
 
         return await self._read(run)
 
@@ -1826,17 +1894,39 @@ def _without(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in keys}
 
 
-def _order_clause(sort_by: str, reverse: bool, columns: dict[str, str]) -> str:
-    """ORDER BY for the spec's sort rules: dates newest first, labels A-Z, rows without the
-    sort value after the others (by id); ``reverse`` flips all of it."""
-    column = columns[sort_by]
-    descending = sort_by != "label"
+def _keyset(column: str, descending: bool, reverse: bool, after: PageAfter | None, where: list[str], params: list[Any]) -> str:
+    """The ORDER BY of a listing sorted on ``column`` then ``id`` (a total order), and, for a page
+    after ``after``, its condition appended to ``where``/``params``.
+
+    The spec's sort rules: dates newest first (``descending``), labels and URLs A-Z, rows
+    without the sort value after the others (by id); ``reverse`` flips all of it.
+    """
     if reverse:
         descending = not descending
-    direction = "DESC" if descending else "ASC"
-    nulls_last = "ASC" if not reverse else "DESC"
-    id_direction = "ASC" if not reverse else "DESC"
-    return f"({column} IS NULL) {nulls_last}, {column} {direction}, id {id_direction}"
+    ties = "DESC" if reverse else "ASC"  # for the rows without a value, and for ids
+    order = f"({column} IS NULL) {ties}, {column} {'DESC' if descending else 'ASC'}, id {ties}"
+    if after is not None:
+        value_op = "<" if descending else ">"
+        id_op = "<" if reverse else ">"
+        if after.value is None:  # inside the rows without a value: last, or first when reversed
+            condition = f"({column} IS NULL AND id {id_op} ?)"
+            if reverse:
+                condition = f"({column} IS NOT NULL OR {condition})"
+            params.append(after.id)
+        else:
+            condition = f"{column} {value_op} ? OR ({column} = ? AND id {id_op} ?)"
+            condition = f"({condition})" if reverse else f"({column} IS NULL OR {condition})"
+            params.extend((after.value, after.value, after.id))
+        where.append(condition)
+    return order
+
+
+def _page_of(rows: list[dict[str, Any]], limit: int, column: str) -> Page:
+    """``rows`` (up to ``limit + 1`` of them) cut to one page, with the key of the next page."""
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], PageAfter(last[column], last["id"])
 
 
 def _tag_condition(tags_expr: str, tag: TagFilter, where: list[str], params: list[Any]) -> None:

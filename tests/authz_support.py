@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
-from conftest import RunningStore
 from yarl import URL
 
 from authz_proxy.app import ProxyConfig, RunningProxy, start_proxy
 from credentials import OAuth2ClientCredentials
+from tests.conftest import RunningStore
 
 T = TypeVar("T")
 

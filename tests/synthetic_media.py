@@ -93,10 +93,21 @@ class SynthesizedHLS:
         packets = -(-(video_start - self.start_pts) // AUDIO_PACKET_TICKS)
         return self.start_pts + packets * AUDIO_PACKET_TICKS
 
+    @property
+    def audio_end_ticks(self) -> int:
+        """Where the last AAC packet ends. Synthesis feeds the encoder whole 1024-sample frames until
+        the video's end is covered (``ceil(video ticks / 1920)`` frames); the encoder's output lags
+        its input by one frame of priming samples, and flushing it gives that frame as one more
+        packet, so the audio runs one packet past the last full frame of input."""
+        video_ticks = self.frame_pts(self.frame_count) - self.start_pts
+        packets = -(-video_ticks // AUDIO_PACKET_TICKS) + 1
+        return self.start_pts + packets * AUDIO_PACKET_TICKS
+
     def audio_timerange(self, k: int) -> TimeRange:
-        """Segment ``k``'s audio span; audio packets are contiguous, so it ends where the next starts
-        (not defined here for the last segment, whose end depends on the encoder's flush)."""
-        return TimeRange(_ts(self.audio_first_ticks(k)), _ts(self.audio_first_ticks(k + 1)), TimeRange.INCLUDE_START)
+        """Segment ``k``'s audio span; audio packets are contiguous, so it ends where the next starts,
+        and the last segment's ends with the last packet (``audio_end_ticks``)."""
+        end = self.audio_end_ticks if k == self.segment_count - 1 else self.audio_first_ticks(k + 1)
+        return TimeRange(_ts(self.audio_first_ticks(k)), _ts(end), TimeRange.INCLUDE_START)
 
 
 _cache: dict[tuple[object, ...], SynthesizedHLS] = {}

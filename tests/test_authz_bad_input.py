@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from authz_support import PROXY_CLIENT, ProxyEnv, client, new_id, start_env, video_flow
-from conftest import RunningStore, start_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authz_proxy.errors import ProxyError
 from authz_proxy.rules import match_route
+from tests.conftest import RunningStore, start_store
 
 MAX_BODY = 256 * 1024
 

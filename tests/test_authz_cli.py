@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from authz_support import PROXY_CLIENT, client
-from conftest import RunningStore
+
+from tests.conftest import RunningStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +78,7 @@ def test_serves_until_sigterm(store_factory: Callable[..., RunningStore]) -> Non
         ([], {"UPSTREAM_CLIENT_SECRET": ""}, "incomplete upstream OAuth2 client"),
         (["--port", "eighty"], {}, "--port must be a number"),
         (["--log-level", "loud"], {}, "is not a logging level"),
+        (["--max-segment-objects", "0"], {}, "--max-segment-objects must be at least 1"),
     ],
 )
 def test_bad_settings_fail_in_one_line(args: list[str], env: dict[str, str], message: str) -> None:
@@ -93,6 +95,6 @@ def test_help_names_every_setting() -> None:
                             timeout=30, check=True)
     for env in ("API_URL", "JWKS_URL", "GROUP_CLAIM", "ISSUER", "AUDIENCE", "UPSTREAM_CLIENT_ID",
                 "UPSTREAM_CLIENT_SECRET", "UPSTREAM_OAUTH2_URL", "UPSTREAM_USERNAME", "UPSTREAM_PASSWORD",
-                "PASS_THROUGH_TOKEN", "PROXY_PORT"):
+                "PASS_THROUGH_TOKEN", "PROXY_PORT", "MAX_SEGMENT_OBJECTS", "CURSOR_SECRET"):
         assert env in result.stdout
     assert "(default: $PROXY_PORT, else 8001)" in " ".join(result.stdout.split())

@@ -8,8 +8,9 @@ status. Routes the store does not implement yet still prove the decision: forwar
 
 Callers (token groups): news [news_read], editor [news_read news_write], chief [news_read
 news_write news_delete], writer [news_write], sport [sport_read sport_write sport_delete],
-mixed [news_read news_write sport_read], outsider [], admin [admin], and readscope (chief's
-groups, but a token scoped to tams-api/read only).
+mixed [news_read news_write sport_read], mover [news_read news_write news_delete sport_write],
+outsider [], admin [admin], and readscope (chief's groups, but a token scoped to tams-api/read
+only).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 import pytest
 from authz_support import PROXY_CLIENT, ProxyEnv, client, new_id, start_env, video_flow
-from conftest import start_store
+
+from tests.conftest import start_store
 
 FWD = "forwarded"
 
@@ -36,6 +38,7 @@ CLIENTS = [
     client("mixed", ["news_read", "news_write", "sport_read"]),
     client("outsider", []),
     client("readscope", ["news_read", "news_write", "news_delete"], ["tams-api/read"]),
+    client("mover", ["news_read", "news_write", "news_delete", "sport_write"]),
 ]
 
 
@@ -136,7 +139,12 @@ CASES: list[Case] = [
     C("editor", "PUT", "/flows/{NEW}", 204, "same", fresh=["news"]),
     C("editor", "PUT", "/flows/{NEW}", 403, "sport too", fresh=["news"]),
     C("editor", "PUT", "/flows/{NEW}", 403, "untagged", fresh=["news"]),
-    C("chief", "PUT", "/flows/{NEW}", 204, "sport too", fresh=["news"]),
+    # all three permissions on the Flow, but sport is not the caller's to hand out
+    C("chief", "PUT", "/flows/{NEW}", 403, "sport too", fresh=["news"]),
+    C("chief", "PUT", "/flows/{NEW}", 403, "sport only", fresh=["news"]),
+    C("mover", "PUT", "/flows/{NEW}", 204, "sport too", fresh=["news"]),
+    C("mover", "PUT", "/flows/{NEW}", 204, "sport only", fresh=["news"]),
+    C("chief", "PUT", "/flows/{NEW}", 204, "untagged", fresh=["news"]),
     C("news", "PUT", "/flows/{NEW}", 403, "same", fresh=["news"]),
     C("sport", "PUT", "/flows/{NEW}", 404, "same", fresh=["news"]),
     C("readscope", "PUT", "/flows/{NEW}", 403, "same", fresh=["news"]),
@@ -185,7 +193,13 @@ CASES: list[Case] = [
     C("editor", "PUT", "/flows/{NEWS}/tags/auth_classes", 403, ["news", "sport"]),
     C("editor", "PUT", "/flows/{NEWS}/tags/auth%5Fclasses", 403, ["news", "sport"]),
     C("editor", "DELETE", "/flows/{NEWS}/tags/auth_classes", 403),
-    C("chief", "PUT", "/flows/{NEW}/tags/auth_classes", FWD, ["news", "sport"], fresh=["news"]),
+    C("chief", "PUT", "/flows/{NEW}/tags/auth_classes", 403, ["news", "sport"], fresh=["news"]),
+    C("chief", "PUT", "/flows/{NEW}/tags/auth_classes", 403, ["sport"], fresh=["news"]),
+    C("chief", "PUT", "/flows/{NEW}/tags/auth_classes", 403, "news,sport", fresh=["news"]),
+    C("chief", "PUT", "/flows/{NEW}/tags/auth%5Fclasses", 403, ["sport"], fresh=["news"]),
+    C("mover", "PUT", "/flows/{NEW}/tags/auth_classes", FWD, ["news", "sport"], fresh=["news"]),
+    C("mover", "PUT", "/flows/{NEW}/tags/auth_classes", FWD, ["sport"], fresh=["news"]),
+    C("chief", "PUT", "/flows/{NEW}/tags/auth_classes", FWD, ["news"], fresh=["news", "sport"]),
     C("chief", "DELETE", "/flows/{NEW}/tags/auth_classes", FWD, fresh=["news"]),
     C("readscope", "DELETE", "/flows/{NEW}/tags/auth_classes", 403, fresh=["news"]),
     C("sport", "PUT", "/flows/{NEWS}/tags/auth_classes", 404, ["sport"]),
@@ -210,9 +224,10 @@ CASES: list[Case] = [
     C("editor", "POST", "/flows/{NEWS}/segments", FWD, "unregistered object"),
     C("writer", "POST", "/flows/{NEWS}/segments", FWD, "unregistered object"),
     C("editor", "POST", "/flows/{NEWS}/segments", FWD, "O_SHARED"),
-    C("editor", "POST", "/flows/{NEWS}/segments", 403, "O_SPORT"),
-    C("editor", "POST", "/flows/{NEWS}/segments", 403, "O_SPORT as init"),
-    C("editor", "POST", "/flows/{NEWS}/segments", 403, "bulk with O_SPORT"),
+    # an object only unreadable Flows use is hidden from the caller: 404, as for an unknown one
+    C("editor", "POST", "/flows/{NEWS}/segments", 404, "O_SPORT"),
+    C("editor", "POST", "/flows/{NEWS}/segments", 404, "O_SPORT as init"),
+    C("editor", "POST", "/flows/{NEWS}/segments", 404, "bulk with O_SPORT"),
     C("mixed", "POST", "/flows/{NEWS}/segments", FWD, "O_SPORT"),
     C("news", "POST", "/flows/{NEWS}/segments", 403, "unregistered object"),
     C("sport", "POST", "/flows/{NEWS}/segments", 404, "unregistered object"),
@@ -257,6 +272,10 @@ CASES: list[Case] = [
     C("editor", "PUT", "/sources/{NEWS_SRC}/tags/auth_classes", 403, ["news", "sport"]),
     C("editor", "DELETE", "/sources/{NEWS_SRC}/tags/auth_classes", 403),
     C("editor", "PUT", "/sources/{NEWS_SRC}/tags/auth_classes", FWD, ["news"]),
+    C("chief", "PUT", "/sources/{NEW_SRC}/tags/auth_classes", 403, ["sport"], fresh=["news"]),
+    C("chief", "PUT", "/sources/{NEW_SRC}/tags/auth_classes", 403, ["news", "sport"], fresh=["news"]),
+    C("mover", "PUT", "/sources/{NEW_SRC}/tags/auth_classes", FWD, ["sport"], fresh=["news"]),
+    C("chief", "DELETE", "/sources/{NEW_SRC}/tags/auth_classes", FWD, fresh=["news"]),
     C("editor", "PUT", "/sources/{NEWS_SRC}/label", 400, raw=b"\xff\xfe"),
     # --- listings -------------------------------------------------------------------------------------
     C("news", "GET", "/flows", 200), C("news", "HEAD", "/flows", 200), C("admin", "GET", "/flows", 200),
@@ -294,7 +313,7 @@ def build_body(world: World, case: Case, rand: str, new: str | None, new_src: st
         return body
     if case.path.startswith("/flows/{NEW}") and case.method == "PUT":
         assert new is not None and new_src is not None
-        classes = {"same": ["news"], "sport too": ["news", "sport"], "untagged": None}[body]
+        classes = {"same": ["news"], "sport too": ["news", "sport"], "sport only": ["sport"], "untagged": None}[body]
         return video_flow(new, new_src, classes)
     if case.path == "/flows/{RAND}":
         source = ids["SPORT_SRC"] if "on SPORT_SRC" in body else new_id()
@@ -347,14 +366,17 @@ def build_body(world: World, case: Case, rand: str, new: str | None, new_src: st
 
 @pytest.fixture(scope="module")
 def collection(world: World) -> str:
-    """A news Flow collecting NEWS (readable by news callers) and SPORT (not)."""
-    cid = new_id()
+    """A news Flow collecting NEWS (readable by news callers) and SPORT (not); its news Source
+    collects their Sources likewise."""
+    cid, csrc = new_id(), new_id()
     answer = world.env.store_call("PUT", f"/flows/{cid}", {
-        "id": cid, "source_id": new_id(), "format": "urn:x-nmos:format:multi", "tags": {"auth_classes": ["news"]},
+        "id": cid, "source_id": csrc, "format": "urn:x-nmos:format:multi", "tags": {"auth_classes": ["news"]},
         "flow_collection": [{"id": world.ids["NEWS"], "role": "v"}, {"id": world.ids["SPORT"], "role": "s"}],
     })
     assert answer.status == 201, answer.body
-    world.ids["COLLECTION"] = cid
+    answer = world.env.store_call("PUT", f"/sources/{csrc}/tags/auth_classes", ["news"])
+    assert answer.status == 204, answer.body
+    world.ids["COLLECTION"], world.ids["COLLECTION_SRC"] = cid, csrc
     return cid
 
 
@@ -368,6 +390,9 @@ def test_decision(world: World, collection: str, case: Case) -> None:
         classes = case.fresh
         created = env.store_call("PUT", f"/flows/{new}", video_flow(new, new_src, classes))
         assert created.status == 201, created.body
+        if classes is not None:  # its Source gets the same classes, as the proxy gives a new one
+            tagged = env.store_call("PUT", f"/sources/{new_src}/tags/auth_classes", classes)
+            assert tagged.status == 204, tagged.body
     values = {**world.ids, "RAND": rand, "NEW": new or "", "NEW_SRC": new_src or ""}
     path = case.path
     for key, value in values.items():
@@ -484,7 +509,7 @@ def test_hidden_and_unknown_resources_answer_alike(world: World, hidden: str, te
 @pytest.mark.parametrize(
     ("caller", "method", "path", "body", "calls"),
     [
-        ("news", "GET", "/flows/{NEWS}", None, 1),  # the look-up is the answer
+        ("news", "GET", "/flows/{STR}", None, 1),  # the look-up is the answer (STR is in no collection)
         ("admin", "GET", "/flows/{NEWS}", None, 1),
         ("news", "GET", "/flows/{NEWS}/segments", None, 2),
         ("admin", "GET", "/flows/{NEWS}/segments", None, 1),
@@ -501,5 +526,98 @@ def test_decisions_cost_few_upstream_calls(world: World, caller: str, method: st
         body = [{"object_id": "never-" + new_id(), "timerange": f"[{t}:0_{t + 1}:0)"} for t in (500, 501, 502)]
         body[1]["object_id"] = body[2]["object_id"] = body[0]["object_id"]
     env.recorder.clear()
-    env.call(caller, method, path.replace("{NEWS}", world.ids["NEWS"]), json_body=body)
+    env.call(caller, method, path.replace("{NEWS}", world.ids["NEWS"]).replace("{STR}", world.ids["STR"]),
+             json_body=body)
     assert len(env.recorder.seen) == calls, [(s.method, s.raw_path) for s in env.recorder.seen]
+
+
+def member_ids(value: Any) -> list[str]:
+    return [m["id"] if isinstance(m, dict) else m for m in value or []]
+
+
+def test_collections_name_only_what_the_caller_can_read(world: World, collection: str) -> None:
+    env, ids = world.env, world.ids
+    # the store itself links all of them, so each check below could fail
+    assert member_ids(env.call("admin", "GET", f"/flows/{collection}").json()["flow_collection"]) == [
+        ids["NEWS"], ids["SPORT"]]
+    assert collection in env.call("admin", "GET", f"/flows/{ids['SPORT']}").json()["collected_by"]
+    assert ids["SPORT_SRC"] in member_ids(
+        env.call("admin", "GET", f"/sources/{ids['COLLECTION_SRC']}").json()["source_collection"])
+    assert ids["COLLECTION_SRC"] in env.call("admin", "GET", f"/sources/{ids['SPORT_SRC']}").json()["collected_by"]
+
+    as_news = env.call("news", "GET", f"/flows/{collection}").json()
+    assert as_news["flow_collection"] == [{"id": ids["NEWS"], "role": "v"}]
+    assert collection in env.call("news", "GET", f"/flows/{ids['NEWS']}").json()["collected_by"]
+    members = env.call("news", "GET", f"/flows/{collection}/flow_collection")
+    assert members.status == 200 and members.json() == [{"id": ids["NEWS"], "role": "v"}]
+    source = env.call("news", "GET", f"/sources/{ids['COLLECTION_SRC']}").json()
+    assert member_ids(source["source_collection"]) == [ids["NEWS_SRC"]]
+    assert ids["COLLECTION_SRC"] in env.call("news", "GET", f"/sources/{ids['NEWS_SRC']}").json()["collected_by"]
+
+    # sport reads SPORT, collected only by a news Flow: nothing says it is collected at all
+    assert "collected_by" not in env.call("sport", "GET", f"/flows/{ids['SPORT']}").json()
+    assert "collected_by" not in env.call("sport", "GET", f"/sources/{ids['SPORT_SRC']}").json()
+
+    for caller, hidden in (("news", [ids["SPORT"], ids["SPORT_SRC"]]),
+                           ("sport", [collection, ids["COLLECTION_SRC"]])):
+        for listing in ("/flows?limit=1000", "/sources?limit=1000"):
+            answer = env.call(caller, "GET", listing)
+            assert answer.status == 200
+            assert not [h for h in hidden if h in answer.body.decode()], (caller, listing)
+    listed = {f["id"]: f for f in env.call("news", "GET", "/flows?limit=1000").json()}
+    assert listed[collection]["flow_collection"] == [{"id": ids["NEWS"], "role": "v"}]
+
+
+def test_a_collection_of_only_hidden_flows_looks_like_none(world: World) -> None:
+    env, ids = world.env, world.ids
+    cid = new_id()
+    answer = env.store_call("PUT", f"/flows/{cid}", {
+        "id": cid, "source_id": new_id(), "format": "urn:x-nmos:format:multi", "tags": {"auth_classes": ["news"]},
+        "flow_collection": [{"id": ids["SPORT"], "role": "s"}]})
+    assert answer.status == 201, answer.body
+    assert "flow_collection" not in env.call("news", "GET", f"/flows/{cid}").json()
+    hidden = env.call("news", "GET", f"/flows/{cid}/flow_collection")
+    none = env.call("news", "GET", f"/flows/{ids['STR']}/flow_collection")  # STR collects nothing
+    assert hidden.status == none.status == 404
+    assert hidden.json()["summary"] == none.json()["summary"]
+    assert env.call("news", "HEAD", f"/flows/{cid}/flow_collection").status == 404
+    assert ids["SPORT"] not in hidden.body.decode()
+
+
+def test_reusing_a_hidden_object_answers_like_an_unknown_object(world: World) -> None:
+    env, ids = world.env, world.ids
+    unknown = new_id()
+    env.recorder.clear()
+    hidden = env.call("editor", "POST", f"/flows/{ids['NEWS']}/segments",
+                      json_body={"object_id": ids["O_SPORT"], "timerange": "[700:0_701:0)"})
+    assert not env.recorder.writes()
+    nothing = env.call("editor", "GET", f"/objects/{unknown}")
+    assert hidden.status == nothing.status == 404
+    assert hidden.json()["type"] == nothing.json()["type"]
+    assert hidden.json()["summary"].replace(ids["O_SPORT"], "ID") == nothing.json()["summary"].replace(unknown, "ID")
+
+
+def test_segment_posts_name_a_bounded_number_of_objects(world: World) -> None:
+    env = start_env(world.env.store, max_segment_objects=2)
+    try:
+        flow_id = world.ids["NEWS"]
+
+        def segments(objects: list[str], start: int) -> list[dict[str, str]]:
+            return [{"object_id": o, "timerange": f"[{start + n}:0_{start + n + 1}:0)"} for n, o in enumerate(objects)]
+
+        three = ["never-" + new_id() for _ in range(3)]
+        answer = env.call("editor", "POST", f"/flows/{flow_id}/segments", json_body=segments(three, 5000))
+        assert answer.status == 400, answer.body
+        assert set(answer.json()) == {"type", "summary", "time"}
+        assert not [s for s in env.recorder.seen if s.raw_path.startswith("/objects/")], "no object look-ups"
+        assert not env.recorder.writes()
+        # two are within the bound
+        answer = env.call("editor", "POST", f"/flows/{flow_id}/segments", json_body=segments(three[:2], 5010))
+        assert answer.status == 201, answer.body
+        assert len([s for s in env.recorder.seen if s.raw_path.startswith("/objects/")]) == 2
+        # admins cost no look-ups, so are not bounded
+        answer = env.call("admin", "POST", f"/flows/{flow_id}/segments",
+                          json_body=segments(["never-" + new_id() for _ in range(3)], 5020))
+        assert answer.status == 201, answer.body
+    finally:
+        env.close()

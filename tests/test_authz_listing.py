@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from authz_support import PROXY_CLIENT, ProxyEnv, client, new_id, start_env, video_flow
-from conftest import start_store
+
+from tests.conftest import start_store
 
 COUNT = 60
 UPSTREAM_PAGE = 7
@@ -174,3 +175,31 @@ def test_callers_who_can_read_nothing_cost_the_store_nothing(listing: Listing) -
     env.recorder.clear()
     assert env.call("writer", "GET", "/flows?limit=5").json() == []
     assert not env.recorder.seen
+
+
+def test_page_tokens_are_opaque(listing: Listing) -> None:
+    """p1's next page starts after hidden Flows; the token must not tell how many."""
+    import base64
+
+    answer = listing.env.call("p1", "GET", "/flows?limit=2")
+    token = answer.headers["X-Paging-NextKey"]
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    for plain in (b"/flows", b"limit", listing.visible("p1")[2].encode()):
+        assert plain not in raw
+
+
+def test_replicas_sharing_a_cursor_secret_continue_each_others_listings(listing: Listing) -> None:
+    store = listing.env.store
+    first, second = (start_env(store, upstream_page_size=UPSTREAM_PAGE, cursor_secret=b"shared between replicas")
+                     for _ in range(2))
+    stranger = start_env(store, upstream_page_size=UPSTREAM_PAGE, cursor_secret=b"another secret")
+    try:
+        page = first.call("p1", "GET", "/flows?limit=4")
+        token = page.headers["X-Paging-NextKey"]
+        rest = walk(second, "p1", f"/flows?limit=4&page={token}")
+        got = [f["id"] for f in page.json()] + [f["id"] for p in rest for f in p]
+        assert got == listing.visible("p1")
+        assert stranger.call("p1", "GET", f"/flows?limit=4&page={token}").status == 400
+    finally:
+        for env in (first, second, stranger):
+            env.close()

@@ -199,17 +199,61 @@ def test_new_resources_only_carry_classes_the_caller_can_write() -> None:
     assert may_create_with(caller("admin"), set())
 
 
-def test_page_tokens_are_signed() -> None:
+def test_page_tokens_are_authenticated() -> None:
     codec = CursorCodec(b"k" * 32)
     cursor = Cursor("/flows?limit=7&page=o7", 3, "some-id")
     token = codec.encode(cursor)
     assert codec.decode(token) == cursor
+    assert CursorCodec(b"k" * 32).decode(token) == cursor, "replicas sharing the secret read each other's tokens"
     other = CursorCodec(b"j" * 32)
     from authz_proxy.errors import BadRequest
 
-    for bad in (other.encode(cursor), token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1], "!!", "", "abc"):
+    for bad in (other.encode(cursor), token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1], "!!", "", "abc",
+                token[:20]):
         with pytest.raises(BadRequest):
             codec.decode(bad)
+
+
+def test_page_tokens_do_not_reveal_upstream_offsets() -> None:
+    """A readable token would tell a caller how many hidden items precede the next one."""
+    import base64
+
+    codec = CursorCodec(b"k" * 32)
+    tokens = [codec.encode(Cursor(f"/flows?limit=200&page=o{offset}", skip, "id-" + "x" * 8))
+              for offset, skip in ((0, 1), (200, 57), (1400, 199))]
+    for token in tokens:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        for plain in (b"/flows", b"limit", b"page=o", b"id-xxxxxxxx", b'",57,'):
+            assert plain not in raw
+    assert len({len(t) for t in tokens}) == 1, "token lengths must not track the offsets"
+    assert codec.encode(Cursor("/flows", 0, None)) != codec.encode(Cursor("/flows", 0, None)), "fresh nonce each time"
+
+
+@pytest.mark.parametrize(
+    ("groups", "old", "new", "allowed"),
+    [
+        (["news_read", "news_write", "news_delete"], ["news"], ["sport"], False),
+        (["news_read", "news_write", "news_delete"], ["news"], ["news", "sport"], False),
+        (["news_read", "news_write", "news_delete", "sport_write"], ["news"], ["sport"], True),
+        (["news_read", "news_write", "news_delete"], ["news", "sport"], ["news"], True),  # removing only
+        (["news_read", "news_write", "news_delete"], ["news"], [], True),
+        (["news_read", "news_write", "news_delete"], ["news"], ["news"], True),
+        (["admin"], ["news"], ["anything"], True),
+    ],
+)
+def test_class_changes_only_add_classes_the_caller_can_write(groups: list[str], old: list[str], new: list[str],
+                                                             allowed: bool) -> None:
+    from authz_proxy.rules import may_change_classes
+
+    assert may_change_classes(caller(*groups), old, new) is allowed
+
+
+def test_class_changes_respect_the_write_scope() -> None:
+    from authz_proxy.rules import may_change_classes
+
+    groups = ("news_read", "news_write", "news_delete", "sport_write")
+    assert not may_change_classes(caller(*groups, scopes=["tams-api/read", "tams-api/delete"]), ["news"], ["sport"])
+    assert not may_change_classes(caller("admin", scopes=["tams-api/read"]), ["news"], ["sport"])
 
 
 def test_callers_without_any_read_group_can_read_nothing() -> None:

@@ -21,9 +21,10 @@ import jwt
 import pytest
 from aiohttp import web
 from authz_support import PROXY_CLIENT, LoopThread, ProxyEnv, client, start_env
-from conftest import RunningStore
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.conftest import RunningStore
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "tams-proxy"
@@ -88,7 +89,7 @@ def unsigned(payload: dict[str, Any], header: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStore]:
-    from conftest import start_store
+    from tests.conftest import start_store
 
     running = start_store(tmp_path_factory.mktemp("authz-tokens") / "data",
                           clients=[PROXY_CLIENT, client("news", ["news_read"])])
@@ -247,6 +248,22 @@ def test_unknown_kids_cannot_hammer_the_jwks(store: RunningStore) -> None:
         for n in range(20):
             assert call_with(env, sign(keys, claims(), kid=f"made-up-{n}")).status == 401
         assert keys.fetches <= fetched + 1
+    finally:
+        keys.close()
+        env.close()
+
+
+def test_tokens_naming_an_audience_are_refused_when_none_is_configured(store: RunningStore) -> None:
+    """A token minted for some audience was meant for that service; with no AUDIENCE set the
+    proxy is no such service (as ``--help`` says)."""
+    loop = LoopThread()
+    keys = KeySet(loop)
+    env = start_env(store, loop=loop, jwks_url=keys.url, issuer=ISSUER)
+    try:
+        assert call_with(env, sign(keys, claims())).status == 200, "no aud: accepted"
+        for audience in (AUDIENCE, "someone-else", [AUDIENCE, "someone-else"]):
+            env.recorder.clear()
+            assert_refused(env, call_with(env, sign(keys, claims(aud=audience))))
     finally:
         keys.close()
         env.close()

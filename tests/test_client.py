@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +24,6 @@ from uuid import uuid4
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import RunningStore, start_store
 from mediatimestamp.immutable import TimeRange
 from pytest_aiohttp import AiohttpServer
 from spec import validate
@@ -37,10 +39,12 @@ from client import (
     backoff_ceiling,
     next_link,
     parse_retry_after,
+    redact_text,
     redact_url,
     retry_delay,
 )
 from credentials import BasicCredentials, BearerToken, OAuth2ClientCredentials
+from tests.conftest import REPO_ROOT, RunningStore, start_store
 
 StoreFactory = Callable[..., RunningStore]
 
@@ -103,6 +107,22 @@ def test_redact_url_drops_signatures_and_user_info() -> None:
     )
     api = "http://h:1/flows/x/segments?timerange=%5B0%3A0_10%3A0%29&page=abc&tag.genre=news"
     assert redact_url(api) == "http://h:1/flows/x/segments?timerange=[0:0_10:0)&page=abc&tag.genre=news"
+
+
+def test_redact_text_removes_urls_and_secret_values_from_free_text() -> None:
+    media = "http://127.0.0.1:9/objects-data/abc?X-Tams-Expires=1700000000&X-Tams-Signature=SIGSECRET"
+    text = f"Connection timeout to host {media} (URL('{media}'), query X-Tams-Signature=SIGSECRET)"
+    shown = redact_text(text, media, keep_query=False)
+    assert "SIGSECRET" not in shown
+    assert shown == ("Connection timeout to host http://127.0.0.1:9/objects-data/abc "
+                     "(URL('http://127.0.0.1:9/objects-data/abc'), query X-Tams-Signature=REDACTED)")
+    api = "http://u:hunter22@h:1/flows?limit=5&access_token=eyJtoken"
+    shown = redact_text(f"400, message='Bad', url='{api}' (token eyJtoken, password hunter22)", api)
+    assert shown == ("400, message='Bad', url='http://h:1/flows?limit=5&access_token=REDACTED' "
+                     "(token REDACTED, password REDACTED)")
+    # short values are not hunted through the text (they would mangle it), and no secret is that short
+    assert redact_text("after 1 attempt(s) to 127.0.0.1", "http://h/x?X-Tams-Expires=1") == (
+        "after 1 attempt(s) to 127.0.0.1")
 
 
 def test_next_link_finds_rel_next_among_links() -> None:
@@ -249,6 +269,39 @@ async def test_nothing_listening_is_a_connection_error_after_the_budget() -> Non
             await client.get_service()
     assert client.stats.retries == 2
     assert str(caught.value).startswith(f"could not reach GET http://127.0.0.1:{port}/service after 3 attempt(s)")
+
+
+async def test_a_host_that_does_not_resolve_is_given_up_on_after_two_retries() -> None:
+    """A mistyped host must not burn the whole retry budget (about 20 s by default)."""
+    async with TAMSClient("http://no-such-host.invalid", BasicCredentials("u", "p")) as client:  # default policy
+        started = time.monotonic()
+        with pytest.raises(TAMSConnectionError) as caught:
+            await client.get_service()
+        assert time.monotonic() - started < 5
+        assert client.stats.requests == 3 and client.stats.retries == 2
+        assert str(caught.value).startswith("cannot resolve host no-such-host.invalid: ")
+        assert str(caught.value).endswith("(GET http://no-such-host.invalid/service, 3 attempt(s))")
+        assert caught.value.url == "http://no-such-host.invalid/service" and caught.value.status is None
+        # nothing reached any server, so even a POST that is never repeated gets the same tries
+        with pytest.raises(TAMSConnectionError, match="^cannot resolve host no-such-host.invalid"):
+            await client.request("POST", "/service/webhooks", json_body={"url": "http://h/hook", "events": []})
+        assert client.stats.requests == 6
+
+
+def test_a_script_given_a_host_that_does_not_resolve_prints_one_error_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TAMS_URL", "OAUTH2_URL", "CLIENT_ID", "CLIENT_SECRET", "USERNAME", "PASSWORD")}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "outgest_file.py"), "--tams-url", "http://no-such-host.invalid",
+         "--username", "a", "--password", "b", "--flow-id", str(uuid4()), "--output", str(tmp_path / "x.ts")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert time.monotonic() - started < 15
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot resolve host no-such-host.invalid"), result.stderr
+    assert not (tmp_path / "x.ts").exists()
 
 
 def test_a_url_that_is_not_http_is_refused_at_once() -> None:
@@ -520,6 +573,121 @@ async def test_storage_uploads_segments_and_objects(shared_store: RunningStore, 
     assert client.stats.retries == 0
 
 
+ADMIN_SCOPE = "tams-api/read tams-api/write tams-api/delete tams-api/admin"
+
+
+async def test_post_service_changes_the_name_and_description(tams_store: RunningStore) -> None:
+    async with TAMSClient(tams_store.url, oauth2(tams_store, scope=ADMIN_SCOPE), retry=BRIEF) as admin:
+        before = await admin.get_service()
+        name, description = f"store {uuid4()}", f"described {uuid4()}"
+        assert await admin.post_service({"name": name, "description": description}) is None
+        service = await admin.get_service()
+        validate(service, "service.json")
+        assert (service["name"], service["description"]) == (name, description)
+        assert {k: v for k, v in service.items() if k not in ("name", "description")} == {
+            k: v for k, v in before.items() if k not in ("name", "description")}
+        await admin.post_service({"name": "renamed only"})
+        renamed = await admin.get_service()
+        assert (renamed["name"], renamed["description"]) == ("renamed only", description)
+        with pytest.raises(TAMSResponseError) as caught:
+            await admin.post_service({"name": 5})
+        assert caught.value.status == 400 and caught.value.method == "POST"
+    reader = OAuth2ClientCredentials(tams_store.oauth2_url, "test-reader", "test-reader-secret", scope="tams-api/read")
+    async with TAMSClient(tams_store.url, reader, retry=BRIEF) as client:
+        with pytest.raises(TAMSResponseError) as caught:
+            await client.post_service({"name": "not allowed"})
+        assert caught.value.status == 403
+        assert (await client.get_service())["name"] == "renamed only"
+
+
+async def test_flow_delete_requests_record_each_deletion(tams_store: RunningStore) -> None:
+    flow_id = str(uuid4())
+    async with TAMSClient(tams_store.url, oauth2(tams_store, scope=ADMIN_SCOPE), retry=BRIEF) as client:
+        await client.put_flow(flow_id, video_flow(flow_id, str(uuid4())))
+        targets = client.allocate_storage(flow_id, batch=2)
+        for n in range(2):
+            target = await anext(targets)
+            await client.upload_object(target, f"object {n}".encode())
+            assert await client.post_segments(flow_id, {"object_id": target.object_id, "timerange": second(n)}) == []
+        await targets.aclose()
+        assert [r async for r in client.flow_delete_requests()] == []
+
+        assert await client.delete_segments(flow_id, timerange=second(0)) is None
+        assert await client.delete_flow(flow_id) is None
+        records = [r async for r in client.flow_delete_requests(limit=1)]  # one per page: follows the links
+        assert len(records) == 2 and client.stats.retries == 0
+        for record in records:
+            validate(record, "deletion-request.json")
+        segments_gone, flow_gone = sorted(records, key=lambda r: r["delete_flow"])
+        assert (segments_gone["flow_id"], segments_gone["delete_flow"]) == (flow_id, False)
+        assert TimeRange.from_str(segments_gone["timerange_to_delete"]) == second(0)
+        assert (flow_gone["flow_id"], flow_gone["delete_flow"], flow_gone["timerange_to_delete"]) == (
+            flow_id, True, "_")
+        assert {r["status"] for r in records} == {"done"} and {r["timerange_remaining"] for r in records} == {"()"}
+        assert {r["created_by"] for r in records} == {"test-admin"}
+
+        for record in records:
+            assert await client.get_flow_delete_request(record["id"]) == record
+        backwards = [r["id"] async for r in client.flow_delete_requests(reverse_order=True, limit=1)]
+        assert backwards == [r["id"] for r in reversed(records)]
+        with pytest.raises(NotFound):
+            await client.get_flow_delete_request(str(uuid4()))
+
+
+async def test_object_instances_are_added_copied_and_removed(
+    aiohttp_server: AiohttpServer, shared_store: RunningStore
+) -> None:
+    content = b"\x47" + bytes(range(187)) * 3
+    mirror_gets: list[str] = []
+
+    async def mirror(request: web.Request) -> web.Response:
+        mirror_gets.append(request.path)
+        return web.Response(body=content, content_type="video/mp2t")
+
+    app = web.Application()
+    app.router.add_get("/copies/{name}", mirror)
+    mirror_url = str((await aiohttp_server(app, access_log=None)).make_url("/copies/one.ts"))
+    flow_id = str(uuid4())
+    async with TAMSClient(shared_store.url, basic(shared_store), retry=BRIEF) as client:
+        backend = [b async for b in client.storage_backends()][0]
+        await client.put_flow(flow_id, video_flow(flow_id, str(uuid4())))
+        targets = client.allocate_storage(flow_id, batch=1)
+        target = await anext(targets)
+        await targets.aclose()
+        await client.upload_object(target, content)
+        await client.post_segments(flow_id, {"object_id": target.object_id, "timerange": second(0)})
+        object_id = target.object_id
+
+        async def labels() -> list[tuple[str | None, bool]]:
+            found = await client.get_object(object_id)
+            return [(u.get("label"), u["presigned"]) for u in found["get_urls"]]
+
+        assert await labels() == [(backend["label"], True), (backend["label"], False)]
+        assert await client.post_object_instance(object_id, {"url": mirror_url, "label": "mirror"}) is None
+        assert await labels() == [(backend["label"], True), (backend["label"], False), ("mirror", False)]
+        with pytest.raises(TAMSResponseError) as caught:  # labels name one instance each
+            await client.post_object_instance(object_id, {"url": mirror_url, "label": "mirror"})
+        assert caught.value.status == 400
+
+        # drop the store's own copy, then have it copied back from the mirror
+        assert await client.delete_object_instance(object_id, storage_id=backend["id"]) is None
+        assert await labels() == [("mirror", False)]
+        await client.post_object_instance(object_id, {"storage_id": backend["id"]})
+        assert mirror_gets == ["/copies/one.ts"]
+        found = await client.get_object(object_id)
+        stored = next(u for u in found["get_urls"] if u.get("label") == backend["label"] and u["presigned"])
+        assert await client.download_object(stored) == content
+
+        assert await client.delete_object_instance(object_id, label="mirror") is None
+        assert await labels() == [(backend["label"], True), (backend["label"], False)]
+        with pytest.raises(NotFound):
+            await client.delete_object_instance(object_id, label="mirror")
+        with pytest.raises(TAMSResponseError) as caught:  # the last instance stays
+            await client.delete_object_instance(object_id, storage_id=backend["id"])
+        assert caught.value.status == 400
+    assert client.stats.retries == 0
+
+
 async def test_segments_are_listed_across_many_pages(shared_store: RunningStore) -> None:
     flow_id = str(uuid4())
     async with TAMSClient(shared_store.url, basic(shared_store), retry=BRIEF) as client:
@@ -727,6 +895,65 @@ async def test_a_repeat_refused_as_an_overlap_is_recognised_as_done(aiohttp_serv
         with pytest.raises(TAMSResponseError) as caught:
             await client.post_segments("f", {"object_id": "o2", "timerange": "[0:0_1:0)"})
     assert caught.value.status == 400 and len(stored) == 1
+
+
+async def test_broken_connections_leave_no_signature_in_errors_or_logs(
+    aiohttp_server: AiohttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp quotes the whole request URL in some of its messages (a connect timeout, for
+    one): the client's errors and logs must still show no signature or token."""
+    caplog.set_level(logging.DEBUG)
+
+    async def cut_short(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/silent"):  # closed before any answer
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        response = web.StreamResponse(headers={"Content-Type": "video/mp2t", "Content-Length": "100000"})
+        await response.prepare(request)
+        await response.write(b"\x47" * 1000)
+        assert request.transport is not None
+        request.transport.close()  # the rest of the promised body never comes
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", cut_short)
+    url = str((await aiohttp_server(app, access_log=None)).make_url("")).rstrip("/")
+    secret = "SIGSECRET" + uuid4().hex
+    query = f"?X-Tams-Expires=1700000000&X-Tams-Signature={secret}"
+    policy = RetryPolicy(attempts=2, base=0.001, cap=0.001)
+    caught: list[TAMSConnectionError] = []
+
+    async def expect_failure(client: TAMSClient, call: Any) -> None:
+        with pytest.raises(TAMSConnectionError) as failure:
+            await call
+        caught.append(failure.value)
+
+    async def stream_all(client: TAMSClient, target: str) -> None:
+        async with client.stream_object(target) as chunks:
+            async for _ in chunks:
+                pass
+
+    # the connection is never made: aiohttp's ConnectionTimeoutError names the full URL
+    never = aiohttp.ClientTimeout(sock_connect=1e-7)
+    async with TAMSClient(url, BasicCredentials("u", "p"), retry=policy, timeout=never) as client:
+        await expect_failure(client, client.download_object(f"{url}/objects-data/a{query}"))
+        await expect_failure(client, stream_all(client, f"{url}/objects-data/b{query}"))
+        await expect_failure(client, client.request("GET", f"/flows?limit=1&access_token={secret}"))
+    assert "Connection timeout" in str(caught[0]) and str(caught[0]).endswith(f"{url}/objects-data/a")
+    # the server drops the connection before answering, and part-way through the body
+    async with TAMSClient(url, BasicCredentials("u", "p"), retry=policy) as client:
+        await expect_failure(client, client.download_object(f"{url}/objects-data/silent{query}"))
+        await expect_failure(client, client.download_object(f"{url}/objects-data/c{query}"))
+        await expect_failure(client, stream_all(client, f"{url}/objects-data/d{query}"))
+    assert "the download broke off" in str(caught[-1])
+
+    assert len(caught) == 6 and "retry 1 of 1" in caplog.text
+    for error in caught:
+        assert error.url is not None and error.status is None
+        for shown in (str(error), repr(error), error.url):
+            assert secret not in shown and "X-Tams-Signature" not in shown
+    assert secret not in caplog.text and "X-Tams-Signature=" not in caplog.text.replace("=REDACTED", "")
 
 
 async def test_logs_and_errors_hold_no_secrets(

@@ -15,7 +15,6 @@ from pathlib import Path
 import aiohttp
 import jwt
 import pytest
-from conftest import RunningStore, start_store
 
 from credentials import (
     DEFAULT_SCOPE,
@@ -27,6 +26,7 @@ from credentials import (
     add_credential_args,
     connection_from_args,
 )
+from tests.conftest import RunningStore, start_store
 
 REPO = Path(__file__).resolve().parent.parent
 VARIABLES = ("TAMS_URL", "OAUTH2_URL", "CLIENT_ID", "CLIENT_SECRET", "USERNAME", "PASSWORD")

@@ -10,6 +10,7 @@ edit may create a media object.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +24,6 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import REPO_ROOT, RunningStore, start_store
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 import sample_content
@@ -39,6 +39,7 @@ from simple_edit import (
     parse_interval,
     parse_timerange,
 )
+from tests.conftest import REPO_ROOT, RunningStore, start_store
 
 T = TypeVar("T")
 FRAMES_A = list(range(300))
@@ -400,3 +401,102 @@ def test_help_lists_every_option_with_its_default() -> None:
                    "--cut-interval-sec", "--start", "--legacy-sample-fields", "--dry-run", "--label"):
         assert option in text
     assert "(default: _)" in text and "$TAMS_URL" in text
+
+
+# ---------------------------------------------------------------------------
+# NTSC-family rates: frame times that are not whole 90 kHz ticks
+
+
+@dataclass
+class RateInputs:
+    inputs: Inputs
+    rate: Fraction
+    frames_a: list[int]
+    frames_b: list[int]
+
+    def at(self, n: int) -> Timestamp:
+        """Frame n's stored Flow time: its real pts (a whole tick, rounded down from the exact
+        frame time, so up to 0.75 tick before it at 24000/1001 and 0.5 tick at 60000/1001)."""
+        return Timestamp(ns=sample_content.frame_pts(n, self.rate) * 10**9 // 90000)
+
+
+@pytest.fixture(scope="module", params=[Fraction(24000, 1001), Fraction(60000, 1001)], ids=["23.976", "59.94"])
+def rate_inputs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RateInputs]:
+    """8 s at the rate in 2 s segments (ultrafast, for speed): segments 0-1 are Flow A, 2-3 Flow B."""
+    rate: Fraction = request.param
+    base = tmp_path_factory.mktemp("edit_rate")
+    playlist = sample_content.synthesize(base / "content", width=320, height=180, fps=rate, duration=8,
+                                         segment_seconds=2, gop_seconds=1, preset="ultrafast")
+    total = math.floor(8 * rate)
+    per_segment = round(2 * rate)
+    store = start_store(base / "data")
+    try:
+        async def setup(client: TAMSClient) -> tuple[str, str, set[str]]:
+            a = await ingest(client, IngestOptions(hls=str(playlist), start_segment=0, segment_count=2,
+                                                   video_only=True, label="A"))
+            b = await ingest(client, IngestOptions(hls=str(playlist), start_segment=2, segment_count=2,
+                                                   video_only=True, label="B"))
+            ids = a.flow_ids["video"], b.flow_ids["video"]
+            objects = {s["object_id"] for fid in ids async for s in client.segments(fid)}
+            return ids[0], ids[1], objects
+
+        inputs = Inputs(store, "", "", set(), base / "exports")
+        inputs.flow_a, inputs.flow_b, inputs.objects = run(setup, inputs)
+        inputs.export_dir.mkdir()
+        yield RateInputs(inputs, rate, list(range(2 * per_segment)), list(range(2 * per_segment, total)))
+    finally:
+        store.stop()
+
+
+def export_checked(inputs: Inputs, request: EditRequest) -> tuple[EditResult, list[int]]:
+    """Edit, then export with --check-timing; no timing warning may appear."""
+    output = inputs.export_dir / f"{request.output_flow_id}.ts"
+
+    async def go(client: TAMSClient) -> EditResult:
+        result = await edit(client, request)
+        summary = await outgest(client, result.output_flow_id, output, check_timing=True)
+        assert summary.timing_warnings == 0
+        assert summary.frames == result.frames
+        return result
+
+    result = run(go, inputs)
+    return result, sample_content.read_frame_numbers(output)
+
+
+def test_mid_segment_concatenation_at_ntsc_rates_gives_exactly_the_frames_asked_for(rate_inputs: RateInputs) -> None:
+    """Cuts on frames whose pts is just before their exact time (17 and 105 at 23.976, odd
+    frames at 59.94) neither leak the next frame nor lose the one on the bound."""
+    r = rate_inputs
+    b0 = r.frames_b[0]
+    request = EditRequest(
+        r.inputs.flow_a, r.inputs.flow_b,
+        TimeRange(r.at(10), r.at(17), TimeRange.INCLUDE_START),        # frames 10..16
+        TimeRange(r.at(b0 + 9), r.at(b0 + 13), TimeRange.INCLUSIVE),   # mid-segment of B, end included
+        start=Timestamp(),
+    )
+    result, frames = export_checked(r.inputs, request)
+    assert frames == list(range(10, 17)) + list(range(b0 + 9, b0 + 14))
+    assert result.frames == len(frames) == 12
+    # Twelve frame durations long (each placed segment's bounds are rounded down to 1 ns).
+    assert result.timerange.end is not None
+    error = Fraction(result.timerange.end.to_nanosec(), 10**9) - 12 / r.rate
+    assert abs(error) <= Fraction(len(result.segments), 10**9)
+
+
+def test_interval_cuts_at_ntsc_rates_with_an_interval_off_the_frame_grid(rate_inputs: RateInputs) -> None:
+    """0.7 s is 16.78 frames at 23.976 (17) and 41.96 at 59.94 (42): every cut lands between
+    90 kHz ticks, and A and B hold different frames, so any off-by-one shows."""
+    r = rate_inputs
+    n = round(Fraction(7, 10) * r.rate)
+    request = EditRequest(r.inputs.flow_a, r.inputs.flow_b, cut_interval=Fraction(7, 10))
+    result, frames = export_checked(r.inputs, request)
+    assert frames == expected_interval(r.frames_a, r.frames_b, n)
+    assert result.frames == len(frames)
+    # And from mid-segment timeranges: A from frame 5, B after its frame b0 + 3.
+    b0 = r.frames_b[0]
+    request = EditRequest(r.inputs.flow_a, r.inputs.flow_b,
+                          TimeRange(r.at(5), None, TimeRange.INCLUDE_START),
+                          TimeRange(r.at(b0 + 3), None, TimeRange.EXCLUSIVE), cut_interval=Fraction(7, 10))
+    result, frames = export_checked(r.inputs, request)
+    assert frames == expected_interval(r.frames_a[5:], r.frames_b[4:], n)
+    assert result.frames == len(frames)

@@ -127,6 +127,16 @@ def synth_flows(draw, name: str, rate: Fraction, gaps: bool = True, trims: bool 
     return SynthFlow(rate, origin, objects, segments, index, flow_times)
 
 
+def on_frame(g: int, phase: Fraction) -> tuple[int, bool]:
+    """Where a bound ``phase`` of a frame after frame g acts, by the membership rule: on a
+    frame (True) when within a quarter frame of one, else between g and g + 1 (False)."""
+    if phase <= Fraction(1, 4):
+        return g, True
+    if phase >= Fraction(3, 4):
+        return g + 1, True
+    return g, False
+
+
 @st.composite
 def bounds(draw, flow: SynthFlow):
     """A requested timerange and the global frame indices it selects (worked out in indices)."""
@@ -134,7 +144,8 @@ def bounds(draw, flow: SynthFlow):
 
     def bound():
         g = draw(st.integers(-3, last + 3))
-        phase = draw(st.sampled_from([Fraction(0), Fraction(0), Fraction(1, 100), Fraction(1, 2), Fraction(99, 100)]))
+        phase = draw(st.sampled_from([Fraction(0), Fraction(0), Fraction(1, 100), Fraction(1, 5), Fraction(3, 10),
+                                      Fraction(1, 2), Fraction(7, 10), Fraction(4, 5), Fraction(99, 100)]))
         return g, phase
 
     start = None if draw(st.integers(0, 4)) == 0 else bound()
@@ -147,15 +158,15 @@ def bounds(draw, flow: SynthFlow):
 
     def selected(g: int) -> bool:
         if start is not None:
-            s, p = start
-            if p:
+            s, on = on_frame(*start)
+            if not on:
                 if g <= s:
                     return False
             elif g < s or (g == s and not include_start):
                 return False
         if end is not None:
-            e, p = end
-            if p:
+            e, on = on_frame(*end)
+            if not on:
                 if g > e:
                     return False
             elif g > e or (g == e and not include_end):
@@ -434,11 +445,27 @@ def test_interval_example_unaligned_with_segments():
 
 def test_requested_bounds_snap_to_the_later_frame_between_frames():
     flow = ts_ingest_flow("s", 1)  # frames at (2 + k) / 30
-    # Start 1/4 into frame 10, end 3/4 into frame 20: frames 11..20 have timestamps inside.
-    start = Timestamp.from_count(12, 30) + Timestamp(ns=8_333_333)
-    end = Timestamp.from_count(22, 30) + Timestamp(ns=25_000_000)
+    # Start 1/3 into frame 10, end 2/3 into frame 20: frames 11..20 have timestamps inside.
+    start = Timestamp.from_count(12, 30) + Timestamp(ns=11_111_111)
+    end = Timestamp.from_count(22, 30) + Timestamp(ns=22_222_222)
     spans = select_frames(flow, TimeRange(start, end, TimeRange.INCLUDE_START))
     assert (spans[0].first, spans[0].stop) == (11, 21)
+
+
+def test_bounds_within_a_quarter_frame_of_a_frame_are_on_it():
+    """The membership rule outgest_file reads by: a bound within a quarter frame of a frame
+    acts as on that frame, so its inclusivity decides whether the frame is in."""
+    flow = ts_ingest_flow("s", 1)  # frames at (2 + k) / 30
+    near10 = Timestamp.from_count(12, 30) + Timestamp(ns=8_000_000)   # 0.24 frame after frame 10
+    near20 = Timestamp.from_count(22, 30) - Timestamp(ns=8_000_000)   # 0.24 frame before frame 20
+    assert select_frames(flow, TimeRange(near10, None, TimeRange.INCLUDE_START))[0].first == 10
+    assert select_frames(flow, TimeRange(near10, None, TimeRange.EXCLUSIVE))[0].first == 11
+    assert select_frames(flow, TimeRange(None, near20, TimeRange.EXCLUSIVE))[0].stop == 20
+    assert select_frames(flow, TimeRange(None, near20, TimeRange.INCLUSIVE))[0].stop == 21
+    # 0.3 frame off is between frames: the later frame, whatever the inclusivity.
+    past10 = Timestamp.from_count(12, 30) + Timestamp(ns=10_000_000)
+    assert select_frames(flow, TimeRange(past10, None, TimeRange.INCLUDE_START))[0].first == 11
+    assert select_frames(flow, TimeRange(past10, None, TimeRange.EXCLUSIVE))[0].first == 11
     # On-frame bounds keep their inclusivity, even 1 ns off the stored timestamp.
     on = Timestamp.from_count(12, 30)
     assert (select_frames(flow, TimeRange(on, None, TimeRange.INCLUDE_START))[0].first) == 10
@@ -466,8 +493,8 @@ def test_nothing_selected_is_an_error_naming_the_input():
     with pytest.raises(EditError, match="input 1 has no segments"):
         plan_concatenation([], parse_timerange("[100:0_101:0)"), flow, TimeRange.eternity())
     # Inside the flow but between two frames: still nothing.
-    between = TimeRange(Timestamp.from_count(12, 30) + Timestamp(ns=1_000_000),
-                        Timestamp.from_count(13, 30) - Timestamp(ns=1_000_000), TimeRange.INCLUSIVE)
+    between = TimeRange(Timestamp.from_count(12, 30) + Timestamp(ns=10_000_000),
+                        Timestamp.from_count(13, 30) - Timestamp(ns=10_000_000), TimeRange.INCLUSIVE)
     with pytest.raises(EditError, match="input 1 timerange"):
         plan_interval(flow, between, flow, TimeRange.eternity(), 10)
 
@@ -566,3 +593,31 @@ def test_output_flow_takes_technical_properties_from_the_inputs():
         "tags": {"edit_mode": "concatenation", "edit_inputs": ["a", "b"]},
         "essence_parameters": video_flow()["essence_parameters"],
     }
+
+
+@pytest.mark.timeout(20)
+def test_interval_planning_of_an_hour_of_input_is_linear():
+    """3,600 one-second segments per input, cuts every 1.3 s (39 frames): the plan must be
+    the frame-exact alternation (the quadratic rescan took minutes at this length)."""
+    rate = Fraction(30)
+    segs1 = contiguous(rate, "a", [30] * 3600)
+    segs2 = contiguous(rate, "b", [30] * 3600, first=200_000)
+    n = interval_frames(parse_interval("1.3"), rate)
+    assert n == 39
+    planned = plan_interval(segs1, TimeRange.eternity(), segs2, TimeRange.eternity(), n)
+    check_output_shape(planned)
+    # Every output frame as (input, frame index of that input), from the segments' objects.
+    got = [(p.input_number, int(p.object_id[1:]) * 30 + p.sample_offset + j)
+           for p in planned for j in range(p.sample_count)]
+    total = 3600 * 30
+    expected: list[tuple[int, int]] = []
+    turn = 0
+    while turn * n < total:  # turn k of input k % 2 + 1: its frames k*n .. (k+1)*n - 1
+        expected += [(turn % 2 + 1, g) for g in range(turn * n, min((turn + 1) * n, total))]
+        if (turn + 1) * n > total:
+            break
+        turn += 1
+    assert got == expected
+    # Input 2's turn 2769 (frames 107991..) has only 9 frames left: the edit ends there.
+    assert got[-1] == (2, total - 1) and planned[-1].sample_count == 9
+    assert len(planned) > 5000  # turns of 39 frames across 30-frame segments

@@ -4,6 +4,7 @@ audio, playlists over HTTP, and bad input (one line, non-zero exit, nothing half
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,6 +168,65 @@ def _ns(timestamp: Timestamp | None) -> int:
     return timestamp.to_nanosec()
 
 
+# -- storage batches and concurrency, from the store's access log ----------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    path: str
+    start: float  # seconds (wall clock), worked out from the log time (at the end) less the duration
+    end: float
+
+
+_ACCESS = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO local_store\.access: \S+ "(\w+) (\S+)" \d+ \S+ ([\d.]+)ms$')
+
+
+def _access_log(store: RunningStore) -> list[_Request]:
+    requests = []
+    for line in store.log_text().splitlines():
+        found = _ACCESS.match(line)
+        if found:
+            end = datetime.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            requests.append(_Request(found[2], found[3], end - float(found[4]) / 1000, end))
+    return requests
+
+
+async def test_storage_is_allocated_in_batches_as_uploads_use_it_with_at_most_concurrency_uploads_at_once(
+    store_factory: Callable[..., RunningStore], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    concurrency, batch, count = 2, 4, 12
+    content = synthesized(tmp_path_factory, width=128, height=72, duration=count, segment_seconds=1)
+    # latency makes every request last long enough for the log's millisecond times to show overlaps
+    store = store_factory(latency_ms=50, extra_args=["--access-log"])
+    result = await _ingest(store, content, concurrency=concurrency, storage_batch=batch)
+    assert result.registered == count
+    log = _access_log(store)
+    flow_id = result.flow_ids["video"]
+    storage = [r for r in log if (r.method, r.path) == ("POST", f"/flows/{flow_id}/storage")]
+    puts = sorted((r for r in log if r.method == "PUT" and r.path.startswith("/objects-data/")), key=lambda r: r.start)
+    assert len(puts) == count
+    slack = 0.002  # the log's times are to the millisecond
+
+    # Batches are asked for as they are used, not all up front: three are needed and at most one
+    # more is asked for ahead. Storage request k (from 0) starts only once the batches before it
+    # are all but used: k * batch - 1 targets handed out, of which up to `concurrency` may not have
+    # reached the store yet. (Asking while a whole batch still waits would give k * batch - 5.)
+    assert count // batch <= len(storage) <= count // batch + 1
+    for k, request in enumerate(storage):
+        started_puts = sum(1 for put in puts if put.start < request.start + slack)
+        assert started_puts >= k * batch - 1 - concurrency, (k, started_puts)
+    assert storage[-1].start > puts[0].end  # interleaved: a batch was asked for after uploads finished
+
+    # At no moment are more than `concurrency` uploads in flight, and the limit is reached.
+    events = sorted([(put.start + slack, 1) for put in puts] + [(put.end - slack, -1) for put in puts])
+    in_flight, most = 0, 0
+    for _, step in events:
+        in_flight += step
+        most = max(most, in_flight)
+    assert most == concurrency
+
+
 # -- resume and faults -------------------------------------------------------------------------
 
 
@@ -244,9 +305,13 @@ async def test_audio_gives_video_audio_and_multi_flows_with_collections(
     assert multi["format"] == "urn:x-nmos:format:multi"
     assert multi["flow_collection"] == [{"id": ids["video"], "role": "video"}, {"id": ids["audio"], "role": "audio"}]
     assert len({video["source_id"], audio["source_id"], multi["source_id"]}) == 3
-    assert ids["multi"] in video.get("collected_by", [ids["multi"]])
+    assert video["collected_by"] == [ids["multi"]]
+    assert audio["collected_by"] == [ids["multi"]]
     audio_segments = await _segments(tams_store, ids["audio"])
-    assert [s["timerange"] for s in audio_segments[:-1]] == [str(hls_audio_content.audio_timerange(k)) for k in range(3)]
+    assert [s["timerange"] for s in audio_segments] == [str(hls_audio_content.audio_timerange(k)) for k in range(4)]
+    # the last segment has no next one to end at: it ends with its last AAC packet, one packet
+    # (1024 samples of encoder priming) after the 8 s of input
+    assert audio_segments[-1]["timerange"] == "[6:82666666_8:88000000)"
     video_segments = await _segments(tams_store, ids["video"])
     assert [s["timerange"] for s in video_segments] == [str(hls_audio_content.video_timerange(k)) for k in range(4)]
     async with _client(tams_store) as client:
@@ -394,6 +459,22 @@ def test_bad_flow_params_is_one_line(hls_content: SynthesizedHLS, tmp_path: Path
     done = _run_script(None, NO_STORE, "--hls-filename", str(hls_content.playlist), "--flow-params", "{nope",
                        cwd=tmp_path)
     assert "--flow-params" in _one_error_line(done)
+
+
+@pytest.mark.parametrize("option, value, reason", [
+    ("--hls-segment-count", "-3", "is negative"),
+    ("--hls-start-segment", "-1", "is negative"),
+    ("--concurrency", "0", "is not at least 1"),
+    ("--storage-batch", "0", "is not at least 1"),
+    ("--hls-segment-count", "three", "is not a whole number"),
+])  # fmt: skip
+def test_negative_counts_and_zero_concurrency_are_an_argparse_error(
+    option: str, value: str, reason: str, hls_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    done = _run_script(None, NO_STORE, "--hls-filename", str(hls_content.playlist), option, value, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stderr.startswith("usage: ")
+    assert done.stderr.strip().splitlines()[-1] == f"ingest_hls.py: error: argument {option}: '{value}' {reason}"
 
 
 def test_help_lists_every_option_with_its_default(tmp_path: Path) -> None:

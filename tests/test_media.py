@@ -80,20 +80,79 @@ def test_segment_timing_matches_the_synthesis(hls_content: SynthesizedHLS) -> No
 
 
 def test_audio_timing_matches_the_synthesis(hls_audio_content: SynthesizedHLS) -> None:
-    for k, path in enumerate(hls_audio_content.segment_paths()[:-1]):
+    for k, path in enumerate(hls_audio_content.segment_paths()):
         audio = media.read_timing(path).audio
         assert audio is not None
         assert audio.last_duration == 1920
         assert audio.timerange() == hls_audio_content.audio_timerange(k)
 
 
-def test_timing_counts_only_packet_headers_not_decoded_frames(hls_content: SynthesizedHLS) -> None:
+def test_timing_counts_the_video_packet_payload_bytes_and_the_file_size(hls_content: SynthesizedHLS) -> None:
     path = hls_content.segment_paths()[0]
     with av.open(str(path)) as container:
         payload = sum(p.size for p in container.demux(video=0) if p.size)
     timing = media.read_timing(path.read_bytes())  # bytes in, same answer
     assert timing.video is not None and timing.video.bytes == payload
     assert timing.size == path.stat().st_size
+
+
+def _overwrite_slice_data(data: bytes, pid: int, keep: int = 8) -> tuple[bytes, int]:
+    """``data`` (MPEG-TS) with the coded picture data of every H.264 slice on ``pid`` overwritten,
+    and how many bytes were changed. TS headers, adaptation fields, PES headers (with PTS/DTS),
+    start codes, parameter sets, SEI and the first ``keep`` bytes of each slice (its header, which
+    says the slice type) are kept, so the packets and their timing are as they were; 0xA5 holds no
+    zero bytes, so no new start code appears."""
+    out = bytearray(data)
+    pes_offsets: list[list[int]] = []  # per PES packet: the file offset of each of its ES bytes
+    for at in range(0, len(data) - 187, 188):
+        header = data[at : at + 4]
+        assert header[0] == 0x47
+        if ((header[1] & 0x1F) << 8 | header[2]) != pid or not (header[3] >> 4) & 1:
+            continue
+        start = at + 4 + (1 + data[at + 4] if (header[3] >> 4) & 2 else 0)
+        if header[1] & 0x40:  # a PES packet starts here
+            assert data[start : start + 3] == b"\x00\x00\x01"
+            start += 9 + data[start + 8]
+            pes_offsets.append([])
+        if pes_offsets:
+            pes_offsets[-1].extend(range(start, at + 188))
+    changed = 0
+    for offsets in pes_offsets:
+        es = bytes(data[i] for i in offsets)
+        nal_starts = []
+        found = es.find(b"\x00\x00\x01")
+        while found >= 0:
+            nal_starts.append(found + 3)
+            found = es.find(b"\x00\x00\x01", found + 3)
+        for n, nal in enumerate(nal_starts):
+            end = nal_starts[n + 1] - 4 if n + 1 < len(nal_starts) else len(es)  # before a 4-byte start code
+            if es[nal] & 0x1F in (1, 5):  # coded slice (non-IDR, IDR)
+                for j in range(nal + keep, end):
+                    out[offsets[j]] = 0xA5
+                    changed += 1
+    return bytes(out), changed
+
+
+def test_timing_is_read_without_decoding_so_undecodable_pictures_time_the_same(
+    hls_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    original = hls_content.segment_paths()[0].read_bytes()
+    with av.open(str(hls_content.segment_paths()[0])) as container:
+        pid = container.streams.video[0].id
+    damaged, changed = _overwrite_slice_data(original, pid)
+    expected = media.read_timing(original)
+    assert expected.video is not None
+    assert changed > expected.video.bytes // 2  # most of the coded pictures are gone
+    path = tmp_path / "damaged.ts"
+    path.write_bytes(damaged)
+    try:  # the pictures cannot be decoded: no frame reads back its number
+        numbers = sample_content.read_frame_numbers(path)
+    except sample_content.SampleContentError:
+        numbers = []
+    assert not set(numbers) & set(hls_content.frames(0))
+    assert sample_content.read_frame_numbers(hls_content.segment_paths()[0]) == hls_content.frames(0)
+    assert media.read_timing(damaged) == expected
+    assert media.read_timing(path) == expected
 
 
 def test_timing_across_the_33_bit_wrap(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -1,7 +1,9 @@
 """outgest_file.py: frame-exact export of Flows from a real local store, read back frame by frame.
 
 Content is synthesized once per module (320x180, 30 fps, 2 s segments, 1 s GOPs, B-frames, AAC
-audio) with frame numbers burnt into the pictures; frame n has pts 6000 + 3000 n. Segments are
+audio) with frame numbers burnt into the pictures; frame n has pts 6000 + 3000 n. The copy crossing
+2^33 is H.264 Constrained Baseline, which libx264 does not choose by itself, so its re-encoded cuts
+show whether they follow the Flow's profile. Segments are
 registered through the client with chosen timerange / ts_offset / object_timerange /
 sample_offset / sample_count, exported, and the frame numbers and timestamps of the output are
 checked exactly.
@@ -23,7 +25,6 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import REPO_ROOT, RunningStore, start_store
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import RetryPolicy, TAMSClient
@@ -31,15 +32,18 @@ from credentials import BasicCredentials
 from ingest_hls import IngestOptions, ingest
 from media import PTS_WRAP, media_timerange, pts_to_timestamp, split_essences
 from outgest_file import (
+    TOLERANCE,
     FrameTiming,
     OutgestError,
     OutgestSummary,
     SegmentRef,
+    in_timerange,
     outgest,
     plan_segment,
     unwrap_mpegts,
 )
 from sample_content import read_frame_numbers, synthesize
+from tests.conftest import REPO_ROOT, RunningStore, start_store
 
 TICK = Fraction(1, 90000)
 FRAME = 3000  # ticks per frame at 30 fps
@@ -81,7 +85,9 @@ def content(tmp_path_factory: pytest.TempPathFactory) -> Content:
     playlist = synthesize(root / "hls", duration=8, segment_seconds=2, gop_seconds=1, audio=True)
     files = sorted(playlist.parent.glob("hls_output_*.ts"))
     assert len(files) == SEGMENTS
-    wrapped_playlist = synthesize(root / "wrapped", duration=8, segment_seconds=2, gop_seconds=1, start_pts=WRAP_START)
+    # x264's ultrafast preset uses no B-frames, CABAC or 8x8 transforms: Constrained Baseline.
+    wrapped_playlist = synthesize(root / "wrapped", duration=8, segment_seconds=2, gop_seconds=1, start_pts=WRAP_START,
+                                  preset="ultrafast")
     wrapped = sorted(wrapped_playlist.parent.glob("hls_output_*.ts"))
     result = Content(playlist, [], [], wrapped_playlist, wrapped)
     for index, path in enumerate(files):
@@ -272,6 +278,20 @@ def video_pts(path: Path) -> list[int]:
         fmt = container.format.name
     values = unwrap_mpegts(raw) if fmt == "mpegts" else raw
     return sorted(values)
+
+
+def sps_parameters(path: Path) -> list[tuple[int, int]]:
+    """(profile_idc, level_idc) of every H.264 sequence parameter set in the file's video packets."""
+    found = []
+    with av.open(str(path)) as container:
+        for packet in container.demux(container.streams.video[0]):
+            data = bytes(packet)
+            start = data.find(b"\x00\x00\x01")
+            while start >= 0 and start + 6 < len(data):
+                if data[start + 3] & 0x1F == 7:  # NAL unit type 7: SPS
+                    found.append((data[start + 4], data[start + 6]))
+                start = data.find(b"\x00\x00\x01", start + 3)
+    return found
 
 
 def audio_pts(path: Path) -> list[int]:
@@ -472,12 +492,22 @@ async def test_ingest_then_outgest_across_2_33(store: RunningStore, content: Con
                                                       flow_id=str(uuid.uuid4())))
         whole = await outgest(client, ingested.flow_ids["video"], tmp_path / "video.ts", check_timing=True)
         window = span(frame_pts(20, WRAP_START), frame_pts(100, WRAP_START))
-        await outgest(client, ingested.flow_ids["video"], tmp_path / "cut.ts", timerange=window, exact=True)
+        cut = await outgest(client, ingested.flow_ids["video"], tmp_path / "cut.ts", timerange=window, exact=True)
+        avc = (await client.get_flow(ingested.flow_ids["video"]))["essence_parameters"]["avc_parameters"]
     assert read_frame_numbers(tmp_path / "video.ts") == list(range(FRAMES))
     assert_continuous(video_pts(tmp_path / "video.ts"), WRAP_START)
     assert whole.timing_warnings == 0
     assert read_frame_numbers(tmp_path / "cut.ts") == list(range(20, 100))
     assert_continuous(video_pts(tmp_path / "cut.ts"), frame_pts(20, WRAP_START))
+    # The cut starts inside a GOP, so the output begins with re-encoded frames: they carry the
+    # Flow's H.264 profile and level (Constrained Baseline, which libx264 would not pick on its
+    # own), as do the copied ones.
+    assert cut.reencoded >= 1 and avc["profile"] == 66
+    with av.open(str(tmp_path / "cut.ts")) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.profile, context.level) == ("Constrained Baseline", avc["level"])
+    parameters = sps_parameters(tmp_path / "cut.ts")
+    assert len(parameters) >= 2 and set(parameters) == {(avc["profile"], avc["level"])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,3 +649,29 @@ def test_plan_narrows_to_request_on_the_flow_timeline() -> None:
     request = TimeRange(ts(4 * FRAME) + offset, ts(9 * FRAME) + offset, TimeRange.INCLUDE_START)
     plan = plan_segment(gop_frames(), TICK, segment, request=request)
     assert (plan.first, plan.stop, plan.copy) == (4, 9, False)
+
+
+def test_plan_at_23_976_takes_frames_whose_pts_is_just_before_a_grid_cut() -> None:
+    """At 24000/1001 a frame lasts 3753.75 ticks and its pts is rounded down to a tick, so it
+    can be 0.75 tick before its exact time, where an edit puts a cut: frames 9 and 17 here.
+    Membership within a quarter frame of a bound makes the cut unambiguous."""
+    rate = Fraction(24000, 1001)
+    exact = [Fraction(6000) + n * Fraction(90000) / rate for n in range(48)]
+    frames = [FrameTiming(pts=int(t), dts=int(t), keyframe=n == 0) for n, t in enumerate(exact)]
+    assert exact[9] - frames[9].pts == exact[17] - frames[17].pts == Fraction(3, 4)
+
+    def cut(n: int) -> Timestamp:  # an edit's cut at frame n: its exact time, rounded down to 1 ns
+        return Timestamp(ns=int(exact[n] * TICK * 10**9))
+
+    segment = SegmentRef(object_id="o", timerange=TimeRange(cut(9), cut(17), TimeRange.INCLUDE_START))
+    for duration in (1 / rate, None):  # the Flow's frame duration, or measured from the pts
+        plan = plan_segment(frames, TICK, segment, frame_duration=duration)
+        assert (plan.first, plan.stop) == (9, 17)
+    # Half a tick of tolerance (the old rule) took frame 17 at the exclusive end and lost frame 9.
+    t17, t9 = Fraction(frames[17].pts) * TICK, Fraction(frames[9].pts) * TICK
+    assert in_timerange(t17, segment.timerange, TOLERANCE) and not in_timerange(t9, segment.timerange, TOLERANCE)
+    # Inclusive and exclusive bounds keep their meaning for the frame on them.
+    closed = TimeRange(cut(9), cut(17), TimeRange.INCLUSIVE)
+    assert (plan_segment(frames, TICK, SegmentRef(object_id="o", timerange=closed), frame_duration=1 / rate).stop) == 18
+    opened = TimeRange(cut(9), cut(17), TimeRange.EXCLUSIVE)
+    assert (plan_segment(frames, TICK, SegmentRef(object_id="o", timerange=opened), frame_duration=1 / rate).first) == 10

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import RunningStore
 
 import ingest_hls
 import sample_content
@@ -52,6 +51,7 @@ from credentials import OAuth2ClientCredentials
 from ingest_hls import IngestOptions, ingest
 from outgest_file import outgest
 from simple_edit import EditRequest, edit
+from tests.conftest import RunningStore
 from tests.synthetic_media import SynthesizedHLS, synthesized
 
 pytestmark = pytest.mark.soak

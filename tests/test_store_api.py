@@ -11,8 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import RunningStore
 from store_http import StoreHttp, basic_header, new_flow, timerange_re
+
+from tests.conftest import RunningStore
 
 
 @pytest.fixture

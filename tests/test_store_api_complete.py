@@ -16,8 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DEFAULT_CLIENTS, RunningStore
 from store_http import StoreHttp, basic_header, new_flow
+
+from tests.conftest import DEFAULT_CLIENTS, RunningStore
 
 
 @pytest.fixture

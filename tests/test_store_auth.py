@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import jwt
 import pytest
-from conftest import RunningStore
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from store_http import TOKEN_SCHEMA, StoreHttp, basic_header, new_flow
+
+from tests.conftest import RunningStore
 
 JWKS_SCHEMA = {
     "type": "object",

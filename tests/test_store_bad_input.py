@@ -10,8 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import RunningStore
 from store_http import StoreHttp, basic_header, new_flow
+
+from tests.conftest import RunningStore
 
 
 @pytest.fixture
@@ -126,15 +127,18 @@ async def test_bad_query_values(api: StoreHttp, stored: dict[str, Any]) -> None:
         assert reply.status == 400, (path, params, reply.status)
 
 
-async def test_huge_limit_is_capped(api: StoreHttp) -> None:
-    reply = await api.call(
-        "GET",
-        "/flows",
-        params={"limit": "1000000000"},
-        status=200,
-        items="flow-get.json",
-    )
-    assert int(reply.headers["X-Paging-Limit"]) <= 1000
+async def test_huge_limit_is_capped(api: StoreHttp, stored: dict[str, Any]) -> None:
+    listings = [
+        ("/flows", "flow-get.json"),
+        ("/sources", "source.json"),
+        (f"/flows/{stored['flow']['id']}/segments", "flow-segment.json"),
+    ]
+    for path, items in listings:
+        for limit in ("1001", "1000000000", "9" * 18):
+            reply = await api.call("GET", path, params={"limit": limit}, status=200, items=items)
+            assert reply.headers["X-Paging-Limit"] == "1000", (path, limit)  # the store's cap
+        reply = await api.call("GET", path, params={"limit": "7"}, status=200, items=items)
+        assert reply.headers["X-Paging-Limit"] == "7"  # below the cap: as asked
 
 
 async def test_bad_segment_posts(api: StoreHttp, stored: dict[str, Any]) -> None:

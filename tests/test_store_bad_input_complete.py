@@ -13,8 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import RunningStore
 from store_http import StoreHttp, basic_header, new_flow
+
+from tests.conftest import RunningStore
 
 
 @pytest.fixture

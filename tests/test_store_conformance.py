@@ -29,11 +29,12 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import RunningStore
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from spec import validate
+
+from tests.conftest import RunningStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = REPO_ROOT / "tams-api" / "TimeAddressableMediaStore.yaml"

@@ -10,8 +10,10 @@ import signal
 from collections.abc import Callable
 
 import aiohttp
-from conftest import RunningStore
+import pytest
 from store_http import StoreHttp, basic_header, new_flow
+
+from tests.conftest import RunningStore
 
 
 def api_for(session: aiohttp.ClientSession, store: RunningStore) -> StoreHttp:
@@ -112,12 +114,28 @@ async def test_acknowledged_writes_survive_kill_9(
         assert not list((store.data_dir / "tmp").iterdir())  # no half-written upload left behind
 
 
-async def test_sigterm_stops_cleanly(
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_stop_signal_exits_cleanly_and_keeps_writes(
     store_factory: Callable[..., RunningStore],
+    stop_signal: signal.Signals,
 ) -> None:
     store = store_factory()
-    store.process.send_signal(signal.SIGTERM)
-    assert store.process.wait(timeout=10) == 0
+    async with aiohttp.ClientSession() as session:
+        api = api_for(session, store)
+        flow = new_flow()
+        await api.put_flow(flow, status=201)
+        (media,) = await api.allocate(flow["id"])
+        await api.call("PUT", media["put_url"]["url"], data=b"kept", headers={"Content-Type": "video/mp2t"}, status=201)
+        await api.post_segments(flow["id"], {"object_id": media["object_id"], "timerange": "[0:0_2:0)"})
+        store.process.send_signal(stop_signal)
+        assert store.process.wait(timeout=10) == 0
+        assert "Traceback" not in store.log_text()
+        store.restart()
+        api = api_for(session, store)
+        await api.call("GET", f"/flows/{flow['id']}", status=200, schema="flow-get.json")
+        (segment,) = (await api.segments(flow["id"], presigned="true")).body
+        assert (segment["object_id"], segment["timerange"]) == (media["object_id"], "[0:0_2:0)")
+        assert (await api.call("GET", segment["get_urls"][0]["url"], status=200)).raw == b"kept"
 
 
 async def test_concurrent_overlapping_posts_are_each_recorded_or_refused(

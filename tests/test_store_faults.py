@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 
 import aiohttp
-from conftest import RunningStore
 from store_http import TOKEN_SCHEMA, StoreHttp, basic_header, new_flow
+
+from tests.conftest import RunningStore
 
 
 async def statuses(http: StoreHttp, n: int, path: str = "/service") -> list[int]:

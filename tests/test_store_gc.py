@@ -26,8 +26,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import REPO_ROOT, RunningStore, start_store
 from store_http import StoreHttp, basic_header, new_flow
+
+from tests.conftest import REPO_ROOT, RunningStore, start_store
 
 GRACE = 1.0
 INTERVAL = 0.2

@@ -12,8 +12,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import pytest
-from conftest import RunningStore
 from store_http import StoreHttp, basic_header, new_flow
+
+from tests.conftest import RunningStore
 
 TS = {"Content-Type": "video/mp2t"}
 

@@ -11,11 +11,12 @@ import asyncio
 import uuid
 
 import aiohttp
-from conftest import RunningStore
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mediatimestamp.immutable import TimeRange, Timestamp
 from store_http import StoreHttp, basic_header, new_flow
+
+from tests.conftest import RunningStore
 
 NS = 1_000_000_000
 
@@ -123,6 +124,11 @@ async def check(store: RunningStore, segments: list[TimeRange], queries: list[Ti
     st.lists(segment_ranges(), max_size=8),
     st.lists(query_ranges(), min_size=1, max_size=4),
 )
+# Timeranges are continuous (as the spec and mediatimestamp have them), even where the ranges
+# meet within one nanosecond: [0:0_0:1) overlaps (0:0_, and (0:0_0:1) is not empty.
+@example(segments=[TimeRange.from_str("[0:0_0:1)")], queries=[TimeRange.from_str("(0:0_")])
+@example(segments=[TimeRange.from_str("(0:0_0:1)"), TimeRange.from_str("[0:1_0:2)")],
+         queries=[TimeRange.from_str("[0:1]"), TimeRange.from_str("(0:0_0:1)")])
 def test_segment_storage_and_queries_match_timerange_arithmetic(
     shared_store: RunningStore, segments: list[TimeRange], queries: list[TimeRange]
 ) -> None:

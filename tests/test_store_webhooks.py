@@ -24,9 +24,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DEFAULT_CLIENTS, RunningStore, start_store
 from store_http import StoreHttp, basic_header, new_flow
 from test_store_conformance import validate_spec, webhook_event_schema
+
+from tests.conftest import DEFAULT_CLIENTS, RunningStore, start_store
 
 ALL_EVENTS = [
     "flows/created",

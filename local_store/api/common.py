@@ -7,6 +7,8 @@ same way by every endpoint; route modules raise ``errors.StoreError`` subclasses
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
@@ -18,6 +20,7 @@ from yarl import URL
 from ..auth import Principal
 from ..bodies import UrlFilter, get_urls
 from ..database import (
+    PageAfter,
     TagFilter,
 )
 from ..errors import (
@@ -52,6 +55,9 @@ __all__ = [
     "query_int",
     "query_limit",
     "query_offset_page",
+    "query_page_after",
+    "listing_name",
+    "page_token",
     "query_tags",
     "query_timerange",
     "store_of",
@@ -194,6 +200,44 @@ def query_offset_page(request: web.Request) -> int:
     return int(raw[1:])
 
 
+# Keyset page tokens: "k" + base64url of the JSON [listing, sort value, id]. ``listing`` names the
+# listing and sort the key belongs to (e.g. "flows:created" or "sources:label:reverse"), so a
+# token from one listing or order is not read in another.
+PAGE_TOKEN_RE = re.compile(r"k[A-Za-z0-9_-]{1,4096}")
+
+
+def page_token(listing: str, after: PageAfter | None) -> str | None:
+    """The page token of ``after`` (None: there is no next page)."""
+    if after is None:
+        return None
+    payload = json.dumps([listing, after.value, after.id], separators=(",", ":"), ensure_ascii=False)
+    return "k" + base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def query_page_after(request: web.Request, listing: str) -> PageAfter | None:
+    """Where this page starts, from the ``page`` token the previous page's Link gave; 400 for a
+    token that is malformed or belongs to another sort order."""
+    raw = request.query.get("page")
+    if raw is None:
+        return None
+    if not PAGE_TOKEN_RE.fullmatch(raw):
+        raise BadRequest(f"Invalid page key {raw[:40]!r}")
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(raw[1:] + "=" * (-len(raw[1:]) % 4)))
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        raise BadRequest(f"Invalid page key {raw[:40]!r}") from exc
+    if not isinstance(decoded, list) or len(decoded) != 3 or not isinstance(decoded[1], str | None) or not isinstance(decoded[2], str):
+        raise BadRequest(f"Invalid page key {raw[:40]!r}")
+    if decoded[0] != listing:
+        raise BadRequest("The page key belongs to a listing in another order: follow the Link header of the previous page")
+    return PageAfter(decoded[1], decoded[2])
+
+
+def listing_name(resource: str, sort_by: str, reverse: bool) -> str:
+    """What a page token records about the listing and order it was made for."""
+    return f"{resource}:{sort_by}" + (":reverse" if reverse else "")
+
+
 async def json_body(request: web.Request, *, optional: bool = False) -> Any:
     if request.content_length is not None and request.content_length > request.app[STORE].config.max_body_bytes:
         raise PayloadTooLarge("The request body is too large")
@@ -207,8 +251,10 @@ async def json_body(request: web.Request, *, optional: bool = False) -> Any:
         raise BadRequest("A JSON request body is required")
     try:
         value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadRequest(f"Malformed JSON body: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"Malformed JSON body: {str(exc)[:200]}") from exc
+    except ValueError as exc:  # an integer of more digits than Python converts (4300 by default)
+        raise BadRequest("Malformed JSON body: a number has too many digits") from exc
     if SURROGATE_ESCAPE.search(raw):
         # JSON lets "\ud800" through, but a lone surrogate is not text: it could not be stored
         # or sent on. Checked only when such an escape appears, so normal bodies pay nothing.

@@ -15,10 +15,12 @@ from aiohttp import web
 from ..errors import BadRequest, NotFound
 from .common import (
     json_response,
+    listing_name,
+    page_token,
     paging_headers,
     query_bool,
     query_limit,
-    query_offset_page,
+    query_page_after,
     store_of,
 )
 
@@ -33,14 +35,13 @@ routes = web.RouteTableDef()
 async def get_delete_requests(request: web.Request) -> web.Response:
     store = store_of(request)
     limit = query_limit(request, store)
-    offset = query_offset_page(request)
     sort_by = request.query.get("sort_by", "created")
     if sort_by not in ("created", "expiry"):
         raise BadRequest(f"Unsupported sort_by {sort_by[:40]!r}")
     reverse = bool(query_bool(request, "reverse_order", False))
-    records = await store.db.list_delete_requests(sort_by, reverse, offset, limit + 1)
-    next_key = f"o{offset + limit}" if len(records) > limit else None
-    page = records[:limit]
+    listing = listing_name("flow-delete-requests", sort_by, reverse)
+    page, after = await store.db.list_delete_requests(sort_by, reverse, query_page_after(request, listing), limit)
+    next_key = page_token(listing, after)
     return json_response(page, headers=paging_headers(request, limit, len(page), next_key, reverse))
 
 

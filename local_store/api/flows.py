@@ -29,6 +29,7 @@ from ..objects import (
 )
 from ..state import Store
 from ..timing import (
+    INT64_MAX,
     Span,
     make_timerange,
 )
@@ -39,6 +40,8 @@ from .common import (
     check_uuid,
     json_body,
     json_response,
+    listing_name,
+    page_token,
     paging_headers,
     principal_of,
     query_bool,
@@ -46,7 +49,7 @@ from .common import (
     query_int,
     query_limit,
     query_mime,
-    query_offset_page,
+    query_page_after,
     query_tags,
     query_timerange,
     query_uuid_list,
@@ -85,13 +88,7 @@ async def flow_timerange_text(store: Store, flow_id: str, clip: Span | None, cli
     if clip_given:
         if clip is None:
             return "()"
-        clip_tr = make_timerange(
-            clip.first if clip.first is not None else start_ns,
-            clip.last if clip.last is not None else end_ns,
-            True,
-            True,
-        )
-        timerange = timerange.intersect_with(clip_tr)
+        timerange = timerange.intersect_with(clip.to_timerange(start_ns, end_ns))
     return str(timerange)
 
 
@@ -99,7 +96,6 @@ async def flow_timerange_text(store: Store, flow_id: str, clip: Span | None, cli
 async def get_flows(request: web.Request) -> web.Response:
     store = store_of(request)
     limit = query_limit(request, store)
-    offset = query_offset_page(request)
     source_id = request.query.get("source_id")
     if source_id is not None:
         check_uuid(source_id, "source_id")
@@ -130,9 +126,10 @@ async def get_flows(request: web.Request) -> web.Response:
         sort_by=sort_by,
         reverse_order=bool(query_bool(request, "reverse_order", False)),
     )
-    records = await store.db.list_flows(query, offset, limit + 1)
-    next_key = f"o{offset + limit}" if len(records) > limit else None
-    page = [flow_body(r) for r in records[:limit]]
+    listing = listing_name("flows", sort_by or "created", query.reverse_order)
+    records, after = await store.db.list_flows(query, query_page_after(request, listing), limit)
+    next_key = page_token(listing, after)
+    page = [flow_body(r) for r in records]
     headers = paging_headers(request, limit, len(page), next_key, query.reverse_order)
     return json_response(page, headers=headers)
 
@@ -163,6 +160,10 @@ async def put_flow(request: web.Request) -> web.Response:
     if doc["id"] != flow_id:
         raise BadRequest(f"The Flow id in the body ({doc['id']}) differs from the path ({flow_id})")
     doc = await apply_profile(store, doc)
+    essence = doc.get("essence_parameters") or {}
+    for name in ("frame_width", "frame_height"):  # kept in SQLite INTEGER columns for the filters
+        if isinstance(essence.get(name), int) and abs(essence[name]) > INT64_MAX:
+            raise BadRequest(f"essence_parameters.{name} is out of range")
     principal = principal_of(request)
     created = await store.db.put_flow(flow_id, doc, principal.name, utc_now_iso(), source_label=doc.get("label"))
     if not created:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .. import schemas
 from ..auth import check_scope
+from ..database import PageAfter
 from ..errors import (
     BadRequest,
     Conflict,
@@ -35,9 +36,10 @@ from .common import (
     get_urls,
     json_body,
     json_response,
+    page_token,
     paging_headers,
     query_limit,
-    query_offset_page,
+    query_page_after,
     query_tags,
     store_of,
     url_filter,
@@ -58,15 +60,15 @@ async def get_object(request: web.Request) -> web.Response:
     store = store_of(request)
     object_id = request.match_info["object_id"]
     limit = query_limit(request, store)
-    offset = query_offset_page(request)
+    after = query_page_after(request, "referenced_by_flows")
     filters = url_filter(request)
     flow_tags = query_tags(request, prefix="flow_")
-    record = await store.db.get_object(object_id, offset, limit + 1, flow_tags)
+    record = await store.db.get_object(object_id, after.id if after is not None else None, limit, flow_tags)
     if record is None:
         raise ObjectNotFound(object_id)
-    flows = record["referenced_by_flows"]
-    next_key = f"o{offset + limit}" if len(flows) > limit else None
-    body: dict[str, Any] = {"id": object_id, "referenced_by_flows": flows[:limit]}
+    next_flow = record["next_flow"]
+    next_key = page_token("referenced_by_flows", PageAfter(None, next_flow) if next_flow is not None else None)
+    body: dict[str, Any] = {"id": object_id, "referenced_by_flows": record["referenced_by_flows"]}
     if record["first_referenced_by_flow"]:
         body["first_referenced_by_flow"] = record["first_referenced_by_flow"]
     if record["role"] == "media" and record["timerange"] is not None:

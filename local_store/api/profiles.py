@@ -19,12 +19,13 @@ from .common import (
     check_uuid,
     json_body,
     json_response,
+    page_token,
     paging_headers,
     principal_of,
     query_format,
     query_limit,
     query_mime,
-    query_offset_page,
+    query_page_after,
     store_of,
 )
 
@@ -41,16 +42,14 @@ PROFILE_FORMATS = FORMATS - {"urn:x-nmos:format:multi"}  # Profiles are single-e
 async def get_profiles(request: web.Request) -> web.Response:
     store = store_of(request)
     limit = query_limit(request, store)
-    offset = query_offset_page(request)
-    records = await store.db.list_profiles(
+    page, after = await store.db.list_profiles(
         format=query_format(request, PROFILE_FORMATS),
         codec=query_mime(request, "codec"),
         label=request.query.get("label"),
-        offset=offset,
-        limit=limit + 1,
+        after=query_page_after(request, "profiles:label"),
+        limit=limit,
     )
-    next_key = f"o{offset + limit}" if len(records) > limit else None
-    page = records[:limit]
+    next_key = page_token("profiles:label", after)
     return json_response(page, headers=paging_headers(request, limit, len(page), next_key))
 
 

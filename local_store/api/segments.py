@@ -20,16 +20,21 @@ from ..errors import (
     InvalidTimerange,
     PayloadTooLarge,
     StoreError,
+    error_body,
     utc_now_iso,
 )
 from ..timing import (
+    INT64_MAX,
     Span,
+    check_ns,
     make_timerange,
     parse_timerange,
     parse_timestamp,
     stored_range,
 )
 from .common import (
+    check_http_url,
+    check_string,
     check_uuid,
     json_body,
     json_response,
@@ -53,9 +58,10 @@ routes = web.RouteTableDef()
 
 
 def segment_page_key(raw: str | None) -> int | None:
+    """The ``first_hns`` a segment page starts at, from ``s<first_hns>``; 400 if not an int64."""
     if raw is None:
         return None
-    if not re.fullmatch(r"s-?[0-9]{1,20}", raw):
+    if not re.fullmatch(r"s-?[0-9]{1,19}", raw) or abs(int(raw[1:])) > INT64_MAX:
         raise BadRequest(f"Invalid page key {raw[:40]!r}")
     return int(raw[1:])
 
@@ -100,18 +106,31 @@ async def get_segments(request: web.Request) -> web.Response:
     return json_response(body, headers=headers)
 
 
-def parse_segment(item: dict[str, Any]) -> NewSegment:
+def parse_segment(item: dict[str, Any], backend_label: str) -> NewSegment:
+    """A schema-valid segment POST item as the database takes it; ``StoreError`` (400) if its
+    values are unusable: times or counts out of the store's range, an empty or unbounded
+    timerange, bad ``get_urls``."""
     parsed = parse_timerange(item["timerange"])
     timerange = stored_range(parsed, "segment timerange")
-    ts_offset = parse_timestamp(item["ts_offset"]) if "ts_offset" in item else Timestamp()
+    ts_offset = parse_timestamp(item["ts_offset"], "ts_offset") if "ts_offset" in item else Timestamp()
+    offset_ns = ts_offset.to_nanosec()
+    # timerange - ts_offset is the object's own timeline (the default object_timerange).
+    for bound in (timerange.start_ns, timerange.end_ns):
+        check_ns(bound - offset_ns, "segment timerange minus ts_offset")
     object_timerange = None
     if "object_timerange" in item:
         object_timerange = stored_range(parse_timerange(item["object_timerange"]), "object_timerange")
     last_duration = None
     if "last_duration" in item:
-        last_duration = parse_timestamp(item["last_duration"])
+        last_duration = parse_timestamp(item["last_duration"], "last_duration")
         if last_duration < Timestamp():
             raise InvalidTimerange("last_duration cannot be negative")
+        if str(last_duration) != item["last_duration"]:  # e.g. "-0:0": keep exactly what was sent
+            raise InvalidTimerange(f"last_duration {item['last_duration']!r} is not in canonical secs:nanos form")
+    for name in ("sample_offset", "sample_count", "key_frame_count"):
+        value = item.get(name)
+        if value is not None and not -INT64_MAX <= value <= INT64_MAX:
+            raise BadRequest(f"{name} is out of range")
     if not item["object_id"]:
         raise BadRequest("object_id must not be empty")
     init_object_id = item.get("init_object_id")
@@ -120,7 +139,7 @@ def parse_segment(item: dict[str, Any]) -> NewSegment:
     return NewSegment(
         object_id=item["object_id"],
         timerange=timerange,
-        ts_offset_ns=ts_offset.to_nanosec(),
+        ts_offset_ns=offset_ns,
         timerange_text=str(parsed),
         ts_offset_text=str(ts_offset),
         object_timerange=object_timerange,
@@ -129,8 +148,28 @@ def parse_segment(item: dict[str, Any]) -> NewSegment:
         sample_count=item.get("sample_count"),
         key_frame_count=item.get("key_frame_count"),
         init_object_id=init_object_id,
-        get_urls=tuple((u["url"], u["label"]) for u in item.get("get_urls", [])),
+        get_urls=parse_get_urls(item.get("get_urls", []), backend_label),
     )
+
+
+def parse_get_urls(items: list[dict[str, Any]], backend_label: str) -> tuple[tuple[str, str], ...]:
+    """Uncontrolled ``get_urls`` of a segment POST, checked as ``POST /objects/{id}/instances``
+    checks an instance: absolute http(s) URLs, non-empty labels that are not a storage backend's,
+    each label once."""
+    urls: list[tuple[str, str]] = []
+    labels: set[str] = set()
+    for index, entry in enumerate(items):
+        url = check_http_url(entry["url"], f"get_urls[{index}].url")
+        label = check_string(entry["label"], f"get_urls[{index}].label")
+        if not label:
+            raise BadRequest(f"get_urls[{index}].label must not be empty")
+        if label == backend_label:
+            raise BadRequest(f"The label {label!r} belongs to a storage backend")
+        if label in labels:
+            raise BadRequest(f"The label {label!r} appears more than once in get_urls")
+        labels.add(label)
+        urls.append((url, label))
+    return tuple(urls)
 
 
 @routes.post("/flows/{flow_id}/segments")
@@ -146,17 +185,32 @@ async def post_segments(request: web.Request) -> web.Response:
         return web.Response(status=201)  # the schema allows an empty list: nothing to do
     if len(items) > 10000:
         raise PayloadTooLarge("At most 10000 segments per request")
+    # A body that is not segment-shaped is refused whole (400). A well-formed item whose values
+    # cannot be stored (a time out of range, bad get_urls) fails alone: in a bulk POST it is
+    # listed in failed_segments with the database's refusals, and the rest are still stored.
     parsed: list[NewSegment] = []
+    failed: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         what = "segment" if single else f"segment [{index}]"
         if not isinstance(item, dict):
             raise BadRequest(f"Invalid {what}: not a JSON object")
         schemas.check(item, "flow-segment-post.json", what)
+    for item in items:
         try:
-            parsed.append(parse_segment(item))
+            parsed.append(parse_segment(item, store.backend.label))
         except StoreError as exc:
-            raise BadRequest(f"Invalid {what}: {exc.summary}") from exc
-    failed = await store.db.post_segments(flow_id, parsed, utc_now_iso(), single=single)
+            if single:
+                refusal = InvalidTimerange if isinstance(exc, InvalidTimerange) else BadRequest
+                raise refusal(f"Invalid segment: {exc.summary}") from exc
+            failed.append(
+                {
+                    "object_id": item["object_id"],
+                    "timerange": item["timerange"],
+                    "error": error_body(exc.error_type, f"Invalid segment: {exc.summary}"),
+                }
+            )
+    # Called even when every item failed: it still answers 404/403 for the Flow itself.
+    failed += await store.db.post_segments(flow_id, parsed, utc_now_iso(), single=single)
     if failed:
         return json_response({"failed_segments": failed}, status=200)
     return web.Response(status=201)

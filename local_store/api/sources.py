@@ -29,12 +29,14 @@ from .common import (
     check_uuid,
     json_body,
     json_response,
+    listing_name,
+    page_token,
     paging_headers,
     principal_of,
     query_bool,
     query_format,
     query_limit,
-    query_offset_page,
+    query_page_after,
     query_tags,
     query_uuid_list,
     store_of,
@@ -54,7 +56,6 @@ routes = web.RouteTableDef()
 async def get_sources(request: web.Request) -> web.Response:
     store = store_of(request)
     limit = query_limit(request, store)
-    offset = query_offset_page(request)
     sort_by = request.query.get("sort_by")
     if sort_by is not None and sort_by not in ("created", "updated", "label"):
         raise BadRequest(f"Unsupported sort_by {sort_by!r}")
@@ -66,9 +67,10 @@ async def get_sources(request: web.Request) -> web.Response:
         sort_by=sort_by,
         reverse_order=bool(query_bool(request, "reverse_order", False)),
     )
-    records = await store.db.list_sources(query, offset, limit + 1)
-    next_key = f"o{offset + limit}" if len(records) > limit else None
-    page = [source_body(r) for r in records[:limit]]
+    listing = listing_name("sources", sort_by or "created", query.reverse_order)
+    records, after = await store.db.list_sources(query, query_page_after(request, listing), limit)
+    next_key = page_token(listing, after)
+    page = [source_body(r) for r in records]
     headers = paging_headers(request, limit, len(page), next_key, query.reverse_order)
     return json_response(page, headers=headers)
 

@@ -37,11 +37,13 @@ from .common import (
     check_uuid,
     json_body,
     json_response,
+    listing_name,
+    page_token,
     paging_headers,
     principal_of,
     query_bool,
     query_limit,
-    query_offset_page,
+    query_page_after,
     query_tags,
     store_of,
 )
@@ -97,11 +99,12 @@ def _doc(body: dict[str, Any]) -> dict[str, Any]:
 async def get_webhooks(request: web.Request) -> web.Response:
     store = store_of(request)
     limit = query_limit(request, store)
-    offset = query_offset_page(request)
     reverse = bool(query_bool(request, "reverse_order", False))
-    records = await store.db.list_webhooks(_owner_filter(principal_of(request)), query_tags(request), reverse, offset, limit + 1)
-    next_key = f"o{offset + limit}" if len(records) > limit else None
-    page = [webhook_body(r) for r in records[:limit]]
+    listing = listing_name("webhooks", "url", reverse)
+    after = query_page_after(request, listing)
+    records, next_after = await store.db.list_webhooks(_owner_filter(principal_of(request)), query_tags(request), reverse, after, limit)
+    next_key = page_token(listing, next_after)
+    page = [webhook_body(r) for r in records]
     return json_response(page, headers=paging_headers(request, limit, len(page), next_key, reverse))
 
 
