@@ -45,6 +45,11 @@ Properties of a file, without decoding
     ``AudioProperties.flow_fields()`` give the TAMS Flow fields (``format``, ``codec``,
     ``essence_parameters``).
 
+Which frames a timerange holds
+    ``in_timerange(t, timerange, tolerance)`` with ``bound_tolerance(frame_duration)``: a frame
+    within a quarter of a frame duration (``FRAME_TOLERANCE``) of a bound counts as on it, so cuts
+    placed on an exact frame grid and frames whose pts a container has quantised agree.
+
 Other helpers
     ``segment_bit_rates(segments, target)``: the Flow ``avg_bit_rate`` and ``max_bit_rate`` in
     kbit/s by TAMS AppNote 0013 (segment bits over segment durations; the peak over contiguous
@@ -72,7 +77,9 @@ import av.error
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 __all__ = [
+    "FRAME_TOLERANCE",
     "PTS_WRAP",
+    "TICK_TOLERANCE",
     "TS_CLOCK",
     "AudioProperties",
     "MediaError",
@@ -81,7 +88,9 @@ __all__ = [
     "PtsUnwrapper",
     "StreamTiming",
     "VideoProperties",
+    "bound_tolerance",
     "container_mime",
+    "in_timerange",
     "media_timerange",
     "probe",
     "pts_to_timestamp",
@@ -95,6 +104,16 @@ logger = logging.getLogger(__name__)
 
 TS_CLOCK = 90000
 PTS_WRAP = 1 << 33
+# Which frames a timerange holds, the one rule of outgest_file.py and simple_edit.py: a frame
+# belongs to a timerange when its Flow time is inside it, and a frame within FRAME_TOLERANCE of a frame duration of a bound counts as
+# exactly on that bound (so the bound's inclusivity decides). Stored times are quantised (to
+# nanoseconds; MPEG-TS to 90 kHz ticks, so at 24000/1001 a frame's pts is up to 0.75 tick before
+# its exact place on the frame grid where an edit puts a cut), while two frames are always at least
+# a frame duration apart: a quarter of one absorbs any quantisation and never confuses two frames.
+FRAME_TOLERANCE = Fraction(1, 4)
+# The tolerance (seconds) when the frame duration is unknown (a single frame of unknown rate):
+# half a 90 kHz tick, which still absorbs nanosecond rounding of registered timeranges.
+TICK_TOLERANCE = Fraction(1, 2 * TS_CLOCK)
 # Remuxed MPEG-TS keeps timestamps exactly: no mux delay, no shift of values libavformat reports
 # as negative near a 33-bit wrap (they are written modulo 2**33, as they were read).
 _TS_MUX_OPTIONS = {"mpegts_copyts": "1", "avoid_negative_ts": "disabled"}
@@ -147,6 +166,38 @@ _FIELD_ORDER = {
 # AAC audio object types by libavcodec profile name. The spec's own example Flow gives
 # ``mp4_oti: 2`` for AAC-LC (the object type in "mp4a.40.2"), so that is the value we write.
 _AAC_OBJECT_TYPE = {"Main": 1, "LC": 2, "SSR": 3, "LTP": 4, "HE-AAC": 5, "HE-AACv2": 29}
+
+
+def bound_tolerance(frame_duration: Fraction | None) -> Fraction:
+    """How far (seconds) a frame's time may be from a timerange bound and still count as on it:
+    FRAME_TOLERANCE of ``frame_duration`` (video frame, or audio coded frame), else TICK_TOLERANCE."""
+    if not frame_duration:
+        return TICK_TOLERANCE
+    return max(TICK_TOLERANCE, frame_duration * FRAME_TOLERANCE)
+
+
+def in_timerange(t: Fraction, tr: TimeRange, tolerance: Fraction = TICK_TOLERANCE) -> bool:
+    """Whether a frame at Flow time ``t`` (seconds) belongs to ``tr``: the membership rule.
+
+    A time within ``tolerance`` of a bound (see :func:`bound_tolerance`) is taken as exactly on it,
+    so ``[`` and ``]`` take that frame and ``(`` and ``)`` leave it out; otherwise plain ``t in tr``.
+    ``simple_edit``'s planning applies the same rule to frames on an exact grid.
+    """
+    if tr.is_empty():
+        return False
+    if tr.start is not None:
+        start = Fraction(tr.start.to_nanosec(), 10**9)
+        if tr.includes_start() and t < start - tolerance:
+            return False
+        if not tr.includes_start() and t <= start + tolerance:
+            return False
+    if tr.end is not None:
+        end = Fraction(tr.end.to_nanosec(), 10**9)
+        if tr.includes_end() and t > end + tolerance:
+            return False
+        if not tr.includes_end() and t >= end - tolerance:
+            return False
+    return True
 
 
 class MediaError(Exception):

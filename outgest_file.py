@@ -8,7 +8,7 @@ The Flow timeline is not the media timeline. For every segment this script:
   ``object_timerange`` so the high bits carried by ``ts_offset`` line up;
 - puts each frame on the Flow timeline (``media time + ts_offset``) and keeps the frames whose
   Flow time lies in the segment's ``timerange`` (and, with ``--exact``, in ``--timerange``), a frame
-  within a quarter of a frame of a bound counting as on it (``in_timerange``, the rule
+  within a quarter of a frame of a bound counting as on it (``media.in_timerange``, the rule
   simple_edit.py cuts by), or the frames picked by the deprecated ``sample_offset``/``sample_count``
   (presentation order);
 - copies the kept packets when decoding can start at the first of them and no kept frame needs a
@@ -56,13 +56,14 @@ from media import (
     TS_CLOCK,
     MediaError,
     PtsUnwrapper,
+    bound_tolerance,
+    in_timerange,
     pts_to_timestamp,
     read_timing,
 )
 
 __all__ = [
     "MPEGTS_WRAP",
-    "FRAME_TOLERANCE",
     "FlowFileWriter",
     "FrameTiming",
     "ObjectMedia",
@@ -72,7 +73,6 @@ __all__ = [
     "SegmentRef",
     "encoder_options",
     "flow_time",
-    "in_timerange",
     "outgest",
     "plan_segment",
     "read_object",
@@ -83,16 +83,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MPEGTS_WRAP = PTS_WRAP  # MPEG-TS pts/dts are 33-bit counts of a 90 kHz clock (TS_CLOCK)
-# The membership rule, shared with simple_edit.py: a frame belongs to a timerange when its Flow
-# time is inside it, and a frame within FRAME_TOLERANCE of a frame duration of a bound counts as
-# exactly on that bound (so the bound's inclusivity decides). Stored times are quantised (to
-# nanoseconds; MPEG-TS to 90 kHz ticks, so at 24000/1001 a frame's pts is up to 0.75 tick before
-# its exact place on the frame grid where an edit puts a cut), while two frames are always at least
-# a frame duration apart: a quarter of one absorbs any quantisation and never confuses two frames.
-FRAME_TOLERANCE = Fraction(1, 4)
-# The tolerance (seconds) when the frame duration is unknown (a single frame of unknown rate):
-# half a 90 kHz tick, which still absorbs nanosecond rounding of registered timeranges.
-TOLERANCE = Fraction(1, 2 * TS_CLOCK)
 WORK_TIME_BASE = Fraction(1, TS_CLOCK)  # packet timestamps handed to the muxer are in this base
 
 SUPPORTED_CONTAINERS = {"video/mp2t"}
@@ -178,38 +168,6 @@ class SegmentRef:
 def flow_time(ticks: int, time_base: Fraction, ts_offset: Timestamp) -> Fraction:
     """A media timestamp (unwrapped, in ``time_base`` units) on the Flow timeline, exactly, in seconds."""
     return Fraction(ticks) * time_base + _to_fraction(ts_offset)
-
-
-def bound_tolerance(frame_duration: Fraction | None) -> Fraction:
-    """How far (seconds) a frame's time may be from a timerange bound and still count as on it:
-    FRAME_TOLERANCE of ``frame_duration`` (video frame, or audio coded frame), else TOLERANCE."""
-    if not frame_duration:
-        return TOLERANCE
-    return max(TOLERANCE, frame_duration * FRAME_TOLERANCE)
-
-
-def in_timerange(t: Fraction, tr: TimeRange, tolerance: Fraction = TOLERANCE) -> bool:
-    """Whether a frame at Flow time ``t`` (seconds) belongs to ``tr``: the membership rule.
-
-    A time within ``tolerance`` of a bound (see :func:`bound_tolerance`) is taken as exactly on it,
-    so ``[`` and ``]`` take that frame and ``(`` and ``)`` leave it out; otherwise plain ``t in tr``.
-    ``simple_edit._frame_bounds`` applies the same rule to frames on an exact grid.
-    """
-    if tr.is_empty():
-        return False
-    if tr.start is not None:
-        start = _to_fraction(tr.start)
-        if tr.includes_start() and t < start - tolerance:
-            return False
-        if not tr.includes_start() and t <= start + tolerance:
-            return False
-    if tr.end is not None:
-        end = _to_fraction(tr.end)
-        if tr.includes_end() and t > end + tolerance:
-            return False
-        if not tr.includes_end() and t >= end - tolerance:
-            return False
-    return True
 
 
 def unwrap_mpegts(values: Sequence[int], anchor: int | None = None) -> list[int]:

@@ -40,7 +40,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
 from credentials import Credentials, HelpFormatter, add_credential_args, connection_from_args
-from outgest_file import FRAME_TOLERANCE
+from media import FRAME_TOLERANCE
 
 __all__ = [
     "EditError",
@@ -68,7 +68,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The membership rule is outgest_file's (one rule for the tool that writes cuts and the one
+# The membership rule is media.py's (one rule for the tool that writes cuts and the one
 # that reads them): a frame within GRID_TOLERANCE of a frame duration of a bound counts as on
 # the bound. Stored timestamps are quantised (to nanoseconds; MPEG-TS to 90 kHz ticks, up to
 # 0.75 tick before the exact grid at 24000/1001), so the real frame a reader finds at a cut
@@ -174,7 +174,7 @@ def _frame_bounds(timerange: TimeRange, anchor: Fraction, rate: Fraction) -> tup
     ``[first, stop)`` on the grid ``anchor + k / rate`` (``anchor`` in exact seconds;
     None where the timerange is unbounded).
 
-    Rounding rule (``outgest_file.in_timerange``'s, on the grid): frame k is inside when
+    Rounding rule (``media.in_timerange``'s, on the grid): frame k is inside when
     its grid time is inside the timerange, and a frame within GRID_TOLERANCE (a quarter)
     of a frame of a bound counts as on it. So a bound on or within a quarter frame of a
     frame keeps its inclusivity for that frame (``[`` takes it, ``(`` starts with the next

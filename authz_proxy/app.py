@@ -181,8 +181,14 @@ class RunningProxy:
         await self.runner.cleanup()
 
 
+# A bearer token of a caller in many groups can pass aiohttp's default 8190 bytes a header line;
+# the local store takes the same sizes, so what the proxy lets through, the store can read.
+MAX_FIELD_BYTES = 32 * 1024
+MAX_LINE_BYTES = 16 * 1024  # the request line (path and query)
+
+
 async def start_proxy(config: ProxyConfig, host: str = "127.0.0.1", port: int = 8001, *,
-                      max_line_size: int = 8190, max_field_size: int = 8190) -> RunningProxy:
+                      max_line_size: int = MAX_LINE_BYTES, max_field_size: int = MAX_FIELD_BYTES) -> RunningProxy:
     """Serve the proxy (port 0: a free port); ``url`` says where."""
     runner = _ProxyRunner(create_app(config), access_log_class=_AccessLogger,
                           max_line_size=max_line_size, max_field_size=max_field_size)

@@ -18,7 +18,6 @@ Figures only; nothing here asserts a time. ``run()`` returns them as a list of
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 
 # bench/ itself, then (through common) the repository root: this file also runs as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_store, print_table
+from common import bench_store, content_parser, print_table
 
 from client import TAMSClient
 from credentials import BasicCredentials
@@ -108,12 +107,7 @@ def run(width: int = 640, height: int = 360, duration: int = 60, segment_seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--width", type=int, default=640, help="synthetic picture width")
-    parser.add_argument("--height", type=int, default=360, help="synthetic picture height")
-    parser.add_argument("--duration", type=int, default=60, help="seconds of content")
-    parser.add_argument("--segment-seconds", type=int, default=2, help="segment length, seconds")
+    parser = content_parser(__doc__.splitlines()[0])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"local store with --latency-ms {LATENCY_MS} (emulating a far store)")

@@ -10,6 +10,7 @@ writes (generated ones unless given). Figures are dicts ``{"figure", "value", "u
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import tempfile
@@ -23,7 +24,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from local_store.launcher import RunningStore, start_store  # noqa: E402  (needs REPO_ROOT on sys.path)
 
-__all__ = ["REPO_ROOT", "RunningStore", "bench_store", "print_table"]
+__all__ = ["REPO_ROOT", "RunningStore", "bench_store", "content_parser", "print_table"]
 
 QUIET = ["--log-level", "WARNING"]  # a benchmark's store logs only what went wrong
 
@@ -47,3 +48,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         baseline = "" if r["baseline"] is None else str(r["baseline"])
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         print(f"{r['figure']:<{width}}  {r['value']:>10}  {r['unit']:<11} {baseline:>9}  {ratio:>6}")
+
+
+def content_parser(description: str) -> argparse.ArgumentParser:
+    """Command-line options for the synthetic content a media benchmark makes."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--width", type=int, default=640, help="synthetic picture width")
+    parser.add_argument("--height", type=int, default=360, help="synthetic picture height")
+    parser.add_argument("--duration", type=int, default=60, help="seconds of content")
+    parser.add_argument("--segment-seconds", type=int, default=2, help="segment length, seconds")
+    return parser

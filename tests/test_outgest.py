@@ -30,14 +30,12 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 from client import RetryPolicy, TAMSClient
 from credentials import BasicCredentials
 from ingest_hls import IngestOptions, ingest
-from media import PTS_WRAP, media_timerange, pts_to_timestamp, split_essences
+from media import PTS_WRAP, TICK_TOLERANCE, in_timerange, media_timerange, pts_to_timestamp, split_essences
 from outgest_file import (
-    TOLERANCE,
     FrameTiming,
     OutgestError,
     OutgestSummary,
     SegmentRef,
-    in_timerange,
     outgest,
     plan_segment,
     unwrap_mpegts,
@@ -669,7 +667,7 @@ def test_plan_at_23_976_takes_frames_whose_pts_is_just_before_a_grid_cut() -> No
         assert (plan.first, plan.stop) == (9, 17)
     # Half a tick of tolerance (the old rule) took frame 17 at the exclusive end and lost frame 9.
     t17, t9 = Fraction(frames[17].pts) * TICK, Fraction(frames[9].pts) * TICK
-    assert in_timerange(t17, segment.timerange, TOLERANCE) and not in_timerange(t9, segment.timerange, TOLERANCE)
+    assert in_timerange(t17, segment.timerange, TICK_TOLERANCE) and not in_timerange(t9, segment.timerange, TICK_TOLERANCE)
     # Inclusive and exclusive bounds keep their meaning for the frame on them.
     closed = TimeRange(cut(9), cut(17), TimeRange.INCLUSIVE)
     assert (plan_segment(frames, TICK, SegmentRef(object_id="o", timerange=closed), frame_duration=1 / rate).stop) == 18
