@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA_DIR ?= store_data
+ENV_FILE ?= .env
+PROXY_PORT ?= 8001
 
 .PHONY: venv test store env_exports clean sample_content demo bench soak lint proxy
 
@@ -26,12 +28,12 @@ test: venv
 	$(PY) -m pytest -q
 
 store: venv
-	$(PY) -m local_store --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --env-file .env
+	$(PY) -m local_store --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --env-file $(ENV_FILE)
 
 # Prints shell exports of the .env the store writes: eval "$$(make -s env_exports)"
 env_exports:
-	@test -f .env || { echo "error: no .env here; start the store with 'make store' first" >&2; exit 1; }
-	@sed -n 's/^\([A-Z0-9_]*\)=\(.*\)$$/export \1=\2/p' .env
+	@test -f $(ENV_FILE) || { echo "error: no $(ENV_FILE) here; start the store with 'make store' first" >&2; exit 1; }
+	@sed -n 's/^\([A-Z0-9_]*\)=\(.*\)$$/export \1=\2/p' $(ENV_FILE)
 
 sample_content: sample_content/hls_output.m3u8
 
@@ -48,7 +50,7 @@ soak: venv
 	SOAK_LONG=1 $(PY) -m pytest -q -m soak tests/test_soak.py
 
 proxy: venv
-	$(MAKE) -C authz_proxy run
+	$(MAKE) -C authz_proxy run ENV_FILE=$(abspath $(ENV_FILE)) PROXY_PORT=$(PROXY_PORT)
 
 lint: venv
 	$(VENV)/bin/ruff check authz_proxy
