@@ -14,7 +14,7 @@ from .objects import object_url_path
 if TYPE_CHECKING:
     from .state import Store
 
-__all__ = ["UrlFilter", "flow_body", "get_urls", "segment_body", "source_body"]
+__all__ = ["UrlFilter", "add_get_urls", "flow_body", "get_urls", "segment_body", "source_body"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,21 @@ def get_urls(
                 item["controlled"] = False
             urls.append(item)
     return urls
+
+
+def add_get_urls(
+    body: dict[str, Any],
+    store: Store,
+    object_id: str,
+    controlled: bool,
+    content_type: str | None,
+    uncontrolled: list[tuple[str, str | None]],
+    filters: UrlFilter,
+) -> None:
+    """Set the object's ``get_urls`` in ``body``; left out when a label filter leaves none."""
+    urls = get_urls(store, object_id, controlled, content_type, uncontrolled, filters)
+    if urls or filters.labels is None:
+        body["get_urls"] = urls
 
 
 def flow_body(record: dict[str, Any], timerange: str | None = None) -> dict[str, Any]:
@@ -139,27 +154,9 @@ def segment_body(
         body["key_frame_count"] = row["key_frame_count"]
     if include_object_timerange and row["object_timerange"] is not None:
         body["object_timerange"] = row["object_timerange"]
-    urls = get_urls(
-        store,
-        row["object_id"],
-        bool(row["controlled"]),
-        row["content_type"],
-        row["urls"],
-        filters,
-    )
-    if urls or filters.labels is None:
-        body["get_urls"] = urls
+    add_get_urls(body, store, row["object_id"], bool(row["controlled"]), row["content_type"], row["urls"], filters)
     if row["init_object_id"]:
         init: dict[str, Any] = {"object_id": row["init_object_id"]}
-        init_urls = get_urls(
-            store,
-            row["init_object_id"],
-            bool(row["init_controlled"]),
-            row["init_content_type"],
-            row["init_urls"],
-            filters,
-        )
-        if init_urls or filters.labels is None:
-            init["get_urls"] = init_urls
+        add_get_urls(init, store, row["init_object_id"], bool(row["init_controlled"]), row["init_content_type"], row["init_urls"], filters)
         body["init_object"] = init
     return body

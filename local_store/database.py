@@ -605,6 +605,27 @@ class Database:
             )
         ]
 
+    def _keyset_page(
+        self,
+        select: str,
+        where: list[str],
+        params: list[Any],
+        column: str,
+        descending: bool,
+        reverse: bool,
+        after: PageAfter | None,
+        limit: int,
+        record: Callable[[sqlite3.Row], dict[str, Any]] = dict,
+    ) -> Page:
+        """One page of ``select`` filtered by ``where``/``params``, in the order of ``_keyset``
+        on ``column``, each row made a record by ``record``."""
+        order = _keyset(column, descending, reverse, after, where, params)
+        sql = select
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self.conn.execute(f"{sql} ORDER BY {order} LIMIT ?", (*params, limit + 1)).fetchall()
+        return _page_of([record(r) for r in rows], limit, column)
+
     async def list_sources(self, query: SourceQuery, after: PageAfter | None, limit: int) -> Page:
         def run() -> Page:
             where: list[str] = []
@@ -618,21 +639,17 @@ class Database:
             for tag in query.tags:
                 _tag_condition("sources.tags", tag, where, params)
             if query.collected_by is not None:
-                sub = f"SELECT 1 {SOURCE_COLLECTION_JOIN} WHERE mf.source_id = sources.id AND cf.source_id != sources.id"
-                if query.collected_by:
-                    marks = ", ".join("?" for _ in query.collected_by)
-                    where.append(f"EXISTS ({sub} AND cf.source_id IN ({marks}))")
-                    params.extend(query.collected_by)
-                else:
-                    where.append(f"NOT EXISTS ({sub})")
+                _collected_by_condition(
+                    f"SELECT 1 {SOURCE_COLLECTION_JOIN} WHERE mf.source_id = sources.id AND cf.source_id != sources.id",
+                    "cf.source_id",
+                    query.collected_by,
+                    where,
+                    params,
+                )
             column = {"created": "created", "updated": "updated", "label": "label"}[query.sort_by or "created"]
-            order = _keyset(column, column != "label", query.reverse_order, after, where, params)
-            sql = "SELECT * FROM sources"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY {order} LIMIT ?"
-            rows = self.conn.execute(sql, (*params, limit + 1)).fetchall()
-            records, next_after = _page_of([_source_record(r) for r in rows], limit, column)
+            records, next_after = self._keyset_page(
+                "SELECT * FROM sources", where, params, column, column != "label", query.reverse_order, after, limit, _source_record
+            )
             return [self._with_source_collections(r) for r in records], next_after
 
         return await self._read(run)
@@ -949,21 +966,17 @@ class Database:
             for tag in query.tags:
                 _tag_condition("json_extract(flows.doc, '$.tags')", tag, where, params)
             if query.collected_by is not None:
-                sub = "SELECT 1 FROM flow_collections fc WHERE fc.member_id = flows.id"
-                if query.collected_by:
-                    marks = ", ".join("?" for _ in query.collected_by)
-                    where.append(f"EXISTS ({sub} AND fc.collector_id IN ({marks}))")
-                    params.extend(query.collected_by)
-                else:
-                    where.append(f"NOT EXISTS ({sub})")
+                _collected_by_condition(
+                    "SELECT 1 FROM flow_collections fc WHERE fc.member_id = flows.id",
+                    "fc.collector_id",
+                    query.collected_by,
+                    where,
+                    params,
+                )
             column = {"created": "created", "metadata_updated": "metadata_updated", "label": "label"}[query.sort_by or "created"]
-            order = _keyset(column, column != "label", query.reverse_order, after, where, params)
-            sql = "SELECT * FROM flows"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY {order} LIMIT ?"
-            rows = self.conn.execute(sql, (*params, limit + 1)).fetchall()
-            records, next_after = _page_of([_flow_record(r) for r in rows], limit, column)
+            records, next_after = self._keyset_page(
+                "SELECT * FROM flows", where, params, column, column != "label", query.reverse_order, after, limit, _flow_record
+            )
             for record in records:
                 record["collected_by"] = self._flow_collected_by(record["id"])
             return records, next_after
@@ -1714,12 +1727,9 @@ class Database:
             column = {"created": "created", "expiry": "expiry"}[sort_by]
             where: list[str] = []
             params: list[Any] = []
-            order = _keyset(column, True, reverse, after, where, params)
-            sql = "SELECT id, created, expiry, doc FROM delete_requests"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            rows = self.conn.execute(f"{sql} ORDER BY {order} LIMIT ?", (*params, limit + 1)).fetchall()
-            page, next_after = _page_of([dict(r) for r in rows], limit, column)
+            page, next_after = self._keyset_page(
+                "SELECT id, created, expiry, doc FROM delete_requests", where, params, column, True, reverse, after, limit
+            )
             return [json.loads(r["doc"]) for r in page], next_after
 
         return await self._read(run)
@@ -1761,12 +1771,7 @@ class Database:
                 params.append(owner)
             for tag in tags:
                 _tag_condition("json_extract(webhooks.doc, '$.tags')", tag, where, params)
-            order = _keyset("url", False, reverse, after, where, params)
-            sql = "SELECT * FROM webhooks"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY {order} LIMIT ?"
-            return _page_of([_webhook_record(r) for r in self.conn.execute(sql, (*params, limit + 1))], limit, "url")
+            return self._keyset_page("SELECT * FROM webhooks", where, params, "url", False, reverse, after, limit, _webhook_record)
 
         return await self._read(run)
 
@@ -1854,12 +1859,7 @@ class Database:
                 if value is not None:
                     where.append(f"{column} = ?")
                     params.append(value)
-            order = _keyset("label", False, False, after, where, params)
-            sql = "SELECT id, label, doc FROM profiles"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY {order} LIMIT ?"
-            page, next_after = _page_of([dict(r) for r in self.conn.execute(sql, (*params, limit + 1))], limit, "label")
+            page, next_after = self._keyset_page("SELECT id, label, doc FROM profiles", where, params, "label", False, False, after, limit)
             return [json.loads(r["doc"]) for r in page], next_after
 
         return await self._read(run)
@@ -1927,6 +1927,17 @@ def _page_of(rows: list[dict[str, Any]], limit: int, column: str) -> Page:
         return rows, None
     last = rows[limit - 1]
     return rows[:limit], PageAfter(last[column], last["id"])
+
+
+def _collected_by_condition(sub: str, collector: str, collected_by: Sequence[str], where: list[str], params: list[Any]) -> None:
+    """Append a ``collected_by`` filter: rows with a collection (``sub``, one row a collection)
+    whose ``collector`` is one of ``collected_by``; with none given, rows nothing collects."""
+    if collected_by:
+        marks = ", ".join("?" for _ in collected_by)
+        where.append(f"EXISTS ({sub} AND {collector} IN ({marks}))")
+        params.extend(collected_by)
+    else:
+        where.append(f"NOT EXISTS ({sub})")
 
 
 def _tag_condition(tags_expr: str, tag: TagFilter, where: list[str], params: list[Any]) -> None:

@@ -9,17 +9,22 @@ so no JSON goes unvalidated.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
 from spec import validate, validate_list
 
-__all__ = ["Reply", "StoreHttp", "basic_header", "new_flow", "timerange_re"]
+if TYPE_CHECKING:
+    from tests.conftest import RunningStore
+
+__all__ = ["Reply", "StoreHttp", "basic_header", "basic_http", "new_flow", "timerange_re"]
 
 timerange_re = re.compile(
     r"^(\[|\()?(-?(0|[1-9][0-9]*):(0|[1-9][0-9]{0,8}))?(_(-?(0|[1-9][0-9]*):(0|[1-9][0-9]{0,8}))?)?(\]|\))?$"
@@ -114,6 +119,17 @@ class StoreHttp:
             schema="flow-get.json",
         )
 
+    async def get_flow_with_timerange(self, flow_id: str, **params: str) -> dict[str, Any]:
+        """GET a Flow with ``include_timerange=true`` (must be 200); its body."""
+        reply = await self.call(
+            "GET",
+            f"/flows/{flow_id}",
+            params={"include_timerange": "true", **params},
+            status=200,
+            schema="flow-get.json",
+        )
+        return reply.body
+
     async def allocate(self, flow_id: str, limit: int | None = 1, **body: Any) -> list[dict[str, Any]]:
         if limit is not None:
             body["limit"] = limit
@@ -146,6 +162,13 @@ class StoreHttp:
         )
         assert timerange_re.match(reply.headers["X-Paging-Timerange"])
         return reply
+
+
+@contextlib.asynccontextmanager
+async def basic_http(store: RunningStore) -> AsyncIterator[StoreHttp]:
+    """Requests against ``store`` as its Basic-auth user, on a session of their own."""
+    async with aiohttp.ClientSession() as session:
+        yield StoreHttp(session, store.url, basic_header(store.username, store.password))
 
 
 def new_flow(container: str | None = "video/mp2t", **fields: Any) -> dict[str, Any]:

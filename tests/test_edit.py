@@ -10,6 +10,7 @@ edit may create a media object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import subprocess
@@ -68,18 +69,17 @@ def run(coro_fn: Callable[[TAMSClient], Awaitable[T]], inputs: Inputs, url: str 
     return asyncio.run(go())
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inputs]:
-    base = tmp_path_factory.mktemp("edit")
-    playlist = sample_content.synthesize(base / "content", width=320, height=180, fps=30, duration=20,
-                                         segment_seconds=2, gop_seconds=1)
+@contextlib.contextmanager
+def two_flows(base: Path, playlist: Path, segments_each: int) -> Iterator[Inputs]:
+    """A store (in ``base``) holding Flow A, the playlist's first ``segments_each`` segments,
+    and Flow B, the next as many; stopped afterwards."""
     store = start_store(base / "data")
     try:
         async def setup(client: TAMSClient) -> tuple[str, str, set[str]]:
-            a = await ingest(client, IngestOptions(hls=str(playlist), start_segment=0, segment_count=5,
+            a = await ingest(client, IngestOptions(hls=str(playlist), start_segment=0, segment_count=segments_each,
                                                    video_only=True, label="A"))
-            b = await ingest(client, IngestOptions(hls=str(playlist), start_segment=5, segment_count=5,
-                                                   video_only=True, label="B"))
+            b = await ingest(client, IngestOptions(hls=str(playlist), start_segment=segments_each,
+                                                   segment_count=segments_each, video_only=True, label="B"))
             ids = a.flow_ids["video"], b.flow_ids["video"]
             objects = {s["object_id"] for fid in ids async for s in client.segments(fid)}
             return ids[0], ids[1], objects
@@ -87,10 +87,19 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inputs]:
         inputs = Inputs(store, "", "", set(), base / "exports")
         inputs.flow_a, inputs.flow_b, inputs.objects = run(setup, inputs)
         inputs.export_dir.mkdir()
-        assert len(inputs.objects) == 10
         yield inputs
     finally:
         store.stop()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inputs]:
+    base = tmp_path_factory.mktemp("edit")
+    playlist = sample_content.synthesize(base / "content", width=320, height=180, fps=30, duration=20,
+                                         segment_seconds=2, gop_seconds=1)
+    with two_flows(base, playlist, 5) as inputs:
+        assert len(inputs.objects) == 10
+        yield inputs
 
 
 def edit_and_export(inputs: Inputs, request: EditRequest) -> tuple[EditResult, list[int], list[dict]]:
@@ -429,23 +438,8 @@ def rate_inputs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                                          segment_seconds=2, gop_seconds=1, preset="ultrafast")
     total = math.floor(8 * rate)
     per_segment = round(2 * rate)
-    store = start_store(base / "data")
-    try:
-        async def setup(client: TAMSClient) -> tuple[str, str, set[str]]:
-            a = await ingest(client, IngestOptions(hls=str(playlist), start_segment=0, segment_count=2,
-                                                   video_only=True, label="A"))
-            b = await ingest(client, IngestOptions(hls=str(playlist), start_segment=2, segment_count=2,
-                                                   video_only=True, label="B"))
-            ids = a.flow_ids["video"], b.flow_ids["video"]
-            objects = {s["object_id"] for fid in ids async for s in client.segments(fid)}
-            return ids[0], ids[1], objects
-
-        inputs = Inputs(store, "", "", set(), base / "exports")
-        inputs.flow_a, inputs.flow_b, inputs.objects = run(setup, inputs)
-        inputs.export_dir.mkdir()
+    with two_flows(base, playlist, 2) as inputs:
         yield RateInputs(inputs, rate, list(range(2 * per_segment)), list(range(2 * per_segment, total)))
-    finally:
-        store.stop()
 
 
 def export_checked(inputs: Inputs, request: EditRequest) -> tuple[EditResult, list[int]]:

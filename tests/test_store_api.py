@@ -9,21 +9,16 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-from store_http import StoreHttp, basic_header, new_flow, timerange_re
+from store_http import StoreHttp, basic_http, new_flow, timerange_re
 
 from tests.conftest import RunningStore
 
 
 @pytest.fixture
 async def api(shared_store: RunningStore) -> AsyncIterator[StoreHttp]:
-    async with aiohttp.ClientSession() as session:
-        yield StoreHttp(
-            session,
-            shared_store.url,
-            basic_header(shared_store.username, shared_store.password),
-        )
+    async with basic_http(shared_store) as api:
+        yield api
 
 
 async def flow_with_segments(api: StoreHttp, *ranges: str, **fields: Any) -> tuple[dict[str, Any], list[str]]:
@@ -116,14 +111,7 @@ async def test_flow_put_ignores_timerange_and_put_without_tags_clears_them(
         {**flow, "timerange": "[0:0_99:0)", "created": "2001-01-01T00:00:00Z"},
         status=201,
     )
-    body = (
-        await api.call(
-            "GET",
-            f"/flows/{flow['id']}",
-            params={"include_timerange": "true"},
-            schema="flow-get.json",
-        )
-    ).body
+    body = await api.get_flow_with_timerange(flow["id"])
     assert body["timerange"] == "()"  # no segments: the PUT's timerange was ignored
     assert body["created"] != "2001-01-01T00:00:00Z"
     without_tags = {k: v for k, v in flow.items() if k != "tags"}
@@ -440,20 +428,9 @@ async def test_segment_queries_by_timerange_and_order(api: StoreHttp) -> None:
     assert [s["object_id"] for s in by_object.body] == [b]
     nothing = await api.segments(fid, timerange="()")
     assert nothing.body == []
-    flow_body = await api.call(
-        "GET",
-        f"/flows/{fid}",
-        params={"include_timerange": "true"},
-        schema="flow-get.json",
-    )
-    assert flow_body.body["timerange"] == "[0:0_20:0)"
-    clipped = await api.call(
-        "GET",
-        f"/flows/{fid}",
-        params={"include_timerange": "true", "timerange": "[5:0_30:0)"},
-        schema="flow-get.json",
-    )
-    assert clipped.body["timerange"] == "[5:0_20:0)"
+    assert (await api.get_flow_with_timerange(fid))["timerange"] == "[0:0_20:0)"
+    clipped = await api.get_flow_with_timerange(fid, timerange="[5:0_30:0)")
+    assert clipped["timerange"] == "[5:0_20:0)"
     plain = await api.call("GET", f"/flows/{fid}", schema="flow-get.json")
     assert "timerange" not in plain.body
 
@@ -581,14 +558,7 @@ async def test_delete_segments_removes_only_covered_ones(api: StoreHttp) -> None
     assert len((await api.segments(fid)).body) == 1
     await api.call("DELETE", f"/flows/{fid}/segments", params={"object_id": b}, status=204)
     assert (await api.segments(fid)).body == []
-    body = (
-        await api.call(
-            "GET",
-            f"/flows/{fid}",
-            params={"include_timerange": "true"},
-            schema="flow-get.json",
-        )
-    ).body
+    body = await api.get_flow_with_timerange(fid)
     assert body["timerange"] == "()"
     await api.call("DELETE", f"/flows/{uuid.uuid4()}/segments", status=404)
     await api.call("DELETE", f"/flows/{fid}/segments", params={"timerange": "[0:0_x)"}, status=400)

@@ -16,15 +16,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from store_http import StoreHttp, basic_header, new_flow
+from store_http import StoreHttp, basic_header, basic_http, new_flow
 
 from tests.conftest import DEFAULT_CLIENTS, RunningStore
 
 
 @pytest.fixture
 async def api(shared_store: RunningStore) -> AsyncIterator[StoreHttp]:
-    async with aiohttp.ClientSession() as session:
-        yield StoreHttp(session, shared_store.url, basic_header(shared_store.username, shared_store.password))
+    async with basic_http(shared_store) as api:
+        yield api
 
 
 async def reader_headers(store: RunningStore) -> dict[str, str]:

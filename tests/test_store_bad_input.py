@@ -8,21 +8,16 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-from store_http import StoreHttp, basic_header, new_flow
+from store_http import StoreHttp, basic_http, new_flow
 
 from tests.conftest import RunningStore
 
 
 @pytest.fixture
 async def api(shared_store: RunningStore) -> AsyncIterator[StoreHttp]:
-    async with aiohttp.ClientSession() as session:
-        yield StoreHttp(
-            session,
-            shared_store.url,
-            basic_header(shared_store.username, shared_store.password),
-        )
+    async with basic_http(shared_store) as api:
+        yield api
 
 
 @pytest.fixture
@@ -36,16 +31,10 @@ async def stored(api: StoreHttp) -> dict[str, Any]:
 
 
 async def snapshot(api: StoreHttp, flow_id: str) -> tuple[Any, Any]:
-    flow = await api.call(
-        "GET",
-        f"/flows/{flow_id}",
-        params={"include_timerange": "true"},
-        status=200,
-        schema="flow-get.json",
-    )
+    flow = await api.get_flow_with_timerange(flow_id)
     segments = await api.segments(flow_id, include_object_timerange="true")
     urls_dropped = [{k: v for k, v in s.items() if k != "get_urls"} for s in segments.body]
-    return flow.body, urls_dropped
+    return flow, urls_dropped
 
 
 async def test_malformed_and_wrongly_typed_flow_bodies(api: StoreHttp, stored: dict[str, Any]) -> None:

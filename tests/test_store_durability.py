@@ -88,14 +88,7 @@ async def test_acknowledged_writes_survive_kill_9(
         reply = await api.segments(fid, limit="1000")
         stored = [s["timerange"] for s in reply.body]
         assert set(acknowledged) <= set(stored)
-        body = (
-            await api.call(
-                "GET",
-                f"/flows/{fid}",
-                params={"include_timerange": "true"},
-                schema="flow-get.json",
-            )
-        ).body
+        body = await api.get_flow_with_timerange(fid)
         first, last = stored[0], stored[-1]
         assert body["timerange"] == f"{first.split('_')[0]}_{last.split('_')[1]}"
         # Objects, keys, tokens and the backend id carried over.
@@ -184,12 +177,5 @@ async def test_concurrent_overlapping_posts_are_each_recorded_or_refused(
         for candidate, status in zip(candidates, results, strict=True):
             if status == 400:
                 assert any(a[1] < candidate[2] and candidate[1] < a[2] for a in accepted)
-        body = (
-            await api.call(
-                "GET",
-                f"/flows/{fid}",
-                params={"include_timerange": "true"},
-                schema="flow-get.json",
-            )
-        ).body
+        body = await api.get_flow_with_timerange(fid)
         assert body["timerange"] == f"{accepted[0][3].split('_')[0]}_{accepted[-1][3].split('_')[1]}"

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from store_http import StoreHttp, basic_header, new_flow
+from store_http import StoreHttp, basic_header, basic_http, new_flow
 
 from tests.conftest import REPO_ROOT, RunningStore, start_store
 
@@ -44,8 +44,8 @@ def gc_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStore]
 
 @pytest.fixture
 async def api(gc_store: RunningStore) -> AsyncIterator[StoreHttp]:
-    async with aiohttp.ClientSession() as session:
-        yield StoreHttp(session, gc_store.url, basic_header(gc_store.username, gc_store.password))
+    async with basic_http(gc_store) as api:
+        yield api
 
 
 def object_file(store: RunningStore, object_id: str) -> Path:

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import pytest
-from store_http import StoreHttp, basic_header, new_flow
+from store_http import StoreHttp, basic_header, basic_http, new_flow
 
 from tests.conftest import RunningStore
 
@@ -21,12 +21,8 @@ TS = {"Content-Type": "video/mp2t"}
 
 @pytest.fixture
 async def api(shared_store: RunningStore) -> AsyncIterator[StoreHttp]:
-    async with aiohttp.ClientSession() as session:
-        yield StoreHttp(
-            session,
-            shared_store.url,
-            basic_header(shared_store.username, shared_store.password),
-        )
+    async with basic_http(shared_store) as api:
+        yield api
 
 
 def no_auth(api: StoreHttp) -> StoreHttp:

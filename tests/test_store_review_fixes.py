@@ -19,9 +19,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
-from store_http import StoreHttp, basic_header, new_flow
+from store_http import StoreHttp, basic_http, new_flow
 
 from tests.conftest import RunningStore
 
@@ -31,8 +30,8 @@ BIG_TIME = "99999999999:0"  # about 3170 years of nanoseconds: past int64
 
 @pytest.fixture
 async def api(shared_store: RunningStore) -> AsyncIterator[StoreHttp]:
-    async with aiohttp.ClientSession() as session:
-        yield StoreHttp(session, shared_store.url, basic_header(shared_store.username, shared_store.password))
+    async with basic_http(shared_store) as api:
+        yield api
 
 
 async def stored_segments(api: StoreHttp, flow_id: str) -> list[dict[str, Any]]:
@@ -195,8 +194,8 @@ def ids_of(body: list[dict[str, Any]]) -> list[str]:
 async def own_store_api(store_factory: Callable[..., RunningStore]) -> AsyncIterator[StoreHttp]:
     """A store of its own: listings without filters see only this test's items."""
     store = store_factory()
-    async with aiohttp.ClientSession() as session:
-        yield StoreHttp(session, store.url, basic_header(store.username, store.password))
+    async with basic_http(store) as api:
+        yield api
 
 
 @pytest.mark.parametrize(

@@ -90,19 +90,14 @@ async def check(store: RunningStore, segments: list[TimeRange], queries: list[Ti
                 next_url = reply.headers["Link"].split(">")[0].lstrip("<")
                 reply = await api.call("GET", next_url, status=200, items="flow-segment.json")
             assert paged == expected[::-1], str(query)
-        flow_body = await api.call(
-            "GET",
-            f"/flows/{fid}",
-            params={"include_timerange": "true"},
-            schema="flow-get.json",
-        )
+        flow_body = await api.get_flow_with_timerange(fid)
         if ordered:
             span = ordered[0]
             for tr in ordered[1:]:
                 span = span.extend_to_encompass_timerange(tr)
-            assert flow_body.body["timerange"] == str(span)
+            assert flow_body["timerange"] == str(span)
         else:
-            assert flow_body.body["timerange"] == "()"
+            assert flow_body["timerange"] == "()"
         # DELETE removes exactly the segments the timerange wholly covers.
         doomed = queries[0]
         await api.call(

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from store_http import StoreHttp, basic_header, new_flow
+from store_http import StoreHttp, basic_header, basic_http, new_flow
 from test_store_conformance import validate_spec, webhook_event_schema
 
 from tests.conftest import DEFAULT_CLIENTS, RunningStore, start_store
@@ -112,8 +112,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def api(hook_store: RunningStore) -> AsyncIterator[StoreHttp]:
-    async with aiohttp.ClientSession() as session:
-        yield StoreHttp(session, hook_store.url, basic_header(hook_store.username, hook_store.password))
+    async with basic_http(hook_store) as api:
+        yield api
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from yarl import URL
 from ..auth import Principal
 from ..bodies import UrlFilter, get_urls
 from ..database import (
+    Page,
     PageAfter,
     TagFilter,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "get_urls",
     "json_body",
     "json_response",
+    "keyset_listing",
     "paging_headers",
     "principal_of",
     "query_bool",
@@ -284,6 +287,22 @@ def paging_headers(
         next_url = request.url.update_query(page=next_key)
         headers["Link"] = f'<{next_url}>; rel="next"'
     return headers
+
+
+async def keyset_listing(
+    request: web.Request,
+    listing: str,
+    limit: int,
+    reverse: bool,
+    fetch: Callable[[PageAfter | None], Awaitable[Page]],
+    body: Callable[[dict[str, Any]], Any] | None = None,
+) -> web.Response:
+    """The response of a keyset-paged listing: the page ``fetch`` returns after the request's
+    page token for ``listing``, each record made a body by ``body``, with the paging headers."""
+    records, after = await fetch(query_page_after(request, listing))
+    page = records if body is None else [body(r) for r in records]
+    headers = paging_headers(request, limit, len(page), page_token(listing, after), reverse)
+    return json_response(page, headers=headers)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

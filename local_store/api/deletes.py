@@ -15,12 +15,10 @@ from aiohttp import web
 from ..errors import BadRequest, NotFound
 from .common import (
     json_response,
+    keyset_listing,
     listing_name,
-    page_token,
-    paging_headers,
     query_bool,
     query_limit,
-    query_page_after,
     store_of,
 )
 
@@ -39,10 +37,13 @@ async def get_delete_requests(request: web.Request) -> web.Response:
     if sort_by not in ("created", "expiry"):
         raise BadRequest(f"Unsupported sort_by {sort_by[:40]!r}")
     reverse = bool(query_bool(request, "reverse_order", False))
-    listing = listing_name("flow-delete-requests", sort_by, reverse)
-    page, after = await store.db.list_delete_requests(sort_by, reverse, query_page_after(request, listing), limit)
-    next_key = page_token(listing, after)
-    return json_response(page, headers=paging_headers(request, limit, len(page), next_key, reverse))
+    return await keyset_listing(
+        request,
+        listing_name("flow-delete-requests", sort_by, reverse),
+        limit,
+        reverse,
+        lambda after: store.db.list_delete_requests(sort_by, reverse, after, limit),
+    )
 
 
 @routes.get("/flow-delete-requests/{request_id}")

@@ -40,16 +40,14 @@ from .common import (
     check_uuid,
     json_body,
     json_response,
+    keyset_listing,
     listing_name,
-    page_token,
-    paging_headers,
     principal_of,
     query_bool,
     query_format,
     query_int,
     query_limit,
     query_mime,
-    query_page_after,
     query_tags,
     query_timerange,
     query_uuid_list,
@@ -126,12 +124,14 @@ async def get_flows(request: web.Request) -> web.Response:
         sort_by=sort_by,
         reverse_order=bool(query_bool(request, "reverse_order", False)),
     )
-    listing = listing_name("flows", sort_by or "created", query.reverse_order)
-    records, after = await store.db.list_flows(query, query_page_after(request, listing), limit)
-    next_key = page_token(listing, after)
-    page = [flow_body(r) for r in records]
-    headers = paging_headers(request, limit, len(page), next_key, query.reverse_order)
-    return json_response(page, headers=headers)
+    return await keyset_listing(
+        request,
+        listing_name("flows", sort_by or "created", query.reverse_order),
+        limit,
+        query.reverse_order,
+        lambda after: store.db.list_flows(query, after, limit),
+        flow_body,
+    )
 
 
 @routes.get("/flows/{flow_id}")

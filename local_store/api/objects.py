@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .. import schemas
 from ..auth import check_scope
+from ..bodies import add_get_urls
 from ..database import PageAfter
 from ..errors import (
     BadRequest,
@@ -33,7 +34,6 @@ from .common import (
     check_http_url,
     check_string,
     check_uuid,
-    get_urls,
     json_body,
     json_response,
     page_token,
@@ -75,29 +75,11 @@ async def get_object(request: web.Request) -> web.Response:
         body["timerange"] = record["timerange"]
     if record["key_frame_count"] is not None:
         body["key_frame_count"] = record["key_frame_count"]
-    urls = get_urls(
-        store,
-        object_id,
-        bool(record["controlled"]),
-        record["content_type"],
-        record["urls"],
-        filters,
-    )
-    if urls or filters.labels is None:
-        body["get_urls"] = urls
+    add_get_urls(body, store, object_id, bool(record["controlled"]), record["content_type"], record["urls"], filters)
     init = record.get("init")
     if init:
         init_body: dict[str, Any] = {"id": init["id"]}
-        init_urls = get_urls(
-            store,
-            init["id"],
-            bool(init["controlled"]),
-            init["content_type"],
-            record["init_urls"],
-            filters,
-        )
-        if init_urls or filters.labels is None:
-            init_body["get_urls"] = init_urls
+        add_get_urls(init_body, store, init["id"], bool(init["controlled"]), init["content_type"], record["init_urls"], filters)
         body["init_object"] = init_body
     headers = paging_headers(request, limit, len(body["referenced_by_flows"]), next_key)
     del headers["X-Paging-Count"]  # /objects sends only Link, Limit and NextKey

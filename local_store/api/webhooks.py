@@ -37,13 +37,11 @@ from .common import (
     check_uuid,
     json_body,
     json_response,
+    keyset_listing,
     listing_name,
-    page_token,
-    paging_headers,
     principal_of,
     query_bool,
     query_limit,
-    query_page_after,
     query_tags,
     store_of,
 )
@@ -100,12 +98,14 @@ async def get_webhooks(request: web.Request) -> web.Response:
     store = store_of(request)
     limit = query_limit(request, store)
     reverse = bool(query_bool(request, "reverse_order", False))
-    listing = listing_name("webhooks", "url", reverse)
-    after = query_page_after(request, listing)
-    records, next_after = await store.db.list_webhooks(_owner_filter(principal_of(request)), query_tags(request), reverse, after, limit)
-    next_key = page_token(listing, next_after)
-    page = [webhook_body(r) for r in records]
-    return json_response(page, headers=paging_headers(request, limit, len(page), next_key, reverse))
+    return await keyset_listing(
+        request,
+        listing_name("webhooks", "url", reverse),
+        limit,
+        reverse,
+        lambda after: store.db.list_webhooks(_owner_filter(principal_of(request)), query_tags(request), reverse, after, limit),
+        webhook_body,
+    )
 
 
 @routes.post("/service/webhooks")
