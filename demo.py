@@ -34,7 +34,7 @@ from client import TAMSClient
 from credentials import BasicCredentials, HelpFormatter
 from local_store.launcher import RunningStore, StoreStartError, start_store
 from media import probe
-from sample_content import read_frame_numbers
+from sample_content import interval_edit_frames, read_frame_numbers
 
 REPO_ROOT = Path(__file__).resolve().parent
 STORE_START_TIMEOUT = 30.0
@@ -109,20 +109,6 @@ def segment_frames(playlist: Path) -> list[list[int]]:
     return [read_frame_numbers(playlist.parent / segment.uri) for segment in parsed.segments]
 
 
-def interval_expectation(first: list[int], second: list[int], interval_frames: int) -> list[int]:
-    """Alternate turns of ``interval_frames``; each input runs on in its own timeline, and the
-    edit ends with the first turn its input cannot fill (keeping that turn's frames)."""
-    out: list[int] = []
-    turn = 0
-    while True:
-        source = first if turn % 2 == 0 else second
-        piece = source[turn * interval_frames:(turn + 1) * interval_frames]
-        out.extend(piece)
-        if len(piece) < interval_frames:
-            return out
-        turn += 1
-
-
 def outgest_targets(commands: list[str]) -> list[tuple[str, str]]:
     """(Flow variable, output file) of each outgest line of the walk-through."""
     targets = []
@@ -148,7 +134,7 @@ def expected_frames(playlist: Path, commands: list[str]) -> dict[str, tuple[str,
         "FLOW1": ("Flow 1 (segments 0-4)", flow1),
         "FLOW2": ("Flow 2 (segments 5-9)", flow2),
         "EDIT1": ("Flow 2 then Flow 1", flow2 + flow1),
-        "EDIT2": (f"interval edit ({interval_frames} frames)", interval_expectation(flow1, flow2, interval_frames)),
+        "EDIT2": (f"interval edit ({interval_frames} frames)", interval_edit_frames(flow1, flow2, interval_frames)),
     }
 
 

@@ -66,6 +66,7 @@ __all__ = [
     "TS_CLOCK",
     "SampleContentError",
     "frame_pts",
+    "interval_edit_frames",
     "make_sample_content",
     "read_frame_numbers",
     "remux_to_hls",
@@ -256,6 +257,21 @@ def _read_code(plane: bytes, stride: int, layout: _Layout) -> int:
             value |= 1 << i
     n = value & ((1 << CODE_BITS) - 1)
     return n if value >> CODE_BITS == _check_bits(n) else -1
+
+
+def interval_edit_frames(first: list[int], second: list[int], interval_frames: int) -> list[int]:
+    """The frame numbers an interval edit of two inputs must hold, worked out independently of
+    the editor: turn k shows frames k*n .. (k+1)*n - 1 of input k mod 2 (each input runs on in its
+    own timeline), and the edit ends with the first turn its input cannot fill, keeping that
+    turn's frames."""
+    out: list[int] = []
+    turn = 0
+    while True:
+        piece = (first, second)[turn % 2][turn * interval_frames:(turn + 1) * interval_frames]
+        out += piece
+        if len(piece) < interval_frames:
+            return out
+        turn += 1
 
 
 def read_frame_numbers(path: Path | str) -> list[int]:

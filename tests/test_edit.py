@@ -120,19 +120,6 @@ def edit_and_export(inputs: Inputs, request: EditRequest) -> tuple[EditResult, l
     return result, sample_content.read_frame_numbers(output), segments
 
 
-def expected_interval(first: list[int], second: list[int], n: int) -> list[int]:
-    """Turn k of an input shows its frames k*n .. (k+1)*n - 1; stop at the first turn
-    that cannot be filled (keeping what it has)."""
-    out: list[int] = []
-    turn = 0
-    while True:
-        frames = (first, second)[turn % 2][turn * n:(turn + 1) * n]
-        out += frames
-        if len(frames) < n:
-            return out
-        turn += 1
-
-
 def test_reverse_order_concatenation_of_inputs_longer_than_a_page(inputs: Inputs) -> None:
     """The README walk-through: Flow B then Flow A, read two segments per page."""
     request = EditRequest(inputs.flow_b, inputs.flow_a, page_limit=2)
@@ -190,7 +177,7 @@ def test_timeranges_starting_and_ending_mid_segment(inputs: Inputs) -> None:
 def test_interval_cuts(inputs: Inputs, interval: str, frames_per_cut: int) -> None:
     request = EditRequest(inputs.flow_a, inputs.flow_b, cut_interval=parse_interval(interval), page_limit=3)
     result, frames, _ = edit_and_export(inputs, request)
-    assert frames == expected_interval(FRAMES_A, FRAMES_B, frames_per_cut)
+    assert frames == sample_content.interval_edit_frames(FRAMES_A, FRAMES_B, frames_per_cut)
     assert result.frames == len(frames)
 
 
@@ -199,7 +186,7 @@ def test_interval_cut_from_mid_segment_timeranges(inputs: Inputs) -> None:
                           cut_interval=Fraction(7, 10))
     _, frames, _ = edit_and_export(inputs, request)
     # B from (302 + i) / 30 >= 11 -> frame 328; A after 2:0 -> frame 59, before 9:0 -> up to 267.
-    assert frames == expected_interval(list(range(328, 600)), list(range(59, 268)), 21)
+    assert frames == sample_content.interval_edit_frames(list(range(328, 600)), list(range(59, 268)), 21)
 
 
 def test_dry_run_writes_nothing(inputs: Inputs) -> None:
@@ -484,7 +471,7 @@ def test_interval_cuts_at_ntsc_rates_with_an_interval_off_the_frame_grid(rate_in
     n = round(Fraction(7, 10) * r.rate)
     request = EditRequest(r.inputs.flow_a, r.inputs.flow_b, cut_interval=Fraction(7, 10))
     result, frames = export_checked(r.inputs, request)
-    assert frames == expected_interval(r.frames_a, r.frames_b, n)
+    assert frames == sample_content.interval_edit_frames(r.frames_a, r.frames_b, n)
     assert result.frames == len(frames)
     # And from mid-segment timeranges: A from frame 5, B after its frame b0 + 3.
     b0 = r.frames_b[0]
@@ -492,5 +479,5 @@ def test_interval_cuts_at_ntsc_rates_with_an_interval_off_the_frame_grid(rate_in
                           TimeRange(r.at(5), None, TimeRange.INCLUDE_START),
                           TimeRange(r.at(b0 + 3), None, TimeRange.EXCLUSIVE), cut_interval=Fraction(7, 10))
     result, frames = export_checked(r.inputs, request)
-    assert frames == expected_interval(r.frames_a[5:], r.frames_b[4:], n)
+    assert frames == sample_content.interval_edit_frames(r.frames_a[5:], r.frames_b[4:], n)
     assert result.frames == len(frames)

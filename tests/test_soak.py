@@ -100,19 +100,6 @@ def object_files(store: RunningStore) -> set[str]:
     return {path.name for path in (store.data_dir / "objects").rglob("*") if path.is_file()}
 
 
-def interval_order(first: list[int], second: list[int], n: int) -> list[int]:
-    """Turn k of an interval edit shows frames k*n .. (k+1)*n - 1 of input (k mod 2); the edit
-    stops at the first turn that cannot be filled, keeping what that turn has."""
-    out: list[int] = []
-    turn = 0
-    while True:
-        frames = (first, second)[turn % 2][turn * n:(turn + 1) * n]
-        out += frames
-        if len(frames) < n:
-            return out
-        turn += 1
-
-
 @dataclass
 class Run:
     """What one soak run made and what each of its Flows must hold."""
@@ -170,7 +157,7 @@ async def edit_and_export(client: TAMSClient, run: Run) -> None:
     interval = await edit(client, EditRequest(run.flow_a, run.flow_b, cut_interval=CUT_INTERVAL,
                                               label="soak: A / B cuts", page_limit=EDIT_PAGE_LIMIT))
     per_cut = int(CUT_INTERVAL * run.content.fps)
-    run.frames[interval.output_flow_id] = interval_order(run.frames[run.flow_a], run.frames[run.flow_b], per_cut)
+    run.frames[interval.output_flow_id] = sample_content.interval_edit_frames(run.frames[run.flow_a], run.frames[run.flow_b], per_cut)
     assert object_files(run.store) <= files_before, "an edit created media files"
     for result in (concatenation, interval):
         assert result.written
