@@ -16,6 +16,14 @@ and ``ts_offset`` select exactly the wanted frames and ``object_timerange`` desc
 whole object; with ``--legacy-sample-fields`` the deprecated ``sample_offset`` /
 ``sample_count`` are written too, for older readers.
 
+The inputs must hold the same essence, or the joined media would be undecodable or mislabelled:
+codec, container, frame rate and size always (a Flow declares one of each; in particular a CMAF
+(fMP4, init segment) Flow and an MPEG-TS Flow cannot be edited together), and every other
+essence parameter (profile, level, bit depth, chroma, interlace, colour, aspect ratio) unless
+``--force``, when the output declares only what is true of both (:func:`merged_essence`) and
+lists each difference in its ``edit_forced_differences`` tag. Segments of init-segment Flows
+keep their ``init_object_id``.
+
 All timing is exact: ``mediatimestamp`` ``Timestamp``/``TimeRange`` and ``Fraction``, with
 frames counted at the inputs' ``frame_rate`` on a grid anchored at each input segment's start.
 The planning is pure (:func:`plan_concatenation`, :func:`plan_interval`) and the store work is
@@ -43,6 +51,8 @@ from credentials import Credentials, HelpFormatter, add_credential_args, connect
 from media import FRAME_TOLERANCE
 
 __all__ = [
+    "CMAF_CONTAINERS",
+    "Difference",
     "EditError",
     "EditRequest",
     "EditResult",
@@ -51,10 +61,12 @@ __all__ = [
     "Span",
     "check_compatible",
     "edit",
+    "essence_differences",
     "frame_rate_of",
     "grid_anchor",
     "interval_frames",
     "main",
+    "merged_essence",
     "output_flow",
     "parse_interval",
     "parse_segment",
@@ -537,34 +549,207 @@ def frame_rate_of(flow: Mapping[str, Any]) -> Fraction:
     return value
 
 
-# What must match between the inputs for the output to be one playable Flow.
-_MATCHED_FIELDS = ("format", "codec", "container")
-_MATCHED_ESSENCE = ("frame_rate", "frame_width", "frame_height", "interlace_mode", "init_segments")
+# --- What must match between the inputs for the output to be one playable, truly labelled Flow.
+#
+# A difference in a HARD field cannot be accepted even with --force: the output Flow would have to
+# declare two values of a field it holds one of (a Flow has one container, one codec, one frame size,
+# and the edit counts frames at one rate), so it could not be exported or decoded correctly.
+# A difference in any other essence parameter is refused unless --force; the forced output then
+# declares only what is true of all of it (see merged_essence) and lists what it left out in tags.
+_HARD_FIELDS = ("format", "codec", "container")
+_HARD_ESSENCE = ("init_segments", "frame_rate", "vfr", "frame_width", "frame_height")
+_HARD_REASONS = {
+    "format": "a Flow has one format",
+    "codec": "the joined media could not be decoded as one stream",
+    "container": "a Flow has one container, so the edit could not be exported correctly",
+    "init_segments": "a Flow has one container, so the edit could not be exported correctly",
+    "frame_rate": "the edit counts frames at one frame_rate",
+    "vfr": "the edit counts frames at one frame_rate",
+    "frame_width": "a Flow declares one frame size",
+    "frame_height": "a Flow declares one frame size",
+}
+# The essence parameters compared, in the order differences are reported (then any others).
+_SOFT_ESSENCE = ("bit_depth", "avc_parameters", "component_type", "horiz_chroma_subs", "vert_chroma_subs",
+                 "interlace_mode", "colorspace", "transfer_characteristic", "aspect_ratio", "pixel_aspect_ratio",
+                 "unc_parameters")
+# Containers of init-segment (fMP4/CMAF) Flows, as readers accept them (the CMAF Flow contract).
+CMAF_CONTAINERS = frozenset({"video/iso.segment", "audio/iso.segment", "video/mp4", "audio/mp4", "application/mp4"})
+
+# H.264 profile_idc values whose decoders also decode the profile before them: Constrained Baseline
+# (66 with constraint_set1) < Main < High < High 10 < High 4:2:2 < High 4:4:4 Predictive. Baseline
+# without constraint_set1 and Extended stand apart: no profile of this chain covers them.
+_AVC_PROFILE_NAMES = {66: "Baseline", 77: "Main", 88: "Extended", 100: "High", 110: "High 10",
+                      122: "High 4:2:2", 244: "High 4:4:4 Predictive", 44: "CAVLC 4:4:4 Intra"}
+_AVC_CHAIN = (77, 100, 110, 122, 244)
+_AVC_CONSTRAINT_SET1 = 0x40
+
+
+def _is_cmaf(flow: Mapping[str, Any]) -> bool:
+    return bool((flow.get("essence_parameters") or {}).get("init_segments")) or flow.get("container") in CMAF_CONTAINERS
+
+
+def _avc_rank(avc: Mapping[str, Any]) -> int | None:
+    """Position in _AVC_CHAIN (-1 for Constrained Baseline), or None outside the chain."""
+    profile, flags = avc.get("profile"), avc.get("flags") or 0
+    if profile == 66 and isinstance(flags, int) and flags & _AVC_CONSTRAINT_SET1:
+        return -1
+    return _AVC_CHAIN.index(profile) if profile in _AVC_CHAIN else None
+
+
+def _level_text(level: object) -> str:
+    if isinstance(level, int) and not isinstance(level, bool):
+        return f"{level} (1b)" if level == 9 else f"{level} ({level // 10}.{level % 10})"
+    return str(level)
 
 
 def _show(name: str, value: object) -> str:
     if value is None:
-        return "(none)"
-    if name == "frame_rate" and isinstance(value, Mapping):
+        return "(not declared)"
+    if name in ("frame_rate", "aspect_ratio", "pixel_aspect_ratio", "segment_duration") and isinstance(value, Mapping):
         return f"{value.get('numerator')}/{value.get('denominator', 1)}"
+    if name == "avc_parameters.profile" and value in _AVC_PROFILE_NAMES:
+        return f"{value} ({_AVC_PROFILE_NAMES[value]})"  # type: ignore[index]
+    if name == "avc_parameters.level":
+        return _level_text(value)
+    if name == "avc_parameters" and isinstance(value, Mapping):
+        return (f"profile {_show('avc_parameters.profile', value.get('profile'))} "
+                f"level {_show('avc_parameters.level', value.get('level'))}")
+    if name == "container" and isinstance(value, str) and value in CMAF_CONTAINERS:
+        return f"{value} (fMP4 with init segments)"
     return str(value)
 
 
-def check_compatible(flow1: Mapping[str, Any], flow2: Mapping[str, Any]) -> Fraction:
-    """Refuse inputs that cannot make one Flow (naming the first difference); returns the rate."""
-    rate1, rate2 = frame_rate_of(flow1), frame_rate_of(flow2)
-    for name in _MATCHED_FIELDS:
-        if flow1.get(name) != flow2.get(name):
-            raise EditError(f"input flows differ in {name}: {_show(name, flow1.get(name))} vs {_show(name, flow2.get(name))}")
+def _ratio_value(value: object) -> object:
+    """Ratios compare by value (16/9 is 32/18); anything else as it is."""
+    if isinstance(value, Mapping) and "numerator" in value:
+        try:
+            return Fraction(int(value["numerator"]), int(value.get("denominator", 1)))
+        except (TypeError, ValueError, ZeroDivisionError):
+            return dict(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way the inputs' technical properties differ."""
+
+    name: str            # the field as the API spells it; essence parameters by their own name
+    value1: object
+    value2: object
+    hard: bool           # no --force can accept it
+
+    def describe(self) -> str:
+        return f"{self.name}: {_show(self.name, self.value1)} vs {_show(self.name, self.value2)}"
+
+
+def essence_differences(flow1: Mapping[str, Any], flow2: Mapping[str, Any]) -> list[Difference]:
+    """Every difference between two video Flows that matters to an edit of them, hard ones first.
+
+    ``essence_parameters.avc_parameters`` is compared by profile and level (its constraint flags do
+    not change which decoder a stream needs; the output declares the constraints both obey)."""
+    found: list[Difference] = []
     ep1, ep2 = flow1.get("essence_parameters") or {}, flow2.get("essence_parameters") or {}
-    for name in _MATCHED_ESSENCE:
+    for name in _HARD_FIELDS:
+        if flow1.get(name) != flow2.get(name):
+            found.append(Difference(name, flow1.get(name), flow2.get(name), hard=True))
+    for name in _HARD_ESSENCE:
         a, b = ep1.get(name), ep2.get(name)
-        if name == "frame_rate":
-            if rate1 != rate2:
-                raise EditError(f"input flows differ in frame_rate: {_rate_text(rate1)} vs {_rate_text(rate2)}")
-        elif a != b:
-            raise EditError(f"input flows differ in {name}: {_show(name, a)} vs {_show(name, b)}")
+        if name == "init_segments":
+            a, b = bool(a), bool(b)
+        if _ratio_value(a) != _ratio_value(b):
+            found.append(Difference(name, a, b, hard=True))
+    others = sorted((set(ep1) | set(ep2)) - set(_HARD_ESSENCE) - set(_SOFT_ESSENCE))
+    for name in (*_SOFT_ESSENCE, *others):
+        a, b = ep1.get(name), ep2.get(name)
+        if name == "avc_parameters" and isinstance(a, Mapping) and isinstance(b, Mapping):
+            for part in ("profile", "level"):
+                if a.get(part) != b.get(part):
+                    found.append(Difference(f"avc_parameters.{part}", a.get(part), b.get(part), hard=False))
+        elif _ratio_value(a) != _ratio_value(b):
+            found.append(Difference(name, a, b, hard=False))
+    return found
+
+
+def check_compatible(flow1: Mapping[str, Any], flow2: Mapping[str, Any], *, force: bool = False) -> Fraction:
+    """Refuse inputs whose edit would be undecodable or mislabelled, naming the field and both
+    values in one line; with ``force`` only the differences no output Flow could declare are
+    refused. Returns the frame rate."""
+    rate1 = frame_rate_of(flow1)
+    frame_rate_of(flow2)
+    differences = essence_differences(flow1, flow2)
+    hard = [d for d in differences if d.hard]
+    if hard:
+        first = hard[0]
+        if first.name in ("container", "init_segments") and _is_cmaf(flow1) != _is_cmaf(flow2):
+            first = Difference("container", flow1.get("container"), flow2.get("container"), hard=True)
+        raise EditError(f"input flows differ in {first.describe()}: {_HARD_REASONS[first.name]}"
+                        + (" (--force cannot accept this)" if force else ""))
+    frame_rate_of(flow2)
+    if differences and not force:
+        raise EditError("input flows differ in " + "; ".join(d.describe() for d in differences)
+                        + ": the edit would be mislabelled or undecodable (--force to make it anyway, "
+                          "declaring only what is true of both)")
     return rate1
+
+
+def merged_essence(flow1: Mapping[str, Any], flow2: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The output's ``essence_parameters`` for two inputs check_compatible accepted, and a note per
+    difference (for the output's ``edit_forced_differences`` tag).
+
+    What is true of the whole output is declared: H.264 ``avc_parameters`` with the higher level and
+    the profile whose decoders decode both inputs (where one profile covers the other), and the
+    constraint flags both inputs obey. A parameter that differs and has no such one true value
+    (bit depth, chroma, interlace, colour, aspect ratios, ...) is left out."""
+    ep1, ep2 = flow1.get("essence_parameters") or {}, flow2.get("essence_parameters") or {}
+    merged = dict(ep1)
+    notes: list[str] = []
+    for d in essence_differences(flow1, flow2):
+        if d.hard:
+            continue
+        if d.name.startswith("avc_parameters."):
+            continue  # handled together below
+        merged.pop(d.name, None)
+        notes.append(f"{d.name}: {_show(d.name, d.value1)} (input 1), {_show(d.name, d.value2)} (input 2); left out")
+    avc1, avc2 = ep1.get("avc_parameters"), ep2.get("avc_parameters")
+    if isinstance(avc1, Mapping) and isinstance(avc2, Mapping):
+        avc, avc_notes = _merged_avc(avc1, avc2)
+        notes += avc_notes
+        if avc is None:
+            merged.pop("avc_parameters", None)
+        else:
+            merged["avc_parameters"] = avc
+    return merged, notes
+
+
+def _merged_avc(avc1: Mapping[str, Any], avc2: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    notes: list[str] = []
+
+    def note(part: str, declared: str) -> None:
+        name = f"avc_parameters.{part}"
+        notes.append(f"{name}: {_show(name, avc1.get(part))} (input 1), {_show(name, avc2.get(part))} (input 2); "
+                     f"{declared}")
+
+    flags1, flags2 = avc1.get("flags"), avc2.get("flags")
+    flags = flags1 & flags2 if isinstance(flags1, int) and isinstance(flags2, int) else None
+    profile = avc1.get("profile")
+    if avc1.get("profile") != avc2.get("profile"):
+        rank1, rank2 = _avc_rank(avc1), _avc_rank(avc2)
+        if rank1 is None or rank2 is None:
+            note("profile", "no one profile covers both, so avc_parameters is left out")
+            return None, notes
+        profile = (avc1 if rank1 >= rank2 else avc2).get("profile")
+        note("profile", f"declared {_show('avc_parameters.profile', profile)}, whose decoders decode both")
+    level = avc1.get("level")
+    if avc1.get("level") != avc2.get("level"):
+        levels = [v for v in (avc1.get("level"), avc2.get("level")) if isinstance(v, int)]
+        if len(levels) != 2:
+            note("level", "avc_parameters is left out")
+            return None, notes
+        level = max(levels)
+        note("level", f"declared the higher, {_level_text(level)}")
+    if flags is None:
+        return None, notes
+    return {"profile": profile, "level": level, "flags": flags}, notes
 
 
 def output_flow(
@@ -577,19 +762,21 @@ def output_flow(
     description: str,
     tags: Mapping[str, str | list[str]],
 ) -> dict[str, Any]:
-    """The output Flow: technical properties from the inputs, its own ids, label and tags."""
+    """The output Flow: technical properties true of both inputs (:func:`merged_essence`; what
+    differs is listed in the ``edit_forced_differences`` tag), its own ids, label and tags."""
+    essence, notes = merged_essence(flow1, flow2)
     flow: dict[str, Any] = {
         "id": flow_id,
         "source_id": source_id,
         "format": flow1["format"],
         "label": label,
         "description": description,
-        "tags": dict(tags),
+        "tags": {**tags, **({"edit_forced_differences": notes} if notes else {})},
     }
     for name in ("codec", "container"):
         if flow1.get(name) is not None:
             flow[name] = flow1[name]
-    flow["essence_parameters"] = dict(flow1.get("essence_parameters") or {})
+    flow["essence_parameters"] = essence
     if flow1.get("generation") is not None and flow1.get("generation") == flow2.get("generation"):
         flow["generation"] = flow1["generation"]  # no new generation: nothing is re-encoded
     max_rates = [f["max_bit_rate"] for f in (flow1, flow2) if f.get("max_bit_rate") is not None]
@@ -619,6 +806,7 @@ class EditRequest:
     legacy_sample_fields: bool = False
     label: str | None = None
     dry_run: bool = False
+    force: bool = False                    # accept essence differences an output Flow can declare truly
     page_limit: int | None = None          # segments per page when reading the inputs
     batch_size: int = DEFAULT_BATCH_SIZE   # segments per list POST
 
@@ -724,7 +912,9 @@ async def edit(client: TAMSClient, request: EditRequest) -> EditResult:
     """
     flow1 = await _get_input(client, 1, request.input1_flow_id)
     flow2 = await _get_input(client, 2, request.input2_flow_id)
-    rate = check_compatible(flow1, flow2)
+    rate = check_compatible(flow1, flow2, force=request.force)
+    for note in merged_essence(flow1, flow2)[1]:
+        logger.warning("--force: inputs differ in %s", note)
     frames_per_cut = interval_frames(request.cut_interval, rate) if request.cut_interval is not None else None
 
     try:
@@ -818,6 +1008,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the deprecated sample_offset/sample_count, for older stores and readers")
     parser.add_argument("--label", default=None, help="output Flow label (default: made from the inputs' labels)")
     parser.add_argument("--dry-run", action="store_true", help="print the segments the edit would write; write nothing")
+    parser.add_argument("--force", action="store_true",
+                        help="edit inputs whose essence differs (bit depth, profile, level, chroma, interlace, "
+                             "colour, aspect ratio) anyway; the output Flow declares only what is true of both "
+                             "and lists the differences in its edit_forced_differences tag. Codec, container, "
+                             "frame rate and frame size must still match")
     parser.add_argument("--page-limit", type=int, default=None,
                         help="segments per page when reading the inputs (default: the store's)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="segments per list POST")
@@ -851,6 +1046,7 @@ def request_from_args(args: argparse.Namespace) -> EditRequest:
         legacy_sample_fields=args.legacy_sample_fields,
         label=args.label,
         dry_run=args.dry_run,
+        force=args.force,
         page_limit=args.page_limit,
         batch_size=args.batch_size,
     )

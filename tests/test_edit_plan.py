@@ -26,6 +26,7 @@ from simple_edit import (
     check_compatible,
     grid_anchor,
     interval_frames,
+    merged_essence,
     output_flow,
     parse_interval,
     parse_segment,
@@ -559,20 +560,115 @@ def video_flow(**changes: Any) -> dict[str, Any]:
 
 
 def test_compatible_inputs_give_their_rate():
-    assert check_compatible(video_flow(), video_flow(essence_parameters={"bit_depth": 10})) == 30
+    assert check_compatible(video_flow(), video_flow()) == 30
+    # Constraint flags alone do not change the decoder a stream needs.
+    assert check_compatible(video_flow(essence_parameters={"avc_parameters": {"profile": 77, "level": 30, "flags": 64}}),
+                            video_flow(essence_parameters={"avc_parameters": {"profile": 77, "level": 30, "flags": 0}})) == 30
+    # Equal ratios written differently are equal.
+    assert check_compatible(video_flow(essence_parameters={"aspect_ratio": {"numerator": 16, "denominator": 9}}),
+                            video_flow(essence_parameters={"aspect_ratio": {"numerator": 32, "denominator": 18}})) == 30
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"essence_parameters": {"frame_rate": {"numerator": 25}}}, "input flows differ in frame_rate: 30/1 vs 25/1"),
-    ({"essence_parameters": {"frame_width": 640}}, "input flows differ in frame_width: 320 vs 640"),
-    ({"essence_parameters": {"frame_height": 360}}, "input flows differ in frame_height: 180 vs 360"),
-    ({"codec": "video/h265"}, "input flows differ in codec: video/h264 vs video/h265"),
-    ({"container": "video/mp4"}, "input flows differ in container: video/mp2t vs video/mp4"),
+    ({"essence_parameters": {"frame_rate": {"numerator": 25}}},
+     "input flows differ in frame_rate: 30/1 vs 25/1: the edit counts frames at one frame_rate"),
+    ({"essence_parameters": {"frame_width": 640}}, "input flows differ in frame_width: 320 vs 640: a Flow declares one frame size"),
+    ({"essence_parameters": {"frame_height": 360}}, "input flows differ in frame_height: 180 vs 360: a Flow declares one frame size"),
+    ({"codec": "video/h265"},
+     "input flows differ in codec: video/h264 vs video/h265: the joined media could not be decoded as one stream"),
+    ({"container": "video/mp4"}, "input flows differ in container: video/mp2t vs video/mp4 (fMP4 with init segments): "
+                                 "a Flow has one container, so the edit could not be exported correctly"),
 ])
-def test_mismatched_inputs_are_refused_naming_the_difference(change, message):
+def test_hard_differences_are_refused_naming_the_field_and_both_values(change, message):
     with pytest.raises(EditError) as info:
         check_compatible(video_flow(), video_flow(**change))
     assert str(info.value) == message
+    with pytest.raises(EditError) as info:
+        check_compatible(video_flow(), video_flow(**change), force=True)
+    assert str(info.value) == message + " (--force cannot accept this)"
+
+
+_FORCE_HINT = ": the edit would be mislabelled or undecodable (--force to make it anyway, declaring only what is true of both)"
+
+
+@pytest.mark.parametrize(("essence", "shown"), [
+    ({"bit_depth": 10}, "bit_depth: 8 vs 10"),
+    ({"interlace_mode": "interlaced_tff"}, "interlace_mode: progressive vs interlaced_tff"),
+    ({"horiz_chroma_subs": 1}, "horiz_chroma_subs: 2 vs 1"),
+    ({"vert_chroma_subs": 1}, "vert_chroma_subs: 2 vs 1"),
+    ({"component_type": "RGB"}, "component_type: YCbCr vs RGB"),
+    ({"colorspace": "BT2020"}, "colorspace: BT709 vs BT2020"),
+    ({"transfer_characteristic": "HLG"}, "transfer_characteristic: SDR vs HLG"),
+    ({"aspect_ratio": {"numerator": 4, "denominator": 3}}, "aspect_ratio: 16/9 vs 4/3"),
+    ({"pixel_aspect_ratio": {"numerator": 4, "denominator": 3}}, "pixel_aspect_ratio: 1/1 vs 4/3"),
+    ({"avc_parameters": {"profile": 110, "level": 30, "flags": 0}}, "avc_parameters.profile: 100 (High) vs 110 (High 10)"),
+    ({"avc_parameters": {"profile": 100, "level": 40, "flags": 0}}, "avc_parameters.level: 30 (3.0) vs 40 (4.0)"),
+])
+def test_other_essence_differences_are_refused_unless_forced(essence, shown):
+    full = {"horiz_chroma_subs": 2, "vert_chroma_subs": 2, "component_type": "YCbCr", "colorspace": "BT709",
+            "transfer_characteristic": "SDR", "aspect_ratio": {"numerator": 16, "denominator": 9},
+            "pixel_aspect_ratio": {"numerator": 1, "denominator": 1},
+            "avc_parameters": {"profile": 100, "level": 30, "flags": 0}}
+    with pytest.raises(EditError) as info:
+        check_compatible(video_flow(essence_parameters=full), video_flow(essence_parameters={**full, **essence}))
+    assert str(info.value) == "input flows differ in " + shown + _FORCE_HINT
+    assert check_compatible(video_flow(essence_parameters=full), video_flow(essence_parameters={**full, **essence}),
+                            force=True) == 30
+
+
+def test_a_parameter_one_input_does_not_declare_is_a_difference():
+    plain = video_flow()
+    del plain["essence_parameters"]["bit_depth"]
+    with pytest.raises(EditError, match="^input flows differ in bit_depth: 8 vs \\(not declared\\): "):
+        check_compatible(video_flow(), plain)
+
+
+def test_all_differences_are_named_in_the_one_line():
+    with pytest.raises(EditError) as info:
+        check_compatible(video_flow(), video_flow(essence_parameters={"bit_depth": 10, "interlace_mode": "interlaced_bff"}))
+    assert str(info.value) == ("input flows differ in bit_depth: 8 vs 10; interlace_mode: progressive vs interlaced_bff"
+                               + _FORCE_HINT)
+
+
+def avc(profile: int, level: int, flags: int = 0) -> dict[str, Any]:
+    return {"essence_parameters": {"avc_parameters": {"profile": profile, "level": level, "flags": flags}}}
+
+
+def test_forced_high_and_high_10_declare_the_covering_profile_the_higher_level_and_no_bit_depth():
+    eight = video_flow(**avc(100, 30))
+    ten = video_flow(**avc(110, 40))
+    ten["essence_parameters"]["bit_depth"] = 10
+    essence, notes = merged_essence(eight, ten)
+    assert essence["avc_parameters"] == {"profile": 110, "level": 40, "flags": 0}
+    assert "bit_depth" not in essence
+    assert essence["frame_width"] == 320 and essence["interlace_mode"] == "progressive"
+    assert notes == [
+        "bit_depth: 8 (input 1), 10 (input 2); left out",
+        "avc_parameters.profile: 100 (High) (input 1), 110 (High 10) (input 2); declared 110 (High 10), "
+        "whose decoders decode both",
+        "avc_parameters.level: 30 (3.0) (input 1), 40 (4.0) (input 2); declared the higher, 40 (4.0)",
+    ]
+    # Either order gives the same truth.
+    assert merged_essence(ten, eight)[0]["avc_parameters"] == {"profile": 110, "level": 40, "flags": 0}
+
+
+def test_forced_profiles_outside_one_chain_leave_avc_parameters_out():
+    # Constrained Baseline (constraint_set0+1) is inside Main; the flags kept are those both obey.
+    essence, _ = merged_essence(video_flow(**avc(66, 30, 0xC0)), video_flow(**avc(77, 31, 0x40)))
+    assert essence["avc_parameters"] == {"profile": 77, "level": 31, "flags": 0x40}
+    # Baseline without constraint_set1 (it may use FMO/ASO) is decoded by no Main or High decoder.
+    essence, notes = merged_essence(video_flow(**avc(66, 30)), video_flow(**avc(100, 30)))
+    assert "avc_parameters" not in essence
+    assert notes == ["avc_parameters.profile: 66 (Baseline) (input 1), 100 (High) (input 2); no one profile covers "
+                     "both, so avc_parameters is left out"]
+
+
+def test_output_flow_of_forced_inputs_tags_what_differs():
+    flow = output_flow(video_flow(), video_flow(essence_parameters={"interlace_mode": "interlaced_tff"}),
+                       flow_id="o", source_id="os", label="lab", description="d", tags={"edit_mode": "concatenation"})
+    assert "interlace_mode" not in flow["essence_parameters"]
+    assert flow["tags"] == {"edit_mode": "concatenation", "edit_forced_differences": [
+        "interlace_mode: progressive (input 1), interlaced_tff (input 2); left out"]}
 
 
 def test_inputs_without_a_frame_rate_are_refused():
