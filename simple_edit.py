@@ -654,8 +654,8 @@ def essence_differences(flow1: Mapping[str, Any], flow2: Mapping[str, Any]) -> l
             found.append(Difference(name, flow1.get(name), flow2.get(name), hard=True))
     for name in _HARD_ESSENCE:
         a, b = ep1.get(name), ep2.get(name)
-        if name == "init_segments":
-            a, b = bool(a), bool(b)
+        if name in ("init_segments", "vfr"):
+            a, b = bool(a), bool(b)  # both default to false
         if _ratio_value(a) != _ratio_value(b):
             found.append(Difference(name, a, b, hard=True))
     others = sorted((set(ep1) | set(ep2)) - set(_HARD_ESSENCE) - set(_SOFT_ESSENCE))

@@ -564,6 +564,8 @@ def test_compatible_inputs_give_their_rate():
     # Constraint flags alone do not change the decoder a stream needs.
     assert check_compatible(video_flow(essence_parameters={"avc_parameters": {"profile": 77, "level": 30, "flags": 64}}),
                             video_flow(essence_parameters={"avc_parameters": {"profile": 77, "level": 30, "flags": 0}})) == 30
+    # Flags that default to false are false when left out.
+    assert check_compatible(video_flow(essence_parameters={"vfr": False, "init_segments": False}), video_flow()) == 30
     # Equal ratios written differently are equal.
     assert check_compatible(video_flow(essence_parameters={"aspect_ratio": {"numerator": 16, "denominator": 9}}),
                             video_flow(essence_parameters={"aspect_ratio": {"numerator": 32, "denominator": 18}})) == 30
