@@ -44,7 +44,7 @@ demo: sample_content/hls_output.m3u8 | $(STAMP)
 	$(PY) demo.py
 
 bench: venv
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 soak: venv
 	SOAK_LONG=1 $(PY) -m pytest -q -m soak tests/test_soak.py
@@ -57,5 +57,5 @@ lint: venv
 	$(VENV)/bin/mypy --config-file authz_proxy/mypy.ini authz_proxy
 
 clean:
-	rm -rf $(VENV) $(DATA_DIR) sample_content demo_output .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results.json
+	rm -rf $(VENV) $(DATA_DIR) sample_content demo_output .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results.json bench/cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -47,8 +48,16 @@ def _checked(name: str, rows: object) -> list[dict[str, Any]]:
     return [{"bench": name, **{key: row[key] for key in FIELDS}} for row in rows]
 
 
-def run_benchmarks(names: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run the named modules; (figures, one record per module with its time and any error)."""
+def _options_for(run: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The ``options`` (e.g. ``quick``, ``runs``) that a module's ``run()`` takes; others run as they are."""
+    accepted = inspect.signature(run).parameters
+    return {k: v for k, v in options.items() if k in accepted and v is not None}
+
+
+def run_benchmarks(names: list[str], options: dict[str, Any] | None = None,
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the named modules, passing each the ``options`` its ``run()`` accepts; (figures, one
+    record per module with its time and any error)."""
     figures: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     for name in names:
@@ -57,7 +66,7 @@ def run_benchmarks(names: list[str]) -> tuple[list[dict[str, Any]], list[dict[st
         record: dict[str, Any] = {"bench": name}
         try:
             module = importlib.import_module(name)
-            figures += _checked(name, module.run())
+            figures += _checked(name, module.run(**_options_for(module.run, options or {})))
         except Exception as exc:  # one broken benchmark must not hide the others' figures
             record["error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc(file=sys.stderr)
@@ -86,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=available, metavar="MODULE", default=available,
                         help=f"benchmark modules to run (of: {', '.join(available)})")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the figures as JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke test: benchmarks that have a quick mode run it (the others run as usual)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="runs per figure, for benchmarks that take the median of several (default: theirs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     started = time.perf_counter()
-    figures, runs = run_benchmarks(args.only)
+    figures, runs = run_benchmarks(args.only, {"quick": args.quick or None, "runs": args.runs})
     seconds = time.perf_counter() - started
     if figures:
         print_table(figures)
