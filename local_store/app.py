@@ -8,7 +8,8 @@ Middlewares, outermost first:
 3. ``error_middleware``: renders every ``StoreError`` and aiohttp HTTP error (unknown route 404,
    wrong method 405, body too large 413) as the spec's error body; nothing escapes as a 500
    without a body.
-4. ``auth_middleware``: credentials and coarse scopes for every API route.
+4. ``auth_middleware``: credentials and coarse scopes for every API route, and for every path
+   that matches no route (401 before 404, so a caller without credentials learns nothing).
 
 The access log (off unless ``--access-log``) records paths only, never query strings, so
 presigned URL signatures and ``access_token`` parameters stay out of it.
@@ -50,7 +51,7 @@ from .auth import (
 )
 from .config import StoreConfig
 from .database import Database
-from .errors import StoreError, Unauthorized, error_body
+from .errors import StoreError, Unauthorized, error_body, json_response
 from .events import WebhookHub
 from .gc import GarbageCollector
 from .objects import ObjectFiles, UrlSigner
@@ -69,6 +70,11 @@ NO_API_AUTH = frozenset({TOKEN_PATH, JWKS_PATH, MEDIA_PATH})  # media checks its
 # aiohttp's default 8190 bytes. Longer ones get a 400 with the spec's error body.
 MAX_FIELD_BYTES = 32 * 1024
 MAX_LINE_BYTES = 16 * 1024  # the request line (path and query)
+
+
+def _outside_api(path: str) -> bool:
+    """The token endpoint, the JWKS and media downloads: they answer without API credentials."""
+    return path in (TOKEN_PATH, JWKS_PATH) or path.startswith(MEDIA_PATH.split("{", 1)[0])
 
 
 def _template(request: web.Request) -> str:
@@ -91,12 +97,12 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
     rate = store.config.fault_rate
     if rate > 0 and _template(request) not in NO_FAULTS and store.fault_rng.random() < rate:
         body = error_body("ServiceUnavailable", "Injected fault (--fault-rate); retry the request")
-        return web.json_response(body, status=503, headers={"Retry-After": "0"})
+        return json_response(body, status=503, headers={"Retry-After": "0"})
     return await handler(request)
 
 
 def render_error(status: int, error_type: str, summary: str, headers: Any = None) -> web.Response:
-    response = web.json_response(error_body(error_type, summary), status=status)
+    response = json_response(error_body(error_type, summary), status=status)
     for name, value in headers or ():
         response.headers.add(name, value)
     return response
@@ -134,6 +140,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     match_info = request.match_info
     if match_info.http_exception is not None:
+        # Credentials first: whether a path exists is not told to a caller without them.
+        if not _outside_api(request.path):
+            await request.app[STORE].auth.authenticate(request)
         raise match_info.http_exception
     template = _template(request)
     if template in NO_API_AUTH:
@@ -165,7 +174,7 @@ async def _token(request: web.Request) -> web.Response:
 
 
 async def _jwks(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[STORE].auth.jwks(), headers={"Cache-Control": "max-age=300"})
+    return json_response(await request.app[STORE].auth.jwks(), headers={"Cache-Control": "max-age=300"})
 
 
 def _client_records(config: StoreConfig, settings: dict[str, str]) -> list[ClientRecord]:
@@ -294,7 +303,7 @@ class StoreRequestHandler(RequestHandler):
                 logger.error("error handling %s %s", request.method, request.path, exc_info=exc)
             summary = "The store failed to handle this request" if status >= 500 else "The request could not be handled"
             error_type = "InternalError" if status >= 500 else "BadRequest"
-        response = web.json_response(error_body(error_type, summary), status=status)
+        response = json_response(error_body(error_type, summary), status=status)
         response.force_close()
         return response
 

@@ -36,7 +36,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .errors import Forbidden, Unauthorized, error_body
+from .errors import Forbidden, Unauthorized, error_body, json_response
 
 __all__ = [
     "ADMIN",
@@ -292,7 +292,7 @@ def _oauth_error(status: int, error: str, description: str) -> web.Response:
     headers = {"Cache-Control": "no-store"}
     if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="tams-oauth2"'
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
 async def token_endpoint(request: web.Request, authenticator: Authenticator) -> web.Response:
@@ -325,7 +325,7 @@ async def token_endpoint(request: web.Request, authenticator: Authenticator) -> 
             )
         granted = list(dict.fromkeys(requested))
     logger.info("issued token to client %s (scope %s)", client.client_id, " ".join(granted))
-    return web.json_response(
+    return json_response(
         await authenticator.issue_token(client, granted),
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
     )

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime
 import json
 import logging
@@ -1286,10 +1287,15 @@ class Database:
                 )
             raise SegmentOverlap(f"Segment {seg.timerange_text} overlaps the stored segment {existing!s}")
         if flow["init_segments"] and not seg.init_object_id:
-            raise BadRequest("This Flow uses init segments: init_object_id is required")
+            # A reused object keeps the init object it was registered with (the spec asks
+            # clients to leave init_object_id out when reusing an object).
+            known = conn.execute("SELECT init_object_id FROM objects WHERE id = ?", (seg.object_id,)).fetchone()
+            if known is None or not known["init_object_id"]:
+                raise BadRequest("This Flow uses init segments: init_object_id is required")
+            seg = dataclasses.replace(seg, init_object_id=known["init_object_id"])
         self._register_media_object(flow, seg, now)
         if seg.init_object_id:
-            self._register_init_object(flow, seg.init_object_id, now)
+            self._register_init_object(flow, seg, now)
         conn.execute(
             "INSERT INTO segments(flow_id, first_hns, last_hns, timerange, start_ns, end_ns, incl_start, incl_end, "
             "object_id, ts_offset_ns, ts_offset, last_duration, sample_offset, sample_count, init_object_id) "
@@ -1355,6 +1361,16 @@ class Database:
                 "longer than min_object_timeout); allocate and upload it again"
             )
 
+    @staticmethod
+    def _refuse_unknown(object_id: str, seg: NewSegment) -> None:
+        """An object id the store never allocated names media only the segment's own get_urls
+        can reach: without them, the segment would point at bytes nobody can read."""
+        if not seg.get_urls:
+            raise BadRequest(
+                f"Object {object_id!r} is unknown to this store: allocate it with POST /flows/{{flowId}}/storage, "
+                "or give get_urls for media stored elsewhere"
+            )
+
     def _register_media_object(self, flow: sqlite3.Row, seg: NewSegment, now: str) -> None:
         conn = self.conn
         flow_id = flow["id"]
@@ -1371,6 +1387,7 @@ class Database:
         )
         if obj is None:
             self._refuse_collected(seg.object_id)
+            self._refuse_unknown(seg.object_id, seg)
             conn.execute(
                 "INSERT INTO objects(id, controlled, content_type, role, first_referenced_by_flow, created) "
                 "VALUES (?, 0, ?, 'media', ?, ?)",
@@ -1440,11 +1457,13 @@ class Database:
             if first < obj["ot_first_hns"] or last > obj["ot_last_hns"]:
                 raise BadRequest(f"Segment {seg.timerange_text} minus ts_offset is outside the timerange of object {oid!r}")
 
-    def _register_init_object(self, flow: sqlite3.Row, object_id: str, now: str) -> None:
+    def _register_init_object(self, flow: sqlite3.Row, seg: NewSegment, now: str) -> None:
         conn = self.conn
+        object_id = seg.init_object_id
         obj = conn.execute("SELECT * FROM objects WHERE id = ?", (object_id,)).fetchone()
         if obj is None:
             self._refuse_collected(object_id)
+            self._refuse_unknown(object_id, seg)
             conn.execute(
                 "INSERT INTO objects(id, controlled, role, first_referenced_by_flow, created) VALUES (?, 0, 'init', ?, ?)",
                 (object_id, flow["id"], now),

@@ -19,13 +19,17 @@ Exception tree (each class carries its HTTP status as a class attribute)::
 
 Handlers and the database raise these; ``error_middleware`` in ``app.py`` renders every one of
 them (and aiohttp's own HTTP exceptions, such as 404 for an unknown route) with
-``error_body``.
+``error_body``. Every JSON answer, error or not, goes out through ``json_response`` with the one
+Content-Type the spec names, ``application/json``.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
+
+from aiohttp import web
 
 __all__ = [
     "BadRequest",
@@ -43,6 +47,7 @@ __all__ = [
     "StoreError",
     "Unauthorized",
     "error_body",
+    "json_response",
     "utc_now_iso",
 ]
 
@@ -56,6 +61,16 @@ def utc_now_iso() -> str:
 def error_body(error_type: str, summary: str) -> dict[str, Any]:
     """The spec's error object (``schemas/error.json``)."""
     return {"type": error_type, "summary": summary, "time": utc_now_iso()}
+
+
+def json_response(body: Any, status: int = 200, headers: Any = None) -> web.Response:
+    """A JSON answer with Content-Type ``application/json`` (no charset parameter: JSON is UTF-8)."""
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
 
 
 class StoreError(Exception):

@@ -189,3 +189,13 @@ def new_flow(container: str | None = "video/mp2t", **fields: Any) -> dict[str, A
         flow["container"] = container
     flow.update(fields)
     return flow
+
+
+# Media held outside the store: a segment may name an object id the store never allocated only
+# with URLs to read it from.
+ELSEWHERE = {"get_urls": [{"url": "http://media.example.com/elsewhere.ts", "label": "elsewhere"}]}
+
+
+def elsewhere(object_id: str, **fields: Any) -> dict[str, Any]:
+    """A segment POST item for an object stored outside the store."""
+    return {"object_id": object_id, **fields, **ELSEWHERE}

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from authz_support import PROXY_CLIENT, ProxyEnv, client, new_id, start_env, video_flow
+from store_http import ELSEWHERE
 
 from tests.conftest import start_store
 
@@ -332,15 +333,15 @@ def build_body(world: World, case: Case, rand: str, new: str | None, new_src: st
     if case.path.endswith("/segments"):
         seg = {"timerange": f"[{10 + uuid.uuid4().int % 1000}:0_{11 + uuid.uuid4().int % 1000}:0)"}
         if body == "unregistered object":
-            return {**seg, "object_id": "never-" + rand}
+            return {**seg, **ELSEWHERE, "object_id": "never-" + rand}
         if body == "O_SHARED":
             return {**seg, "object_id": ids["O_SHARED"]}
         if body == "O_SPORT":
             return {**seg, "object_id": ids["O_SPORT"]}
         if body == "O_SPORT as init":
-            return {**seg, "object_id": "never-" + rand, "init_object_id": ids["O_SPORT"]}
+            return {**seg, **ELSEWHERE, "object_id": "never-" + rand, "init_object_id": ids["O_SPORT"]}
         if body == "bulk with O_SPORT":
-            return [{**seg, "object_id": "never-" + rand}, {**seg, "object_id": ids["O_SPORT"]}]
+            return [{**seg, **ELSEWHERE, "object_id": "never-" + rand}, {**seg, "object_id": ids["O_SPORT"]}]
         return body
     if case.path.startswith("/service/webhooks"):
         hook: dict[str, Any] = dict(WEBHOOK)
@@ -523,7 +524,7 @@ def test_decisions_cost_few_upstream_calls(world: World, caller: str, method: st
                                            calls: int) -> None:
     env = world.env
     if body == "three segments, one object":
-        body = [{"object_id": "never-" + new_id(), "timerange": f"[{t}:0_{t + 1}:0)"} for t in (500, 501, 502)]
+        body = [{**ELSEWHERE, "object_id": "never-" + new_id(), "timerange": f"[{t}:0_{t + 1}:0)"} for t in (500, 501, 502)]
         body[1]["object_id"] = body[2]["object_id"] = body[0]["object_id"]
     env.recorder.clear()
     env.call(caller, method, path.replace("{NEWS}", world.ids["NEWS"]).replace("{STR}", world.ids["STR"]),
@@ -603,7 +604,8 @@ def test_segment_posts_name_a_bounded_number_of_objects(world: World) -> None:
         flow_id = world.ids["NEWS"]
 
         def segments(objects: list[str], start: int) -> list[dict[str, str]]:
-            return [{"object_id": o, "timerange": f"[{start + n}:0_{start + n + 1}:0)"} for n, o in enumerate(objects)]
+            return [{**ELSEWHERE, "object_id": o, "timerange": f"[{start + n}:0_{start + n + 1}:0)"}
+                    for n, o in enumerate(objects)]
 
         three = ["never-" + new_id() for _ in range(3)]
         answer = env.call("editor", "POST", f"/flows/{flow_id}/segments", json_body=segments(three, 5000))

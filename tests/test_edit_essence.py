@@ -30,6 +30,7 @@ from ingest_hls import IngestOptions, ingest
 from outgest_file import outgest
 from simple_edit import EditError, EditRequest, edit
 from tests.conftest import REPO_ROOT, RunningStore
+from store_http import ELSEWHERE
 
 T = TypeVar("T")
 
@@ -52,14 +53,14 @@ def on_store(store: RunningStore, fn: Callable[[TAMSClient], Awaitable[T]]) -> T
 
 async def register(client: TAMSClient, *, essence: dict[str, Any] | None = None, segments: int = 1,
                    **fields: Any) -> str:
-    """A video Flow with ``essence`` over BASE_ESSENCE and ``segments`` 2 s segments (objects the
-    store registers as uncontrolled; nothing reads their bytes here)."""
+    """A video Flow with ``essence`` over BASE_ESSENCE and ``segments`` 2 s segments (objects held
+    elsewhere, registered as uncontrolled; nothing reads their bytes here)."""
     flow_id = str(uuid.uuid4())
     flow = {"id": flow_id, "source_id": str(uuid.uuid4()), "format": "urn:x-nmos:format:video",
             "codec": "video/h264", "container": "video/mp2t", "label": "in",
             "essence_parameters": {**BASE_ESSENCE, **(essence or {})}, **fields}
     await client.put_flow(flow_id, flow)
-    bodies = [{"object_id": f"obj-{uuid.uuid4()}", "timerange": f"[{2 * i}:0_{2 * i + 2}:0)"} for i in range(segments)]
+    bodies = [{**ELSEWHERE, "object_id": f"obj-{uuid.uuid4()}", "timerange": f"[{2 * i}:0_{2 * i + 2}:0)"} for i in range(segments)]
     assert await client.post_segments(flow_id, bodies) == []
     return flow_id
 

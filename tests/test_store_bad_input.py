@@ -78,8 +78,10 @@ async def test_invalid_ids_in_paths(api: StoreHttp) -> None:
         "/sources/123",
         f"/flows/{uuid.uuid4()}X",
     ):
-        reply = await api.call("GET", path, status=400)
+        # No resource can have such an id: 404, the answer the spec lists for these paths.
+        reply = await api.call("GET", path, status=404)
         assert "UUID" in reply.body["summary"]
+    # Creating a Flow under a bad id is bad input.
     await api.call("PUT", "/flows/NOT-A-UUID", json=new_flow(), status=400)
 
 

@@ -120,7 +120,7 @@ async def test_bad_profiles_are_refused(api: StoreHttp, world: dict[str, str]) -
     existing = {**good, "id": world["profile"]}
     await expect(api, 400, "POST", f"/service/profiles/{world['profile']}", json=existing)  # immutable
     await expect(api, 400, "POST", "/service/profiles/not-a-uuid", json={**good, "id": "not-a-uuid"})
-    await expect(api, 400, "GET", "/service/profiles/not-a-uuid")
+    await expect(api, 404, "GET", "/service/profiles/not-a-uuid")  # names nothing that exists
     await expect(api, 404, "GET", f"/service/profiles/{pid}")
     await expect(api, 405, "PUT", f"/service/profiles/{pid}", json=good)
     await expect(api, 405, "DELETE", f"/service/profiles/{world['profile']}")

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from store_http import StoreHttp, basic_http, new_flow
+from store_http import ELSEWHERE, StoreHttp, basic_http, new_flow
 
 from tests.conftest import RunningStore
 
@@ -49,42 +49,42 @@ async def new_flow_id(api: StoreHttp, **fields: Any) -> str:
 
 async def test_out_of_range_times_and_counts_in_a_segment_post_are_400(api: StoreHttp) -> None:
     fid = await new_flow_id(api)
-    good = {"object_id": "kept", "timerange": "[0:0_1:0)"}
+    good = {**ELSEWHERE, "object_id": "kept", "timerange": "[0:0_1:0)"}
     await api.post_segments(fid, good)
     before = await stored_segments(api, fid)
     bad_timestamps = [
-        {"object_id": "a", "timerange": f"[10:0_{BIG_TIME})"},
-        {"object_id": "a", "timerange": f"[-{BIG_TIME}_10:0)"},
-        {"object_id": "a", "timerange": "[10:0_11:0)", "ts_offset": BIG_TIME},
-        {"object_id": "a", "timerange": "[10:0_11:0)", "ts_offset": f"-{BIG_TIME}"},
-        {"object_id": "a", "timerange": "[10:0_11:0)", "object_timerange": f"[0:0_{BIG_TIME})"},
+        {**ELSEWHERE, "object_id": "a", "timerange": f"[10:0_{BIG_TIME})"},
+        {**ELSEWHERE, "object_id": "a", "timerange": f"[-{BIG_TIME}_10:0)"},
+        {**ELSEWHERE, "object_id": "a", "timerange": "[10:0_11:0)", "ts_offset": BIG_TIME},
+        {**ELSEWHERE, "object_id": "a", "timerange": "[10:0_11:0)", "ts_offset": f"-{BIG_TIME}"},
+        {**ELSEWHERE, "object_id": "a", "timerange": "[10:0_11:0)", "object_timerange": f"[0:0_{BIG_TIME})"},
         # mediatimestamp would clamp this one to 281474976710655:999999999 and store that.
-        {"object_id": "a", "timerange": "[10:0_11:0)", "last_duration": "99999999999999999999:0"},
+        {**ELSEWHERE, "object_id": "a", "timerange": "[10:0_11:0)", "last_duration": "99999999999999999999:0"},
         # Each in range, but timerange - ts_offset (the object's timeline) is not.
-        {"object_id": "a", "timerange": "[9000000000:0_9000000001:0)", "ts_offset": "-9000000000:0"},
+        {**ELSEWHERE, "object_id": "a", "timerange": "[9000000000:0_9000000001:0)", "ts_offset": "-9000000000:0"},
     ]
     for segment in bad_timestamps:
         reply = await api.call("POST", f"/flows/{fid}/segments", json=segment, status=400)
         assert reply.body["type"] == "InvalidTimerange", (segment, reply.body)
     for name in ("sample_offset", "sample_count", "key_frame_count"):
         for value in (BIG_INT, -BIG_INT):
-            segment = {"object_id": "a", "timerange": "[10:0_11:0)", name: value}
+            segment = {**ELSEWHERE, "object_id": "a", "timerange": "[10:0_11:0)", name: value}
             reply = await api.call("POST", f"/flows/{fid}/segments", json=segment, status=400)
             assert name in reply.body["summary"]
     assert await stored_segments(api, fid) == before
     # The range is 2**62 - 1 ns (about +-146 years: overlap tests use half-nanosecond points),
     # right up to its last nanosecond, and not a nanosecond more.
-    edge = {"object_id": "edge", "timerange": "[4611686018:0_4611686018:427387903)", "ts_offset": "0:0"}
+    edge = {**ELSEWHERE, "object_id": "edge", "timerange": "[4611686018:0_4611686018:427387903)", "ts_offset": "0:0"}
     await api.post_segments(fid, edge)
     (listed,) = (await api.segments(fid, timerange="[4611686018:0_4611686018:427387903]")).body
     assert listed["timerange"] == edge["timerange"]
-    beyond = {"object_id": "beyond", "timerange": "[4611686018:0_4611686018:427387904)"}
+    beyond = {**ELSEWHERE, "object_id": "beyond", "timerange": "[4611686018:0_4611686018:427387904)"}
     await api.call("POST", f"/flows/{fid}/segments", json=beyond, status=400)
 
 
 async def test_out_of_range_timeranges_and_page_keys_in_queries_are_400(api: StoreHttp) -> None:
     fid = await new_flow_id(api)
-    await api.post_segments(fid, {"object_id": "kept", "timerange": "[0:0_1:0)"})
+    await api.post_segments(fid, {**ELSEWHERE, "object_id": "kept", "timerange": "[0:0_1:0)"})
     huge = f"[0:0_{BIG_TIME})"
     for method, path, params in [
         ("GET", f"/flows/{fid}/segments", {"timerange": huge}),
@@ -106,13 +106,13 @@ async def test_out_of_range_timeranges_and_page_keys_in_queries_are_400(api: Sto
 async def test_bulk_post_lists_out_of_range_segments_and_stores_the_rest(api: StoreHttp) -> None:
     fid = await new_flow_id(api)
     segments = [
-        {"object_id": "ok-1", "timerange": "[0:0_1:0)"},
-        {"object_id": "bad-timerange", "timerange": f"[1:0_{BIG_TIME})"},
-        {"object_id": "ok-2", "timerange": "[1:0_2:0)"},
-        {"object_id": "bad-offset", "timerange": "[2:0_3:0)", "ts_offset": BIG_TIME},
-        {"object_id": "bad-count", "timerange": "[3:0_4:0)", "sample_count": BIG_INT},
-        {"object_id": "bad-duration", "timerange": "[4:0_5:0)", "last_duration": "99999999999999999999:0"},
-        {"object_id": "ok-3", "timerange": "[5:0_6:0)", "key_frame_count": 1},
+        {**ELSEWHERE, "object_id": "ok-1", "timerange": "[0:0_1:0)"},
+        {**ELSEWHERE, "object_id": "bad-timerange", "timerange": f"[1:0_{BIG_TIME})"},
+        {**ELSEWHERE, "object_id": "ok-2", "timerange": "[1:0_2:0)"},
+        {**ELSEWHERE, "object_id": "bad-offset", "timerange": "[2:0_3:0)", "ts_offset": BIG_TIME},
+        {**ELSEWHERE, "object_id": "bad-count", "timerange": "[3:0_4:0)", "sample_count": BIG_INT},
+        {**ELSEWHERE, "object_id": "bad-duration", "timerange": "[4:0_5:0)", "last_duration": "99999999999999999999:0"},
+        {**ELSEWHERE, "object_id": "ok-3", "timerange": "[5:0_6:0)", "key_frame_count": 1},
     ]
     reply = await api.post_segments(fid, segments, status=200)
     failed = {f["object_id"]: f for f in reply.body["failed_segments"]}
@@ -365,7 +365,7 @@ async def test_repeated_segment_post_must_say_the_same(api: StoreHttp) -> None:
         changed = {**original, **change}
         reply = await api.call("POST", f"/flows/{fid}/segments", json=changed, status=400)
         assert reply.body["type"] == "SegmentOverlap" and next(iter(change)) in reply.body["summary"], reply.body
-        bulk = await api.post_segments(fid, [{"object_id": "new", "timerange": "[20:0_21:0)"}, changed], status=200)
+        bulk = await api.post_segments(fid, [{**ELSEWHERE, "object_id": "new", "timerange": "[20:0_21:0)"}, changed], status=200)
         assert [f["object_id"] for f in bulk.body["failed_segments"]] == ["obj"]
         await api.call("DELETE", f"/flows/{fid}/segments", params={"timerange": "[20:0_21:0)"}, status=204)
     # Left out: a field of the segment itself is "not set" (so it differs), while the object's

@@ -14,7 +14,7 @@ import aiohttp
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mediatimestamp.immutable import TimeRange, Timestamp
-from store_http import StoreHttp, basic_header, new_flow
+from store_http import ELSEWHERE, StoreHttp, basic_header, new_flow
 
 from tests.conftest import RunningStore
 
@@ -61,7 +61,7 @@ async def check(store: RunningStore, segments: list[TimeRange], queries: list[Ti
         flow = new_flow()
         await api.put_flow(flow, status=201)
         fid = flow["id"]
-        body = [{"object_id": f"obj-{i}-{uuid.uuid4()}", "timerange": str(tr)} for i, tr in enumerate(segments)]
+        body = [{**ELSEWHERE, "object_id": f"obj-{i}-{uuid.uuid4()}", "timerange": str(tr)} for i, tr in enumerate(segments)]
         reply = await api.post_segments(fid, body, status=(200, 201))
         failed = {f["object_id"] for f in reply.body["failed_segments"]} if reply.status == 200 else set()
         # The store accepts a segment exactly when it overlaps none accepted before it.

@@ -27,7 +27,9 @@ from ..database import (
 )
 from ..errors import (
     BadRequest,
+    NotFound,
     PayloadTooLarge,
+    json_response,
 )
 from ..state import STORE, Store
 from ..timing import (
@@ -45,6 +47,7 @@ __all__ = [
     "check_string",
     "check_tag",
     "check_uuid",
+    "path_uuid",
     "get_urls",
     "json_body",
     "json_response",
@@ -94,6 +97,17 @@ def check_uuid(value: str, what: str) -> str:
     return value
 
 
+def path_uuid(request: web.Request, name: str, what: str) -> str:
+    """The UUID in path parameter ``name`` of an existing resource. One that is not a UUID names
+    nothing the store could hold, so it is a 404 (the answer the spec lists for every such path),
+    not a 400. (Routes that create the resource, PUT /flows/{id} and POST
+    /service/profiles/{id}, refuse a bad id as bad input with ``check_uuid``.)"""
+    value = request.match_info[name]
+    if not UUID_RE.match(value):
+        raise NotFound(f"{what} {value!r} does not exist (not a UUID)")
+    return value
+
+
 def query_bool(request: web.Request, name: str, default: bool | None = None) -> bool | None:
     raw = request.query.get(name)
     if raw is None:
@@ -115,13 +129,25 @@ def query_int(request: web.Request, name: str) -> int | None:
     return int(raw)
 
 
-def query_limit(request: web.Request, store: Store) -> int:
-    """The page size: ``limit`` capped at the store's maximum; 400 unless a positive integer."""
-    limit = query_int(request, "limit")
+def query_limit(request: web.Request, store: Store, *, lenient: bool = False) -> int:
+    """The page size: ``limit`` capped at the store's maximum; 400 unless a positive integer.
+
+    ``lenient`` is for the listings whose spec documents no 400 (webhooks, storage backends,
+    flow delete requests): there ``limit`` is brought into the store's range instead, a value
+    below 1 giving pages of one and one that is not an integer the default page size."""
+    if lenient:
+        try:
+            limit = query_int(request, "limit")
+        except BadRequest:
+            limit = None
+        if limit is not None:
+            limit = max(limit, 1)
+    else:
+        limit = query_int(request, "limit")
+        if limit is not None and limit < 1:
+            raise BadRequest(f"limit must be a positive integer, not {limit}")
     if limit is None:
         return store.config.default_limit
-    if limit < 1:
-        raise BadRequest(f"limit must be a positive integer, not {limit}")
     return min(limit, store.config.max_limit)
 
 
@@ -303,15 +329,6 @@ async def keyset_listing(
     page = records if body is None else [body(r) for r in records]
     headers = paging_headers(request, limit, len(page), page_token(listing, after), reverse)
     return json_response(page, headers=headers)
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=json.dumps(body, separators=(",", ":")).encode(),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-    )
 
 
 # --- get_urls ---------------------------------------------------------------------------------------

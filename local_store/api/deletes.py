@@ -32,7 +32,7 @@ routes = web.RouteTableDef()
 @routes.get("/flow-delete-requests")
 async def get_delete_requests(request: web.Request) -> web.Response:
     store = store_of(request)
-    limit = query_limit(request, store)
+    limit = query_limit(request, store, lenient=True)
     sort_by = request.query.get("sort_by", "created")
     if sort_by not in ("created", "expiry"):
         raise BadRequest(f"Unsupported sort_by {sort_by[:40]!r}")

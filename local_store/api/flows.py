@@ -42,6 +42,7 @@ from .common import (
     json_response,
     keyset_listing,
     listing_name,
+    path_uuid,
     principal_of,
     query_bool,
     query_format,
@@ -137,7 +138,7 @@ async def get_flows(request: web.Request) -> web.Response:
 @routes.get("/flows/{flow_id}")
 async def get_flow(request: web.Request) -> web.Response:
     store = store_of(request)
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     include = bool(query_bool(request, "include_timerange", False))
     clip_given, clip = query_timerange(request)
     record = await store.db.get_flow(flow_id)
@@ -150,7 +151,7 @@ async def get_flow(request: web.Request) -> web.Response:
 @routes.put("/flows/{flow_id}")
 async def put_flow(request: web.Request) -> web.Response:
     store = store_of(request)
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")  # creating: a bad id is bad input
     body = await json_body(request)
     if not isinstance(body, dict):
         raise BadRequest("The Flow must be a JSON object")
@@ -201,7 +202,7 @@ async def delete_flow(request: web.Request) -> web.Response:
     ``/flow-delete-requests`` for monitoring. Objects no other Flow uses are removed by the
     garbage collector after the grace period.
     """
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     store = store_of(request)
     await store.db.delete_flow(flow_id, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
@@ -239,7 +240,7 @@ FLOW_PROPERTY_ROUTE = "/flows/{flow_id}/{name:" + "|".join(FLOW_PROPERTIES) + "}
 
 
 async def _flow_doc(request: web.Request) -> tuple[str, dict[str, Any]]:
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     record = await store_of(request).db.get_flow(flow_id)
     if record is None:
         raise FlowNotFound(flow_id)
@@ -259,7 +260,7 @@ async def get_flow_property(request: web.Request) -> web.Response:
 
 @routes.put(FLOW_PROPERTY_ROUTE)
 async def put_flow_property(request: web.Request) -> web.Response:
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     name = request.match_info["name"]
     value = FLOW_PROPERTIES[name](await json_body(request), name)
     store = store_of(request)
@@ -268,7 +269,7 @@ async def put_flow_property(request: web.Request) -> web.Response:
 
 
 async def delete_flow_property(request: web.Request) -> web.Response:
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     name = request.match_info["name"]
     if name == "read_only":
         raise web.HTTPMethodNotAllowed("DELETE", ["GET", "HEAD", "PUT"])
@@ -298,7 +299,7 @@ async def get_flow_tag(request: web.Request) -> web.Response:
 
 @routes.put("/flows/{flow_id}/tags/{name}")
 async def put_flow_tag(request: web.Request) -> web.Response:
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     name = request.match_info["name"]
     value = check_tag(await json_body(request), name)
     store = store_of(request)
@@ -308,7 +309,7 @@ async def put_flow_tag(request: web.Request) -> web.Response:
 
 @routes.delete("/flows/{flow_id}/tags/{name}")
 async def delete_flow_tag(request: web.Request) -> web.Response:
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     path = ("tags", request.match_info["name"])
     store = store_of(request)
     await store.db.update_flow_property(flow_id, path, DELETE_VALUE, principal_of(request).name, utc_now_iso())
@@ -321,7 +322,7 @@ async def delete_flow_tag(request: web.Request) -> web.Response:
 @routes.post("/flows/{flow_id}/storage")
 async def post_storage(request: web.Request) -> web.Response:
     store = store_of(request)
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     body = await json_body(request, optional=True)
     if body is None:
         body = {}

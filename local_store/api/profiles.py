@@ -21,6 +21,7 @@ from .common import (
     json_response,
     page_token,
     paging_headers,
+    path_uuid,
     principal_of,
     query_format,
     query_limit,
@@ -55,7 +56,7 @@ async def get_profiles(request: web.Request) -> web.Response:
 
 @routes.get("/service/profiles/{profile_id}")
 async def get_profile(request: web.Request) -> web.Response:
-    profile_id = check_uuid(request.match_info["profile_id"], "Profile id")
+    profile_id = path_uuid(request, "profile_id", "Profile id")
     profile = await store_of(request).db.get_profile(profile_id)
     if profile is None:
         raise NotFound(f"Profile {profile_id} does not exist")
@@ -65,7 +66,7 @@ async def get_profile(request: web.Request) -> web.Response:
 @routes.post("/service/profiles/{profile_id}")
 async def post_profile(request: web.Request) -> web.Response:
     store = store_of(request)
-    profile_id = check_uuid(request.match_info["profile_id"], "Profile id")
+    profile_id = check_uuid(request.match_info["profile_id"], "Profile id")  # creating: a bad id is bad input
     body = await json_body(request)
     if not isinstance(body, dict):
         raise BadRequest("The Profile must be a JSON object")

@@ -35,10 +35,10 @@ from ..timing import (
 from .common import (
     check_http_url,
     check_string,
-    check_uuid,
     json_body,
     json_response,
     paging_headers,
+    path_uuid,
     principal_of,
     query_bool,
     query_limit,
@@ -69,7 +69,7 @@ def segment_page_key(raw: str | None) -> int | None:
 @routes.get("/flows/{flow_id}/segments")
 async def get_segments(request: web.Request) -> web.Response:
     store = store_of(request)
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     limit = query_limit(request, store)
     given, span = query_timerange(request)
     reverse = bool(query_bool(request, "reverse_order", False))
@@ -175,7 +175,7 @@ def parse_get_urls(items: list[dict[str, Any]], backend_label: str) -> tuple[tup
 @routes.post("/flows/{flow_id}/segments")
 async def post_segments(request: web.Request) -> web.Response:
     store = store_of(request)
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     body = await json_body(request)
     single = isinstance(body, dict)
     items = [body] if single else body
@@ -222,7 +222,7 @@ async def delete_segments(request: web.Request) -> web.Response:
     transaction, then 204 (see ``flows.delete_flow`` for why never 202). The request is recorded
     under ``/flow-delete-requests``; objects left unreferenced are garbage-collected later."""
     store = store_of(request)
-    flow_id = check_uuid(request.match_info["flow_id"], "Flow id")
+    flow_id = path_uuid(request, "flow_id", "Flow id")
     given, span = query_timerange(request)
     if not given:
         span = Span(None, None)

@@ -104,7 +104,7 @@ async def post_service(request: web.Request) -> web.Response:
 @routes.get("/service/storage-backends")
 async def get_storage_backends(request: web.Request) -> web.Response:
     store = store_of(request)
-    limit = query_limit(request, store)
+    limit = query_limit(request, store, lenient=True)
     offset = query_offset_page(request)
     reverse = bool(query_bool(request, "reverse_order", False))
     backends = [store.backend.describe()]

@@ -26,11 +26,11 @@ from ..errors import (
 from .common import (
     check_string,
     check_tag,
-    check_uuid,
     json_body,
     json_response,
     keyset_listing,
     listing_name,
+    path_uuid,
     principal_of,
     query_bool,
     query_format,
@@ -77,7 +77,7 @@ async def get_sources(request: web.Request) -> web.Response:
 
 @routes.get("/sources/{source_id}")
 async def get_source(request: web.Request) -> web.Response:
-    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    source_id = path_uuid(request, "source_id", "Source id")
     record = await store_of(request).db.get_source(source_id)
     if record is None:
         raise SourceNotFound(source_id)
@@ -88,7 +88,7 @@ SOURCE_PROPERTY_ROUTE = "/sources/{source_id}/{name:label|description}"
 
 
 async def _source(request: web.Request) -> tuple[str, dict[str, Any]]:
-    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    source_id = path_uuid(request, "source_id", "Source id")
     record = await store_of(request).db.get_source(source_id)
     if record is None:
         raise SourceNotFound(source_id)
@@ -106,7 +106,7 @@ async def get_source_property(request: web.Request) -> web.Response:
 
 @routes.put(SOURCE_PROPERTY_ROUTE)
 async def put_source_property(request: web.Request) -> web.Response:
-    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    source_id = path_uuid(request, "source_id", "Source id")
     name = request.match_info["name"]
     value = check_string(await json_body(request), name)
     await store_of(request).db.update_source_property(source_id, (name,), value, principal_of(request).name, utc_now_iso())
@@ -115,7 +115,7 @@ async def put_source_property(request: web.Request) -> web.Response:
 
 @routes.delete(SOURCE_PROPERTY_ROUTE)
 async def delete_source_property(request: web.Request) -> web.Response:
-    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    source_id = path_uuid(request, "source_id", "Source id")
     name = request.match_info["name"]
     await store_of(request).db.update_source_property(source_id, (name,), DELETE_VALUE, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)
@@ -138,7 +138,7 @@ async def get_source_tag(request: web.Request) -> web.Response:
 
 @routes.put("/sources/{source_id}/tags/{name}")
 async def put_source_tag(request: web.Request) -> web.Response:
-    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    source_id = path_uuid(request, "source_id", "Source id")
     name = request.match_info["name"]
     value = check_tag(await json_body(request), name)
     await store_of(request).db.update_source_property(source_id, ("tags", name), value, principal_of(request).name, utc_now_iso())
@@ -147,7 +147,7 @@ async def put_source_tag(request: web.Request) -> web.Response:
 
 @routes.delete("/sources/{source_id}/tags/{name}")
 async def delete_source_tag(request: web.Request) -> web.Response:
-    source_id = check_uuid(request.match_info["source_id"], "Source id")
+    source_id = path_uuid(request, "source_id", "Source id")
     path = ("tags", request.match_info["name"])
     await store_of(request).db.update_source_property(source_id, path, DELETE_VALUE, principal_of(request).name, utc_now_iso())
     return web.Response(status=204)

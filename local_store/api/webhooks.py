@@ -34,11 +34,11 @@ from ..auth import ADMIN, Principal
 from ..errors import BadRequest, NotFound, utc_now_iso
 from .common import (
     check_http_url,
-    check_uuid,
     json_body,
     json_response,
     keyset_listing,
     listing_name,
+    path_uuid,
     principal_of,
     query_bool,
     query_limit,
@@ -96,7 +96,7 @@ def _doc(body: dict[str, Any]) -> dict[str, Any]:
 @routes.get("/service/webhooks")
 async def get_webhooks(request: web.Request) -> web.Response:
     store = store_of(request)
-    limit = query_limit(request, store)
+    limit = query_limit(request, store, lenient=True)
     reverse = bool(query_bool(request, "reverse_order", False))
     return await keyset_listing(
         request,
@@ -119,7 +119,7 @@ async def post_webhook(request: web.Request) -> web.Response:
 
 
 async def _visible_webhook(request: web.Request) -> dict[str, Any]:
-    webhook_id = check_uuid(request.match_info["webhook_id"], "Webhook id")
+    webhook_id = path_uuid(request, "webhook_id", "Webhook id")
     record = await store_of(request).db.get_webhook(webhook_id)
     owner = _owner_filter(principal_of(request))
     if record is None or (owner is not None and record["owner"] != owner):
@@ -135,7 +135,7 @@ async def get_webhook(request: web.Request) -> web.Response:
 @routes.put("/service/webhooks/{webhook_id}")
 async def put_webhook(request: web.Request) -> web.Response:
     store = store_of(request)
-    webhook_id = check_uuid(request.match_info["webhook_id"], "Webhook id")
+    webhook_id = path_uuid(request, "webhook_id", "Webhook id")
     body = _check_registration(await json_body(request), "webhook-put.json")
     if body["id"] != webhook_id:
         raise BadRequest(f"The webhook id in the body ({body['id']}) differs from the path ({webhook_id})")
@@ -147,7 +147,7 @@ async def put_webhook(request: web.Request) -> web.Response:
 @routes.delete("/service/webhooks/{webhook_id}")
 async def delete_webhook(request: web.Request) -> web.Response:
     store = store_of(request)
-    webhook_id = check_uuid(request.match_info["webhook_id"], "Webhook id")
+    webhook_id = path_uuid(request, "webhook_id", "Webhook id")
     await store.db.delete_webhook(webhook_id, _owner_filter(principal_of(request)))
     store.hub.remove(webhook_id)
     return web.Response(status=204)
