@@ -119,7 +119,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--webhook-backoff",
         type=float,
         default=1.0,
-        help="seconds before the first webhook delivery retry; doubles each time up to 60",
+        help="seconds before the first webhook delivery retry; doubles each time up to --webhook-backoff-cap",
+    )
+    parser.add_argument(
+        "--webhook-backoff-cap",
+        type=float,
+        default=60.0,
+        help="the longest wait between two webhook delivery retries, in seconds",
     )
     parser.add_argument(
         "--webhook-timeout",
@@ -170,8 +176,18 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
     gc_values = [args.gc_grace] + ([gc_interval] if gc_interval is not None else [])
     if not all(math.isfinite(v) and v > 0 for v in gc_values):
         raise SystemExit("error: --gc-grace and --gc-interval must be positive numbers of seconds")
-    if args.webhook_attempts < 1 or not args.webhook_backoff >= 0 or not args.webhook_timeout > 0:
-        raise SystemExit("error: --webhook-attempts must be >= 1, --webhook-backoff >= 0, --webhook-timeout > 0")
+    if (
+        args.webhook_attempts < 1
+        or not math.isfinite(args.webhook_backoff)
+        or not args.webhook_backoff >= 0
+        or not args.webhook_backoff_cap >= args.webhook_backoff
+        or not math.isfinite(args.webhook_backoff_cap)
+        or not args.webhook_timeout > 0
+    ):
+        raise SystemExit(
+            "error: --webhook-attempts must be >= 1, --webhook-backoff >= 0, --webhook-backoff-cap >= --webhook-backoff, "
+            "--webhook-timeout > 0"
+        )
     return StoreConfig(
         host=args.host,
         port=args.port,
@@ -190,6 +206,7 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
         gc_interval=gc_interval,
         webhook_attempts=args.webhook_attempts,
         webhook_backoff=args.webhook_backoff,
+        webhook_backoff_cap=args.webhook_backoff_cap,
         webhook_timeout=args.webhook_timeout,
     )
 

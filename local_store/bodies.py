@@ -7,14 +7,24 @@ what a GET of the same resource would return.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .objects import object_url_path
+from .objects import Backend, UrlSigner, object_url_path
 
-if TYPE_CHECKING:
-    from .state import Store
+__all__ = ["MediaUrls", "UrlFilter", "add_get_urls", "flow_body", "get_urls", "segment_body", "source_body"]
 
-__all__ = ["UrlFilter", "add_get_urls", "flow_body", "get_urls", "segment_body", "source_body"]
+
+class MediaUrls(Protocol):
+    """What a body needs of the store to write ``get_urls`` (``state.Store`` is one)."""
+
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def signer(self) -> UrlSigner: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +39,7 @@ class UrlFilter:
 
 
 def get_urls(
-    store: Store,
+    store: MediaUrls,
     object_id: str,
     controlled: bool,
     content_type: str | None,
@@ -79,7 +89,7 @@ def get_urls(
 
 def add_get_urls(
     body: dict[str, Any],
-    store: Store,
+    store: MediaUrls,
     object_id: str,
     controlled: bool,
     content_type: str | None,
@@ -133,7 +143,7 @@ def source_body(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def segment_body(
-    store: Store,
+    store: MediaUrls,
     row: dict[str, Any],
     filters: UrlFilter,
     include_object_timerange: bool,

@@ -2,30 +2,40 @@
 
 How an event travels:
 
-1. A write transaction in ``database.py`` records a ``ChangeEvent`` (only for event types some
-   active webhook wants, so the hot paths pay nothing when nobody listens). Events of a
-   transaction that rolls back are dropped with it.
+1. A write transaction in ``database/`` records a ``ChangeEvent`` (only for event types some
+   active webhook wants, so the hot paths pay nothing when nobody listens) and writes it into the
+   ``outbox`` table in the same transaction, just before the COMMIT: the event is stored if and
+   only if its change is. Events of a transaction that rolls back are dropped with it.
 2. After the COMMIT, on the event loop and in commit order, the database hands the batch's
    events to ``WebhookHub.publish``, which appends each one to the queue of every webhook whose
    filters match it. Publishing only appends to in-memory queues, so the request that caused the
    event is never slowed by a receiver, however slow or broken.
 3. One worker task per webhook delivers its queue strictly in order (so in order per Flow, and
    in fact in commit order), each event an HTTP POST of ``{event_timestamp, event_type, event}``
-   with the webhook's ``api_key_name: api_key_value`` header. The body is rendered at delivery
+   with the webhook's ``api_key_name: api_key_value`` header and ``X-TAMS-Event-Sequence``, the
+   event's outbox number (a receiver can drop a repeat by it). The body is rendered at delivery
    with the same code as the GET endpoints (``bodies.py``), honouring the webhook's ``get_urls``
    options. When a receiver falls behind, consecutive ``flows/segments_added`` events of one
    Flow waiting in its queue are delivered as one (``_coalesce``).
+4. After each delivery the webhook's ``delivered_seq`` is stored. When a worker starts (at
+   store start-up, or when a webhook is created or re-enabled) it first reads the outbox after
+   its ``delivered_seq``, so whatever was committed but not delivered before a stop, a crash or
+   a ``kill -9`` is delivered after the restart, in order. Outbox rows every active webhook has
+   passed are pruned.
+
+The promise: every event of an acknowledged change reaches every matching active webhook at
+least once, in commit order. The one repeat there can be is the delivery in flight when the
+store died (the receiver may have had it, its ``delivered_seq`` was not yet stored): it comes
+again first after the restart, with the same ``X-TAMS-Event-Sequence``.
 
 Retry and marking policy: any answer but 2xx, a connection error or a timeout is retried after
 ``webhook_backoff`` seconds, doubling up to ``webhook_backoff_cap`` (a ``Retry-After`` on
 429/503 is honoured within the cap). After ``webhook_attempts`` failed attempts of one event the
 webhook is marked ``status: "error"`` with an ``error`` body saying why, its undelivered events
 are dropped and it sends nothing more until a client PUTs it back to ``created`` (the spec's
-re-enable transition). The same happens if more than ``webhook_queue_limit`` events pile up.
-A webhook moves from ``created`` to ``started`` when its first event is delivered.
-
-Events live in memory: those not yet delivered when the store stops are lost (a restart does
-not replay them). Webhook registrations and their status are kept in the database.
+re-enable transition; it then hears of changes from that moment). The same happens if more than
+``webhook_queue_limit`` events pile up. A webhook moves from ``created`` to ``started`` when its
+first event is delivered.
 """
 
 from __future__ import annotations
@@ -43,13 +53,12 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
-from .bodies import UrlFilter, flow_body, segment_body, source_body
+from .bodies import MediaUrls, UrlFilter, flow_body, segment_body, source_body
+from .database import ACTIVE_WEBHOOK_STATUSES, ChangeEvent, Database
 from .errors import error_body
 
 if TYPE_CHECKING:
     from .config import StoreConfig
-    from .database import Database
-    from .state import Store
 
 __all__ = ["EVENT_TYPES", "ChangeEvent", "WebhookConfig", "WebhookHub", "loggable_url"]
 
@@ -65,25 +74,10 @@ EVENT_TYPES = (
     "sources/updated",
     "sources/deleted",
 )
-ACTIVE = ("created", "started")
+ACTIVE = ACTIVE_WEBHOOK_STATUSES
+BACKLOG_PAGE = 1000  # outbox rows read at a time when a worker starts
+ADVANCE_DELAY = 1.0  # seconds before idle webhooks' passed-over events are counted as done
 MAX_COALESCED_SEGMENTS = 1000  # segments in one merged flows/segments_added delivery
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeEvent:
-    """One change, as recorded inside the transaction that made it.
-
-    ``flow_id``/``source_id`` and the two ``*_collected_by`` tuples are what the webhook filters
-    look at; ``payload`` holds the raw records the body is rendered from.
-    """
-
-    event_type: str
-    timestamp: str
-    flow_id: str | None
-    source_id: str | None
-    flow_collected_by: tuple[str, ...] = ()
-    source_collected_by: tuple[str, ...] = ()
-    payload: dict[str, Any] = field(default_factory=dict)
 
 
 def _id_set(doc: dict[str, Any], name: str) -> frozenset[str] | None:
@@ -107,6 +101,7 @@ class WebhookConfig:
     source_collected_by_ids: frozenset[str] | None
     url_filter: UrlFilter
     include_object_timerange: bool
+    delivered_seq: int = 0  # the last outbox event this webhook is done with
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> WebhookConfig:
@@ -131,6 +126,7 @@ class WebhookConfig:
                 verbose=bool(doc.get("verbose_storage", False)),
             ),
             include_object_timerange=bool(doc.get("include_object_timerange", False)),
+            delivered_seq=int(record.get("delivered_seq") or 0),
         )
 
     def matches(self, event: ChangeEvent) -> bool:
@@ -164,7 +160,7 @@ def loggable_url(url: str) -> str:
         return "<unparseable url>"
 
 
-def render(store: Store, config: WebhookConfig, event: ChangeEvent) -> dict[str, Any]:
+def render(store: MediaUrls, config: WebhookConfig, event: ChangeEvent) -> dict[str, Any]:
     """The POST body of ``event`` for the webhook ``config`` (the spec's ``webhooks`` schemas)."""
     payload = event.payload
     body: dict[str, Any]
@@ -195,6 +191,13 @@ class _Subscriber:
     queue: collections.deque[ChangeEvent] = field(default_factory=collections.deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    ready: bool = False  # the outbox backlog is loaded
+    seen_seq: int = 0  # the last event published while it was active, matching or not
+
+    @property
+    def idle_ahead(self) -> bool:
+        """Nothing left to deliver, and events it passed over not yet counted as done."""
+        return self.ready and not self.queue and self.seen_seq > self.config.delivered_seq
 
 
 class WebhookHub:
@@ -203,26 +206,31 @@ class WebhookHub:
     def __init__(self, db: Database, config: StoreConfig) -> None:
         self._db = db
         self._config = config
-        self._store: Store | None = None
+        self._store: MediaUrls | None = None
         self._subscribers: dict[str, _Subscriber] = {}
         self._session: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._advance_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
-    async def start(self, store: Store) -> None:
+    async def start(self, store: MediaUrls) -> None:
         self._store = store
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=32),
             headers={"User-Agent": "tams-toolkit-local-store-webhooks"},
         )
+        # The sink first: each worker reads the outbox backlog when it starts, and an event
+        # committed meanwhile is then both in the backlog and published (kept once, by seq).
+        self._db.event_sink = self.publish
         for record in await self._db.list_all_webhooks():
             self.upsert(record)
-        self._db.event_sink = self.publish
 
     async def close(self) -> None:
         self._db.event_sink = None
         self._db.event_types_wanted = frozenset()
         tasks = [s.task for s in self._subscribers.values() if s.task is not None] + list(self._background)
+        if self._advance_task is not None:
+            tasks.append(self._advance_task)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -256,6 +264,7 @@ class WebhookHub:
 
     def _stop(self, subscriber: _Subscriber) -> None:
         subscriber.queue.clear()
+        subscriber.ready = False
         if subscriber.task is not None and not subscriber.task.done():
             subscriber.task.cancel()
         subscriber.task = None
@@ -279,13 +288,32 @@ class WebhookHub:
                 if config.matches(event):
                     subscriber.queue.append(event)
                     added = True
+            subscriber.seen_seq = max(subscriber.seen_seq, events[-1].seq)
             if not added:
+                self._advance_soon()
                 continue
             if len(subscriber.queue) > self._config.webhook_queue_limit:
                 reason = f"More than {self._config.webhook_queue_limit} events were waiting for delivery"
                 self._mark_error_soon(subscriber, reason)
             else:
                 subscriber.wake.set()
+
+    def _advance_soon(self) -> None:
+        """Store, a moment from now, that idle webhooks are done with the events they passed
+        over (so the outbox can be pruned behind them)."""
+        if self._advance_task is None or self._advance_task.done():
+            self._advance_task = asyncio.create_task(self._advance_idle())
+
+    async def _advance_idle(self) -> None:
+        await asyncio.sleep(ADVANCE_DELAY)
+        positions = {s.config.id: s.seen_seq for s in self._subscribers.values() if s.idle_ahead}
+        if not positions:
+            return
+        await self._db.mark_delivered(positions)
+        for webhook_id, seq in positions.items():
+            subscriber = self._subscribers.get(webhook_id)
+            if subscriber is not None and seq > subscriber.config.delivered_seq:
+                subscriber.config = dataclasses.replace(subscriber.config, delivered_seq=seq)
 
     def _mark_error_soon(self, subscriber: _Subscriber, reason: str) -> None:
         self._stop(subscriber)
@@ -296,9 +324,37 @@ class WebhookHub:
         task.add_done_callback(self._background.discard)
 
     # --- delivery -------------------------------------------------------------------------
+    async def _load_backlog(self, subscriber: _Subscriber) -> bool:
+        """Put the stored events after the webhook's ``delivered_seq`` that it wants ahead of
+        what was published meanwhile; False if that is more than the queue may hold."""
+        config = subscriber.config
+        after = config.delivered_seq
+        backlog: dict[int, ChangeEvent] = {}
+        while True:
+            page = await self._db.events_after(after, BACKLOG_PAGE)
+            backlog |= {e.seq: e for e in page if config.matches(e)}
+            if len(backlog) > self._config.webhook_queue_limit:
+                await self._mark_error(config, f"More than {self._config.webhook_queue_limit} stored events were waiting for delivery")
+                return False
+            if len(page) < BACKLOG_PAGE:
+                break
+            after = page[-1].seq
+        if backlog:
+            for event in subscriber.queue:
+                backlog.setdefault(event.seq, event)
+            subscriber.queue = collections.deque(backlog[seq] for seq in sorted(backlog))
+            logger.info("webhook %s: %d stored events to deliver", config.id, len(backlog))
+        return True
+
     async def _deliver_loop(self, subscriber: _Subscriber) -> None:
+        subscriber.ready = False
+        if not await self._load_backlog(subscriber):
+            return
+        subscriber.ready = True
         while True:
             if not subscriber.queue:
+                if subscriber.idle_ahead:
+                    self._advance_soon()
                 subscriber.wake.clear()
                 await subscriber.wake.wait()
                 continue
@@ -309,6 +365,8 @@ class WebhookHub:
                 if subscriber.queue and subscriber.queue[0] is head:
                     for _ in range(min(taken, len(subscriber.queue))):
                         subscriber.queue.popleft()
+                await self._db.mark_delivered({subscriber.config.id: event.seq})
+                subscriber.config = dataclasses.replace(subscriber.config, delivered_seq=event.seq)
                 if subscriber.config.status == "created":
                     await self._set_status(subscriber, "started", None)
                 continue
@@ -324,7 +382,7 @@ class WebhookHub:
         for attempt in range(cfg.webhook_attempts):
             config = subscriber.config  # a PUT may have changed the URL or key meanwhile
             body = json.dumps(render(self._store, config, event), separators=(",", ":")).encode()
-            headers = {"Content-Type": "application/json"}
+            headers = {"Content-Type": "application/json", "X-TAMS-Event-Sequence": str(event.seq)}
             if config.api_key_name and config.api_key_value is not None:
                 headers[config.api_key_name] = config.api_key_value
             retry_after = 0.0

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "Backend",
     "EXPIRES_PARAM",
     "SIGNATURE_PARAM",
     "ObjectFiles",
@@ -189,3 +190,31 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The one storage backend: this store's own data directory."""
+
+    id: str
+    label: str
+    store_type: str = "http_object_store"
+    provider: str = "local"
+    store_product: str = "tams-toolkit local_store"
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "store_type": self.store_type,
+            "provider": self.provider,
+            "store_product": self.store_product,
+            "default_storage": True,
+        }
+
+    def verbose(self) -> dict[str, object]:
+        return {
+            "store_type": self.store_type,
+            "provider": self.provider,
+            "store_product": self.store_product,
+        }

@@ -2,12 +2,13 @@
 
 ``store_factory(**options)`` starts ``python -m local_store`` (through ``local_store.launcher``)
 and returns a ``RunningStore``; ``tams_store`` is one store with the default clients. Every store
-started is stopped at teardown. Tests import the helpers as ``from tests.conftest import ...``.
+started is stopped at teardown. ``receiver`` is a real webhook receiver on loopback. Tests import
+the helpers as ``from tests.conftest import ...``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from local_store.launcher import RunningStore, StoreStartError
 from local_store.launcher import start_store as launch_store
+from tests.webhook_support import Receiver, receiver_running
 
 __all__ = ["DEFAULT_CLIENTS", "REPO_ROOT", "RunningStore", "StoreStartError", "start_store"]
 
@@ -93,3 +95,10 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSt
     store = start_store(tmp_path_factory.mktemp("shared-store") / "data")
     yield store
     store.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on a free loopback port (``tests/webhook_support.py``)."""
+    async with receiver_running() as recv:
+        yield recv

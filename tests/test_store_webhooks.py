@@ -14,18 +14,16 @@ The store runs with quick retries (``--webhook-backoff 0.05 --webhook-attempts 4
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from store_http import StoreHttp, basic_header, basic_http, new_flow
 from test_store_conformance import validate_spec, webhook_event_schema
+from webhook_support import Receiver, wait_until
 
 from tests.conftest import DEFAULT_CLIENTS, RunningStore, start_store
 
@@ -58,58 +56,6 @@ def hook_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStor
     store.stop()
 
 
-@dataclass
-class Delivery:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    at: float
-
-
-class Receiver:
-    """An HTTP server that records the events POSTed to it; per path it can fail or be slow."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[Delivery] = []  # the POSTs answered 200, in arrival order
-        self.attempts: collections.Counter[str] = collections.Counter()
-        self.fail_first: dict[str, int] = {}
-        self.always_fail: set[str] = set()
-        self.delay: dict[str, float] = {}
-        self.base = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        path = request.path
-        self.attempts[path] += 1
-        body = await request.json()
-        if path in self.delay:
-            await asyncio.sleep(self.delay[path])
-        if path in self.always_fail or self.attempts[path] <= self.fail_first.get(path, 0):
-            return web.Response(status=500, text="receiver failing on purpose")
-        self.deliveries.append(Delivery(path, dict(request.headers), body, time.monotonic()))
-        return web.Response(status=200)
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def got(self, path: str) -> list[dict[str, Any]]:
-        return [d.body for d in self.deliveries if d.path == path]
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    recv = Receiver()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", recv.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    recv.base = f"http://{host}:{port}"
-    yield recv
-    await runner.cleanup()
-
-
 @pytest.fixture
 async def api(hook_store: RunningStore) -> AsyncIterator[StoreHttp]:
     async with basic_http(hook_store) as api:
@@ -130,14 +76,6 @@ async def hooks(api: StoreHttp) -> AsyncIterator[Callable[..., Awaitable[dict[st
     yield register
     for webhook_id in made:
         await api.call("DELETE", f"/service/webhooks/{webhook_id}", status=(204, 404))
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for webhook deliveries")
-        await asyncio.sleep(0.02)
 
 
 async def add_segments(api: StoreHttp, flow_id: str, *timeranges: str) -> list[str]:
