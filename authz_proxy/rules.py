@@ -18,7 +18,9 @@ The model (AppNote 0016, fine-grained part):
     ``write``, ``delete``) to the group of exactly that name, and a tag ending otherwise
     grants nothing.
   - ``auto`` (the default): a tag ending in ``read``, ``write`` or ``delete`` is read the
-    ``group`` way, any other the ``class`` way.
+    ``group`` way, any other the ``class`` way, so stores tagged for either proxy keep their
+    decisions. A class of ours ending in one of those words (``thread``) is then read the
+    ``group`` way; such stores want ``class``.
 
 * The group ``admin`` grants every permission on everything, and alone opens the admin-only
   routes.
@@ -34,9 +36,10 @@ The model (AppNote 0016, fine-grained part):
   adds must be one that grants the caller write (or anyone with all three permissions could
   hand a resource to a group they do not belong to). A new resource may only carry such tags.
   "The classes the caller can write" below means exactly these tags, in whichever model.
-* Listings are filtered here, item by item, with the same ``permissions``; nothing about
-  classes is sent upstream.
+* The proxy filters listings itself, item by item, with the same ``permissions``; it sends no
+  ``tag.auth_classes`` filter upstream, so listings follow the model with nothing more to do.
 """
+
 from __future__ import annotations
 
 import enum
