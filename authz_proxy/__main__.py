@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from credentials import BasicCredentials, Credentials, OAuth2ClientCredentials
 
 from .app import ProxyConfig, start_proxy
+from .classes import ClassModel
 
 logger = logging.getLogger("authz_proxy")
 
@@ -49,6 +50,10 @@ OPTIONS: list[tuple[str, str, object, str]] = [
     ("--max-segment-objects", "MAX_SEGMENT_OBJECTS", "100",
      "most distinct objects a non-admin segment POST may name (each costs upstream look-ups); more get 400"),
     ("--max-body-size", "MAX_BODY_SIZE", str(16 * 1024 * 1024), "largest request body accepted, in bytes"),
+    ("--class-model", "AUTHZ_CLASS_MODEL", ClassModel.AUTO.value,
+     ("how auth_classes tags grant permissions: class (tag news: groups news_read/_write/_delete), "
+      "group (tag news_write: group news_write may write, as the BBC example proxy), or auto "
+      "(tags ending in read/write/delete the group way, others the class way)")),
     ("--log-level", "LOG_LEVEL", "info", "logging level"),
     ("--pass-through-token", "PASS_THROUGH_TOKEN", False,
      "send the caller's token upstream instead of the proxy's own credentials"),
@@ -139,6 +144,10 @@ def config_from(s: Mapping[str, object]) -> tuple[ProxyConfig, str, int]:
     max_segment_objects = int(number("max_segment_objects", int))
     if max_segment_objects < 1:
         fail(f"--max-segment-objects must be at least 1, not {max_segment_objects}")
+    try:
+        class_model = ClassModel(str(s["class_model"]).strip().lower())
+    except ValueError:
+        fail(f"--class-model must be one of {', '.join(m.value for m in ClassModel)}, not {s['class_model']!r}")
     config = ProxyConfig(
         api_url=api_url,
         jwks_url=jwks_url,
@@ -148,6 +157,7 @@ def config_from(s: Mapping[str, object]) -> tuple[ProxyConfig, str, int]:
         audience=text("audience"),
         leeway=number("leeway", float),
         ignore_scopes=bool(s["ignore_scopes"]),
+        class_model=class_model,
         pass_through_token=pass_through,
         public_url=text("public_url"),
         cursor_secret=cursor_secret.encode() if cursor_secret else None,

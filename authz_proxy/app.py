@@ -105,7 +105,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     async with client:
         settings = TokenSettings(config.jwks_url, issuer=config.issuer, audience=config.audience,
                                  group_claim=config.group_claim, leeway=config.leeway,
-                                 ignore_scopes=config.ignore_scopes)
+                                 ignore_scopes=config.ignore_scopes, class_model=config.class_model)
         app[STATE] = ProxyState(
             config=config,
             upstream=Upstream(client, pass_through=config.pass_through_token),

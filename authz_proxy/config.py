@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from client import RetryPolicy
 from credentials import Credentials
 
+from .classes import ClassModel
+
 __all__ = ["ProxyConfig"]
 
 
@@ -23,6 +25,7 @@ class ProxyConfig:
     audience: str | None = None
     leeway: float = 30.0
     ignore_scopes: bool = False
+    class_model: ClassModel = ClassModel.AUTO  # how auth_classes tags grant permissions to groups
     pass_through_token: bool = False
     public_url: str | None = None  # how callers reach the proxy, for Link/Location; else from Host
     cursor_secret: bytes | None = None  # keys the page tokens' encryption; random per process when None

@@ -7,9 +7,21 @@ look-ups and calls these.
 
 The model (AppNote 0016, fine-grained part):
 
-* A token group ``<class>_read``, ``<class>_write`` or ``<class>_delete`` grants that permission
-  on every Source, Flow or webhook whose ``auth_classes`` tag lists ``<class>``.
-  The tag may be a list of strings or one comma-separated string.
+* A resource's ``auth_classes`` tag (a list of strings or one comma-separated string) lists
+  tags; each grants permissions to some groups, by the caller's ``ClassModel``
+  (``classes.py``, option ``--class-model``):
+
+  - ``class``: tag ``news`` grants read, write and delete to the groups ``news_read``,
+    ``news_write`` and ``news_delete``.
+  - ``group`` (the BBC example proxy's): tag ``news_write`` grants write, and only write, to
+    the group ``news_write``; a tag grants the permission its name ends with (``read``,
+    ``write``, ``delete``) to the group of exactly that name, and a tag ending otherwise
+    grants nothing.
+  - ``auto`` (the default): a tag ending in ``read``, ``write`` or ``delete`` is read the
+    ``group`` way, any other the ``class`` way, so stores tagged for either proxy keep their
+    decisions. A class of ours ending in one of those words (``thread``) is then read the
+    ``group`` way; such stores want ``class``.
+
 * The group ``admin`` grants every permission on everything, and alone opens the admin-only
   routes.
 * When the token carries a ``scope`` claim, it limits what the request claims: a permission
@@ -19,11 +31,13 @@ The model (AppNote 0016, fine-grained part):
 * Refusals: no permission at all on a resource answers 404 (as if it did not exist, so its
   existence is not leaked); some permission but not the one needed answers 403. A resource that
   does not exist has no classes, so only admins get past 404 for it.
-* Adding or removing a class hands that class's ``_read``, ``_write`` and ``_delete`` groups their
-  permissions (or takes them away), so changing ``auth_classes`` on an existing resource needs
-  read, write and delete on it, and every class it adds must be one the caller can write (or
-  anyone with all three permissions could hand a resource to a class they do not belong to).
-  A new resource may only carry classes the caller can write.
+* Adding or removing a tag hands its groups their permissions (or takes them away), so changing
+  ``auth_classes`` on an existing resource needs read, write and delete on it, and every tag it
+  adds must be one that grants the caller write (or anyone with all three permissions could
+  hand a resource to a group they do not belong to). A new resource may only carry such tags.
+  "The classes the caller can write" below means exactly these tags, in whichever model.
+* The proxy filters listings itself, item by item, with the same ``permissions``; it sends no
+  ``tag.auth_classes`` filter upstream, so listings follow the model with nothing more to do.
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
+from .classes import ClassModel, granted_by, tags_granting
 from .errors import MethodNotAllowed, NotFound
 
 __all__ = [
@@ -42,6 +57,7 @@ __all__ = [
     "AUTH_CLASSES",
     "ROUTES",
     "Caller",
+    "ClassModel",
     "Kind",
     "Perm",
     "Resource",
@@ -56,6 +72,7 @@ __all__ = [
     "may_read_some",
     "parse_auth_classes",
     "permissions",
+    "readable_classes",
     "resource_classes",
     "upstream_path",
     "writable_classes",
@@ -286,11 +303,13 @@ def upstream_path(template: str, params: Mapping[str, str]) -> str:
 @dataclass(frozen=True, slots=True)
 class Caller:
     """The verified identity behind a request. ``scopes`` is None when the token had no scope
-    claim (or the proxy is told to ignore scopes): then groups alone decide."""
+    claim (or the proxy is told to ignore scopes): then groups alone decide. ``model`` says how
+    ``auth_classes`` tags grant permissions to groups (the proxy's ``--class-model``)."""
 
     subject: str
     groups: frozenset[str]
     scopes: frozenset[str] | None = None
+    model: ClassModel = ClassModel.AUTO
 
     def claims(self, perm: Perm) -> bool:
         if self.scopes is None:
@@ -342,12 +361,8 @@ def permissions(caller: Caller, classes: Iterable[str]) -> frozenset[Perm]:
         return caller.claimed()
     granted: set[Perm] = set()
     for cls in classes:
-        if not cls:
-            continue
-        for perm in Perm:
-            if f"{cls}_{perm.value}" in caller.groups and caller.claims(perm):
-                granted.add(perm)
-    return frozenset(granted)
+        granted.update(Perm(word) for word in granted_by(caller.model, cls, caller.groups))
+    return frozenset(p for p in granted if caller.claims(p))
 
 
 class Verdict(enum.Enum):
@@ -365,17 +380,19 @@ def decide(granted: Iterable[Perm], needed: Iterable[Perm]) -> Verdict:
 
 def class_change_needs(old: Iterable[str], new: Iterable[str]) -> frozenset[Perm]:
     """Permissions a caller must hold on a resource to change its classes from ``old`` to
-    ``new``. Every added or removed class grants or withdraws read, write and delete for that
-    class's groups, so any change at all needs all three; no change needs nothing extra."""
+    ``new``. Every added or removed tag grants or withdraws permissions for some groups (under
+    ``class`` all three, for a class's three groups), so any change at all needs all three; no
+    change needs nothing extra."""
     return ALL_PERMS if frozenset(old) != frozenset(new) else frozenset()
 
 
 def writable_classes(caller: Caller) -> frozenset[str]:
-    """The classes the caller holds a ``_write`` group for."""
+    """The tags that would grant the caller write (under ``class``, those ``<class>`` it holds
+    ``<class>_write`` for; under ``group``, its groups ending in ``write``; under ``auto``,
+    both, each kept where ``auto`` reads it that way)."""
     if not caller.claims(Perm.WRITE):
         return frozenset()
-    suffix = "_" + Perm.WRITE.value
-    return frozenset(g[: -len(suffix)] for g in caller.groups if g.endswith(suffix) and len(g) > len(suffix))
+    return tags_granting(caller.model, Perm.WRITE.value, caller.groups)
 
 
 def may_create_with(caller: Caller, classes: Iterable[str]) -> bool:
@@ -403,5 +420,11 @@ def may_read_some(caller: Caller) -> bool:
     without asking the store)."""
     if not caller.claims(Perm.READ):
         return False
-    suffix = "_" + Perm.READ.value
-    return caller.admin_group or any(g.endswith(suffix) and len(g) > len(suffix) for g in caller.groups)
+    return caller.admin_group or bool(readable_classes(caller))
+
+
+def readable_classes(caller: Caller) -> frozenset[str]:
+    """The tags that would grant the caller read (the counterpart of ``writable_classes``)."""
+    if not caller.claims(Perm.READ):
+        return frozenset()
+    return tags_granting(caller.model, Perm.READ.value, caller.groups)

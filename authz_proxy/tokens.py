@@ -29,7 +29,7 @@ import aiohttp
 import jwt
 
 from .errors import BadGateway, BadRequest, Unauthorized
-from .rules import Caller
+from .rules import Caller, ClassModel
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -65,6 +65,7 @@ class TokenSettings:
     group_claim: str = "groups"
     leeway: float = 30.0
     ignore_scopes: bool = False
+    class_model: ClassModel = ClassModel.AUTO
 
 
 def bearer_token(authorization: list[str], query_token: list[str]) -> str:
@@ -237,4 +238,4 @@ class TokenVerifier:
                 scopes = frozenset(raw_scope.split())
             elif isinstance(raw_scope, list):
                 scopes = frozenset(s for s in raw_scope if isinstance(s, str))
-        return Caller(subject=str(subject), groups=groups, scopes=scopes)
+        return Caller(subject=str(subject), groups=groups, scopes=scopes, model=self.settings.class_model)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from authz_support import PROXY_CLIENT, client
 
+from authz_proxy.__main__ import build_parser, config_from, settings
+from authz_proxy.classes import ClassModel
 from tests.conftest import RunningStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +81,8 @@ def test_serves_until_sigterm(store_factory: Callable[..., RunningStore]) -> Non
         (["--port", "eighty"], {}, "--port must be a number"),
         (["--log-level", "loud"], {}, "is not a logging level"),
         (["--max-segment-objects", "0"], {}, "--max-segment-objects must be at least 1"),
+        (["--class-model", "bbc"], {}, "--class-model must be one of auto, group, class, not 'bbc'"),
+        ([], {"AUTHZ_CLASS_MODEL": "roles"}, "--class-model must be one of auto, group, class, not 'roles'"),
     ],
 )
 def test_bad_settings_fail_in_one_line(args: list[str], env: dict[str, str], message: str) -> None:
@@ -95,6 +99,24 @@ def test_help_names_every_setting() -> None:
                             timeout=30, check=True)
     for env in ("API_URL", "JWKS_URL", "GROUP_CLAIM", "ISSUER", "AUDIENCE", "UPSTREAM_CLIENT_ID",
                 "UPSTREAM_CLIENT_SECRET", "UPSTREAM_OAUTH2_URL", "UPSTREAM_USERNAME", "UPSTREAM_PASSWORD",
-                "PASS_THROUGH_TOKEN", "PROXY_PORT", "MAX_SEGMENT_OBJECTS", "CURSOR_SECRET"):
+                "PASS_THROUGH_TOKEN", "PROXY_PORT", "MAX_SEGMENT_OBJECTS", "CURSOR_SECRET", "AUTHZ_CLASS_MODEL"):
         assert env in result.stdout
     assert "(default: $PROXY_PORT, else 8001)" in " ".join(result.stdout.split())
+    assert "(default: $AUTHZ_CLASS_MODEL, else auto)" in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "model"),
+    [
+        ([], {}, ClassModel.AUTO),
+        (["--class-model", "group"], {}, ClassModel.GROUP),
+        ([], {"AUTHZ_CLASS_MODEL": "class"}, ClassModel.CLASS),
+        (["--class-model", "class"], {"AUTHZ_CLASS_MODEL": "group"}, ClassModel.CLASS),  # the flag wins
+    ],
+)
+def test_class_model_comes_from_flag_else_environment_else_auto(args: list[str], env: dict[str, str],
+                                                                 model: ClassModel) -> None:
+    environ = {"API_URL": "http://127.0.0.1:9", "JWKS_URL": "http://127.0.0.1:9/jwks", **env}
+    parsed = build_parser().parse_args([*args, "--pass-through-token"])
+    config, _, _ = config_from(settings(parsed, environ))
+    assert config.class_model is model

@@ -13,6 +13,7 @@ from authz_proxy.rules import (
     ALL_PERMS,
     ROUTES,
     Caller,
+    ClassModel,
     Kind,
     Perm,
     Verdict,
@@ -134,8 +135,10 @@ def test_malformed_or_missing_tags_mean_no_classes() -> None:
     assert resource_classes({"tags": {"auth_classes": "a,b"}}) == {"a", "b"}
 
 
-def caller(*groups: str, scopes: list[str] | None = None) -> Caller:
-    return Caller("someone", frozenset(groups), frozenset(scopes) if scopes is not None else None)
+def caller(*groups: str, scopes: list[str] | None = None, model: ClassModel = ClassModel.CLASS) -> Caller:
+    """A caller judged by the class model unless told otherwise (tests/test_authz_class_models.py
+    covers the others)."""
+    return Caller("someone", frozenset(groups), frozenset(scopes) if scopes is not None else None, model)
 
 
 @pytest.mark.parametrize(
