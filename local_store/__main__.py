@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=3600,
         help="lifetime of issued access tokens, seconds",
+    )
+    idp = parser.add_argument_group(
+        "outside identity provider",
+        "accept bearer tokens of any OIDC provider (Keycloak, Cognito, ...) besides the store's own",
+    )
+    idp.add_argument("--jwks-url", default=None, help="the provider's JSON Web Key Set URL (http or https)")
+    idp.add_argument("--issuer", default=None, help="the iss claim of the provider's tokens (required with --jwks-url)")
+    idp.add_argument(
+        "--audience",
+        default=None,
+        help="the aud the provider's tokens must name; without it, a token naming any audience is refused",
+    )
+    idp.add_argument("--scope-claim", default="scope", help="the claim holding the tams-api/* scopes")
+    idp.add_argument("--groups-claim", default="groups", help="the claim holding the caller's groups")
+    idp.add_argument(
+        "--jwks-cooldown",
+        type=float,
+        default=30.0,
+        help="seconds between two key set fetches caused by tokens naming unknown keys",
+    )
+    idp.add_argument(
+        "--own-tokens",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="issue and accept the store's own tokens (/oauth2/token); --no-own-tokens leaves only the provider's",
     )
     parser.add_argument(
         "--fault-rate",
@@ -188,6 +214,14 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
             "error: --webhook-attempts must be >= 1, --webhook-backoff >= 0, --webhook-backoff-cap >= --webhook-backoff, "
             "--webhook-timeout > 0"
         )
+    if (args.jwks_url is None) != (args.issuer is None):
+        raise SystemExit("error: --jwks-url and --issuer go together: the key set and the iss of its tokens")
+    if args.jwks_url is not None and urllib.parse.urlsplit(args.jwks_url).scheme not in ("http", "https"):
+        raise SystemExit("error: --jwks-url must be an http or https URL")
+    if not args.own_tokens and args.jwks_url is None:
+        raise SystemExit("error: --no-own-tokens needs --jwks-url and --issuer (or no token could be checked)")
+    if not (math.isfinite(args.jwks_cooldown) and args.jwks_cooldown >= 0):
+        raise SystemExit("error: --jwks-cooldown must be a number of seconds >= 0")
     return StoreConfig(
         host=args.host,
         port=args.port,
@@ -208,6 +242,13 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
         webhook_backoff=args.webhook_backoff,
         webhook_backoff_cap=args.webhook_backoff_cap,
         webhook_timeout=args.webhook_timeout,
+        jwks_url=args.jwks_url,
+        issuer=args.issuer,
+        audience=args.audience,
+        scope_claim=args.scope_claim,
+        groups_claim=args.groups_claim,
+        jwks_cooldown=args.jwks_cooldown,
+        own_tokens=args.own_tokens,
     )
 
 

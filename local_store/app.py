@@ -54,6 +54,7 @@ from .database import Database
 from .errors import StoreError, Unauthorized, error_body, json_response
 from .events import WebhookHub
 from .gc import GarbageCollector
+from .idp import ExternalIssuer, ExternalTokens
 from .objects import ObjectFiles, UrlSigner
 from .state import STORE, Backend, Store
 
@@ -198,6 +199,22 @@ def _client_records(config: StoreConfig, settings: dict[str, str]) -> list[Clien
     ]
 
 
+def _external_tokens(config: StoreConfig) -> ExternalTokens | None:
+    if config.jwks_url is None:
+        return None
+    assert config.issuer is not None, "--issuer comes with --jwks-url"
+    return ExternalTokens(
+        ExternalIssuer(
+            jwks_url=config.jwks_url,
+            issuer=config.issuer,
+            audience=config.audience,
+            scope_claim=config.scope_claim,
+            groups_claim=config.groups_claim,
+            jwks_cooldown=config.jwks_cooldown,
+        )
+    )
+
+
 async def _new_signing_key(db: Database) -> str:
     """Generate the token key off the event loop and keep it in the data dir."""
     pem = await asyncio.to_thread(generate_private_key_pem)
@@ -242,6 +259,8 @@ def _store_context(
                 signing_key=signing_key,
                 issuer=base_url,
                 token_ttl=config.token_ttl,
+                external=_external_tokens(config),
+                own_tokens=config.own_tokens,
             )
             files = ObjectFiles(config.data_dir)
             hub = WebhookHub(db, config)
@@ -335,8 +354,9 @@ def create_app(config: StoreConfig) -> web.Application:
         handler_args={"max_field_size": MAX_FIELD_BYTES, "max_line_size": MAX_LINE_BYTES},
     )
     app.cleanup_ctx.append(_store_context(config))
-    app.router.add_post(TOKEN_PATH, _token)
-    app.router.add_get(JWKS_PATH, _jwks)
+    if config.own_tokens:
+        app.router.add_post(TOKEN_PATH, _token)
+        app.router.add_get(JWKS_PATH, _jwks)
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     return app
@@ -350,7 +370,7 @@ def env_values(store: Store) -> dict[str, str]:
         "TAMS_URL": store.base_url,
         "USERNAME": auth.username,
         "PASSWORD": auth.password,
-        "OAUTH2_URL": store.base_url + TOKEN_PATH,
+        "OAUTH2_URL": store.base_url + TOKEN_PATH if store.config.own_tokens else "",
         "CLIENT_ID": first_client.client_id if first_client else "",
         "CLIENT_SECRET": first_client.client_secret if first_client else "",
     }

@@ -1,11 +1,14 @@
-"""Who is calling and what they may do: HTTP Basic, OAuth2 client credentials, RS256 JWTs.
+"""Who is calling and what they may do: HTTP Basic, OAuth2 client credentials, JWTs of the
+store's own or of an outside identity provider (``idp.py``).
 
 * ``POST /oauth2/token`` (client credentials grant) authenticates a client from the clients file
   by HTTP Basic or by ``client_id``/``client_secret`` form fields, and issues an RS256 JWT with a
   ``kid`` header and the claims ``iss``, ``sub``, ``iat``, ``exp``, ``scope``, ``groups``.
 * ``GET /.well-known/jwks.json`` publishes the public key.
 * API requests carry ``Authorization: Basic`` (the store's username/password: every scope),
-  ``Authorization: Bearer <jwt>``, or ``?access_token=<jwt>``.
+  ``Authorization: Bearer <jwt>``, or ``?access_token=<jwt>``. A token whose ``iss`` is the
+  store's own is checked against the store's key; one whose ``iss`` is ``--issuer`` against the
+  outside provider's key set (``--jwks-url``); any other is refused.
 * Coarse scopes (AppNote 0016): ``tams-api/read`` for GET/HEAD, ``tams-api/write`` for PUT/POST,
   ``tams-api/delete`` for DELETE of Flows and segments, ``tams-api/admin`` for everything.
   Only admins may POST ``/service``, create Flow Profiles and list ``/flow-delete-requests``;
@@ -37,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import Forbidden, Unauthorized, error_body, json_response
+from .idp import ExternalTokens, claim_strings
 
 __all__ = [
     "ADMIN",
@@ -131,6 +135,8 @@ class Authenticator:
     signing_key: asyncio.Future[str]
     issuer: str
     token_ttl: int
+    external: ExternalTokens | None = None  # an outside identity provider's tokens (idp.py)
+    own_tokens: bool = True  # False: the token endpoint is off and only ``external`` tokens count
     _key: SigningKey | None = None
     _token_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 
@@ -173,12 +179,37 @@ class Authenticator:
         cached = self._token_cache.get(token)
         if cached is not None and cached[1] > time.time():
             return cached[0]
-        key = await self.key()
         try:
             header = jwt.get_unverified_header(token)
+            # Only to choose the verifier: nothing in the token counts before its signature does.
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized("The access token is malformed", bearer_error="invalid_token") from exc
+        issuer = unverified.get("iss")
+        if self.own_tokens and issuer == self.issuer:
+            claims = await self._verify_own(token, header)
+            scope_claim, groups_claim = "scope", "groups"
+        elif self.external is not None and issuer == self.external.settings.issuer:
+            claims = await self.external.verify(token, header)
+            scope_claim, groups_claim = self.external.settings.scope_claim, self.external.settings.groups_claim
+        else:
+            raise Unauthorized("The access token is from an issuer this store does not trust", bearer_error="invalid_token")
+        principal = Principal(
+            name=str(claims.get("sub") or claims.get("client_id") or ""),
+            scopes=frozenset(claim_strings(claims.get(scope_claim))),
+            groups=claim_strings(claims.get(groups_claim)),
+        )
+        if len(self._token_cache) > 4096:
+            self._token_cache.clear()
+        self._token_cache[token] = (principal, float(claims["exp"]))
+        return principal
+
+    async def _verify_own(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
+        key = await self.key()
+        try:
             if header.get("kid") not in (None, key.kid):
                 raise jwt.InvalidTokenError("unknown kid")
-            claims = jwt.decode(
+            return jwt.decode(
                 token,
                 key.public_key,
                 algorithms=["RS256"],
@@ -189,17 +220,6 @@ class Authenticator:
             raise Unauthorized("The access token has expired", bearer_error="invalid_token") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized("The access token is not valid", bearer_error="invalid_token") from exc
-        scope = claims.get("scope", "")
-        groups = claims.get("groups", [])
-        principal = Principal(
-            name=str(claims["sub"]),
-            scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
-            groups=tuple(str(g) for g in groups) if isinstance(groups, list) else (),
-        )
-        if len(self._token_cache) > 4096:
-            self._token_cache.clear()
-        self._token_cache[token] = (principal, float(claims["exp"]))
-        return principal
 
     # --- requests -----------------------------------------------------------------------
     async def authenticate(self, request: web.Request) -> Principal:

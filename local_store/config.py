@@ -46,6 +46,14 @@ class StoreConfig:
     max_limit: int = 1000
     max_storage_limit: int = 1000
     public_url: str | None = None  # set once the port is known
+    # Tokens of an outside identity provider (idp.py), alongside or instead of the store's own.
+    jwks_url: str | None = None
+    issuer: str | None = None  # the outside tokens' iss; required with jwks_url
+    audience: str | None = None
+    scope_claim: str = "scope"
+    groups_claim: str = "groups"
+    jwks_cooldown: float = 30.0
+    own_tokens: bool = True
 
     @property
     def gc_sweep_interval(self) -> float:

@@ -8,7 +8,6 @@ the store must see nothing.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -19,54 +18,27 @@ from typing import Any
 
 import jwt
 import pytest
-from aiohttp import web
 from authz_support import PROXY_CLIENT, LoopThread, ProxyEnv, client, start_env
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import RunningStore
+from tests.token_issuer import TokenIssuer, b64, public_jwk
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "tams-proxy"
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def public_jwk(key: Any, kid: str, **extra: str) -> dict[str, Any]:
-    if isinstance(key, rsa.RSAPrivateKey):
-        jwk_text = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())
-    else:
-        jwk_text = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())
-    return {**json.loads(jwk_text), "kid": kid, "use": "sig", **extra}
-
-
-class KeySet:
-    """A JWKS the test controls, served on loopback."""
+class KeySet(TokenIssuer):
+    """The test's token issuer, run on the proxy tests' loop thread."""
 
     def __init__(self, loop: LoopThread) -> None:
-        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.ec = ec.generate_private_key(ec.SECP256R1())
-        self.other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.keys = [public_jwk(self.rsa, "k1"), public_jwk(self.ec, "e1"),
-                     {"kty": "oct", "kid": "hs", "k": b64(b"shared-secret-shared-secret-1234")}]
-        self.fetches = 0
+        super().__init__()
         self.loop = loop
-        app = web.Application()
-        app.router.add_get("/jwks.json", self._serve)
-        self.runner = web.AppRunner(app, access_log=None)
-        loop.run(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        loop.run(site.start())
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/jwks.json"
-
-    async def _serve(self, request: web.Request) -> web.Response:
-        self.fetches += 1
-        return web.json_response({"keys": self.keys})
+        loop.run(self.start())
 
     def close(self) -> None:
-        self.loop.run(self.runner.cleanup())
+        self.loop.run(self.stop())
 
 
 def claims(**changes: Any) -> dict[str, Any]:
@@ -142,9 +114,7 @@ def aud(**changes: Any) -> dict[str, Any]:
 
 
 def sign(keys: KeySet, payload: dict[str, Any], alg: str = "RS256", kid: str = "k1", key: Any = None) -> str:
-    if key is None:
-        key = keys.ec if alg.startswith("ES") else keys.rsa
-    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
+    return keys.sign(payload, alg=alg, kid=kid, key=key)
 
 
 @pytest.mark.parametrize(("alg", "kid"), [("RS256", "k1"), ("RS512", "k1"), ("PS256", "k1"), ("ES256", "e1")])
