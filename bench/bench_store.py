@@ -35,7 +35,7 @@ from typing import Any
 # bench/ itself, then (through common) the repository root: this file also runs as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aiohttp import web
-from common import RunningStore, bench_store, print_table
+from common import RunningStore, bench_store, print_table, serve
 
 from client import TAMSClient
 from credentials import Credentials, OAuth2ClientCredentials
@@ -153,11 +153,8 @@ class Receiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        host, port = self.runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/hook"
+        self.runner, base = await serve(app)
+        self.url = base + "/hook"
 
     async def stop(self) -> None:
         if self.runner is not None:

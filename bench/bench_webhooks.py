@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
-from common import RunningStore, bench_store, print_table  # noqa: E402
+from common import RunningStore, bench_store, print_table, serve  # noqa: E402
 
 PATIENT = ["--webhook-backoff", "0.05", "--webhook-backoff-cap", "0.2", "--webhook-attempts", "100000"]
 
@@ -61,11 +61,8 @@ class Receiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        host, port = self.runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/hook"
+        self.runner, base = await serve(app)
+        self.url = base + "/hook"
 
     async def stop(self) -> None:
         if self.runner is not None:

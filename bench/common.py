@@ -22,9 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # so benchmarks can import the toolkit's modules
 
+from aiohttp import web  # noqa: E402
+
 from local_store.launcher import RunningStore, start_store  # noqa: E402  (needs REPO_ROOT on sys.path)
 
-__all__ = ["REPO_ROOT", "RunningStore", "bench_store", "content_parser", "print_table"]
+__all__ = ["REPO_ROOT", "RunningStore", "bench_store", "content_parser", "print_table", "serve"]
 
 QUIET = ["--log-level", "WARNING"]  # a benchmark's store logs only what went wrong
 
@@ -39,6 +41,14 @@ def bench_store(*, extra_args: list[str] | None = None, **options: Any) -> Itera
             yield store
         finally:
             store.stop()
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve a benchmark's own ``app`` (a webhook receiver) on a free loopback port; (runner, base URL)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

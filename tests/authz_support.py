@@ -25,6 +25,7 @@ from yarl import URL
 from authz_proxy.app import ProxyConfig, RunningProxy, start_proxy
 from credentials import OAuth2ClientCredentials
 from tests.conftest import RunningStore
+from tests.loopback import serve
 
 T = TypeVar("T")
 
@@ -97,11 +98,7 @@ class Recorder:
         self._session = aiohttp.ClientSession(auto_decompress=False)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve(app, access_log=None)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -41,6 +41,7 @@ from simple_edit import (
     parse_timerange,
 )
 from tests.conftest import REPO_ROOT, RunningStore, start_store
+from tests.loopback import serve
 
 T = TypeVar("T")
 FRAMES_A = list(range(300))
@@ -243,12 +244,7 @@ async def forwarding_store(target: str, behaviour: Behaviour) -> tuple[web.AppRu
     async def close_session(_: web.Application) -> None:
         await session.close()
     app.on_cleanup.append(close_session)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
+    return await serve(app)
 
 
 def through_forwarder(inputs: Inputs, behaviour: Behaviour, request: EditRequest) -> EditResult | EditError:

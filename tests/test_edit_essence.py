@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import av
 import pytest
+from store_http import ELSEWHERE
 
 import sample_content
 from client import NotFound, TAMSClient
@@ -30,7 +31,6 @@ from ingest_hls import IngestOptions, ingest
 from outgest_file import outgest
 from simple_edit import EditError, EditRequest, edit
 from tests.conftest import REPO_ROOT, RunningStore
-from store_http import ELSEWHERE
 
 T = TypeVar("T")
 

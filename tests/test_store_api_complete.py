@@ -19,6 +19,7 @@ from aiohttp import web
 from store_http import StoreHttp, basic_header, basic_http, new_flow
 
 from local_store.config import StoreConfig
+from tests import loopback
 from tests.conftest import DEFAULT_CLIENTS, RunningStore
 
 # Listings whose spec operation documents no 400 response.
@@ -150,12 +151,8 @@ async def mirror() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield f"http://{host}:{port}", files
+    runner, url = await loopback.serve(app)
+    yield url, files
     await runner.cleanup()
 
 

@@ -12,6 +12,8 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.loopback import serve
+
 __all__ = ["TokenIssuer", "b64", "public_jwk"]
 
 
@@ -47,11 +49,8 @@ class TokenIssuer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/jwks.json", self._serve)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/jwks.json"
+        self._runner, base = await serve(app, access_log=None)
+        self.url = base + "/jwks.json"
 
     async def stop(self) -> None:
         if self._runner is not None:

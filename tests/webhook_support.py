@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.loopback import serve
+
 __all__ = ["Delivery", "Receiver", "receiver_running", "wait_until"]
 
 
@@ -63,12 +65,7 @@ async def receiver_running() -> AsyncIterator[Receiver]:
     recv = Receiver()
     app = web.Application()
     app.router.add_post("/{tail:.*}", recv.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    recv.base = f"http://{host}:{port}"
+    runner, recv.base = await serve(app, shutdown_timeout=0.5)
     try:
         yield recv
     finally:
