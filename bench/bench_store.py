@@ -35,7 +35,7 @@ from typing import Any
 # bench/ itself, then (through common) the repository root: this file also runs as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aiohttp import web
-from common import RunningStore, bench_store, print_table, serve
+from common import HookReceiver, RunningStore, bench_store, print_table
 
 from client import TAMSClient
 from credentials import Credentials, OAuth2ClientCredentials
@@ -137,28 +137,18 @@ async def post_throughput(url: str, credentials: Credentials, clients: int, per_
     return clients * per_client / (time.perf_counter() - started)
 
 
-class Receiver:
+class Receiver(HookReceiver):
     """A webhook receiver on a free port that counts the segments it is told about."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.segments = 0
-        self.runner: web.AppRunner | None = None
-        self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.segments += len(body["event"]["segments"])
         return web.Response(status=200)
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner, base = await serve(app)
-        self.url = base + "/hook"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 async def hooked_throughput(url: str, credentials: Credentials, clients: int, per_client: int) -> float:

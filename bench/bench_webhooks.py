@@ -33,20 +33,19 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
-from common import RunningStore, bench_store, print_table, serve  # noqa: E402
+from common import HookReceiver, RunningStore, bench_store, print_table  # noqa: E402
 
 PATIENT = ["--webhook-backoff", "0.05", "--webhook-backoff-cap", "0.2", "--webhook-attempts", "100000"]
 
 
-class Receiver:
+class Receiver(HookReceiver):
     """Records when each event (by the label it carries) arrives; can refuse everything."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.arrived: dict[str, float] = {}
         self.repeats = 0
         self.refusing = False
-        self.runner: web.AppRunner | None = None
-        self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -58,15 +57,6 @@ class Receiver:
         self.arrived.setdefault(label, time.perf_counter())
         return web.Response(status=200)
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner, base = await serve(app)
-        self.url = base + "/hook"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
     async def wait_for(self, labels: list[str], timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

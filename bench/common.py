@@ -26,7 +26,7 @@ from aiohttp import web  # noqa: E402
 
 from local_store.launcher import RunningStore, start_store  # noqa: E402  (needs REPO_ROOT on sys.path)
 
-__all__ = ["REPO_ROOT", "RunningStore", "bench_store", "content_parser", "print_table", "serve"]
+__all__ = ["REPO_ROOT", "HookReceiver", "RunningStore", "bench_store", "content_parser", "print_table"]
 
 QUIET = ["--log-level", "WARNING"]  # a benchmark's store logs only what went wrong
 
@@ -43,12 +43,28 @@ def bench_store(*, extra_args: list[str] | None = None, **options: Any) -> Itera
             store.stop()
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    """Serve a benchmark's own ``app`` (a webhook receiver) on a free loopback port; (runner, base URL)."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+class HookReceiver:
+    """A webhook receiver of a benchmark's own on a free loopback port, at ``url``; subclasses
+    say what ``handle`` does with each POST."""
+
+    def __init__(self) -> None:
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/hook"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
