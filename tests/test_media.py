@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -274,3 +275,41 @@ def test_timerange_of_a_single_frame_without_rate_is_an_instant() -> None:
     timing = media.StreamTiming(kind="video", index=0, time_base=Fraction(1, 90000), first=6000, last=6000,
                                 last_duration=Fraction(0), packets=1, key_frames=1, bytes=10)
     assert timing.timerange() == TimeRange.from_single_timestamp(Timestamp.from_nanosec(ticks_to_ns(6000)))
+
+
+def _full_probe_timing(data: bytes) -> media.MediaTiming:
+    """read_timing as it would be with libavformat's probe decoding pictures (no TIMING_OPTIONS)."""
+    saved = media.TIMING_OPTIONS
+    try:
+        media.TIMING_OPTIONS = {}
+        return media.read_timing(data)
+    finally:
+        media.TIMING_OPTIONS = saved
+
+
+def _hevc_ts_with_b_frames() -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts") as out:
+        stream = out.add_stream("libx265", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        stream.options = {"x265-params": "log-level=none:bframes=4"}
+        for n in range(50):
+            frame = av.VideoFrame(320, 180, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([n * 5 % 256]) * plane.buffer_size)
+            frame.pts = n
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def test_timing_reads_skip_picture_decoding_and_give_the_same_timing(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """read_timing opens media with skip_frame=all (the probe decodes no pictures); the timing it
+    gives is the same as with a full probe, for H.264 + AAC at 29.97 fps and HEVC with B-frames."""
+    assert media.TIMING_OPTIONS == {"skip_frame": "all"}
+    content = synthesized(tmp_path_factory, fps=Fraction(30000, 1001), duration=6, audio=True)
+    samples = [path.read_bytes() for path in content.segment_paths()] + [_hevc_ts_with_b_frames()]
+    for data in samples:
+        assert media.read_timing(data) == _full_probe_timing(data)
