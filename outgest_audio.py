@@ -19,13 +19,18 @@ quantised to 90 kHz ticks or nanoseconds never drop or repeat a sample). Coded A
   the muxer writes as that sample's ``stts`` duration and the edit's duration (``movie_timescale``
   is set to a multiple of the sample rate so that duration is exact). libavformat reports the end
   as the stream's duration and the last packet's duration; it does not trim the last decoded frame.
-- MPEG-TS, which cannot declare a trim: the cut frame alone is decoded (with the frames around it
-  for the codec's overlap), its samples outside the timerange are silenced, and it is re-encoded;
-  every other frame is copied. The file holds whole frames; the summary says how many samples of
-  it are silence.
+- MPEG-TS, which cannot declare a trim: the frames a bound cuts are decoded (with the frames around
+  them), their samples outside the timerange silenced, and encoded again; every other frame is
+  copied. AAC codes overlapping windows, so a packet's samples also depend on the packet before:
+  a head cut is preceded by a re-encoded frame of silence (decoded first, so the kept samples come
+  out whole), and at a tail cut the frame before is re-encoded too (the original still carries the
+  samples being silenced). The file holds whole frames; the summary says how many samples of it
+  are silence.
 
 Frames cut inside the export (where two segments' timeranges meet mid-frame) are silenced and
-re-encoded in both containers, since an edit list trims only a track's ends.
+re-encoded in both containers, since an edit list trims only a track's ends. Measured on the tests'
+1 kHz / 1.5 kHz tones (128 kbit/s AAC): the kept samples keep the source's phase within 0.4 of a
+sample, and what is left in the silenced parts is coding noise more than 20 dB down.
 """
 
 from __future__ import annotations
@@ -310,109 +315,136 @@ class AudioResult:
         self.frames += other.frames
 
 
-def _pcm(frame: av.AudioFrame) -> list[array]:
-    planes = []
-    for plane in frame.planes:
-        values = array("f")
-        values.frombytes(bytes(plane)[: 4 * frame.samples])
-        planes.append(values)
-    return planes
+def _reencoded_pair(media: of.ObjectMedia, index: int, lo: int, hi: int) -> tuple[av.Packet, av.Packet]:
+    """Frames ``index - 1`` and ``index`` of ``media`` encoded again, as ADTS frames (the form
+    MPEG-TS carries), with the samples of frame ``index`` outside ``[lo, hi)`` silenced, and the
+    audio before it silenced too when ``lo > 0``, after it when ``hi`` is short of its end.
 
-
-def _silenced_packet(media: of.ObjectMedia, index: int, lo: int, hi: int) -> av.Packet:
-    """Packet ``index`` of ``media`` decoded, its samples outside ``[lo, hi)`` silenced and encoded
-    again as one ADTS frame (the form MPEG-TS carries), for the same presentation time.
-
-    The frames before and after it are decoded too, so the overlap the codec carries between frames
-    is right: the encoder is given the frame before (silence when the cut is at the head) and after
-    (silence when at the tail)."""
+    AAC codes overlapping windows of two frames: what a packet decodes to also depends on the
+    packet before it. So a cut's frame is re-encoded together with the frame before: at a head cut
+    that one is silence, decoded first so the kept samples come out whole; at a tail cut it
+    replaces the original, which still carries the samples being silenced. The frames around them
+    are decoded (or are silence) so the encoder sees the signal the copied frames continue."""
     if media.codec != "aac":
         raise of.OutgestError(f"cannot cut {media.codec} audio inside a coded frame (only AAC is re-encoded)")
-    count = len(media.frames)
-    first = max(0, index - 2)
-    last = min(count - 1, index + 1)
+    order = of.presentation_order(media.frames)
+    position = order.index(index)
     decoder = av.CodecContext.create("aac", "r")
     template = cast(av.audio.codeccontext.AudioCodecContext, media.stream.codec_context)
     if template.extradata:
         decoder.extradata = template.extradata
-    decoded: dict[int, av.AudioFrame] = {}
+    decoded: dict[int, av.AudioFrame] = {}  # by position in presentation order
     try:
-        for i in range(first, last + 1):
-            packet = media.packets[i]
-            packet.pts = packet.dts = i * 1024
+        # two frames more at the front: a decoder's first output is not yet the signal
+        for p in range(max(0, position - 4), min(len(order), position + 2)):
+            packet = av.Packet(bytes(media.packets[order[p]]))
+            packet.pts = packet.dts = p * 1024
             frames = list(decoder.decode(packet))
             if frames:
-                decoded[i] = frames[-1]
+                decoded[p] = frames[-1]
     except av.error.FFmpegError as exc:
         raise of.OutgestError(f"cannot decode the audio frame a cut falls in: {exc}") from exc
-    if index not in decoded:
+    if position not in decoded:
         raise of.OutgestError("cannot decode the audio frame a cut falls in")
-    current = decoded[index]
-    samples = current.samples
-    layout = current.layout.name
-    sample_rate = current.sample_rate
+    current = decoded[position]
+    samples, layout, sample_rate = current.samples, current.layout.name, current.sample_rate
     silence = [array("f", bytes(4 * samples)) for _ in current.planes]
 
-    def planes(i: int, keep: bool) -> list[array]:
-        return _pcm(decoded[i]) if keep and i in decoded and decoded[i].samples == samples else silence
+    def pcm(p: int, keep: bool) -> list[array]:
+        frame = decoded.get(p)
+        if not keep or frame is None or frame.samples != samples:
+            return silence
+        return [array("f", bytes(plane)[: 4 * samples]) for plane in frame.planes]
 
-    middle = _pcm(current)
+    middle = pcm(position, True)
     for values in middle:
         for i in range(samples):
             if not lo <= i < hi:
                 values[i] = 0.0
-    inputs = [planes(index - 1, lo == 0), middle, planes(index + 1, hi == samples)]
+    head_cut, tail_cut = lo > 0, hi < samples
+    # encoder input: two frames before (for the second's overlap), the cut frame, one after
+    inputs = [pcm(position - 2, not head_cut), pcm(position - 1, not head_cut), middle,
+              pcm(position + 1, not tail_cut)]
     encoder = cast(av.audio.codeccontext.AudioCodecContext, av.CodecContext.create("aac", "w"))
     encoder.sample_rate = sample_rate
     encoder.layout = layout
     encoder.format = "fltp"
     encoder.bit_rate = template.bit_rate or 128000
     encoder.time_base = Fraction(1, sample_rate)
-    wanted = samples  # the middle frame is fed at pts `samples`; its packet keeps that pts
-    chosen: av.Packet | None = None
     try:
         out_packets: list[av.Packet] = []
-        for position, data in enumerate(inputs):
+        for number, data in enumerate(inputs):
             frame = av.AudioFrame(format="fltp", layout=layout, samples=samples)
             for plane, values in zip(frame.planes, data):
                 plane.update(values.tobytes())
             frame.sample_rate = sample_rate
-            frame.pts = position * samples
+            frame.pts = number * samples
             frame.time_base = Fraction(1, sample_rate)
             out_packets += encoder.encode(frame)
         out_packets += encoder.encode(None)
-        chosen = next((p for p in out_packets if p.pts == wanted), None)
-        if chosen is None:
+        # a packet's pts is where the samples it decodes to are presented, as in the source
+        by_pts = {p.pts: p for p in out_packets}
+        pair = [by_pts.get(samples), by_pts.get(2 * samples)]
+        if pair[0] is None or pair[1] is None:
             raise of.OutgestError("the AAC encoder gave no frame for the cut")
-        buffer = io.BytesIO()
-        with av.open(buffer, "w", format="adts") as adts:
-            stream = adts.add_stream("aac", rate=sample_rate)
-            stream.codec_context.layout = layout
-            stream.codec_context.extradata = encoder.extradata
-            chosen.stream = stream
-            adts.mux(chosen)
+        framed = []
+        for packet in pair:
+            buffer = io.BytesIO()
+            with av.open(buffer, "w", format="adts") as adts:
+                stream = adts.add_stream("aac", rate=sample_rate)
+                stream.codec_context.layout = layout
+                stream.codec_context.extradata = encoder.extradata
+                packet.stream = stream
+                adts.mux(packet)
+            framed.append(av.Packet(buffer.getvalue()))
     except av.error.FFmpegError as exc:
         raise of.OutgestError(f"cannot re-encode the audio frame a cut falls in: {exc}") from exc
-    return av.Packet(buffer.getvalue())
+    return framed[0], framed[1]
 
 
 @dataclass
-class _Tail:
-    """An MP4 track's frame whose end a bound cuts, held until it is known whether it ends the track."""
+class _Held:
+    """The last audio frame, muxed only when the next comes (a tail cut re-encodes it) or at the end
+    (an MP4 track's last frame is cut short by the edit list)."""
 
     packet: av.Packet
     start: Fraction
-    kept: int  # samples kept from its start
     samples: int
+    kept: int  # samples kept from its start (less than ``samples`` when a bound cuts it)
     sample_rate: int
-    silenced: av.Packet  # the frame with the samples after ``kept`` silenced, if more audio follows
+    media: of.ObjectMedia | None  # while its object is open, for a tail cut in the next frame
+    position: int  # in the object's presentation order
+    trimmed: av.Packet | None = None  # MP4: the frame silenced after ``kept``, should audio follow
 
 
 @dataclass
 class _AudioState:
     clock: SampleClock | None = None
-    written: int = 0  # packets written so far
-    tail: _Tail | None = None
+    written: int = 0  # packets muxed or held so far
+    held: _Held | None = None
+
+
+def _release(writer: MuxedFileWriter, state: _AudioState, result: AudioResult, *, ends_track: bool) -> None:
+    held = state.held
+    if held is None:
+        return
+    state.held = None
+    duration = held.samples
+    packet = held.packet
+    if held.kept < held.samples:
+        if ends_track and writer.format == "mp4":
+            duration = held.kept  # the edit list ends the track at the last sample kept
+        elif held.trimmed is not None:
+            packet = held.trimmed
+            result.silent += held.samples - held.kept
+            result.reencoded += 1
+    writer.put("audio", packet, held.start, held.start, Fraction(duration, held.sample_rate))
+
+
+def _hold(writer: MuxedFileWriter, state: _AudioState, result: AudioResult, held: _Held) -> None:
+    _release(writer, state, result, ends_track=False)
+    state.held = held
+    state.written += 1
 
 
 def write_audio_segment(
@@ -432,55 +464,65 @@ def write_audio_segment(
         state.clock = SampleClock(rate)
     clock = state.clock
     order = of.presentation_order(media.frames)
-    frame_samples = round((media.frame_duration or Fraction(1024, rate)) * rate)
-    frame = Fraction(frame_samples, rate)
+    n = round((media.frame_duration or Fraction(1024, rate)) * rate)
+    frame = Fraction(n, rate)
     mp4 = writer.format == "mp4"
+
+    def held(packet: av.Packet, start: Fraction, position: int, kept: int = n,
+             trimmed: av.Packet | None = None) -> _Held:
+        return _Held(packet, start, n, kept, rate, media, position, trimmed)
+
     for position, index in enumerate(order):
         timing = media.frames[index]
         start = clock.time(clock.position(of.flow_time(timing.pts, media.time_base, segment.ts_offset)))
-        lo, hi = kept_samples(start, frame_samples, rate, segment.timerange)
+        lo, hi = kept_samples(start, n, rate, segment.timerange)
         if request is not None and hi > lo:
-            rlo, rhi = kept_samples(start, frame_samples, rate, request)
+            rlo, rhi = kept_samples(start, n, rate, request)
             lo, hi = max(lo, rlo), min(hi, rhi)
         if hi <= lo:
             continue
-        if state.tail is not None:
-            result.merge(_write_tail(writer, state, ends_track=False))
         writer.declare("audio", media.stream, start + Fraction(lo, rate))
+        result.samples += hi - lo
+        result.frames += 1
         head_trim = mp4 and state.written == 0
         if head_trim and position > 0:
             # priming: the frame before, decoded and discarded, so the first kept samples decode right
-            writer.put("audio", media.packets[order[position - 1]], start - frame, start - frame, frame)
-            state.written += 1
-        result.samples += hi - lo
-        result.frames += 1
-        silent_head = lo > 0 and not head_trim
-        if silent_head or (hi < frame_samples and not mp4):
-            packet = _silenced_packet(media, index, lo if silent_head else 0, hi)
+            _hold(writer, state, result, held(media.packets[order[position - 1]], start - frame, position - 1))
+        if lo > 0 and not head_trim:
+            before, packet = _reencoded_pair(media, index, lo, hi)
+            previous = state.held
+            if previous is None or previous.start + 2 * frame <= start:
+                # where nothing is written just before: a frame of silence, decoded first
+                _hold(writer, state, result, held(before, start - frame, position - 1))
+                result.silent += n
+                result.reencoded += 1
+            result.silent += lo + n - hi
             result.reencoded += 1
-            result.silent += (lo if silent_head else 0) + frame_samples - hi
-            writer.put("audio", packet, start, start, frame)
-            state.written += 1
-        elif hi < frame_samples:
-            state.tail = _Tail(media.packets[index], start, hi, frame_samples, rate,
-                               _silenced_packet(media, index, 0, hi))
+            _hold(writer, state, result, held(packet, start, position))
+        elif hi < n:
+            before, packet = _reencoded_pair(media, index, lo, hi)
+            previous = state.held
+            if not mp4:
+                if previous is not None and previous.media is media and previous.position == position - 1:
+                    previous.packet = before  # it carries the samples after the cut into this frame
+                    result.reencoded += 1
+                result.reencoded += 1
+                result.silent += n - hi
+                _hold(writer, state, result, held(packet, start, position))
+            else:
+                _hold(writer, state, result, held(media.packets[index], start, position, hi, packet))
         else:
-            writer.put("audio", media.packets[index], start, start, frame)
-            state.written += 1
+            _hold(writer, state, result, held(media.packets[index], start, position))
+    if state.held is not None:
+        state.held.media = None  # the object closes after this segment
     return result
 
 
-def _write_tail(writer: MuxedFileWriter, state: _AudioState, *, ends_track: bool) -> AudioResult:
-    """Write the held MP4 frame: cut short by the edit list if it ends the track, else silenced."""
-    tail = state.tail
-    assert tail is not None
-    state.tail = None
-    state.written += 1
-    if ends_track:
-        writer.put("audio", tail.packet, tail.start, tail.start, Fraction(tail.kept, tail.sample_rate))
-        return AudioResult()
-    writer.put("audio", tail.silenced, tail.start, tail.start, Fraction(tail.samples, tail.sample_rate))
-    return AudioResult(silent=tail.samples - tail.kept, reencoded=1)
+def finish_audio(writer: MuxedFileWriter, state: _AudioState) -> AudioResult:
+    """Mux the held last frame: the track ends with it."""
+    result = AudioResult()
+    _release(writer, state, result, ends_track=True)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -652,8 +694,9 @@ async def outgest_av(
                 raise of._first_error(group) from None
 
             def finish() -> int:
-                if audio_state.tail is not None:
-                    _write_tail(writer, audio_state, ends_track=True)
+                last = finish_audio(writer, audio_state)
+                summary.silent_samples += last.silent
+                summary.audio_reencoded_frames += last.reencoded
                 return writer.commit()
 
             if "video" in kinds and summary.frames == 0:
