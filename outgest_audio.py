@@ -39,7 +39,6 @@ import asyncio
 import io
 import logging
 import math
-import os
 import tempfile
 import time
 from array import array
@@ -139,9 +138,9 @@ def kept_samples(start: Fraction, count: int, sample_rate: int, timerange: TimeR
 # Writing two streams
 
 
-class MuxedFileWriter:
+class MuxedFileWriter(of.FlowFileWriter):
     """One output file with a stream per kind ("video", "audio"), under a temporary name until
-    ``commit()``.
+    ``commit()`` (``FlowFileWriter``'s temporary name, commit and discard).
 
     Packets come with Flow times (seconds). Nothing is muxed until every kind has given its first
     packet (the streams are made from the objects' streams, and the MP4 origin is the earliest
@@ -150,27 +149,17 @@ class MuxedFileWriter:
     """
 
     def __init__(self, path: Path, kinds: Sequence[str], sample_rate: int | None = None) -> None:
-        self.path = path
+        super().__init__(path)
         self.kinds = tuple(kinds)
-        self.format = "mp4" if path.suffix.lower() == ".mp4" else "mpegts"
-        if path.is_dir():
-            raise of.OutgestError(f"cannot write {path}: it is a directory")
-        self.temp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
-            self.temp_path.open("wb").close()
-        except OSError as exc:
-            raise of.OutgestError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        self._output: av.container.OutputContainer | None = None
         self._templates: dict[str, av.stream.Stream] = {}
         self._starts: dict[str, Fraction] = {}
         self._streams: dict[str, av.stream.Stream] = {}
         self._bsf: av.bitstream.BitStreamFilterContext | None = None
         self._pending: list[tuple[str, av.Packet, Fraction, Fraction, Fraction | None]] | None = []
         self.expected_rate = sample_rate  # the audio Flow's, for the MP4 movie timescale
-        self._last_dts: dict[str, int] = {}
-        self._origin = Fraction(0)
+        self._dts_by_kind: dict[str, int] = {}
+        self._mp4_origin = Fraction(0)
         self.sample_rate: int | None = None
-        self.nudged = 0
 
     def declare(self, kind: str, template: av.stream.Stream, start: Fraction) -> None:
         """The stream ``kind`` is made like ``template`` (now, while its object is open) and presents
@@ -218,7 +207,7 @@ class MuxedFileWriter:
     def _start(self) -> None:
         """Every stream is known: fix the MP4 origin and write what waited."""
         if self.format == "mp4":
-            self._origin = min(self._starts.values())
+            self._mp4_origin = min(self._starts.values())
         pending, self._pending = self._pending or [], None
         for entry in pending:
             self._mux(*entry)
@@ -226,9 +215,9 @@ class MuxedFileWriter:
     def _mux(self, kind: str, packet: av.Packet, pts: Fraction, dts: Fraction, duration: Fraction | None) -> None:
         stream = self._streams[kind]
         base = Fraction(stream.time_base) if stream.time_base is not None else of.WORK_TIME_BASE
-        pts_units = round((pts - self._origin) / base)
-        dts_units = min(round((dts - self._origin) / base), pts_units)
-        last = self._last_dts.get(kind)
+        pts_units = round((pts - self._mp4_origin) / base)
+        dts_units = min(round((dts - self._mp4_origin) / base), pts_units)
+        last = self._dts_by_kind.get(kind)
         if last is not None and dts_units <= last:
             dts_units = last + 1
             self.nudged += 1
@@ -236,7 +225,7 @@ class MuxedFileWriter:
                 raise of.OutgestError(
                     f"decode order breaks at Flow time {of._at(pts)}: frames would have to be decoded after they are shown"
                 )
-        self._last_dts[kind] = dts_units
+        self._dts_by_kind[kind] = dts_units
         if kind == "audio" and self._bsf is not None:
             # the filter takes the packet's data; the object's packets may still be decoded for a cut
             packet = av.Packet(bytes(packet))
@@ -260,27 +249,14 @@ class MuxedFileWriter:
         """Finish the file and move it to its name; returns its size in bytes."""
         if self._pending:
             self._start()
-        if self._output is None or not self._last_dts:
+        if not self._dts_by_kind:  # nothing muxed
             self.discard()
             raise of.OutgestError("no frames to write")
-        try:
-            self._output.close()
-            self._output = None
-            os.replace(self.temp_path, self.path)
-        except (av.error.FFmpegError, OSError) as exc:
-            self.discard()
-            raise of.OutgestError(f"cannot write {self.path}: {exc}") from exc
-        return self.path.stat().st_size
+        return super().commit()
 
     def discard(self) -> None:
-        if self._output is not None:
-            try:
-                self._output.close()
-            except (av.error.FFmpegError, OSError):
-                pass
-            self._output = None
         self._pending = None
-        self.temp_path.unlink(missing_ok=True)
+        super().discard()
 
 
 class _VideoTrack:

@@ -17,6 +17,9 @@ The Flow timeline is not the media timeline. For every segment this script:
   ``avc_parameters`` profile and level (first one forced to be a keyframe), logging which segments
   were re-encoded.
 
+Audio Flows, multi-essence Flows and a video Flow with ``--audio-flow-id`` are exported by
+``outgest_audio.py``: one file with both streams in sync, audio cut to the sample.
+
 Output timestamps are Flow timeline times (MPEG-TS: 90 kHz, written modulo 2^33 as the format
 does; gaps between segments stay gaps). MP4 output (``--output`` ending in ``.mp4``) starts at
 zero instead, since MP4 cannot carry a TAI-scale start time usefully. Objects are downloaded

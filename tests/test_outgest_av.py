@@ -41,6 +41,9 @@ AUDIO_ORIGIN = 6000 * RATE // 90000 + AAC_FRAME  # Flow sample index of input sa
 FIRST_PACKET = 6000 * RATE // 90000  # the first AAC packet's Flow sample index (3200)
 WINDOW = 2880  # whole periods of both tones
 FPS = [Fraction(25), Fraction(30000, 1001)]
+EACH_FORM = pytest.mark.parametrize(
+    ("fps", "suffix"), [pytest.param(fps, suffix, id=f"{float(fps):.2f}{suffix}") for fps in FPS for suffix in (".ts", ".mp4")]
+)
 
 
 def flow_samples(t: Timestamp) -> int:
@@ -138,16 +141,15 @@ def cut_for(content: SynthesizedHLS) -> tuple[int, int]:
     return content.segment_frames * 3 // 4, content.segment_frames * 9 // 4
 
 
-@pytest.mark.parametrize("fps", FPS, ids=["25", "29.97"])
-@pytest.mark.parametrize("suffix", [".ts", ".mp4"])
+@EACH_FORM
 async def test_multi_flow_exports_muxed_whole(
     shared_store: RunningStore, ingested: dict[Fraction, Ingested], tmp_path: Path, fps: Fraction, suffix: str
 ) -> None:
-    flows = ingested[fps]
-    content = flows.content
+    content = ingested[fps].content
     out = tmp_path / f"whole{suffix}"
     async with connect(shared_store) as client:
-        summary = await outgest(client, flows.multi, out)
+        summary = await outgest(client, ingested[fps].multi, out)
+    flows = ingested[fps]
     assert read_frame_numbers(out) == list(range(content.frame_count))
     audio_start = flow_samples(flows.audio_timerange.start)
     audio_samples = flow_samples(flows.audio_timerange.end) - audio_start
@@ -170,8 +172,7 @@ async def test_multi_flow_exports_muxed_whole(
         assert audio_time == Fraction(audio_start, RATE) - Fraction(content.frame_pts(0), 90000)
 
 
-@pytest.mark.parametrize("fps", FPS, ids=["25", "29.97"])
-@pytest.mark.parametrize("suffix", [".ts", ".mp4"])
+@EACH_FORM
 async def test_exact_cut_holds_the_frames_and_samples_of_the_timerange(
     shared_store: RunningStore, ingested: dict[Fraction, Ingested], tmp_path: Path, fps: Fraction, suffix: str
 ) -> None:
