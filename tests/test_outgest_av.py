@@ -268,3 +268,39 @@ def test_bad_audio_input_gives_one_line_and_no_output(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_streams_are_placed_by_flow_time_not_media_time(
+    shared_store: RunningStore, ingested: dict[Fraction, Ingested], tmp_path: Path
+) -> None:
+    """An audio Flow reusing the ingested audio objects 48009 samples later on the timeline (a shift
+    the tones' phase shows, being no multiple of their periods): the export puts its samples that
+    much after the video frames they came with."""
+    flows = ingested[Fraction(25)]
+    shifted = str(uuid.uuid4())
+    shift_samples = 48009
+    shift = Timestamp.from_sec_nsec("1:187500")  # 48009 / 48000 s
+    async with connect(shared_store) as client:
+        source = await client.get_flow(flows.audio)
+        await client.put_flow(shifted, {**{k: source[k] for k in ("format", "codec", "container", "essence_parameters")},
+                                        "id": shifted, "source_id": str(uuid.uuid4())})
+        segments = [item async for item in client.segments(flows.audio)]
+        assert await client.post_segments(shifted, [{
+            "object_id": item["object_id"],
+            "timerange": str(TimeRange(TimeRange.from_str(item["timerange"]).start + shift,
+                                       TimeRange.from_str(item["timerange"]).end + shift, TimeRange.INCLUDE_START)),
+            "ts_offset": str(shift),
+        } for item in segments]) == []  # fmt: skip
+        out = tmp_path / "shifted.mp4"
+        window = TimeRange.from_str("[2:0_4:0)")
+        summary = await outgest(client, flows.video, out, timerange=window, exact=True, audio_flow_id=shifted)
+    assert summary.audio_samples == 2 * RATE  # type: ignore[attr-defined]
+    decoded = decode_audio(out)
+    assert decoded.first_pts == 0 and decoded.declared == 2 * RATE
+    assert_samples_are(decoded, 0, 2 * RATE - shift_samples)  # Flow sample 96000 is the source's 47991
+    assert_samples_are(decoded, RATE, 3 * RATE - shift_samples)
+    # 25 fps frames from 6000 ticks: the first at or after 2 s is frame 49, at 2.0267 s
+    assert read_frame_numbers(out) == list(range(49, 99))
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        assert Fraction(video.start_time) * Fraction(video.time_base) == Fraction(6000 + 49 * 3600, 90000) - 2
