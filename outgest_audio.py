@@ -84,6 +84,8 @@ class AVSummary(of.OutgestSummary):
             audio = f"{self.audio_samples} audio samples ({self.audio_samples / self.sample_rate:.6f} s at {self.sample_rate} Hz"
             if self.silent_samples:
                 audio += f", plus {self.silent_samples} of silence filling whole AAC frames"
+            if self.audio_reencoded_frames:
+                audio += f"; {self.audio_reencoded_frames} AAC frames re-encoded at cuts"
             parts.append(audio + ")")
         parts.append(f"{self.bytes} bytes in {self.seconds:.2f} s ({rate:.1f} MB/s)")
         return ", ".join(parts)
