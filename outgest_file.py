@@ -56,6 +56,7 @@ from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
 from credentials import HelpFormatter, add_credential_args, connection_from_args
 from media import (
     PTS_WRAP,
+    TIMING_OPTIONS,
     TS_CLOCK,
     MediaError,
     PtsUnwrapper,
@@ -262,7 +263,7 @@ def read_object(
     registered), so pts values near the wrap get the high bits ``ts_offset`` expects.
     """
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options=TIMING_OPTIONS)
     except (av.error.FFmpegError, OSError) as exc:
         raise OutgestError(f"cannot read the object as media: {exc}") from exc
     try:
