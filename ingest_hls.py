@@ -16,6 +16,9 @@ highest-bandwidth variant unless ``--variant`` says otherwise) this script:
 Up to ``--concurrency`` segments are uploaded at once while the next ones are read ahead, so at
 most about twice that many segments are held in memory. Segments whose start the Flow already
 has are skipped, so re-running with the same ``--flow-id`` completes an interrupted ingest.
+Segments are picked by media sequence number; a run that resumes a Flow carries on its timeline
+(33-bit pts wraps and new timestamp bases included, ``hls_live.Timeline``). With ``--follow`` a
+live playlist is reloaded until ``EXT-X-ENDLIST`` or SIGINT/SIGTERM (``hls_live.follow``).
 
 Flow properties come from the media (``media.probe``): codec, container, exact frame rate,
 picture size, interlace, chroma subsampling, bit depth, and at the end of the run the segment bit
@@ -31,6 +34,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import datetime
 import json
 import logging
 import statistics
@@ -50,6 +54,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 from tqdm import tqdm  # type: ignore[import-untyped]
 from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
+import hls_live
 import media
 from client import (
     NotFound,
@@ -93,6 +98,9 @@ class IngestOptions:
     variant: str | None = None
     video_only: bool = False
     progress: bool = False
+    follow: bool = False  # reload a live playlist until EXT-X-ENDLIST or a stop signal
+    reload_attempts: int = 6  # failed reloads in a row before giving up
+    stop: asyncio.Event | None = None  # set to stop following (finish what was read)
 
 
 @dataclass
@@ -103,14 +111,16 @@ class IngestResult:
     skipped: int = 0  # segments the Flow(s) already had
     bytes: int = 0  # bytes uploaded
     seconds: float = 0.0
+    gaps: int = 0  # segments that left a followed playlist before they could be read
     timeranges: dict[str, list[TimeRange]] = field(default_factory=dict)  # per essence, window order
 
     def summary(self) -> str:
         megabytes = self.bytes / 1e6
         rate = megabytes / self.seconds if self.seconds > 0 else 0.0
         flows = ", ".join(f"{kind} {fid}" for kind, fid in self.flow_ids.items())
+        gaps = f", {self.gaps} missed (gone from the playlist)" if self.gaps else ""
         return (
-            f"ingested {self.registered} segments ({self.skipped} already present) into {flows}: "
+            f"ingested {self.registered} segments ({self.skipped} already present{gaps}) into {flows}: "
             f"{megabytes:.2f} MB in {self.seconds:.2f} s, {rate:.2f} MB/s"
         )
 
@@ -124,6 +134,9 @@ class SegmentRef:
     index: int  # position in the media playlist
     uri: str  # absolute URL or local path
     duration: Fraction  # EXTINF, as written
+    sequence: int = 0  # media sequence number (EXT-X-MEDIA-SEQUENCE + position)
+    discontinuity: bool = False  # EXT-X-DISCONTINUITY before it
+    program_date_time: datetime.datetime | None = None  # EXT-X-PROGRAM-DATE-TIME, carried forward
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,8 @@ class Playlist:
     segments: list[SegmentRef]
     target_duration: Fraction | None  # EXT-X-TARGETDURATION (an upper bound)
     segment_duration: Fraction | None  # the median EXTINF: what the segmenter aimed at
+    media_sequence: int = 0  # EXT-X-MEDIA-SEQUENCE: the first segment's
+    ended: bool = True  # EXT-X-ENDLIST (or a VOD playlist type): no more segments will come
 
 
 def _is_url(location: str) -> bool:
@@ -201,8 +216,10 @@ async def load_playlist(location: str, *, variant: str | None = None,
         if parsed.is_variant:
             location = _choose_variant(parsed, variant, location)
             continue
+        sequence = parsed.media_sequence or 0
         segments = [
-            SegmentRef(i, _resolve(location, seg.uri), Fraction(str(seg.duration or 0)))
+            SegmentRef(i, _resolve(location, seg.uri), Fraction(str(seg.duration or 0)), sequence + i,
+                       bool(seg.discontinuity), seg.current_program_date_time)
             for i, seg in enumerate(parsed.segments)
         ]
         if not segments:
@@ -211,8 +228,9 @@ async def load_playlist(location: str, *, variant: str | None = None,
         name = Path(urlsplit(location).path).stem or "hls"
         durations = [ref.duration for ref in segments if ref.duration > 0]
         typical = Fraction(statistics.median(durations)).limit_denominator(1000) if durations else None
+        ended = bool(parsed.is_endlist) or (parsed.playlist_type or "").upper() == "VOD"
         return Playlist(location=location, name=name, segments=segments, target_duration=target,
-                        segment_duration=typical)
+                        segment_duration=typical, media_sequence=sequence, ended=ended)
     raise IngestError(f"{location}: a master playlist points at another master playlist")
 
 
@@ -389,6 +407,13 @@ class _ExistingSegments:
         return False
 
 
+async def _last_segment(client: TAMSClient, flow_id: str) -> dict[str, Any] | None:
+    """The Flow's latest segment (with its object_timerange), or None if it has none."""
+    async for segment in client.segments(flow_id, reverse_order=True, limit=1):
+        return segment  # the first page is enough
+    return None
+
+
 async def _existing(client: TAMSClient, flow_id: str) -> _ExistingSegments:
     found = [TimeRange.from_str(seg["timerange"]) async for seg in client.segments(flow_id, include_object_timerange=False)]
     return _ExistingSegments(found)
@@ -546,6 +571,8 @@ async def ingest(client: TAMSClient, options: IngestOptions) -> IngestResult:
     session = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT) if _is_url(options.hls) else None
     try:
         return await _ingest(client, options, session, started)
+    except hls_live.LiveError as exc:
+        raise IngestError(str(exc)) from exc
     finally:
         if session is not None:
             await session.close()
@@ -559,12 +586,14 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         raise IngestError("--storage-batch must be at least 1")
     if options.segment_count is not None and options.segment_count < 1:
         raise IngestError("the segment count must be at least 1 (None: to the end of the playlist)")
+    loaded_at = asyncio.get_running_loop().time()
     playlist = await load_playlist(options.hls, variant=options.variant, session=session)
-    if not 0 <= options.start_segment < len(playlist.segments):
-        raise IngestError(f"--hls-start-segment {options.start_segment} is outside the playlist's "
-                          f"{len(playlist.segments)} segments")
-    stop = len(playlist.segments) if options.segment_count is None else options.start_segment + options.segment_count
-    window = playlist.segments[options.start_segment:stop]
+    # Segments are picked by media sequence number (a live window slides under positions).
+    feed = hls_live.SegmentFeed()
+    if options.follow:
+        window = [hls_live.first_to_read(playlist, options.start_segment)]
+    else:
+        window = hls_live.queue_window(playlist, feed, start=options.start_segment, count=options.segment_count)
     for ref in window:
         if not _is_url(ref.uri) and not Path(ref.uri).is_file():
             raise IngestError(f"no such segment file: {ref.uri}")
@@ -603,15 +632,28 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     if props.audio is not None:
         rates["audio"] = Fraction(props.audio.sample_rate)
     sizes: dict[str, list[tuple[int, Fraction]]] = {k: [] for k in kinds}
-    unwrappers = {kind: media.PtsUnwrapper() for kind in kinds}
+    # Resuming: carry on the Flow's own timeline (33-bit wraps and timestamp bases included).
+    timeline = hls_live.Timeline()
+    for plan in essences:
+        if plan.exists:
+            last = await _last_segment(client, plan.flow_id)
+            if last is not None:
+                timeline.resume_after(plan.kind, last)
 
     # The segment after the window (if any) is read too, only to end the last one exactly.
-    lookahead = playlist.segments[options.start_segment:stop + 1]
+    follower: asyncio.Task[int] | None = None
+    if options.follow:
+        follower = asyncio.create_task(hls_live.follow(
+            playlist, lambda: load_playlist(options.hls, variant=options.variant, session=session), (IngestError,),
+            feed, start=options.start_segment, count=options.segment_count, reload_attempts=options.reload_attempts,
+            stop=options.stop or asyncio.Event(), first_loaded_at=loaded_at,
+        ))
     prepare_ahead = options.concurrency
-    pending: deque[asyncio.Task[_Prepared]] = deque()
+    pending: deque[tuple[hls_live.FeedEntry, asyncio.Task[_Prepared]]] = deque()
     uploads: set[asyncio.Task[None]] = set()
     slots = asyncio.Semaphore(options.concurrency)
-    bar = tqdm(total=len(window), unit="seg", file=sys.stderr, disable=not options.progress, leave=False)
+    bar = tqdm(total=None if options.follow else len(window), unit="seg", file=sys.stderr,
+               disable=not options.progress, leave=False)
 
     async def prepare(ref: SegmentRef) -> _Prepared:
         data = first_data if ref is window[0] else await _segment_bytes(ref, session)
@@ -627,7 +669,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         reg.segment["object_id"] = target.object_id
         return registrars[kind].submit(reg)
 
-    async def upload_segment(regs: list[_Registration]) -> None:
+    async def upload_segment(regs: list[_Registration], ref: SegmentRef) -> None:
         # The slot (one segment's media held in memory) is free once the bytes are uploaded;
         # registering them, batched with others, goes on without it.
         try:
@@ -640,38 +682,53 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         result.registered += 1
         result.bytes += sum(reg.size for reg in regs)
         bar.update(1)
+        if options.follow:
+            bar.set_postfix_str(hls_live.status_line(result.registered, ref.sequence, regs[0].timerange.end),
+                                refresh=False)
+
+    def top_up() -> None:
+        while len(pending) < prepare_ahead + 1:
+            entry = feed.ready()
+            if entry is None:
+                return
+            pending.append((entry, asyncio.create_task(prepare(entry.ref))))
+
+    async def next_prepared() -> tuple[hls_live.FeedEntry, _Prepared] | None:
+        top_up()
+        if not pending:
+            entry = await feed.next()  # following: waits for the playlist to grow
+            if entry is None:
+                return None
+            pending.append((entry, asyncio.create_task(prepare(entry.ref))))
+        entry, task = pending.popleft()
+        try:
+            return entry, await task
+        except IngestError:
+            if entry.register:
+                raise
+            return None  # only the lookahead segment: end the last one by duration
 
     def reap() -> None:
         for task in [t for t in uploads if t.done()]:
             uploads.discard(task)
             task.result()  # re-raises the first failure
 
-    index = 0
     try:
         with logging_redirect_tqdm(loggers=[logging.getLogger()]) if options.progress else contextlib.nullcontext():
-            current: _Prepared | None = None
-            for position in range(len(window)):
-                while index < len(lookahead) and len(pending) < prepare_ahead + 1:
-                    pending.append(asyncio.create_task(prepare(lookahead[index])))
-                    index += 1
-                if current is None:
-                    current = await pending.popleft()
-                following: _Prepared | None = None
-                if pending:
-                    try:
-                        following = await pending.popleft()
-                    except IngestError:
-                        if position + 1 < len(window):
-                            raise
-                        following = None  # only the lookahead segment: end the last one by duration
+            entered = await next_prepared()
+            while entered is not None and entered[0].register:
+                current = entered[1]
+                entered = await next_prepared()
+                following = entered[1] if entered is not None else None
                 regs: list[_Registration] = []
+                placed = timeline.place({kind: current.timing.streams[kind] for kind in kinds}, current.ref)
                 for kind in kinds:
                     stream = current.timing.streams[kind]
-                    absolute = unwrappers[kind].unwrap(stream.first)
+                    absolute = placed[kind]
                     offset = absolute - stream.first
                     next_first = None
                     if following is not None and kind in following.timing.streams:
-                        next_first = media.unwrap_near(following.timing.streams[kind].first, absolute)
+                        next_first = media.unwrap_near(following.timing.streams[kind].first, stream.first) + offset
                     timerange, ts_offset, object_timerange, last_duration = _timeranges(
                         stream, offset, next_first, rates.get(kind) if options.normalise else None
                     )
@@ -698,15 +755,17 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
                 else:
                     await slots.acquire()
                     reap()
-                    uploads.add(asyncio.create_task(upload_segment(regs)))
-                current = following
+                    uploads.add(asyncio.create_task(upload_segment(regs, current.ref)))
             if uploads:
                 await asyncio.gather(*uploads)
                 reap()
+            if follower is not None:
+                result.gaps = await follower
     except BaseException:
-        for task in [*pending, *uploads]:
+        tasks = [task for _, task in pending] + [*uploads] + ([follower] if follower is not None else [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*pending, *uploads, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         raise
     finally:
         bar.close()
@@ -802,7 +861,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_credential_args(parser)
     parser.add_argument("--hls-filename", default=DEFAULT_PLAYLIST, help="playlist path or http(s) URL")
     parser.add_argument("--hls-start-segment", type=_non_negative_int, default=0,
-                        help="first playlist segment to ingest (0-based)")
+                        help="first segment to ingest, by media sequence number (the first segment of a "
+                        "playlist without EXT-X-MEDIA-SEQUENCE is 0)")
     parser.add_argument("--hls-segment-count", type=_non_negative_int, default=30, help="how many segments (0: all)")
     parser.add_argument("--variant", default=None, help="master playlist variant: index or part of its URI "
                         "(default: the highest bandwidth)")
@@ -823,6 +883,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=RetryPolicy().attempts - 1,
                         help="times a failed request is sent again (with exponential backoff)")
     parser.add_argument("--video-only", action="store_true", help="one video flow even if the segments carry audio")
+    parser.add_argument("--follow", action="store_true",
+                        help="follow a live playlist: reload it about every target duration and ingest new "
+                        "segments as they appear, until EXT-X-ENDLIST (exit 0) or SIGINT/SIGTERM (the segments "
+                        "already read are finished; exit 130/143; run again with the same --flow-id to go on)")
+    parser.add_argument("--reload-attempts", type=_positive_int, default=6,
+                        help="with --follow: failed playlist loads in a row (retried after 0.5, 1, 2, ... s) "
+                        "before giving up")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
@@ -863,6 +930,8 @@ def _options(args: argparse.Namespace) -> IngestOptions:
         variant=args.variant,
         video_only=args.video_only,
         progress=not args.quiet and sys.stderr.isatty(),
+        follow=args.follow,
+        reload_attempts=args.reload_attempts,
     )
 
 
@@ -871,13 +940,25 @@ async def run(args: argparse.Namespace) -> int:
     try:
         options = _options(args)
         retry = RetryPolicy(attempts=max(args.retries, 0) + 1)
+        signals = hls_live.StopSignals()
         async with TAMSClient(url, credentials, concurrency=max(args.concurrency, 1) * 2, retry=retry) as client:
-            result = await ingest(client, options)
+            with signals.installed() if options.follow else contextlib.nullcontext(signals):
+                options.stop = signals.event
+                try:
+                    result = await ingest(client, options)
+                except asyncio.CancelledError:
+                    if signals.received is None:
+                        raise
+                    print(f"error: stopped by {signals.received.name} twice: abandoned the segments in flight "
+                          "(none is half-registered); run again with the same --flow-id to go on", file=sys.stderr)
+                    return signals.exit_code
     except (IngestError, TAMSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(result.summary())
-    return 0
+    if signals.received is not None:
+        print(f"stopped by {signals.received.name}; run again with the same --flow-id to go on", file=sys.stderr)
+    return signals.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

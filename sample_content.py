@@ -28,12 +28,18 @@ Command line::
 
     python sample_content.py [--synthetic] [--width W --height H --fps F --duration S
                               --segment-seconds S --gop-seconds S] --output-dir DIR [--audio]
+    python sample_content.py ... --live-window N   # then play it out as a live playlist
     python sample_content.py --read-frame-numbers FILE
+
+``LiveWindow`` makes a live playlist that advances (a sliding window without ``EXT-X-ENDLIST``,
+discontinuities, program date times) from content made here; ``play_live`` plays one out in real
+time.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import http.client
 import logging
 import math
@@ -42,6 +48,7 @@ import shutil
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 import zipfile
@@ -60,6 +67,8 @@ __all__ = [
     "CODE_BITS",
     "FILM_FILENAME",
     "FILM_URL",
+    "LiveSegment",
+    "LiveWindow",
     "MIN_HEIGHT",
     "MIN_WIDTH",
     "PLAYLIST_NAME",
@@ -68,6 +77,7 @@ __all__ = [
     "frame_pts",
     "interval_edit_frames",
     "make_sample_content",
+    "play_live",
     "read_frame_numbers",
     "remux_to_hls",
     "synthesize",
@@ -355,6 +365,7 @@ def _encode_full_ts(
     audio: bool,
     start_pts: int,
     preset: str,
+    first_frame: int = 0,
 ) -> None:
     """Encode the whole programme into one MPEG-TS file, later cut into segments by remuxing."""
     tb = Fraction(1, TS_CLOCK)
@@ -405,7 +416,7 @@ def _encode_full_ts(
 
         for n in range(frames):
             frame = av.VideoFrame(width, height, "yuv420p")
-            luma = _draw_luma(n, layout, background)
+            luma = _draw_luma(first_frame + n, layout, background)
             frame.planes[0].update(_padded(luma, width, height, frame.planes[0].line_size))
             for plane, data in zip(frame.planes[1:], (chroma_u, chroma_v)):
                 plane.update(_padded(data, width // 2, height // 2, plane.line_size))
@@ -434,12 +445,14 @@ def synthesize(
     start_pts: int = 6000,
     gop_seconds: Fraction | int | str | None = 1,
     preset: str = "veryfast",
+    first_frame: int = 0,
 ) -> Path:
     """Synthesize numbered H.264 content as an HLS playlist in ``output_dir``; return the .m3u8 path.
 
     ``duration`` is rounded down to whole frames; segments hold ``segment_seconds * fps`` frames
     (rounded) and start with an IDR frame; GOPs are ``gop_seconds * fps`` frames (None: one GOP per
-    segment). Frame ``n`` has pts ``frame_pts(n, fps, start_pts)`` on the 90 kHz clock.
+    segment). Frame ``n`` has pts ``frame_pts(n, fps, start_pts)`` on the 90 kHz clock and carries
+    the number ``first_frame + n`` (content that continues other content, as after a splice).
     """
     output_dir = Path(output_dir)
     fps = Fraction(fps)
@@ -452,7 +465,9 @@ def synthesize(
     gop_frames = segment_frames if gop_seconds is None else max(1, round(Fraction(gop_seconds) * fps))
     if frames < 1:
         raise SampleContentError("duration is shorter than one frame")
-    if frames >= 1 << CODE_BITS:
+    if first_frame < 0:
+        raise SampleContentError("first_frame must not be negative")
+    if first_frame + frames >= 1 << CODE_BITS:
         raise SampleContentError(f"at most {(1 << CODE_BITS) - 1} frames can carry a frame number")
     output_dir.mkdir(parents=True, exist_ok=True)
     full = output_dir / ".synthesized_full.ts"
@@ -468,6 +483,7 @@ def synthesize(
             audio=audio,
             start_pts=start_pts,
             preset=preset,
+            first_frame=first_frame,
         )
         segment_ticks = Fraction(segment_frames * TS_CLOCK) / fps
         return remux_to_hls(full, output_dir, segment_seconds=segment_ticks / TS_CLOCK, video_only=not audio)
@@ -606,6 +622,123 @@ def _write_playlist(path: Path, names: list[str], durations: list[Fraction]) -> 
 
 
 # --------------------------------------------------------------------------------------------
+# A live window
+
+
+@dataclass(frozen=True)
+class LiveSegment:
+    """One segment of a live window: where its media comes from and what the playlist says of it."""
+
+    source: Path
+    duration: Fraction
+    discontinuity: bool = False  # EXT-X-DISCONTINUITY before it
+    program_date_time: datetime.datetime | None = None
+
+
+def _vod_segments(playlist: Path) -> list[tuple[Path, Fraction]]:
+    """(file, EXTINF) of each segment of a playlist this module wrote."""
+    segments = []
+    duration: Fraction | None = None
+    for line in playlist.read_text().splitlines():
+        if line.startswith("#EXTINF:"):
+            duration = Fraction(line[len("#EXTINF:"):].split(",", 1)[0])
+        elif line and not line.startswith("#"):
+            if duration is None:
+                raise SampleContentError(f"{playlist}: {line} has no #EXTINF")
+            segments.append((playlist.parent / line, duration))
+            duration = None
+    return segments
+
+
+class LiveWindow:
+    """A live HLS playlist that advances, as a live packager writes one.
+
+    ``add`` queues the segments of playlists made here (``synthesize``), the first of each after a
+    discontinuity if asked (a splice: a new encoder, maybe a new timestamp base) and dated with
+    ``EXT-X-PROGRAM-DATE-TIME`` if given. ``publish(n)`` writes the next ``n`` segments into the
+    directory (``live_<media sequence>.ts``) and rewrites the playlist atomically to list the last
+    ``window`` of them, without ``EXT-X-ENDLIST``; ``end`` adds it. ``rewrite(first)`` lists the
+    window from an earlier media sequence, as a broken packager does after a restart.
+    """
+
+    def __init__(self, directory: Path | str, *, window: int = 3, name: str = "live.m3u8") -> None:
+        if window < 1:
+            raise SampleContentError("a live window holds at least one segment")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.playlist = self.directory / name
+        self.window = window
+        self.segments: list[LiveSegment] = []  # every segment added; media sequence = position
+        self.published = 0
+        self.ended = False
+
+    def add(self, playlist: Path | str, *, discontinuity: bool = False,
+            program_date_time: datetime.datetime | None = None) -> None:
+        elapsed = Fraction(0)
+        for i, (path, duration) in enumerate(_vod_segments(Path(playlist))):
+            when = None
+            if program_date_time is not None:
+                when = program_date_time + datetime.timedelta(microseconds=round(elapsed * 10**6))
+            self.segments.append(LiveSegment(path, duration, discontinuity and i == 0, when))
+            elapsed += duration
+
+    def uri(self, sequence: int) -> str:
+        return f"live_{sequence:05d}.ts"
+
+    def publish(self, count: int = 1) -> None:
+        if self.published + count > len(self.segments):
+            raise SampleContentError(f"only {len(self.segments) - self.published} segments are left to publish")
+        for sequence in range(self.published, self.published + count):
+            shutil.copyfile(self.segments[sequence].source, self.directory / self.uri(sequence))
+        self.published += count
+        self._write(max(0, self.published - self.window), self.published)
+
+    def end(self) -> None:
+        self.ended = True
+        self._write(max(0, self.published - self.window), self.published)
+
+    def rewrite(self, first: int) -> None:
+        self._write(first, min(first + self.window, self.published))
+
+    def _write(self, first: int, stop: int) -> None:
+        listed = self.segments[first:stop]
+        target = max((math.ceil(seg.duration) for seg in self.segments), default=1)
+        discontinuities = sum(seg.discontinuity for seg in self.segments[:first])
+        lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target}",
+                 f"#EXT-X-MEDIA-SEQUENCE:{first}", f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}"]
+        for offset, seg in enumerate(listed):
+            if seg.discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
+            if seg.program_date_time is not None and (offset == 0 or seg.discontinuity):
+                stamp = seg.program_date_time.astimezone(datetime.UTC)
+                lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{stamp.isoformat(timespec='milliseconds')}")
+            millionths = round(seg.duration * 1_000_000)
+            lines.append(f"#EXTINF:{millionths // 1_000_000}.{millionths % 1_000_000:06d},")
+            lines.append(self.uri(first + offset))
+        if self.ended:
+            lines.append("#EXT-X-ENDLIST")
+        tmp = self.playlist.with_suffix(".m3u8.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.playlist)
+
+
+def play_live(vod: Path | str, directory: Path | str, *, window: int = 3, speed: float = 1.0) -> Path:
+    """Play a playlist made here out as a live window in ``directory``, in real time (``speed``
+    times as fast): ``window`` segments at once, then one more each segment duration, then
+    ``EXT-X-ENDLIST``. Returns the live playlist's path."""
+    live = LiveWindow(directory, window=window)
+    live.add(vod)
+    first = min(window, len(live.segments))
+    live.publish(first)
+    logger.info("live playlist %s: %d segments, one more every segment duration", live.playlist, first)
+    while live.published < len(live.segments):
+        time.sleep(float(live.segments[live.published].duration) / speed)
+        live.publish(1)
+    live.end()
+    return live.playlist
+
+
+# --------------------------------------------------------------------------------------------
 # The film
 
 
@@ -720,6 +853,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--film", type=Path, default=Path(FILM_FILENAME), help="the film's local path")
     parser.add_argument("--film-url", default=FILM_URL, help="where to download the film ('' = never)")
     parser.add_argument("--download-timeout", type=float, default=5.0, help="seconds to wait for the download to start")
+    parser.add_argument("--live-window", type=int, default=0, metavar="N",
+                        help="then play the content out in real time as a live playlist of N segments "
+                        "(OUTPUT_DIR/live/live.m3u8, one segment more each segment duration, then EXT-X-ENDLIST; "
+                        "0: no live playlist)")
     parser.add_argument("--read-frame-numbers", type=Path, metavar="FILE", help="print FILE's frame numbers and exit")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     return parser.parse_args(argv)
@@ -750,6 +887,11 @@ def main(argv: list[str] | None = None) -> int:
             gop_seconds=args.gop_seconds,
             preset=args.preset,
         )
+        if args.live_window > 0:
+            live = args.output_dir / "live"
+            print(live / "live.m3u8", flush=True)
+            play_live(playlist, live, window=args.live_window)
+            return 0
     except (SampleContentError, av.error.FFmpegError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,450 @@
+"""Live HLS for ``ingest_hls.py``: which segments to read, following a playlist as it grows, and
+where each segment goes on the Flow's timeline.
+
+- ``SegmentFeed`` is the ordered list of segments the ingest pipeline reads. ``queue_window``
+  fills it from one playlist (a VOD run); ``follow`` keeps filling it as a live playlist is
+  reloaded, by RFC 8216's rules (section 6.3.4): at least the target duration after the last load
+  began when the playlist changed, half of it when it did not. Segments are picked by media
+  sequence number, each exactly once; ones that left the window before they were read are
+  reported as a gap, never made up. A load that fails is tried again with doubling waits, and
+  ``reload_attempts`` failures in a row end the run with one line. A media sequence that goes
+  backwards ends it too: the playlist no longer describes the stream the Flow holds.
+- ``Timeline`` places each segment's first sample on the Flow's timeline in the media's ticks:
+  MPEG-TS's 33-bit pts wraps are unwrapped (AppNote 0002), a run that resumes a Flow continues
+  from the Flow's last segment (its ``object_timerange`` and ``ts_offset``), so a resumed ingest
+  after a wrap lands after what the Flow has rather than 26.5 hours before it; and after an
+  ``EXT-X-DISCONTINUITY`` whose media starts a new timestamp base, the segment is placed where
+  the playlist says it belongs (``EXT-X-PROGRAM-DATE-TIME`` when both sides have one, else right
+  after the segment before, plus the listed length of any segments missed in between).
+- ``StopSignals`` turns SIGINT and SIGTERM into a request to stop reading the playlist: the
+  segments already read are finished, none is registered in part. A second signal abandons them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Protocol
+
+from mediatimestamp.immutable import TimeRange, Timestamp
+
+import media
+
+__all__ = [
+    "EXIT_SIGNALLED",
+    "FeedEntry",
+    "LiveError",
+    "SegmentFeed",
+    "StopSignals",
+    "Timeline",
+    "follow",
+    "queue_window",
+    "reload_delay",
+    "status_line",
+]
+
+logger = logging.getLogger(__name__)
+
+# A run stopped by a signal exits with 128 + the signal number, as a shell reports it.
+EXIT_SIGNALLED = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
+_FIRST_RETRY = Fraction(1, 2)  # seconds before the first retry of a failed reload, doubling after
+
+
+class LiveError(Exception):
+    """A followed playlist cannot be followed any further; ``str()`` is the one line to show."""
+
+
+class SegmentLike(Protocol):
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def uri(self) -> str: ...
+    @property
+    def duration(self) -> Fraction: ...
+    @property
+    def discontinuity(self) -> bool: ...
+    @property
+    def program_date_time(self) -> datetime.datetime | None: ...
+
+
+class PlaylistLike(Protocol):
+    @property
+    def location(self) -> str: ...
+    @property
+    def segments(self) -> Sequence[Any]: ...
+    @property
+    def target_duration(self) -> Fraction | None: ...
+    @property
+    def media_sequence(self) -> int: ...
+    @property
+    def ended(self) -> bool: ...
+
+
+# --------------------------------------------------------------------------------------------
+# The segments to read
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    ref: Any  # ingest_hls.SegmentRef
+    register: bool = True  # False: read only to end the segment before it exactly
+
+
+class SegmentFeed:
+    """Segments for the ingest pipeline, in media sequence order, ended by ``close`` or ``fail``."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[FeedEntry | BaseException | None] = asyncio.Queue()
+        self._ended: FeedEntry | BaseException | None = None
+        self._done = False
+
+    def put(self, entry: FeedEntry) -> None:
+        self._queue.put_nowait(entry)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+    def fail(self, exc: BaseException) -> None:
+        self._queue.put_nowait(exc)
+
+    def _take(self, item: FeedEntry | BaseException | None) -> FeedEntry | None:
+        if isinstance(item, FeedEntry):
+            return item
+        self._done = True
+        self._ended = item
+        if isinstance(item, BaseException):
+            raise item
+        return None
+
+    def ready(self) -> FeedEntry | None:
+        """The next entry if one is waiting now, else None (also once the feed has ended)."""
+        if self._done or self._queue.empty():
+            return None
+        return self._take(self._queue.get_nowait())
+
+    async def next(self) -> FeedEntry | None:
+        """The next entry, waiting for it; None once the feed has ended."""
+        if self._done:
+            if isinstance(self._ended, BaseException):
+                raise self._ended
+            return None
+        return self._take(await self._queue.get())
+
+
+@dataclass
+class _Cursor:
+    """Which media sequence numbers are still to be queued: ``next`` up to ``stop`` (exclusive)."""
+
+    next: int
+    stop: int | None
+    explicit_start: bool
+    looked_ahead: bool = False
+    gaps: int = 0  # segments that left the window before they could be read
+
+    @property
+    def finished(self) -> bool:
+        return self.stop is not None and self.next >= self.stop and self.looked_ahead
+
+
+def _queue_new(playlist: PlaylistLike, cursor: _Cursor, feed: SegmentFeed, first_load: bool) -> list[Any]:
+    """Put the playlist's segments the cursor has not passed on the feed; returns those to register."""
+    segments = playlist.segments
+    if not segments:
+        return []
+    oldest = segments[0].sequence
+    if cursor.next < oldest:
+        missed = oldest - cursor.next
+        if first_load and not cursor.explicit_start:
+            logger.info("starting at media sequence %d, the oldest the playlist holds", oldest)
+        else:
+            cursor.gaps += missed
+            logger.warning("media sequence %d-%d left %s before it could be read: the Flow has a gap there",
+                           cursor.next, oldest - 1, playlist.location)
+        cursor.next = oldest
+    queued = []
+    for ref in segments:
+        if ref.sequence < cursor.next or cursor.finished:
+            continue
+        if cursor.stop is not None and ref.sequence >= cursor.stop:
+            feed.put(FeedEntry(ref, register=False))
+            cursor.looked_ahead = True
+            continue
+        feed.put(FeedEntry(ref))
+        cursor.next = ref.sequence + 1
+        queued.append(ref)
+    return queued
+
+
+def queue_window(playlist: PlaylistLike, feed: SegmentFeed, *, start: int, count: int | None) -> list[Any]:
+    """Queue the segments of a playlist read once (media sequence ``start`` on, ``count`` of them,
+    plus the one after to end the last exactly) and close the feed; returns those to register."""
+    queued = _queue_new(playlist, _cursor(playlist, start, count), feed, first_load=True)
+    feed.close()
+    return queued
+
+
+def _cursor(playlist: PlaylistLike, start: int, count: int | None) -> _Cursor:
+    segments = playlist.segments
+    last = segments[-1].sequence
+    if start > last:
+        raise LiveError(f"--hls-start-segment {start} is past the last segment of {playlist.location} "
+                        f"(media sequence {last})")
+    oldest = segments[0].sequence
+    begin = max(start, oldest)
+    if start < oldest and start > 0:
+        logger.warning("media sequence %d-%d is no longer in %s: starting at %d", start, oldest - 1,
+                       playlist.location, oldest)
+    return _Cursor(next=begin, stop=None if count is None else begin + count, explicit_start=start > 0)
+
+
+def first_to_read(playlist: PlaylistLike, start: int) -> Any:
+    """The first segment a run starting at media sequence ``start`` reads."""
+    begin = max(start, playlist.segments[0].sequence)
+    for ref in playlist.segments:
+        if ref.sequence >= begin:
+            return ref
+    raise LiveError(f"--hls-start-segment {start} is past the last segment of {playlist.location}")
+
+
+def reload_delay(playlist: PlaylistLike, changed: bool) -> Fraction:
+    """RFC 8216 6.3.4: the target duration after a load that changed the playlist, else half."""
+    target = playlist.target_duration or Fraction(2)
+    return target if changed else target / 2
+
+
+async def follow(
+    first: PlaylistLike,
+    load: Callable[[], Awaitable[PlaylistLike]],
+    load_errors: tuple[type[Exception], ...],
+    feed: SegmentFeed,
+    *,
+    start: int,
+    count: int | None,
+    reload_attempts: int,
+    stop: asyncio.Event,
+    first_loaded_at: float,
+) -> int:
+    """Fill ``feed`` from a live playlist until it ends (``EXT-X-ENDLIST``), ``count`` segments are
+    queued, or ``stop`` is set; returns the number of segments missed as gaps. Failures go to the
+    feed (and are raised)."""
+    loop = asyncio.get_running_loop()
+    try:
+        cursor = _cursor(first, start, count)
+        playlist = first
+        began = first_loaded_at
+        _queue_new(playlist, cursor, feed, first_load=True)
+        changed = True  # a first load counts as a change (6.3.4)
+        last_text = _fingerprint(playlist)
+        while not playlist.ended and not cursor.finished:
+            wait = float(reload_delay(playlist, changed)) - (loop.time() - began)
+            if await _stopped(stop, wait):
+                break
+            failures = 0
+            while True:
+                began = loop.time()
+                try:
+                    reloaded = await load()
+                    break
+                except load_errors as exc:
+                    failures += 1
+                    if failures >= reload_attempts:
+                        raise LiveError(f"{playlist.location} failed to load {failures} times in a row; "
+                                        f"giving up: {exc}") from exc
+                    backoff = _FIRST_RETRY * 2 ** (failures - 1)
+                    logger.warning("reloading %s failed (%s); trying again in %s s", playlist.location, exc,
+                                   float(backoff))
+                    if await _stopped(stop, float(backoff)):
+                        reloaded = None
+                        break
+            if reloaded is None:
+                break
+            _check_sequence(playlist, reloaded)
+            playlist = reloaded
+            fingerprint = _fingerprint(playlist)
+            changed = fingerprint != last_text
+            last_text = fingerprint
+            _queue_new(playlist, cursor, feed, first_load=False)
+        feed.close()
+        return cursor.gaps
+    except BaseException as exc:
+        feed.fail(exc if isinstance(exc, Exception) else LiveError("stopped"))
+        raise
+
+
+def _fingerprint(playlist: PlaylistLike) -> tuple[int, int, bool]:
+    return playlist.media_sequence, len(playlist.segments), playlist.ended
+
+
+def _check_sequence(before: PlaylistLike, after: PlaylistLike) -> None:
+    """RFC 8216 6.2.2: a live playlist's media sequence number never decreases."""
+    if after.media_sequence < before.media_sequence:
+        raise LiveError(f"{after.location}: the media sequence went backwards, from {before.media_sequence} "
+                        f"to {after.media_sequence}; it no longer continues the stream being ingested")
+    last_before = before.segments[-1].sequence if before.segments else before.media_sequence
+    last_after = after.segments[-1].sequence if after.segments else after.media_sequence
+    if last_after < last_before:
+        raise LiveError(f"{after.location}: the last segment went back from media sequence {last_before} "
+                        f"to {last_after}")
+
+
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; True if it was."""
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+# --------------------------------------------------------------------------------------------
+# The Flow's timeline
+
+
+def _ticks(timestamp: Timestamp, time_base: Fraction) -> int:
+    """A timestamp in whole ticks (timestamps of tick-timed media are floored to ns: round back)."""
+    return round(Fraction(timestamp.to_nanosec(), 10**9) / time_base)
+
+
+class Timeline:
+    """Where each segment's first sample goes on the Flow's timeline, per essence, in its ticks.
+
+    For each essence, the Flow time is the unwrapped media time plus a shift. The shift is zero for
+    a new Flow, the last segment's ``ts_offset`` when resuming one, and changes only where an
+    ``EXT-X-DISCONTINUITY`` brings a new timestamp base. The first essence (video) decides a
+    rebase; the others keep their offset from it within the segment, so sync holds.
+    """
+
+    def __init__(self, bits: int = 33) -> None:
+        self.bits = bits
+        self._last: dict[str, int] = {}  # last first-pts placed, unwrapped media ticks
+        self._shift: dict[str, Fraction] = {}  # Flow time minus unwrapped media time, in seconds
+        self._seeds: dict[str, Mapping[str, Any]] = {}
+        self._previous: tuple[Any, Fraction, Fraction] | None = None  # ref, Flow start and end (s)
+
+    def resume_after(self, kind: str, segment: Mapping[str, Any]) -> None:
+        """Continue the timeline of a Flow whose last segment is ``segment`` (with object_timerange)."""
+        self._seeds[kind] = segment
+
+    def _seed(self, kind: str, time_base: Fraction) -> None:
+        segment = self._seeds.pop(kind)
+        timerange = TimeRange.from_str(segment["timerange"])
+        offset = Timestamp.from_str(segment.get("ts_offset") or "0:0")
+        object_timerange = TimeRange.from_str(segment["object_timerange"]) if segment.get("object_timerange") \
+            else TimeRange(timerange.start - offset if timerange.start else None, None)
+        assert object_timerange.start is not None and timerange.start is not None and timerange.end is not None
+        self._last[kind] = _ticks(object_timerange.start, time_base)
+        self._shift[kind] = Fraction(_ticks(offset, time_base)) * time_base
+        if self._previous is None:
+            start = Fraction(timerange.start.to_nanosec(), 10**9)
+            end = Fraction(timerange.end.to_nanosec(), 10**9)
+            self._previous = (None, start, end)
+
+    def place(self, streams: Mapping[str, media.StreamTiming], ref: Any) -> dict[str, int]:
+        """The Flow time, in each stream's ticks, of each stream's first sample in this segment
+        (the first stream leads: a new timestamp base is decided on it)."""
+        placed: dict[str, int] = {}
+        lead: tuple[str, int, Fraction] | None = None  # kind, unwrapped first pts, time base
+        rebased = False
+        for kind, stream in streams.items():
+            tb = stream.time_base
+            if kind in self._seeds:
+                self._seed(kind, tb)
+            if lead is not None and rebased:
+                # a new base: this stream's clock is the lead's, so unwrap next to the lead
+                unwrapped = media.unwrap_near(stream.first, round(lead[1] * lead[2] / tb), self.bits)
+                self._shift[kind] = self._shift[lead[0]]
+            elif kind in self._last:
+                unwrapped = media.unwrap_near(stream.first, self._last[kind], self.bits)
+            else:
+                unwrapped = stream.first % (1 << self.bits)
+            if lead is None:
+                rebased = self._rebase_if_new_base(kind, unwrapped, stream, ref)
+                lead = (kind, unwrapped, tb)
+            self._last[kind] = unwrapped
+            placed[kind] = unwrapped + round(self._shift.setdefault(kind, Fraction(0)) / tb)
+        assert lead is not None
+        first = streams[lead[0]]
+        start = placed[lead[0]] * first.time_base
+        self._previous = (ref, start, start + (first.end - first.first) * first.time_base)
+        return placed
+
+    def _rebase_if_new_base(self, kind: str, unwrapped: int, stream: media.StreamTiming, ref: Any) -> bool:
+        if not getattr(ref, "discontinuity", False) or self._previous is None:
+            return False
+        tb = stream.time_base
+        here = unwrapped * tb + self._shift.get(kind, Fraction(0))
+        expected = self._expected(ref)
+        previous_ref, _, previous_end = self._previous
+        duration = previous_ref.duration if previous_ref is not None and previous_ref.duration else Fraction(2)
+        if here >= previous_end - tb and abs(here - expected) <= duration / 2:
+            return False  # the timestamps carry on across the discontinuity
+        expected_ticks = round(expected / tb)
+        self._shift[kind] = (expected_ticks - unwrapped) * tb
+        logger.info("media sequence %s starts a new timestamp base: placed at %s on the Flow's timeline",
+                    getattr(ref, "sequence", "?"), media.pts_to_timestamp(expected_ticks, tb))
+        return True
+
+    def _expected(self, ref: Any) -> Fraction:
+        """Where the playlist says this segment starts, on the Flow's timeline (seconds)."""
+        assert self._previous is not None
+        previous_ref, previous_start, previous_end = self._previous
+        if previous_ref is not None:
+            before, now = previous_ref.program_date_time, ref.program_date_time
+            if before is not None and now is not None:
+                elapsed = now - before
+                return previous_start + Fraction(elapsed.days * 86400 + elapsed.seconds) + \
+                    Fraction(elapsed.microseconds, 10**6)
+            missed = ref.sequence - previous_ref.sequence - 1
+            return previous_end + max(missed, 0) * previous_ref.duration
+        return previous_end
+
+
+# --------------------------------------------------------------------------------------------
+# Stopping and the status line
+
+
+class StopSignals:
+    """SIGINT/SIGTERM while following: the first sets ``event`` (stop reading the playlist, finish
+    what was read); the second cancels ``task`` (abandon it; nothing half-registered either way)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.received: signal.Signals | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def _handle(self, signum: signal.Signals) -> None:
+        if self.received is None:
+            self.received = signum
+            logger.warning("%s: finishing the segments already read, then stopping (again to abandon them)",
+                           signum.name)
+            self.event.set()
+        elif self._task is not None:
+            self._task.cancel()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._handle, signum)
+        try:
+            yield self
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SIGNALLED[self.received] if self.received is not None else 0
+
+
+def status_line(ingested: int, sequence: int | None, flow_end: Timestamp | None) -> str:
+    """The live status: what a person watching a followed ingest wants to see."""
+    last = "-" if sequence is None else str(sequence)
+    end = "-" if flow_end is None else str(flow_end)
+    return f"{ingested} segments ingested, last media sequence {last}, Flow ends at {end}"

@@ -1,0 +1,364 @@
+"""ingest_hls.py --follow against live windows that the tests advance while it runs, as a real
+subprocess against the real local store: exactly once in media sequence order, across the 33-bit
+pts wrap, across resumed runs and a discontinuity, through a playlist that briefly goes missing,
+a SIGTERM, a gap, and a media sequence that goes backwards. Every check reads the burnt-in frame
+numbers back from an outgest_file.py export, or from the registered objects themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from mediatimestamp.immutable import TimeRange
+
+import ingest_hls
+import outgest_file
+import sample_content
+from client import TAMSClient
+from credentials import OAuth2ClientCredentials
+from tests.synthetic_media import SynthesizedHLS, synthesized, ticks_to_ns
+
+if TYPE_CHECKING:
+    from tests.conftest import RunningStore
+
+SCRIPT = Path(ingest_hls.__file__).resolve()
+WRAP = 1 << 33
+FPS = 10
+FRAMES_PER_SEGMENT = FPS  # 1-second segments
+# frame 0 2.5 s before the wrap: segment 2 holds it, segments 3 on come after it
+WRAP_START = WRAP - 225000
+
+
+@pytest.fixture(scope="module")
+def wrapped(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedHLS:
+    """8 one-second segments of 10 frames (frames 0-79), the 2^33 wrap inside segment 2."""
+    return synthesized(tmp_path_factory, fps=FPS, duration=8, segment_seconds=1, start_pts=WRAP_START)
+
+
+@dataclass(frozen=True)
+class Splice:
+    first: SynthesizedHLS  # frames 0-39 from pts 6000
+    second: Path  # frames 40-79 on a new timestamp base
+    second_start: int  # its first pts
+
+
+@pytest.fixture(scope="module")
+def splice(tmp_path_factory: pytest.TempPathFactory) -> Splice:
+    first = synthesized(tmp_path_factory, fps=FPS, duration=4, segment_seconds=1)
+    start = 7_000_000  # 77.8 s: nowhere near where the first part ends
+    second = sample_content.synthesize(tmp_path_factory.mktemp("splice"), fps=FPS, duration=4, segment_seconds=1,
+                                       start_pts=start, first_frame=40)
+    return Splice(first, second, start)
+
+
+def _client(store: RunningStore) -> TAMSClient:
+    credentials = OAuth2ClientCredentials(store.oauth2_url, store.env["CLIENT_ID"], store.env["CLIENT_SECRET"])
+    return TAMSClient(store.url, credentials)
+
+
+async def _segments(store: RunningStore, flow_id: str) -> list[dict[str, Any]]:
+    async with _client(store) as client:
+        return [s async for s in client.segments(flow_id, include_object_timerange=True)]
+
+
+@dataclass
+class Run:
+    """One ``ingest_hls.py`` subprocess; stderr goes to a file read at the end."""
+
+    process: asyncio.subprocess.Process
+    stderr_path: Path
+
+    async def finish(self, timeout: float = 30) -> tuple[int, str, str]:
+        stdout, _ = await asyncio.wait_for(self.process.communicate(), timeout)
+        assert self.process.returncode is not None
+        return self.process.returncode, stdout.decode(), self.stderr_path.read_text()
+
+
+async def _start(store: RunningStore, playlist: Path, flow_id: str, *args: str, cwd: Path) -> Run:
+    stderr_path = cwd / f"stderr-{uuid.uuid4().hex[:8]}.txt"
+    environ = {**os.environ, **store.env}
+    with stderr_path.open("w") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(SCRIPT), "--hls-filename", str(playlist), "--flow-id", flow_id, "--video-only",
+            "--hls-segment-count", "0", *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=cwd, env=environ,
+        )
+    return Run(process, stderr_path)
+
+
+async def _wait_for_segments(store: RunningStore, flow_id: str, count: int, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        have = len(await _segments(store, flow_id))
+        if have >= count:
+            return have
+        assert time.monotonic() < deadline, f"{have} of {count} segments after {timeout} s"
+        await asyncio.sleep(0.1)
+
+
+async def _exported_frames(store: RunningStore, flow_id: str, path: Path) -> list[int]:
+    async with _client(store) as client:
+        await outgest_file.outgest(client, flow_id, path)
+    return sample_content.read_frame_numbers(path)
+
+
+async def _each_segment_holds_its_frames(store: RunningStore, flow_id: str, tmp_path: Path,
+                                         first_frames: list[int]) -> None:
+    """Nothing half-registered: every segment's object is there and holds exactly its 10 frames."""
+    segments = await _segments(store, flow_id)
+    assert len(segments) == len(first_frames)
+    async with _client(store) as client:
+        for segment, first in zip(segments, first_frames):
+            path = tmp_path / f"object-{first}.ts"
+            path.write_bytes(await client.download_object(segment["get_urls"][0]))
+            assert sample_content.read_frame_numbers(path) == list(range(first, first + FRAMES_PER_SEGMENT))
+
+
+def _contiguous(segments: list[dict[str, Any]]) -> list[TimeRange]:
+    ranges = [TimeRange.from_str(s["timerange"]) for s in segments]
+    for before, after in zip(ranges, ranges[1:]):
+        assert before.end == after.start, (before, after)
+    return ranges
+
+
+def _live(directory: Path, content: SynthesizedHLS | Path, window: int) -> sample_content.LiveWindow:
+    live = sample_content.LiveWindow(directory, window=window)
+    live.add(content if isinstance(content, Path) else content.playlist)
+    return live
+
+
+async def _advance(live: sample_content.LiveWindow, until: int, every: float = 0.5) -> None:
+    """Publish one segment each ``every`` seconds (half the target duration: none is missed)."""
+    while live.published < until:
+        await asyncio.sleep(every)
+        live.publish(1)
+
+
+# -- following --------------------------------------------------------------------------------
+
+
+async def test_follow_ingests_a_live_window_across_the_wrap_every_frame_once_in_order(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = _live(tmp_path / "live", wrapped, window=3)
+    live.publish(3)
+    flow_id = str(uuid.uuid4())
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
+    await _advance(live, 8)
+    live.end()
+    code, stdout, stderr = await run.finish()
+    assert code == 0, stderr
+    assert stdout.startswith("ingested 8 segments (0 already present)"), stdout
+    segments = await _segments(shared_store, flow_id)
+    ranges = _contiguous(segments)
+    assert [r.start.to_nanosec() for r in ranges if r.start] == [ticks_to_ns(wrapped.video_ticks(k)[0]) for k in range(8)]
+    assert ranges[-1].start.to_nanosec() > ticks_to_ns(WRAP)  # type: ignore[union-attr]
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+
+
+async def test_resumed_runs_after_the_wrap_carry_on_the_flows_timeline(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = _live(tmp_path / "live", wrapped, window=3)
+    flow_id = str(uuid.uuid4())
+    # polled: a run per window; the second window holds only segments after the wrap, whose pts
+    # alone would put them 26.5 hours before the first window
+    for publish in (3, 3):
+        live.publish(publish)
+        code, _, stderr = await (await _start(shared_store, live.playlist, flow_id, cwd=tmp_path)).finish()
+        assert code == 0, stderr
+    live.publish(2)
+    live.end()
+    code, stdout, stderr = await (await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)).finish()
+    assert code == 0, stderr
+    assert stdout.startswith("ingested 2 segments (1 already present)"), stdout
+    segments = await _segments(shared_store, flow_id)
+    ranges = _contiguous(segments)
+    assert [r.start.to_nanosec() for r in ranges if r.start] == [ticks_to_ns(wrapped.video_ticks(k)[0]) for k in range(8)]
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+
+
+@pytest.mark.parametrize("dated", [False, True], ids=["after-the-last", "program-date-time"])
+async def test_a_discontinuity_with_a_new_timestamp_base_is_placed_where_the_playlist_says(
+    shared_store: RunningStore, splice: Splice, tmp_path: Path, dated: bool
+) -> None:
+    live = sample_content.LiveWindow(tmp_path / "live", window=4)
+    began = datetime.datetime(2026, 12, 7, 6, 0, tzinfo=datetime.UTC)
+    hole = 2 if dated else 0  # the dated playlist says the second part starts 2 s after the first ends
+    live.add(splice.first.playlist, program_date_time=began if dated else None)
+    live.add(splice.second, discontinuity=True,
+             program_date_time=began + datetime.timedelta(seconds=4 + hole) if dated else None)
+    live.publish(3)
+    flow_id = str(uuid.uuid4())
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
+    await _advance(live, 8)
+    live.end()
+    code, _, stderr = await run.finish()
+    assert code == 0, stderr
+    segments = await _segments(shared_store, flow_id)
+    ranges = [TimeRange.from_str(s["timerange"]) for s in segments]
+    assert len(ranges) == 8
+    first_end = ranges[3].end
+    assert first_end is not None and first_end.to_nanosec() == ticks_to_ns(splice.first.video_ticks(3)[1])
+    second_start = ranges[4].start
+    assert second_start is not None
+    assert second_start.to_nanosec() == first_end.to_nanosec() + hole * 10**9
+    _contiguous(segments[4:])
+    # the media keep their own timestamps: ts_offset carries the new base
+    media_start = TimeRange.from_str(segments[4]["object_timerange"]).start
+    assert media_start is not None and media_start.to_nanosec() == ticks_to_ns(splice.second_start)
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+
+
+async def test_a_playlist_briefly_missing_is_loaded_again_and_nothing_is_lost(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = _live(tmp_path / "live", wrapped, window=3)
+    live.publish(3)
+    flow_id = str(uuid.uuid4())
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
+    await _wait_for_segments(shared_store, flow_id, 1)
+    hidden = live.playlist.with_name("hidden.m3u8")
+    live.playlist.rename(hidden)
+    await asyncio.sleep(2.5)  # a few failed reloads (0.5, 1, 2 s apart), fewer than the limit
+    hidden.rename(live.playlist)
+    await _advance(live, 8)
+    live.end()
+    code, stdout, stderr = await run.finish()
+    assert code == 0, stderr
+    assert "trying again" in stderr
+    assert stdout.startswith("ingested 8 segments"), stdout
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+
+
+async def test_a_playlist_gone_for_good_ends_the_run_in_one_line_with_whole_segments(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = _live(tmp_path / "live", wrapped, window=3)
+    live.publish(3)
+    flow_id = str(uuid.uuid4())
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", "--reload-attempts", "2", "--quiet",
+                       cwd=tmp_path)
+    await _wait_for_segments(shared_store, flow_id, 1)
+    live.playlist.unlink()
+    code, stdout, stderr = await run.finish()
+    assert code == 1
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "failed to load 2 times in a row" in errors[0], stderr
+    assert stderr.strip().splitlines()[-1] == errors[0]
+    assert stdout == ""
+    registered = len(await _segments(shared_store, flow_id))
+    await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, [10 * k for k in range(registered)])
+
+
+async def test_sigterm_finishes_what_was_read_and_a_resumed_run_completes_the_flow(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = _live(tmp_path / "live", wrapped, window=4)
+    live.publish(4)
+    flow_id = str(uuid.uuid4())
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", "--concurrency", "1", cwd=tmp_path)
+    await _wait_for_segments(shared_store, flow_id, 1)
+    run.process.send_signal(signal.SIGTERM)
+    code, stdout, stderr = await run.finish()
+    assert code == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+    assert "stopped by SIGTERM" in stderr
+    found = re.match(r"ingested (\d+) segments", stdout)
+    assert found is not None, stdout
+    first_run = int(found[1])
+    segments = await _segments(shared_store, flow_id)
+    assert len(segments) == first_run
+    await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, [10 * k for k in range(first_run)])
+
+    # the window moves on while nothing follows it, by less than it holds
+    live.publish(first_run)
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
+    await _advance(live, 8)
+    live.end()
+    code, stdout, stderr = await run.finish()
+    assert code == 0, stderr
+    assert stdout.startswith(f"ingested {8 - first_run} segments"), stdout
+    _contiguous(await _segments(shared_store, flow_id))
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+
+
+async def test_segments_gone_before_they_were_read_are_reported_as_a_gap_not_made_up(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = _live(tmp_path / "live", wrapped, window=2)
+    live.publish(2)
+    flow_id = str(uuid.uuid4())
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
+    await _wait_for_segments(shared_store, flow_id, 1)
+    live.publish(4)  # 2 and 3 come and go between two reloads
+    live.end()
+    code, stdout, stderr = await run.finish()
+    assert code == 0, stderr
+    assert "media sequence 2-3 left" in stderr
+    assert "4 segments (0 already present, 2 missed" in stdout, stdout
+    segments = await _segments(shared_store, flow_id)
+    starts = [TimeRange.from_str(s["timerange"]).start for s in segments]
+    assert [s.to_nanosec() for s in starts if s] == [ticks_to_ns(wrapped.video_ticks(k)[0]) for k in (0, 1, 4, 5)]
+    await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, [0, 10, 40, 50])
+
+
+async def test_a_media_sequence_going_backwards_stops_in_one_line_with_whole_segments(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = _live(tmp_path / "live", wrapped, window=3)
+    live.publish(3)
+    flow_id = str(uuid.uuid4())
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", "--quiet", cwd=tmp_path)
+    await _wait_for_segments(shared_store, flow_id, 1)
+    live.publish(2)
+    await _wait_for_segments(shared_store, flow_id, 3)
+    live.rewrite(0)  # media sequence 2 -> 0
+    code, stdout, stderr = await run.finish()
+    assert code == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "went backwards, from 2 to 0" in lines[0], stderr
+    assert stdout == ""
+    registered = len(await _segments(shared_store, flow_id))
+    await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, [10 * k for k in range(registered)])
+
+
+async def test_sample_content_plays_a_live_window_out_that_follow_ingests_whole(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = tmp_path / "live"
+    player = asyncio.create_task(asyncio.to_thread(sample_content.play_live, wrapped.playlist, live, window=3,
+                                                   speed=2.0))
+    while not (live / "live.m3u8").exists():
+        await asyncio.sleep(0.05)
+    flow_id = str(uuid.uuid4())
+    run = await _start(shared_store, live / "live.m3u8", flow_id, "--follow", cwd=tmp_path)
+    code, stdout, stderr = await run.finish()
+    await player
+    assert code == 0, stderr
+    assert stdout.startswith("ingested 8 segments (0 already present)"), stdout
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+
+
+def test_live_window_lists_the_last_segments_with_their_media_sequence(wrapped: SynthesizedHLS, tmp_path: Path) -> None:
+    live = _live(tmp_path / "live", wrapped, window=3)
+    live.publish(5)
+    text = live.playlist.read_text()
+    assert "#EXT-X-MEDIA-SEQUENCE:2" in text and "#EXT-X-ENDLIST" not in text
+    assert [line for line in text.splitlines() if line.endswith(".ts")] == ["live_00002.ts", "live_00003.ts",
+                                                                            "live_00004.ts"]
+    assert sample_content.read_frame_numbers(live.directory / "live_00004.ts") == list(range(40, 50))
+    live.end()
+    assert live.playlist.read_text().endswith("#EXT-X-ENDLIST\n")
+    assert Fraction(1) in {segment.duration for segment in live.segments}
