@@ -406,16 +406,10 @@ class _ExistingSegments:
         return False
 
 
-async def _last_segment(client: TAMSClient, flow_id: str) -> dict[str, Any] | None:
-    """The Flow's latest segment (with its object_timerange), or None if it has none."""
-    async for segment in client.segments(flow_id, reverse_order=True, limit=1):
-        return segment  # the first page is enough
-    return None
-
-
-async def _existing(client: TAMSClient, flow_id: str) -> _ExistingSegments:
-    found = [TimeRange.from_str(seg["timerange"]) async for seg in client.segments(flow_id, include_object_timerange=False)]
-    return _ExistingSegments(found)
+async def _existing(client: TAMSClient, flow_id: str, timeline: hls_live.Timeline, kind: str) -> _ExistingSegments:
+    listed = [seg async for seg in client.segments(flow_id, include_object_timerange=False)]
+    timeline.know(kind, listed)  # a resumed run carries on the Flow's own timeline
+    return _ExistingSegments([TimeRange.from_str(seg["timerange"]) for seg in listed])
 
 
 class _Targets:
@@ -602,7 +596,8 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     for kind, fid in flow_ids.items():
         logger.info("%s flow id %s", kind, fid)
 
-    existing = {p.kind: await _existing(client, p.flow_id) for p in essences}
+    timeline = hls_live.Timeline()  # 33-bit wraps and timestamp bases
+    existing = {p.kind: await _existing(client, p.flow_id, timeline, p.kind) for p in essences}
     existing_counts = {kind: len(segs) for kind, segs in existing.items()}
     batch = options.storage_batch or min(max(options.concurrency, 4), 32)
     targets = {p.kind: _Targets(client, p.flow_id, batch, props.container) for p in essences}
@@ -611,14 +606,6 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     if props.audio is not None:
         rates["audio"] = Fraction(props.audio.sample_rate)
     sizes: dict[str, list[tuple[int, Fraction]]] = {k: [] for k in kinds}
-    # Resuming: carry on the Flow's own timeline (33-bit wraps and timestamp bases included).
-    timeline = hls_live.Timeline()
-    for plan in essences:
-        if plan.exists:
-            last = await _last_segment(client, plan.flow_id)
-            if last is not None:
-                timeline.resume_after(plan.kind, last)
-
     # The segment after the window (if any) is read too, only to end the last one exactly.
     follower: asyncio.Task[int] | None = None
     if options.follow:

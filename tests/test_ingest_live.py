@@ -192,7 +192,7 @@ async def test_resumed_runs_after_the_wrap_carry_on_the_flows_timeline(
 async def test_a_discontinuity_with_a_new_timestamp_base_is_placed_where_the_playlist_says(
     shared_store: RunningStore, splice: Splice, tmp_path: Path, dated: bool
 ) -> None:
-    live = sample_content.LiveWindow(tmp_path / "live", window=4)
+    live = sample_content.LiveWindow(tmp_path / "live", window=5)
     began = datetime.datetime(2026, 12, 7, 6, 0, tzinfo=datetime.UTC)
     hole = 2 if dated else 0  # the dated playlist says the second part starts 2 s after the first ends
     live.add(splice.first.playlist, program_date_time=began if dated else None)
@@ -218,6 +218,10 @@ async def test_a_discontinuity_with_a_new_timestamp_base_is_placed_where_the_pla
     media_start = TimeRange.from_str(segments[4]["object_timerange"]).start
     assert media_start is not None and media_start.to_nanosec() == ticks_to_ns(splice.second_start)
     assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+    # a re-run over the last window (both sides of the discontinuity) finds each segment again
+    code, stdout, stderr = await (await _start(shared_store, live.playlist, flow_id, cwd=tmp_path)).finish()
+    assert code == 0, stderr
+    assert stdout.startswith("ingested 0 segments (5 already present)"), stdout
 
 
 async def test_a_playlist_briefly_missing_is_loaded_again_and_nothing_is_lost(
