@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -333,6 +334,7 @@ class Timeline:
         self._known: dict[str, list[_Known]] = {}
         self._index: dict[str, dict[int, list[_Known]]] = {}  # per essence: media start ticks mod 2**bits
         self._previous: tuple[Any, Fraction, Fraction] | None = None  # ref, Flow start and end (s)
+        self._ends: dict[str, Fraction] = {}  # per essence: where its last segment ends (s)
 
     def know(self, kind: str, segments: Sequence[Mapping[str, Any]]) -> None:
         """The segments (``timerange``, ``ts_offset``) the Flow of this essence already has."""
@@ -347,6 +349,7 @@ class Timeline:
         if not known:
             return
         self._known[kind] = [item for _, _, item in known]
+        self._ends[kind] = max(end for _, end, _ in known)
         if self._previous is None:
             start, end, _ = max(known, key=lambda item: item[0])
             self._previous = (None, start, end)
@@ -376,53 +379,64 @@ class Timeline:
         return unwrapped
 
     def place(self, streams: Mapping[str, media.StreamTiming], ref: Any) -> dict[str, int]:
-        """The Flow time, in each stream's ticks, of each stream's first sample in this segment
-        (the first stream leads: a new timestamp base is decided on it)."""
+        """The Flow time, in each stream's ticks, of each stream's first sample in this segment.
+
+        The first stream leads: a new timestamp base is decided on it, and the segment is then
+        placed where no essence overlaps what came before, with the essences' offsets from each
+        other kept (a splice's audio often runs on a little past its video)."""
+        for kind, stream in streams.items():
+            if kind in self._known:
+                self._prepare(kind, stream.time_base)
+        unwrapped: dict[str, int] = {}
+        matched: dict[str, bool] = {}
+        for kind, stream in streams.items():
+            if kind in self._last:
+                natural = media.unwrap_near(stream.first, self._last[kind], self.bits)
+            else:
+                natural = stream.first % (1 << self.bits)
+            found = self._match(kind, stream, natural)
+            unwrapped[kind] = natural if found is None else found
+            matched[kind] = found is not None
+        lead = next(iter(streams))
+        lead_tb = streams[lead].time_base
+        target = None if matched[lead] else self._new_base(lead, unwrapped[lead], streams[lead], ref)
+        if target is not None:
+            for kind, stream in streams.items():
+                if kind == lead:
+                    continue
+                # the same clock as the lead: unwrap next to it, not next to this stream's past
+                tb = stream.time_base
+                unwrapped[kind] = media.unwrap_near(stream.first, round(unwrapped[lead] * lead_tb / tb), self.bits)
+                if kind in self._ends:
+                    target = max(target, self._ends[kind] - (unwrapped[kind] * tb - unwrapped[lead] * lead_tb))
+            lead_ticks = math.ceil(target / lead_tb)
+            shift = (lead_ticks - unwrapped[lead]) * lead_tb
+            for kind in streams:
+                self._shift[kind] = shift
+            logger.info("media sequence %s starts a new timestamp base: placed at %s on the Flow's timeline",
+                        getattr(ref, "sequence", "?"), media.pts_to_timestamp(lead_ticks, lead_tb))
         placed: dict[str, int] = {}
-        lead: tuple[str, int, Fraction] | None = None  # kind, unwrapped first pts, time base
-        rebased = False
         for kind, stream in streams.items():
             tb = stream.time_base
-            if kind in self._known:
-                self._prepare(kind, tb)
-            if lead is not None and rebased:
-                # a new base: this stream's clock is the lead's, so unwrap next to the lead
-                unwrapped = media.unwrap_near(stream.first, round(lead[1] * lead[2] / tb), self.bits)
-                self._shift[kind] = self._shift[lead[0]]
-            else:
-                if kind in self._last:
-                    natural = media.unwrap_near(stream.first, self._last[kind], self.bits)
-                else:
-                    natural = stream.first % (1 << self.bits)
-                matched = self._match(kind, stream, natural)
-                unwrapped = natural if matched is None else matched
-                if lead is None and matched is None:
-                    rebased = self._rebase_if_new_base(kind, unwrapped, stream, ref)
-            if lead is None:
-                lead = (kind, unwrapped, tb)
-            self._last[kind] = unwrapped
-            placed[kind] = unwrapped + round(self._shift.setdefault(kind, Fraction(0)) / tb)
-        assert lead is not None
-        first = streams[lead[0]]
-        start = placed[lead[0]] * first.time_base
-        self._previous = (ref, start, start + (first.end - first.first) * first.time_base)
+            self._last[kind] = unwrapped[kind]
+            placed[kind] = unwrapped[kind] + round(self._shift.setdefault(kind, Fraction(0)) / tb)
+            self._ends[kind] = (placed[kind] + stream.end - stream.first) * tb
+        start = placed[lead] * lead_tb
+        self._previous = (ref, start, self._ends[lead])
         return placed
 
-    def _rebase_if_new_base(self, kind: str, unwrapped: int, stream: media.StreamTiming, ref: Any) -> bool:
+    def _new_base(self, kind: str, unwrapped: int, stream: media.StreamTiming, ref: Any) -> Fraction | None:
+        """Where (seconds) a segment starting a new timestamp base goes, or None if it does not."""
         if not getattr(ref, "discontinuity", False) or self._previous is None:
-            return False
+            return None
         tb = stream.time_base
         here = unwrapped * tb + self._shift.get(kind, Fraction(0))
         expected = self._expected(ref)
         previous_ref, _, previous_end = self._previous
         duration = previous_ref.duration if previous_ref is not None and previous_ref.duration else Fraction(2)
         if here >= previous_end - tb and abs(here - expected) <= duration / 2:
-            return False  # the timestamps carry on across the discontinuity
-        expected_ticks = round(expected / tb)
-        self._shift[kind] = (expected_ticks - unwrapped) * tb
-        logger.info("media sequence %s starts a new timestamp base: placed at %s on the Flow's timeline",
-                    getattr(ref, "sequence", "?"), media.pts_to_timestamp(expected_ticks, tb))
-        return True
+            return None  # the timestamps carry on across the discontinuity
+        return expected
 
     def _expected(self, ref: Any) -> Fraction:
         """Where the playlist says this segment starts, on the Flow's timeline (seconds)."""

@@ -85,13 +85,15 @@ class Run:
         return self.process.returncode, stdout.decode(), self.stderr_path.read_text()
 
 
-async def _start(store: RunningStore, playlist: Path, flow_id: str, *args: str, cwd: Path) -> Run:
+async def _start(store: RunningStore, playlist: Path, flow_id: str, *args: str, cwd: Path,
+                 video_only: bool = True) -> Run:
     stderr_path = cwd / f"stderr-{uuid.uuid4().hex[:8]}.txt"
     environ = {**os.environ, **store.env}
     with stderr_path.open("w") as stderr:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(SCRIPT), "--hls-filename", str(playlist), "--flow-id", flow_id, "--video-only",
-            "--hls-segment-count", "0", *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=cwd, env=environ,
+            sys.executable, str(SCRIPT), "--hls-filename", str(playlist), "--flow-id", flow_id,
+            *(["--video-only"] if video_only else []), "--hls-segment-count", "0", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=cwd, env=environ,
         )
     return Run(process, stderr_path)
 
@@ -188,6 +190,33 @@ async def test_resumed_runs_after_the_wrap_carry_on_the_flows_timeline(
     assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
 
 
+async def test_audio_and_video_resumed_and_followed_across_the_wrap_stay_contiguous_and_in_sync(
+    shared_store: RunningStore, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    content = synthesized(tmp_path_factory, fps=FPS, duration=6, segment_seconds=1, audio=True, start_pts=WRAP_START)
+    live = _live(tmp_path / "live", content, window=3)
+    live.publish(3)
+    flow_id = str(uuid.uuid4())
+    code, _, stderr = await (await _start(shared_store, live.playlist, flow_id, cwd=tmp_path,
+                                          video_only=False)).finish()
+    assert code == 0, stderr
+    live.publish(1)  # the window now holds only segments after the wrap
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path, video_only=False)
+    await _advance(live, 6)
+    live.end()
+    code, stdout, stderr = await run.finish()
+    assert code == 0, stderr
+    assert stdout.startswith("ingested 3 segments (2 already present)"), stdout
+    audio_flow_id = re.search(r"audio ([0-9a-f-]{36})", stdout)
+    assert audio_flow_id is not None, stdout
+    video = _contiguous(await _segments(shared_store, flow_id))
+    audio = _contiguous(await _segments(shared_store, audio_flow_id[1]))
+    assert [r.start.to_nanosec() for r in video if r.start] == [ticks_to_ns(content.video_ticks(k)[0]) for k in range(6)]
+    assert [r.start.to_nanosec() for r in audio if r.start] == [ticks_to_ns(content.audio_first_ticks(k))
+                                                                for k in range(6)]
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(60))
+
+
 @pytest.mark.parametrize("dated", [False, True], ids=["after-the-last", "program-date-time"])
 async def test_a_discontinuity_with_a_new_timestamp_base_is_placed_where_the_playlist_says(
     shared_store: RunningStore, splice: Splice, tmp_path: Path, dated: bool
@@ -222,6 +251,36 @@ async def test_a_discontinuity_with_a_new_timestamp_base_is_placed_where_the_pla
     code, stdout, stderr = await (await _start(shared_store, live.playlist, flow_id, cwd=tmp_path)).finish()
     assert code == 0, stderr
     assert stdout.startswith("ingested 0 segments (5 already present)"), stdout
+
+
+async def test_after_a_new_timestamp_base_audio_keeps_its_place_against_the_video(
+    shared_store: RunningStore, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    first = synthesized(tmp_path_factory, fps=FPS, duration=3, segment_seconds=1, audio=True)
+    start = 7_000_000
+    second = sample_content.synthesize(tmp_path_factory.mktemp("splice-audio"), fps=FPS, duration=3,
+                                       segment_seconds=1, audio=True, start_pts=start, first_frame=30)
+    live = sample_content.LiveWindow(tmp_path / "live", window=6)
+    live.add(first.playlist)
+    live.add(second, discontinuity=True)
+    live.publish(6)
+    live.end()
+    flow_id = str(uuid.uuid4())
+    code, stdout, stderr = await (await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path,
+                                               video_only=False)).finish()
+    assert code == 0, stderr
+    audio_flow_id = re.search(r"audio ([0-9a-f-]{36})", stdout)
+    assert audio_flow_id is not None, stdout
+    video = [TimeRange.from_str(s["timerange"]) for s in await _segments(shared_store, flow_id)]
+    audio = [TimeRange.from_str(s["timerange"]) for s in await _segments(shared_store, audio_flow_id[1])]
+    # The first part's audio runs on past its video's end: the second part (whose audio starts a
+    # tick before its video) goes right after that audio, and its essences keep their offset.
+    assert audio[2].end is not None and video[2].end is not None and audio[2].end > video[2].end
+    assert audio[3].start == audio[2].end
+    assert video[3].start is not None and audio[3].start is not None
+    assert video[3].start.to_nanosec() - audio[3].start.to_nanosec() == ticks_to_ns(start) - ticks_to_ns(start - 1)
+    _contiguous([{"timerange": str(r)} for r in audio[3:]])
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(60))
 
 
 async def test_a_playlist_briefly_missing_is_loaded_again_and_nothing_is_lost(
