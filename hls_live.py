@@ -45,6 +45,7 @@ __all__ = [
     "SegmentFeed",
     "StopSignals",
     "Timeline",
+    "first_to_read",
     "follow",
     "queue_window",
     "reload_delay",

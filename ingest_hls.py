@@ -635,15 +635,19 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         await registrars[kind].register(reg)
         logger.info("registered %s segment %s", kind, reg.timerange)
 
+    latest: tuple[int, Timestamp | None] | None = None  # media sequence and Flow end of the latest registered
+
     async def upload_segment(regs: list[_Registration], ref: SegmentRef) -> None:
+        nonlocal latest
         try:
             await asyncio.gather(*(upload(reg.kind, reg) for reg in regs))
             result.registered += 1
             result.bytes += sum(len(reg.data) for reg in regs)
             bar.update(1)
-            if options.follow:
-                bar.set_postfix_str(hls_live.status_line(result.registered, ref.sequence, regs[0].timerange.end),
-                                    refresh=False)
+            if options.follow:  # the live status line: uploads finish out of order, show the latest
+                if latest is None or ref.sequence > latest[0]:
+                    latest = (ref.sequence, regs[0].timerange.end)
+                bar.set_postfix_str(hls_live.status_line(result.registered, *latest))
         finally:
             slots.release()
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import fcntl
 import os
+import pty
 import re
 import signal
+import struct
 import sys
+import termios
 import time
 import uuid
 from dataclasses import dataclass
@@ -166,6 +170,53 @@ async def test_follow_ingests_a_live_window_across_the_wrap_every_frame_once_in_
     assert [r.start.to_nanosec() for r in ranges if r.start] == [ticks_to_ns(wrapped.video_ticks(k)[0]) for k in range(8)]
     assert ranges[-1].start.to_nanosec() > ticks_to_ns(WRAP)  # type: ignore[union-attr]
     assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+
+
+async def test_on_a_terminal_follow_shows_a_live_status_line(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = _live(tmp_path / "live", wrapped, window=3)
+    live.publish(3)
+    flow_id = str(uuid.uuid4())
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))  # a 200-column terminal
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(SCRIPT), "--hls-filename", str(live.playlist), "--flow-id", flow_id, "--follow",
+            "--video-only", "--hls-segment-count", "0", stdout=asyncio.subprocess.PIPE, stderr=terminal, cwd=tmp_path,
+            env={**os.environ, **shared_store.env},
+        )
+        os.close(terminal)
+        terminal = -1
+        reader = asyncio.create_task(asyncio.to_thread(_read_all, controller))
+        await _advance(live, 5)
+        live.end()
+        await asyncio.wait_for(process.wait(), 30)
+        shown = await reader
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        os.close(controller)
+    assert process.returncode == 0
+    lines = re.findall(r"(\d+) segments ingested, last media sequence (\d+), Flow ends at (\d+:\d+)", shown)
+    assert lines, shown
+    ingested, sequence, end = lines[-1]
+    assert (int(ingested), int(sequence)) == (5, 4)
+    assert end == str(TimeRange.from_str((await _segments(shared_store, flow_id))[-1]["timerange"]).end)
+
+
+def _read_all(fd: int) -> str:
+    """Everything written to a pty until its last writer closes it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
 
 
 async def test_resumed_runs_after_the_wrap_carry_on_the_flows_timeline(
