@@ -10,9 +10,10 @@ where each segment goes on the Flow's timeline.
   ``reload_attempts`` failures in a row end the run with one line. A media sequence that goes
   backwards ends it too: the playlist no longer describes the stream the Flow holds.
 - ``Timeline`` places each segment's first sample on the Flow's timeline in the media's ticks:
-  MPEG-TS's 33-bit pts wraps are unwrapped (AppNote 0002), a run that resumes a Flow continues
-  from the Flow's last segment (its ``object_timerange`` and ``ts_offset``), so a resumed ingest
-  after a wrap lands after what the Flow has rather than 26.5 hours before it; and after an
+  MPEG-TS's 33-bit pts wraps are unwrapped (AppNote 0002); a run that resumes a Flow finds the
+  segments the Flow has by their media's start (timerange less ts_offset) and continues from the
+  last, so a resumed ingest after a wrap lands after what the Flow has rather than 26.5 hours
+  before it, and a re-run over a new timestamp base finds what it registered; and after an
   ``EXT-X-DISCONTINUITY`` whose media starts a new timestamp base, the segment is placed where
   the playlist says it belongs (``EXT-X-PROGRAM-DATE-TIME`` when both sides have one, else right
   after the segment before, plus the listed length of any segments missed in between).
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ __all__ = [
     "SegmentFeed",
     "StopSignals",
     "Timeline",
+    "first_to_read",
     "follow",
     "queue_window",
     "reload_delay",
@@ -305,89 +308,136 @@ async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
 # The Flow's timeline
 
 
-def _ticks(timestamp: Timestamp, time_base: Fraction) -> int:
-    """A timestamp in whole ticks (timestamps of tick-timed media are floored to ns: round back)."""
-    return round(Fraction(timestamp.to_nanosec(), 10**9) / time_base)
+@dataclass(frozen=True)
+class _Known:
+    """A segment the Flow already has: its start on the Flow's timeline and its media's own."""
+
+    start: Fraction  # seconds
+    media_start: Fraction  # seconds: start - ts_offset
 
 
 class Timeline:
     """Where each segment's first sample goes on the Flow's timeline, per essence, in its ticks.
 
     For each essence, the Flow time is the unwrapped media time plus a shift. The shift is zero for
-    a new Flow, the last segment's ``ts_offset`` when resuming one, and changes only where an
-    ``EXT-X-DISCONTINUITY`` brings a new timestamp base. The first essence (video) decides a
-    rebase; the others keep their offset from it within the segment, so sync holds.
+    a new Flow and changes only where an ``EXT-X-DISCONTINUITY`` brings a new timestamp base. When
+    the Flow already has segments (``know``), a segment whose media starts where one of them does
+    takes that one's place and shift (a re-run finds what it registered before, whatever base it
+    was on), and a segment after all of them continues from the last one (across a 33-bit wrap).
+    The first essence (video) decides a rebase; the others keep their offset from it within the
+    segment, so sync holds.
     """
 
     def __init__(self, bits: int = 33) -> None:
         self.bits = bits
         self._last: dict[str, int] = {}  # last first-pts placed, unwrapped media ticks
         self._shift: dict[str, Fraction] = {}  # Flow time minus unwrapped media time, in seconds
-        self._seeds: dict[str, Mapping[str, Any]] = {}
+        self._known: dict[str, list[_Known]] = {}
+        self._index: dict[str, dict[int, list[_Known]]] = {}  # per essence: media start ticks mod 2**bits
         self._previous: tuple[Any, Fraction, Fraction] | None = None  # ref, Flow start and end (s)
+        self._ends: dict[str, Fraction] = {}  # per essence: where its last segment ends (s)
 
-    def resume_after(self, kind: str, segment: Mapping[str, Any]) -> None:
-        """Continue the timeline of a Flow whose last segment is ``segment`` (with object_timerange)."""
-        self._seeds[kind] = segment
-
-    def _seed(self, kind: str, time_base: Fraction) -> None:
-        segment = self._seeds.pop(kind)
-        timerange = TimeRange.from_str(segment["timerange"])
-        offset = Timestamp.from_str(segment.get("ts_offset") or "0:0")
-        object_timerange = TimeRange.from_str(segment["object_timerange"]) if segment.get("object_timerange") \
-            else TimeRange(timerange.start - offset if timerange.start else None, None)
-        assert object_timerange.start is not None and timerange.start is not None and timerange.end is not None
-        self._last[kind] = _ticks(object_timerange.start, time_base)
-        self._shift[kind] = Fraction(_ticks(offset, time_base)) * time_base
-        if self._previous is None:
+    def know(self, kind: str, segments: Sequence[Mapping[str, Any]]) -> None:
+        """The segments (``timerange``, ``ts_offset``) the Flow of this essence already has."""
+        known = []
+        for segment in segments:
+            timerange = TimeRange.from_str(segment["timerange"])
+            if timerange.start is None or timerange.end is None:
+                continue
             start = Fraction(timerange.start.to_nanosec(), 10**9)
-            end = Fraction(timerange.end.to_nanosec(), 10**9)
+            offset = Fraction(Timestamp.from_str(segment.get("ts_offset") or "0:0").to_nanosec(), 10**9)
+            known.append((start, Fraction(timerange.end.to_nanosec(), 10**9), _Known(start, start - offset)))
+        if not known:
+            return
+        self._known[kind] = [item for _, _, item in known]
+        self._ends[kind] = max(end for _, end, _ in known)
+        if self._previous is None:
+            start, end, _ = max(known, key=lambda item: item[0])
             self._previous = (None, start, end)
 
+    def _prepare(self, kind: str, tb: Fraction) -> None:
+        """Index the known segments of ``kind`` by media start tick, and continue from the last."""
+        known = self._known.pop(kind)
+        period = 1 << self.bits
+        index: dict[int, list[_Known]] = {}
+        for item in known:
+            index.setdefault(round(item.media_start / tb) % period, []).append(item)
+        self._index[kind] = index
+        last = max(known, key=lambda item: item.start)
+        self._last[kind] = round(last.media_start / tb)
+        self._shift[kind] = (round(last.start / tb) - self._last[kind]) * tb
+
+    def _match(self, kind: str, stream: media.StreamTiming, natural: int) -> int | None:
+        """The media ticks unwrapped, if a known segment starts with this media; its shift is taken."""
+        tb = stream.time_base
+        candidates = self._index.get(kind, {}).get(stream.first % (1 << self.bits))
+        if not candidates:
+            return None
+        here = natural * tb + self._shift.get(kind, Fraction(0))
+        chosen = min(candidates, key=lambda item: abs(item.start - here))
+        unwrapped = round(chosen.media_start / tb)
+        self._shift[kind] = (round(chosen.start / tb) - unwrapped) * tb
+        return unwrapped
+
     def place(self, streams: Mapping[str, media.StreamTiming], ref: Any) -> dict[str, int]:
-        """The Flow time, in each stream's ticks, of each stream's first sample in this segment
-        (the first stream leads: a new timestamp base is decided on it)."""
+        """The Flow time, in each stream's ticks, of each stream's first sample in this segment.
+
+        The first stream leads: a new timestamp base is decided on it, and the segment is then
+        placed where no essence overlaps what came before, with the essences' offsets from each
+        other kept (a splice's audio often runs on a little past its video)."""
+        for kind, stream in streams.items():
+            if kind in self._known:
+                self._prepare(kind, stream.time_base)
+        unwrapped: dict[str, int] = {}
+        matched: dict[str, bool] = {}
+        for kind, stream in streams.items():
+            if kind in self._last:
+                natural = media.unwrap_near(stream.first, self._last[kind], self.bits)
+            else:
+                natural = stream.first % (1 << self.bits)
+            found = self._match(kind, stream, natural)
+            unwrapped[kind] = natural if found is None else found
+            matched[kind] = found is not None
+        lead = next(iter(streams))
+        lead_tb = streams[lead].time_base
+        target = None if matched[lead] else self._new_base(lead, unwrapped[lead], streams[lead], ref)
+        if target is not None:
+            for kind, stream in streams.items():
+                if kind == lead:
+                    continue
+                # the same clock as the lead: unwrap next to it, not next to this stream's past
+                tb = stream.time_base
+                unwrapped[kind] = media.unwrap_near(stream.first, round(unwrapped[lead] * lead_tb / tb), self.bits)
+                if kind in self._ends:
+                    target = max(target, self._ends[kind] - (unwrapped[kind] * tb - unwrapped[lead] * lead_tb))
+            lead_ticks = math.ceil(target / lead_tb)
+            shift = (lead_ticks - unwrapped[lead]) * lead_tb
+            for kind in streams:
+                self._shift[kind] = shift
+            logger.info("media sequence %s starts a new timestamp base: placed at %s on the Flow's timeline",
+                        getattr(ref, "sequence", "?"), media.pts_to_timestamp(lead_ticks, lead_tb))
         placed: dict[str, int] = {}
-        lead: tuple[str, int, Fraction] | None = None  # kind, unwrapped first pts, time base
-        rebased = False
         for kind, stream in streams.items():
             tb = stream.time_base
-            if kind in self._seeds:
-                self._seed(kind, tb)
-            if lead is not None and rebased:
-                # a new base: this stream's clock is the lead's, so unwrap next to the lead
-                unwrapped = media.unwrap_near(stream.first, round(lead[1] * lead[2] / tb), self.bits)
-                self._shift[kind] = self._shift[lead[0]]
-            elif kind in self._last:
-                unwrapped = media.unwrap_near(stream.first, self._last[kind], self.bits)
-            else:
-                unwrapped = stream.first % (1 << self.bits)
-            if lead is None:
-                rebased = self._rebase_if_new_base(kind, unwrapped, stream, ref)
-                lead = (kind, unwrapped, tb)
-            self._last[kind] = unwrapped
-            placed[kind] = unwrapped + round(self._shift.setdefault(kind, Fraction(0)) / tb)
-        assert lead is not None
-        first = streams[lead[0]]
-        start = placed[lead[0]] * first.time_base
-        self._previous = (ref, start, start + (first.end - first.first) * first.time_base)
+            self._last[kind] = unwrapped[kind]
+            placed[kind] = unwrapped[kind] + round(self._shift.setdefault(kind, Fraction(0)) / tb)
+            self._ends[kind] = (placed[kind] + stream.end - stream.first) * tb
+        start = placed[lead] * lead_tb
+        self._previous = (ref, start, self._ends[lead])
         return placed
 
-    def _rebase_if_new_base(self, kind: str, unwrapped: int, stream: media.StreamTiming, ref: Any) -> bool:
+    def _new_base(self, kind: str, unwrapped: int, stream: media.StreamTiming, ref: Any) -> Fraction | None:
+        """Where (seconds) a segment starting a new timestamp base goes, or None if it does not."""
         if not getattr(ref, "discontinuity", False) or self._previous is None:
-            return False
+            return None
         tb = stream.time_base
         here = unwrapped * tb + self._shift.get(kind, Fraction(0))
         expected = self._expected(ref)
         previous_ref, _, previous_end = self._previous
         duration = previous_ref.duration if previous_ref is not None and previous_ref.duration else Fraction(2)
         if here >= previous_end - tb and abs(here - expected) <= duration / 2:
-            return False  # the timestamps carry on across the discontinuity
-        expected_ticks = round(expected / tb)
-        self._shift[kind] = (expected_ticks - unwrapped) * tb
-        logger.info("media sequence %s starts a new timestamp base: placed at %s on the Flow's timeline",
-                    getattr(ref, "sequence", "?"), media.pts_to_timestamp(expected_ticks, tb))
-        return True
+            return None  # the timestamps carry on across the discontinuity
+        return expected
 
     def _expected(self, ref: Any) -> Fraction:
         """Where the playlist says this segment starts, on the Flow's timeline (seconds)."""

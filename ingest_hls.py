@@ -407,16 +407,10 @@ class _ExistingSegments:
         return False
 
 
-async def _last_segment(client: TAMSClient, flow_id: str) -> dict[str, Any] | None:
-    """The Flow's latest segment (with its object_timerange), or None if it has none."""
-    async for segment in client.segments(flow_id, reverse_order=True, limit=1):
-        return segment  # the first page is enough
-    return None
-
-
-async def _existing(client: TAMSClient, flow_id: str) -> _ExistingSegments:
-    found = [TimeRange.from_str(seg["timerange"]) async for seg in client.segments(flow_id, include_object_timerange=False)]
-    return _ExistingSegments(found)
+async def _existing(client: TAMSClient, flow_id: str, timeline: hls_live.Timeline, kind: str) -> _ExistingSegments:
+    listed = [seg async for seg in client.segments(flow_id, include_object_timerange=False)]
+    timeline.know(kind, listed)  # a resumed run carries on the Flow's own timeline
+    return _ExistingSegments([TimeRange.from_str(seg["timerange"]) for seg in listed])
 
 
 class _Targets:
@@ -624,22 +618,16 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     targets = {p.kind: _Targets(client, p.flow_id, batch, props.container) for p in essences}
     for target_source in targets.values():
         target_source.start()
-    # A Flow this run created has no segments yet: no need to ask.
-    existing = {p.kind: await _existing(client, p.flow_id) if p.exists else _ExistingSegments([]) for p in essences}
+    timeline = hls_live.Timeline()  # 33-bit wraps and timestamp bases
+    # A Flow this run created has no segments yet: no need to list them.
+    existing = {p.kind: await _existing(client, p.flow_id, timeline, p.kind) if p.exists else _ExistingSegments([])
+                for p in essences}
     existing_counts = {kind: len(segs) for kind, segs in existing.items()}
     registrars = {p.kind: _Registrar(client, p.flow_id, p.kind) for p in essences}
     rates: dict[str, Fraction | None] = {"video": props.video.frame_rate if props.video else None}
     if props.audio is not None:
         rates["audio"] = Fraction(props.audio.sample_rate)
     sizes: dict[str, list[tuple[int, Fraction]]] = {k: [] for k in kinds}
-    # Resuming: carry on the Flow's own timeline (33-bit wraps and timestamp bases included).
-    timeline = hls_live.Timeline()
-    for plan in essences:
-        if plan.exists:
-            last = await _last_segment(client, plan.flow_id)
-            if last is not None:
-                timeline.resume_after(plan.kind, last)
-
     # The segment after the window (if any) is read too, only to end the last one exactly.
     follower: asyncio.Task[int] | None = None
     if options.follow:
@@ -669,9 +657,12 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         reg.segment["object_id"] = target.object_id
         return registrars[kind].submit(reg)
 
+    latest: tuple[int, Timestamp | None] | None = None  # media sequence and Flow end of the latest registered
+
     async def upload_segment(regs: list[_Registration], ref: SegmentRef) -> None:
         # The slot (one segment's media held in memory) is free once the bytes are uploaded;
         # registering them, batched with others, goes on without it.
+        nonlocal latest
         try:
             registrations = await asyncio.gather(*(upload(reg.kind, reg) for reg in regs))
         finally:
@@ -682,9 +673,10 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         result.registered += 1
         result.bytes += sum(reg.size for reg in regs)
         bar.update(1)
-        if options.follow:
-            bar.set_postfix_str(hls_live.status_line(result.registered, ref.sequence, regs[0].timerange.end),
-                                refresh=False)
+        if options.follow:  # the live status line: uploads finish out of order, show the latest
+            if latest is None or ref.sequence > latest[0]:
+                latest = (ref.sequence, regs[0].timerange.end)
+            bar.set_postfix_str(hls_live.status_line(result.registered, *latest))
 
     def top_up() -> None:
         while len(pending) < prepare_ahead + 1:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import fcntl
 import os
+import pty
 import re
 import signal
+import struct
 import sys
+import termios
 import time
 import uuid
 from dataclasses import dataclass
@@ -85,13 +89,15 @@ class Run:
         return self.process.returncode, stdout.decode(), self.stderr_path.read_text()
 
 
-async def _start(store: RunningStore, playlist: Path, flow_id: str, *args: str, cwd: Path) -> Run:
+async def _start(store: RunningStore, playlist: Path, flow_id: str, *args: str, cwd: Path,
+                 video_only: bool = True) -> Run:
     stderr_path = cwd / f"stderr-{uuid.uuid4().hex[:8]}.txt"
     environ = {**os.environ, **store.env}
     with stderr_path.open("w") as stderr:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(SCRIPT), "--hls-filename", str(playlist), "--flow-id", flow_id, "--video-only",
-            "--hls-segment-count", "0", *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=cwd, env=environ,
+            sys.executable, str(SCRIPT), "--hls-filename", str(playlist), "--flow-id", flow_id,
+            *(["--video-only"] if video_only else []), "--hls-segment-count", "0", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=cwd, env=environ,
         )
     return Run(process, stderr_path)
 
@@ -166,6 +172,53 @@ async def test_follow_ingests_a_live_window_across_the_wrap_every_frame_once_in_
     assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
 
 
+async def test_on_a_terminal_follow_shows_a_live_status_line(
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    live = _live(tmp_path / "live", wrapped, window=3)
+    live.publish(3)
+    flow_id = str(uuid.uuid4())
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))  # a 200-column terminal
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(SCRIPT), "--hls-filename", str(live.playlist), "--flow-id", flow_id, "--follow",
+            "--video-only", "--hls-segment-count", "0", stdout=asyncio.subprocess.PIPE, stderr=terminal, cwd=tmp_path,
+            env={**os.environ, **shared_store.env},
+        )
+        os.close(terminal)
+        terminal = -1
+        reader = asyncio.create_task(asyncio.to_thread(_read_all, controller))
+        await _advance(live, 5)
+        live.end()
+        await asyncio.wait_for(process.wait(), 30)
+        shown = await reader
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        os.close(controller)
+    assert process.returncode == 0
+    lines = re.findall(r"(\d+) segments ingested, last media sequence (\d+), Flow ends at (\d+:\d+)", shown)
+    assert lines, shown
+    ingested, sequence, end = lines[-1]
+    assert (int(ingested), int(sequence)) == (5, 4)
+    assert end == str(TimeRange.from_str((await _segments(shared_store, flow_id))[-1]["timerange"]).end)
+
+
+def _read_all(fd: int) -> str:
+    """Everything written to a pty until its last writer closes it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
 async def test_resumed_runs_after_the_wrap_carry_on_the_flows_timeline(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
@@ -188,11 +241,38 @@ async def test_resumed_runs_after_the_wrap_carry_on_the_flows_timeline(
     assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
 
 
+async def test_audio_and_video_resumed_and_followed_across_the_wrap_stay_contiguous_and_in_sync(
+    shared_store: RunningStore, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    content = synthesized(tmp_path_factory, fps=FPS, duration=6, segment_seconds=1, audio=True, start_pts=WRAP_START)
+    live = _live(tmp_path / "live", content, window=3)
+    live.publish(3)
+    flow_id = str(uuid.uuid4())
+    code, _, stderr = await (await _start(shared_store, live.playlist, flow_id, cwd=tmp_path,
+                                          video_only=False)).finish()
+    assert code == 0, stderr
+    live.publish(1)  # the window now holds only segments after the wrap
+    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path, video_only=False)
+    await _advance(live, 6)
+    live.end()
+    code, stdout, stderr = await run.finish()
+    assert code == 0, stderr
+    assert stdout.startswith("ingested 3 segments (2 already present)"), stdout
+    audio_flow_id = re.search(r"audio ([0-9a-f-]{36})", stdout)
+    assert audio_flow_id is not None, stdout
+    video = _contiguous(await _segments(shared_store, flow_id))
+    audio = _contiguous(await _segments(shared_store, audio_flow_id[1]))
+    assert [r.start.to_nanosec() for r in video if r.start] == [ticks_to_ns(content.video_ticks(k)[0]) for k in range(6)]
+    assert [r.start.to_nanosec() for r in audio if r.start] == [ticks_to_ns(content.audio_first_ticks(k))
+                                                                for k in range(6)]
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(60))
+
+
 @pytest.mark.parametrize("dated", [False, True], ids=["after-the-last", "program-date-time"])
 async def test_a_discontinuity_with_a_new_timestamp_base_is_placed_where_the_playlist_says(
     shared_store: RunningStore, splice: Splice, tmp_path: Path, dated: bool
 ) -> None:
-    live = sample_content.LiveWindow(tmp_path / "live", window=4)
+    live = sample_content.LiveWindow(tmp_path / "live", window=5)
     began = datetime.datetime(2026, 12, 7, 6, 0, tzinfo=datetime.UTC)
     hole = 2 if dated else 0  # the dated playlist says the second part starts 2 s after the first ends
     live.add(splice.first.playlist, program_date_time=began if dated else None)
@@ -218,6 +298,40 @@ async def test_a_discontinuity_with_a_new_timestamp_base_is_placed_where_the_pla
     media_start = TimeRange.from_str(segments[4]["object_timerange"]).start
     assert media_start is not None and media_start.to_nanosec() == ticks_to_ns(splice.second_start)
     assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+    # a re-run over the last window (both sides of the discontinuity) finds each segment again
+    code, stdout, stderr = await (await _start(shared_store, live.playlist, flow_id, cwd=tmp_path)).finish()
+    assert code == 0, stderr
+    assert stdout.startswith("ingested 0 segments (5 already present)"), stdout
+
+
+async def test_after_a_new_timestamp_base_audio_keeps_its_place_against_the_video(
+    shared_store: RunningStore, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    first = synthesized(tmp_path_factory, fps=FPS, duration=3, segment_seconds=1, audio=True)
+    start = 7_000_000
+    second = sample_content.synthesize(tmp_path_factory.mktemp("splice-audio"), fps=FPS, duration=3,
+                                       segment_seconds=1, audio=True, start_pts=start, first_frame=30)
+    live = sample_content.LiveWindow(tmp_path / "live", window=6)
+    live.add(first.playlist)
+    live.add(second, discontinuity=True)
+    live.publish(6)
+    live.end()
+    flow_id = str(uuid.uuid4())
+    code, stdout, stderr = await (await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path,
+                                               video_only=False)).finish()
+    assert code == 0, stderr
+    audio_flow_id = re.search(r"audio ([0-9a-f-]{36})", stdout)
+    assert audio_flow_id is not None, stdout
+    video = [TimeRange.from_str(s["timerange"]) for s in await _segments(shared_store, flow_id)]
+    audio = [TimeRange.from_str(s["timerange"]) for s in await _segments(shared_store, audio_flow_id[1])]
+    # The first part's audio runs on past its video's end: the second part (whose audio starts a
+    # tick before its video) goes right after that audio, and its essences keep their offset.
+    assert audio[2].end is not None and video[2].end is not None and audio[2].end > video[2].end
+    assert audio[3].start == audio[2].end
+    assert video[3].start is not None and audio[3].start is not None
+    assert video[3].start.to_nanosec() - audio[3].start.to_nanosec() == ticks_to_ns(start) - ticks_to_ns(start - 1)
+    _contiguous([{"timerange": str(r)} for r in audio[3:]])
+    assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(60))
 
 
 async def test_a_playlist_briefly_missing_is_loaded_again_and_nothing_is_lost(

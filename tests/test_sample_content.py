@@ -341,3 +341,19 @@ async def test_interrupted_film_download_or_extraction_leaves_no_film_and_a_late
     assert [p.name for p in destination.parent.iterdir()] == [name]
     assert destination.read_bytes() == film.read_bytes()
     assert sample_content.read_frame_numbers(tmp_path / "whole" / "hls_output_00000.ts") == list(range(120))
+
+
+def test_cli_live_window_plays_the_content_out_and_ends_the_playlist(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    code = sample_content.main(["--synthetic", "--width", "100", "--height", "36", "--fps", "10", "--duration", "3",
+                                "--segment-seconds", "1", "--live-window", "2", "--output-dir", str(tmp_path / "out"),
+                                "--quiet"])
+    assert code == 0
+    live = tmp_path / "out" / "live" / "live.m3u8"
+    assert capsys.readouterr().out == f"{live}\n"
+    assert time.monotonic() - started >= 1  # one more segment after a segment's duration
+    text = live.read_text()
+    assert "#EXT-X-MEDIA-SEQUENCE:1" in text and text.endswith("#EXT-X-ENDLIST\n")
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["live_00001.ts", "live_00002.ts"]
+    assert sample_content.read_frame_numbers(live.parent / "live_00002.ts") == list(range(20, 30))
