@@ -304,3 +304,21 @@ async def test_streams_are_placed_by_flow_time_not_media_time(
     with av.open(str(out)) as container:
         video = container.streams.video[0]
         assert Fraction(video.start_time) * Fraction(video.time_base) == Fraction(6000 + 49 * 3600, 90000) - 2
+
+
+async def test_audio_flow_alone_cuts_to_the_sample_with_inclusive_bounds(
+    shared_store: RunningStore, ingested: dict[Fraction, Ingested], tmp_path: Path
+) -> None:
+    """An audio-only MP4 of ``[1:500010000_3:0]``: the first sample is the one nearest the start
+    (1.5 s, 0.48 of a sample before it), and the inclusive end keeps the sample exactly at 3 s."""
+    flows = ingested[Fraction(25)]
+    out = tmp_path / "audio.mp4"
+    async with connect(shared_store) as client:
+        summary = await outgest(client, flows.audio, out, timerange=TimeRange.from_str("[1:500010000_3:0]"), exact=True)
+    assert summary.audio_samples == 3 * RATE + 1 - 72000  # type: ignore[attr-defined]
+    decoded = decode_audio(out)
+    assert decoded.declared == 3 * RATE + 1 - 72000 and decoded.first_pts == 0
+    assert_samples_are(decoded, 0, 72000)
+    assert_samples_are(decoded, 3 * RATE + 1 - 72000 - WINDOW, 3 * RATE + 1 - WINDOW)
+    with av.open(str(out)) as container:
+        assert [s.type for s in container.streams] == ["audio"]
