@@ -486,6 +486,8 @@ class FlowFileWriter:
         self._pending: deque[tuple[av.Packet, Fraction, Fraction | None]] = deque()
         self._shown: list[Fraction] = []  # heap of the pending packets' pts
         self._last_dts: int | None = None
+        self._parameter_sets: set[bytes] = set()  # the extradata of every stream written from
+        self.mixed_parameter_sets = False  # set when re-encoded frames are written
         self.frames = 0
 
     def _open(self, template: av.stream.Stream) -> av.stream.Stream:
@@ -496,7 +498,9 @@ class FlowFileWriter:
             self._output = av.open(str(self.temp_path), "w", format=self.format, container_options=options)
             self._stream = self._output.add_stream_from_template(template)
             if self.format == "mp4" and template.codec_context.name == "hevc":
-                self._stream.codec_context.codec_tag = "hvc1"
+                # hev1 keeps the in-band parameter sets of re-encoded or differently encoded
+                # pieces; commit() makes it hvc1 when one set of them serves the whole file.
+                self._stream.codec_context.codec_tag = "hev1"
         except ValueError as exc:
             raise OutgestError(f"cannot write {template.codec_context.name} into {self.format}: {exc}") from exc
         except (av.error.FFmpegError, OSError) as exc:
@@ -520,6 +524,7 @@ class FlowFileWriter:
             raise OutgestError(f"an object holds {template.codec_context.name}, earlier ones {self._codec}")
         if self._delay is None:
             self._delay = max(Fraction(0), pts - dts)
+        self._parameter_sets.add(bytes(template.codec_context.extradata or b""))
         self._pending.append((packet, pts, duration))
         heapq.heappush(self._shown, pts)
         if len(self._pending) > self.DTS_WINDOW:
@@ -563,11 +568,34 @@ class FlowFileWriter:
         try:
             self._output.close()
             self._output = None
+            if self._codec == "hevc" and self.format == "mp4" and not self.mixed_parameter_sets \
+                    and len(self._parameter_sets) == 1:
+                self._retag_hvc1()
             os.replace(self.temp_path, self.path)
         except (av.error.FFmpegError, OSError) as exc:
             self.discard()
             raise OutgestError(f"cannot write {self.path}: {exc}") from exc
         return self.path.stat().st_size
+
+    def _retag_hvc1(self) -> None:
+        """Rewrite the finished MP4 with its HEVC sample entry tagged hvc1 (what Apple's players
+        want): parameter sets in the sample entry only, as here every frame shares one set."""
+        retagged = self.temp_path.with_name(self.temp_path.name + ".hvc1")
+        try:
+            with av.open(str(self.temp_path)) as source, av.open(
+                str(retagged), "w", format="mp4", container_options={"movflags": "+faststart"}
+            ) as out:
+                src = source.streams.video[0]
+                dst = out.add_stream_from_template(src)
+                dst.codec_context.codec_tag = "hvc1"
+                dst.time_base = src.time_base
+                for packet in source.demux(src):
+                    if packet.size:
+                        packet.stream = dst
+                        out.mux(packet)
+            os.replace(retagged, self.temp_path)
+        finally:
+            retagged.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Drop the partial output (after a failure)."""
@@ -646,6 +674,7 @@ def write_segment(
     pieces = plan_pieces(media.frames, kept, context=context)
     if pieces.precharge and not chain:
         raise NeedPrecharge([i for i in pieces.head if i in prior])
+    writer.mixed_parameter_sets = writer.mixed_parameter_sets or pieces.reencoded
     try:
         count = 0
         if pieces.head:
