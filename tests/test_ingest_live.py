@@ -164,7 +164,7 @@ async def _advance(live: sample_content.LiveWindow, until: int, every: float = 0
 async def test_follow_ingests_a_live_window_across_the_wrap_every_frame_once_in_order(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=3)
+    live = _live(tmp_path / "live", wrapped, window=4)
     live.publish(3)
     flow_id = str(uuid.uuid4())
     run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
@@ -183,7 +183,7 @@ async def test_follow_ingests_a_live_window_across_the_wrap_every_frame_once_in_
 async def test_on_a_terminal_follow_shows_a_live_status_line(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=3)
+    live = _live(tmp_path / "live", wrapped, window=4)
     live.publish(3)
     flow_id = str(uuid.uuid4())
     controller, terminal = pty.openpty()
@@ -261,7 +261,7 @@ async def test_audio_and_video_resumed_and_followed_across_the_wrap_stay_contigu
     assert code == 0, stderr
     live.publish(1)  # the window now holds only segments after the wrap
     run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path, video_only=False)
-    await _advance(live, 6)
+    await _advance(live, 6, every=1.0)
     live.end()
     code, stdout, stderr = await run.finish()
     assert code == 0, stderr
@@ -345,7 +345,7 @@ async def test_after_a_new_timestamp_base_audio_keeps_its_place_against_the_vide
 async def test_a_playlist_briefly_missing_is_loaded_again_and_nothing_is_lost(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=3)
+    live = _live(tmp_path / "live", wrapped, window=4)
     live.publish(3)
     flow_id = str(uuid.uuid4())
     run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
@@ -484,7 +484,7 @@ async def test_sample_content_plays_a_live_window_out_that_follow_ingests_whole(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
     live = tmp_path / "live"
-    player = asyncio.create_task(asyncio.to_thread(sample_content.play_live, wrapped.playlist, live, window=3,
+    player = asyncio.create_task(asyncio.to_thread(sample_content.play_live, wrapped.playlist, live, window=4,
                                                    speed=2.0))
     while not (live / "live.m3u8").exists():
         await asyncio.sleep(0.05)
