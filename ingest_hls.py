@@ -378,7 +378,8 @@ class _Registration:
     kind: str
     segment: dict[str, Any]
     timerange: TimeRange
-    data: bytes
+    data: bytes  # emptied once uploaded
+    size: int
 
 
 class _ExistingSegments:
@@ -415,24 +416,29 @@ async def _existing(client: TAMSClient, flow_id: str, timeline: hls_live.Timelin
 class _Targets:
     """Upload targets for one Flow, shared by the upload tasks.
 
-    A background task asks the store for ``batch`` at a time. It hands targets on through a queue
-    of one, so it asks for the next batch only when the last target of the current one is waiting
-    to be used: uploads rarely wait for an allocation, at most one batch (and one target) is held
-    ahead of use, and no URL waits long enough to expire.
+    A background task asks the store for ``batch`` at a time, from ``start()`` on. It hands
+    targets on through a queue of half a batch, so the next batch is asked for while half of the
+    current one is still to be used: uploads wait for an allocation only at the start, at most
+    one batch and a half are held ahead of use, and no URL waits long enough to expire.
     """
 
     def __init__(self, client: TAMSClient, flow_id: str, batch: int, content_type: str) -> None:
         self._source = client.allocate_storage(flow_id, batch=batch, content_type=content_type)
-        self._queue: asyncio.Queue[UploadTarget] = asyncio.Queue(maxsize=1)
+        self._queue: asyncio.Queue[UploadTarget] = asyncio.Queue(maxsize=max(1, batch // 2))
         self._filler: asyncio.Task[None] | None = None
 
     async def _fill(self) -> None:
         async for target in self._source:
             await self._queue.put(target)
 
-    async def next(self) -> UploadTarget:
+    def start(self) -> None:
+        """Ask for the first batch now, before any upload needs it."""
         if self._filler is None:
             self._filler = asyncio.create_task(self._fill())
+
+    async def next(self) -> UploadTarget:
+        self.start()
+        assert self._filler is not None
         if not self._queue.empty():
             return self._queue.get_nowait()
         getter = asyncio.create_task(self._queue.get())
@@ -454,9 +460,12 @@ class _Targets:
 
 class _Registrar:
     """Registers uploaded segments of one Flow, several per POST when they arrive together:
-    while one POST is out, the segments whose uploads finish meanwhile wait for the next."""
+    while one POST is out, the segments whose uploads finish meanwhile wait for the next.
+    ``submit`` queues one and returns at once with a future of its registration, so an upload
+    slot is free again while the store registers it."""
 
     MAX_BATCH = 32
+    IN_FLIGHT = 2  # POSTs out at once
 
     def __init__(self, client: TAMSClient, flow_id: str, kind: str) -> None:
         self._client = client
@@ -464,44 +473,53 @@ class _Registrar:
         self._kind = kind
         self._queue: asyncio.Queue[tuple[_Registration, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._posts: set[asyncio.Task[None]] = set()
 
-    async def register(self, reg: _Registration) -> None:
+    def submit(self, reg: _Registration) -> asyncio.Future[None]:
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((reg, done))
-        await done
+        self._queue.put_nowait((reg, done))
+        return done
 
     async def _run(self) -> None:
+        free = asyncio.Semaphore(self.IN_FLIGHT)
         while True:
+            await free.acquire()
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < self.MAX_BATCH:
                 batch.append(self._queue.get_nowait())
-            try:
-                failed = await self._client.post_segments(self._flow_id, [reg.segment for reg, _ in batch])
-            except BaseException as exc:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc if isinstance(exc, Exception) else IngestError("cancelled"))
-                if not isinstance(exc, Exception):
-                    raise
+            post = asyncio.create_task(self._post(batch))
+            self._posts.add(post)
+            post.add_done_callback(lambda task: (self._posts.discard(task), free.release()))
+
+    async def _post(self, batch: list[tuple[_Registration, asyncio.Future[None]]]) -> None:
+        try:
+            failed = await self._client.post_segments(self._flow_id, [reg.segment for reg, _ in batch])
+        except BaseException as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else IngestError("cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        refused = {str(entry.get("object_id")): entry for entry in failed}
+        for reg, done in batch:
+            entry = refused.get(str(reg.segment["object_id"]))
+            if done.done():  # its upload task was cancelled meanwhile
                 continue
-            refused = {str(entry.get("object_id")): entry for entry in failed}
-            for reg, done in batch:
-                entry = refused.get(str(reg.segment["object_id"]))
-                if done.done():  # its upload task was cancelled meanwhile
-                    continue
-                if entry is None:
-                    done.set_result(None)
-                    continue
-                error = entry.get("error") or {}
-                summary = error.get("summary") if isinstance(error, dict) else error
-                done.set_exception(IngestError(f"the store refused {self._kind} segment {reg.timerange!s}: {summary}"))
+            if entry is None:
+                done.set_result(None)
+                continue
+            error = entry.get("error") or {}
+            summary = error.get("summary") if isinstance(error, dict) else error
+            done.set_exception(IngestError(f"the store refused {self._kind} segment {reg.timerange!s}: {summary}"))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._posts) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: bool) -> _Prepared:
@@ -596,11 +614,15 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     for kind, fid in flow_ids.items():
         logger.info("%s flow id %s", kind, fid)
 
-    timeline = hls_live.Timeline()  # 33-bit wraps and timestamp bases
-    existing = {p.kind: await _existing(client, p.flow_id, timeline, p.kind) for p in essences}
-    existing_counts = {kind: len(segs) for kind, segs in existing.items()}
-    batch = options.storage_batch or min(max(options.concurrency, 4), 32)
+    batch = options.storage_batch or min(max(2 * options.concurrency, 8), 32)
     targets = {p.kind: _Targets(client, p.flow_id, batch, props.container) for p in essences}
+    for target_source in targets.values():
+        target_source.start()
+    timeline = hls_live.Timeline()  # 33-bit wraps and timestamp bases
+    # A Flow this run created has no segments yet: no need to list them.
+    existing = {p.kind: await _existing(client, p.flow_id, timeline, p.kind) if p.exists else _ExistingSegments([])
+                for p in essences}
+    existing_counts = {kind: len(segs) for kind, segs in existing.items()}
     registrars = {p.kind: _Registrar(client, p.flow_id, p.kind) for p in essences}
     rates: dict[str, Fraction | None] = {"video": props.video.frame_rate if props.video else None}
     if props.audio is not None:
@@ -628,28 +650,33 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         except media.MediaError as exc:
             raise IngestError(str(exc)) from exc
 
-    async def upload(kind: str, reg: _Registration) -> None:
+    async def upload(kind: str, reg: _Registration) -> asyncio.Future[None]:
         target = await targets[kind].next()
         await client.upload_object(target, reg.data)
+        reg.data = b""
         reg.segment["object_id"] = target.object_id
-        await registrars[kind].register(reg)
-        logger.info("registered %s segment %s", kind, reg.timerange)
+        return registrars[kind].submit(reg)
 
     latest: tuple[int, Timestamp | None] | None = None  # media sequence and Flow end of the latest registered
 
     async def upload_segment(regs: list[_Registration], ref: SegmentRef) -> None:
+        # The slot (one segment's media held in memory) is free once the bytes are uploaded;
+        # registering them, batched with others, goes on without it.
         nonlocal latest
         try:
-            await asyncio.gather(*(upload(reg.kind, reg) for reg in regs))
-            result.registered += 1
-            result.bytes += sum(len(reg.data) for reg in regs)
-            bar.update(1)
-            if options.follow:  # the live status line: uploads finish out of order, show the latest
-                if latest is None or ref.sequence > latest[0]:
-                    latest = (ref.sequence, regs[0].timerange.end)
-                bar.set_postfix_str(hls_live.status_line(result.registered, *latest))
+            registrations = await asyncio.gather(*(upload(reg.kind, reg) for reg in regs))
         finally:
             slots.release()
+        await asyncio.gather(*registrations)
+        for reg in regs:
+            logger.info("registered %s segment %s", reg.kind, reg.timerange)
+        result.registered += 1
+        result.bytes += sum(reg.size for reg in regs)
+        bar.update(1)
+        if options.follow:  # the live status line: uploads finish out of order, show the latest
+            if latest is None or ref.sequence > latest[0]:
+                latest = (ref.sequence, regs[0].timerange.end)
+            bar.set_postfix_str(hls_live.status_line(result.registered, *latest))
 
     def top_up() -> None:
         while len(pending) < prepare_ahead + 1:
@@ -711,7 +738,8 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
                         segment["key_frame_count"] = stream.key_frames
                     if existing[kind].holds(timerange):
                         continue
-                    regs.append(_Registration(kind, segment, timerange, current.objects[kind]))
+                    data = current.objects[kind]
+                    regs.append(_Registration(kind, segment, timerange, data, len(data)))
                 if not regs:
                     result.skipped += 1
                     bar.update(1)
@@ -755,10 +783,10 @@ _SERVER_MANAGED = ("created", "metadata_updated", "segments_updated", "collected
 
 
 async def _set_flow_properties(client: TAMSClient, flow_id: str, values: dict[str, Any]) -> None:
-    """Set Flow properties through their own paths, or by a whole-Flow PUT where a store lacks them."""
+    """Set Flow properties through their own paths (all at once), or by a whole-Flow PUT where a
+    store lacks them."""
     try:
-        for name, value in values.items():
-            await client.put_flow_property(flow_id, name, value)
+        await asyncio.gather(*(client.put_flow_property(flow_id, name, value) for name, value in values.items()))
         return
     except TAMSResponseError as exc:
         if exc.status not in (404, 405):

@@ -17,6 +17,9 @@ The Flow timeline is not the media timeline. For every segment this script:
   ``avc_parameters`` profile and level (first one forced to be a keyframe), logging which segments
   were re-encoded.
 
+Audio Flows, multi-essence Flows and a video Flow with ``--audio-flow-id`` are exported by
+``outgest_audio.py``: one file with both streams in sync, audio cut to the sample.
+
 Output timestamps are Flow timeline times (MPEG-TS: 90 kHz, written modulo 2^33 as the format
 does; gaps between segments stay gaps). MP4 output (``--output`` ending in ``.mp4``) starts at
 zero instead, since MP4 cannot carry a TAI-scale start time usefully. Objects are downloaded
@@ -53,6 +56,7 @@ from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
 from credentials import HelpFormatter, add_credential_args, connection_from_args
 from media import (
     PTS_WRAP,
+    TIMING_OPTIONS,
     TS_CLOCK,
     MediaError,
     PtsUnwrapper,
@@ -259,7 +263,7 @@ def read_object(
     registered), so pts values near the wrap get the high bits ``ts_offset`` expects.
     """
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options=TIMING_OPTIONS)
     except (av.error.FFmpegError, OSError) as exc:
         raise OutgestError(f"cannot read the object as media: {exc}") from exc
     try:
@@ -870,8 +874,12 @@ async def outgest(
     concurrency: int = 8,
     check_timing: bool = False,
     progress: bool = False,
+    audio_flow_id: str | None = None,
 ) -> OutgestSummary:
     """Write the Flow's frames in ``timerange`` (default: all) to ``output``.
+
+    Audio Flows, multi-essence Flows and a video Flow with ``audio_flow_id`` go to
+    ``outgest_audio.outgest_av``: one file with both streams in sync, audio exact to the sample.
 
     Without ``exact`` every segment overlapping ``timerange`` is written whole (as far as the
     segment itself uses its object); with it, only frames whose Flow time lies in ``timerange``.
@@ -885,6 +893,15 @@ async def outgest(
         flow = await client.get_flow(flow_id, include_timerange=True)
     except NotFound as exc:
         raise OutgestError(f"Flow {flow_id} not found") from exc
+    if audio_flow_id is not None or flow.get("format") in (
+        "urn:x-nmos:format:multi", "urn:x-nmos:format:audio"
+    ):
+        import outgest_audio  # imports this module
+
+        essences = await outgest_audio.resolve_essences(client, flow, audio_flow_id)
+        return await outgest_audio.outgest_av(client, essences, output, timerange=timerange, exact=exact,
+                                              concurrency=concurrency, check_timing=check_timing,
+                                              progress=progress)
     kind, codec, frame_rate = _essence(flow)
     options = encoder_options(flow, codec)
     flow_range = _timerange(flow.get("timerange")) or TimeRange.never()
@@ -1003,11 +1020,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=HelpFormatter,
     )
     add_credential_args(parser)
-    parser.add_argument("--flow-id", required=True, help="the Flow to export (video or audio)")
+    parser.add_argument("--flow-id", required=True,
+                        help="the Flow to export: video, audio, or multi-essence (its video and audio muxed)")
+    parser.add_argument("--audio-flow-id", default=None,
+                        help="an audio Flow to mux with the video --flow-id, both placed by their Flow times")
     parser.add_argument("--output", required=True, type=Path, help="file to write; MP4 when it ends in .mp4, else MPEG-TS")
     parser.add_argument("--timerange", default="_", help="Flow timerange to export, e.g. '[10:0_20:0)'")
     parser.add_argument("--exact", action="store_true",
-                        help="trim to the frames inside --timerange, instead of whole overlapping segments")
+                        help="trim to the frames (audio: the samples) inside --timerange, instead of whole"
+                        " overlapping segments")
     parser.add_argument("--concurrency", type=int, default=8, help="objects downloaded (and held) at once")
     parser.add_argument("--check-timing", action="store_true",
                         help="warn where a segment's media + ts_offset differs from its registered timerange")
@@ -1032,6 +1053,7 @@ async def run(args: argparse.Namespace) -> OutgestSummary:
             concurrency=args.concurrency,
             check_timing=args.check_timing,
             progress=not args.quiet and sys.stderr.isatty(),
+            audio_flow_id=args.audio_flow_id,
         )
 
 

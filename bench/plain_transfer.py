@@ -22,14 +22,15 @@ from pathlib import Path
 import aiohttp
 
 
-def _auth() -> aiohttp.BasicAuth:
-    return aiohttp.BasicAuth(os.environ["USERNAME"], os.environ["PASSWORD"])
+def _auth() -> dict[str, str]:
+    """The Authorization header of the store's basic credentials."""
+    return {"Authorization": aiohttp.encode_basic_auth(os.environ["USERNAME"], os.environ["PASSWORD"])}
 
 
-def _media_auth(presigned: object, url: str) -> aiohttp.BasicAuth | None:
+def _media_auth(presigned: object, url: str) -> dict[str, str]:
     """API credentials only for a URL that is not presigned (as client.py does)."""
     is_presigned = bool(presigned) if presigned is not None else "?" in url
-    return None if is_presigned else _auth()
+    return {} if is_presigned else _auth()
 
 
 async def upload(api: str, files: list[Path], concurrency: int) -> int:
@@ -38,9 +39,9 @@ async def upload(api: str, files: list[Path], concurrency: int) -> int:
         flow = {"id": flow_id, "source_id": str(uuid.uuid4()), "format": "urn:x-nmos:format:video",
                 "codec": "video/h264", "container": "video/mp2t",
                 "essence_parameters": {"frame_width": 1920, "frame_height": 1080, "frame_rate": {"numerator": 30}}}
-        async with session.put(f"{api}/flows/{flow_id}", json=flow, auth=_auth()) as reply:
+        async with session.put(f"{api}/flows/{flow_id}", json=flow, headers=_auth()) as reply:
             reply.raise_for_status()
-        async with session.post(f"{api}/flows/{flow_id}/storage", json={"limit": len(files)}, auth=_auth()) as reply:
+        async with session.post(f"{api}/flows/{flow_id}/storage", json={"limit": len(files)}, headers=_auth()) as reply:
             reply.raise_for_status()
             objects = (await reply.json())["media_objects"]
         slots = asyncio.Semaphore(concurrency)
@@ -49,9 +50,9 @@ async def upload(api: str, files: list[Path], concurrency: int) -> int:
             async with slots:
                 data = path.read_bytes()
                 target = item["put_url"]
-                headers = {"Content-Type": target.get("content-type", "video/mp2t"), **(target.get("headers") or {})}
-                async with session.put(target["url"], data=data, headers=headers,
-                                       auth=_media_auth(item.get("presigned"), target["url"])) as reply:
+                headers = {"Content-Type": target.get("content-type", "video/mp2t"), **(target.get("headers") or {}),
+                           **_media_auth(item.get("presigned"), target["url"])}
+                async with session.put(target["url"], data=data, headers=headers) as reply:
                     reply.raise_for_status()
                 return len(data)
         sizes = await asyncio.gather(*(put(item, path) for item, path in zip(objects, files)))
@@ -64,7 +65,7 @@ async def download(api: str, flow_id: str, concurrency: int) -> int:
 
         async def get(url: dict) -> int:
             async with slots:
-                async with session.get(url["url"], auth=_media_auth(url.get("presigned"), url["url"])) as reply:
+                async with session.get(url["url"], headers=_media_auth(url.get("presigned"), url["url"])) as reply:
                     reply.raise_for_status()
                     size = 0
                     async for chunk in reply.content.iter_chunked(1 << 16):
@@ -73,7 +74,7 @@ async def download(api: str, flow_id: str, concurrency: int) -> int:
         tasks = []
         page: str | None = f"{api}/flows/{flow_id}/segments"
         while page:
-            async with session.get(page, auth=_auth()) as reply:
+            async with session.get(page, headers=_auth()) as reply:
                 reply.raise_for_status()
                 segments = await reply.json()
                 page = str(reply.links["next"]["url"]) if "next" in reply.links else None
