@@ -18,6 +18,7 @@ import sys
 import termios
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -119,15 +120,22 @@ async def _exported_frames(store: RunningStore, flow_id: str, path: Path) -> lis
 
 
 async def _each_segment_holds_its_frames(store: RunningStore, flow_id: str, tmp_path: Path,
-                                         first_frames: list[int]) -> None:
-    """Nothing half-registered: every segment's object is there and holds exactly its 10 frames."""
-    segments = await _segments(store, flow_id)
-    assert len(segments) == len(first_frames)
+                                         content: SynthesizedHLS) -> list[int]:
+    """Nothing half-registered: every segment is one of the content's, at its exact timerange, and
+    its object is there and holds exactly that segment's frames. Returns which segments they are."""
+    starts = [ticks_to_ns(content.video_ticks(k)[0]) for k in range(content.segment_count)]
+    found = []
     async with _client(store) as client:
-        for segment, first in zip(segments, first_frames):
-            path = tmp_path / f"object-{first}.ts"
+        for segment in await _segments(store, flow_id):
+            timerange = TimeRange.from_str(segment["timerange"])
+            assert timerange.start is not None and timerange.start.to_nanosec() in starts, timerange
+            k = starts.index(timerange.start.to_nanosec())
+            assert timerange == content.video_timerange(k)
+            path = tmp_path / f"object-{k}.ts"
             path.write_bytes(await client.download_object(segment["get_urls"][0]))
-            assert sample_content.read_frame_numbers(path) == list(range(first, first + FRAMES_PER_SEGMENT))
+            assert sample_content.read_frame_numbers(path) == content.frames(k)
+            found.append(k)
+    return found
 
 
 def _contiguous(segments: list[dict[str, Any]]) -> list[TimeRange]:
@@ -156,7 +164,7 @@ async def _advance(live: sample_content.LiveWindow, until: int, every: float = 0
 async def test_follow_ingests_a_live_window_across_the_wrap_every_frame_once_in_order(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=3)
+    live = _live(tmp_path / "live", wrapped, window=4)
     live.publish(3)
     flow_id = str(uuid.uuid4())
     run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
@@ -175,7 +183,7 @@ async def test_follow_ingests_a_live_window_across_the_wrap_every_frame_once_in_
 async def test_on_a_terminal_follow_shows_a_live_status_line(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=3)
+    live = _live(tmp_path / "live", wrapped, window=4)
     live.publish(3)
     flow_id = str(uuid.uuid4())
     controller, terminal = pty.openpty()
@@ -253,7 +261,7 @@ async def test_audio_and_video_resumed_and_followed_across_the_wrap_stay_contigu
     assert code == 0, stderr
     live.publish(1)  # the window now holds only segments after the wrap
     run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path, video_only=False)
-    await _advance(live, 6)
+    await _advance(live, 6, every=1.0)
     live.end()
     code, stdout, stderr = await run.finish()
     assert code == 0, stderr
@@ -337,7 +345,7 @@ async def test_after_a_new_timestamp_base_audio_keeps_its_place_against_the_vide
 async def test_a_playlist_briefly_missing_is_loaded_again_and_nothing_is_lost(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=3)
+    live = _live(tmp_path / "live", wrapped, window=4)
     live.publish(3)
     flow_id = str(uuid.uuid4())
     run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
@@ -372,8 +380,8 @@ async def test_a_playlist_gone_for_good_ends_the_run_in_one_line_with_whole_segm
     assert len(errors) == 1 and "failed to load 2 times in a row" in errors[0], stderr
     assert stderr.strip().splitlines()[-1] == errors[0]
     assert stdout == ""
-    registered = len(await _segments(shared_store, flow_id))
-    await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, [10 * k for k in range(registered)])
+    held = await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, wrapped)
+    assert held == list(range(len(held))) and held
 
 
 async def test_sigterm_finishes_what_was_read_and_a_resumed_run_completes_the_flow(
@@ -392,9 +400,7 @@ async def test_sigterm_finishes_what_was_read_and_a_resumed_run_completes_the_fl
     found = re.match(r"ingested (\d+) segments", stdout)
     assert found is not None, stdout
     first_run = int(found[1])
-    segments = await _segments(shared_store, flow_id)
-    assert len(segments) == first_run
-    await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, [10 * k for k in range(first_run)])
+    assert await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, wrapped) == list(range(first_run))
 
     # the window moves on while nothing follows it, by less than it holds
     live.publish(first_run)
@@ -406,6 +412,35 @@ async def test_sigterm_finishes_what_was_read_and_a_resumed_run_completes_the_fl
     assert stdout.startswith(f"ingested {8 - first_run} segments"), stdout
     _contiguous(await _segments(shared_store, flow_id))
     assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+
+
+async def test_a_second_sigterm_abandons_the_segments_in_flight_and_a_resumed_run_completes_the_flow(
+    store_factory: Callable[..., RunningStore], wrapped: SynthesizedHLS, tmp_path: Path
+) -> None:
+    store = store_factory(latency_ms=200)  # uploads and registrations are in flight when the signals come
+    live = _live(tmp_path / "live", wrapped, window=8)
+    live.publish(6)
+    flow_id = str(uuid.uuid4())
+    run = await _start(store, live.playlist, flow_id, "--follow", "--concurrency", "2", cwd=tmp_path)
+    await _wait_for_segments(store, flow_id, 1)
+    run.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.05)
+    run.process.send_signal(signal.SIGTERM)
+    code, stdout, stderr = await run.finish()
+    assert code == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM twice: abandoned"), stderr
+    assert stdout == ""
+    first_run = len(await _each_segment_holds_its_frames(store, flow_id, tmp_path, wrapped))
+    assert first_run < 6  # some were abandoned
+
+    live.publish(2)
+    live.end()
+    code, stdout, stderr = await (await _start(store, live.playlist, flow_id, "--follow", cwd=tmp_path)).finish()
+    assert code == 0, stderr
+    assert stdout.startswith(f"ingested {8 - first_run} segments ({first_run} already present)"), stdout
+    _contiguous(await _segments(store, flow_id))
+    assert await _exported_frames(store, flow_id, tmp_path / "out.ts") == list(range(80))
 
 
 async def test_segments_gone_before_they_were_read_are_reported_as_a_gap_not_made_up(
@@ -422,10 +457,7 @@ async def test_segments_gone_before_they_were_read_are_reported_as_a_gap_not_mad
     assert code == 0, stderr
     assert "media sequence 2-3 left" in stderr
     assert "4 segments (0 already present, 2 missed" in stdout, stdout
-    segments = await _segments(shared_store, flow_id)
-    starts = [TimeRange.from_str(s["timerange"]).start for s in segments]
-    assert [s.to_nanosec() for s in starts if s] == [ticks_to_ns(wrapped.video_ticks(k)[0]) for k in (0, 1, 4, 5)]
-    await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, [0, 10, 40, 50])
+    assert await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, wrapped) == [0, 1, 4, 5]
 
 
 async def test_a_media_sequence_going_backwards_stops_in_one_line_with_whole_segments(
@@ -444,15 +476,15 @@ async def test_a_media_sequence_going_backwards_stops_in_one_line_with_whole_seg
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "went backwards, from 2 to 0" in lines[0], stderr
     assert stdout == ""
-    registered = len(await _segments(shared_store, flow_id))
-    await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, [10 * k for k in range(registered)])
+    held = await _each_segment_holds_its_frames(shared_store, flow_id, tmp_path, wrapped)
+    assert held == list(range(len(held))) and held
 
 
 async def test_sample_content_plays_a_live_window_out_that_follow_ingests_whole(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
     live = tmp_path / "live"
-    player = asyncio.create_task(asyncio.to_thread(sample_content.play_live, wrapped.playlist, live, window=3,
+    player = asyncio.create_task(asyncio.to_thread(sample_content.play_live, wrapped.playlist, live, window=4,
                                                    speed=2.0))
     while not (live / "live.m3u8").exists():
         await asyncio.sleep(0.05)
