@@ -82,7 +82,7 @@ class IngestError(Exception):
 class IngestOptions:
     hls: str = DEFAULT_PLAYLIST
     start_segment: int = 0
-    segment_count: int | None = 30  # None: to the end of the playlist
+    segment_count: int | None = None  # None: to the end of the playlist
     flow_id: str | None = None
     source_id: str | None = None
     audio_flow_id: str | None = None
@@ -855,7 +855,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hls-start-segment", type=_non_negative_int, default=0,
                         help="first segment to ingest, by media sequence number (the first segment of a "
                         "playlist without EXT-X-MEDIA-SEQUENCE is 0)")
-    parser.add_argument("--hls-segment-count", type=_non_negative_int, default=30, help="how many segments (0: all)")
+    parser.add_argument("--hls-segment-count", type=_non_negative_int, default=0,
+                        help="how many segments, N for a part of the playlist (default: 0, all of them)")
     parser.add_argument("--variant", default=None, help="master playlist variant: index or part of its URI "
                         "(default: the highest bandwidth)")
     parser.add_argument("--flow-id", default=None, help="video flow id; reuse it to resume (default: new)")

@@ -4,7 +4,7 @@
 re-encoding, through libavformat's own ``hls`` muxer with ``hls_segment_type=fmp4``: one ``init.mp4``
 (the playlist's ``EXT-X-MAP``) and ``.m4s`` media segments. ``register_cmaf_flow(client, content)``
 registers (some of) its segments as a Flow the way the contract says (``container``
-``video/iso.segment``, ``init_segments: true``, the init segment as its own object allocated with
+``video/mp4``, ``init_segments: true``, the init segment as its own object allocated with
 ``content_type`` ``video/mp4``, every segment POST carrying ``init_object_id``, timeranges from the
 demuxed ``init + media`` pts). ``flow_frame_numbers(client, flow_id)`` reads a Flow back as a
 player would: each segment's init and media objects downloaded and demuxed together, in timerange
@@ -33,8 +33,8 @@ from client import TAMSClient
 
 __all__ = ["CmafContent", "RegisteredCmaf", "flow_frame_numbers", "make_cmaf", "register_cmaf_flow"]
 
-CMAF_CONTAINER = "video/iso.segment"
-INIT_CONTENT_TYPE = "video/mp4"
+CMAF_CONTAINER = "video/mp4"
+INIT_CONTENT_TYPE = CMAF_CONTAINER  # every object of a Flow has its container as content-type (TAMS 8.2)
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ async def register_cmaf_flow(client: TAMSClient, content: CmafContent, *, first:
     init_target = await anext(init_targets)
     await init_targets.aclose()
     await client.upload_object(init_target, init)
-    targets = client.allocate_storage(flow_id, batch=len(chosen))
+    targets = client.allocate_storage(flow_id, batch=len(chosen), content_type=CMAF_CONTAINER)
     bodies: list[dict[str, Any]] = []
     timeranges: list[TimeRange] = []
     for path in chosen:

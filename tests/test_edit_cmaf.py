@@ -88,7 +88,7 @@ def test_concatenation_of_cmaf_flows_references_media_and_init_objects(cmaf: Cma
         segments = [s async for s in client.segments(request.output_flow_id)]
         return flow, segments, await flow_frame_numbers(client, request.output_flow_id)
     flow, segments, frames = cmaf.run(go)
-    assert flow["container"] == "video/iso.segment"
+    assert flow["container"] == "video/mp4"
     assert flow["essence_parameters"]["init_segments"] is True
     assert [s["object_id"] for s in segments] == cmaf.c2.object_ids + cmaf.c1.object_ids
     assert [s["init_object"]["object_id"] for s in segments] == [cmaf.c2.init_object_id] * 2 + [cmaf.c1.init_object_id] * 2
@@ -119,8 +119,8 @@ def test_mid_segment_and_interval_edits_of_cmaf_flows_play_the_frames_asked_for(
 
 
 def test_a_cmaf_flow_and_a_ts_flow_are_not_edited_together(cmaf: CmafInputs) -> None:
-    for first, second, shown in ((cmaf.c1.flow_id, cmaf.ts_flow, "video/iso.segment (fMP4 with init segments) vs video/mp2t"),
-                                 (cmaf.ts_flow, cmaf.c1.flow_id, "video/mp2t vs video/iso.segment (fMP4 with init segments)")):
+    for first, second, shown in ((cmaf.c1.flow_id, cmaf.ts_flow, "video/mp4 (fMP4 with init segments) vs video/mp2t"),
+                                 (cmaf.ts_flow, cmaf.c1.flow_id, "video/mp2t vs video/mp4 (fMP4 with init segments)")):
         request = EditRequest(first, second, force=True)
         with pytest.raises(EditError) as info:
             cmaf.run(lambda c, r=request: edit(c, r))
@@ -137,7 +137,7 @@ def test_a_cmaf_flow_and_a_ts_flow_are_not_edited_together(cmaf: CmafInputs) -> 
         env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.splitlines() == [
-        "simple_edit.py: error: input flows differ in container: video/mp2t vs video/iso.segment (fMP4 with init "
+        "simple_edit.py: error: input flows differ in container: video/mp2t vs video/mp4 (fMP4 with init "
         "segments): a Flow has one container, so the edit could not be exported correctly"]
 
     async def absent(client: TAMSClient) -> bool:
