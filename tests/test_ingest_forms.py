@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import ingest_hls
+from tests.synthetic_media import SynthesizedHLS
+
+if TYPE_CHECKING:
+    from tests.conftest import RunningStore
+
+pytest_plugins = ["tests.media_fixtures"]
+
+SCRIPT = Path(ingest_hls.__file__).resolve()
 
 
 def test_the_default_segment_count_is_every_segment() -> None:
@@ -14,3 +28,20 @@ def test_the_default_segment_count_is_every_segment() -> None:
 def test_a_segment_count_takes_a_part() -> None:
     options = ingest_hls._options(ingest_hls._parse_args(["--hls-filename", "p.m3u8", "--hls-segment-count", "4"]))
     assert options.segment_count == 4
+
+
+def test_a_run_that_stops_short_says_how_many_segments_it_left(tams_store: RunningStore, hls_content: SynthesizedHLS,
+                                                                tmp_path: Path) -> None:
+    environ = {**os.environ, **tams_store.env}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--hls-filename", str(hls_content.playlist),
+                           "--hls-segment-count", "3", "--video-only"], capture_output=True, text=True, check=False,
+                          timeout=120, cwd=tmp_path, env=environ)
+    assert done.returncode == 0, done.stderr
+    total = hls_content.segment_count
+    assert "ingested 3 segments" in done.stdout
+    assert f"{total - 3} segments of the playlist left (--hls-start-segment 3 goes on)" in done.stdout
+    everything = subprocess.run([sys.executable, str(SCRIPT), "--hls-filename", str(hls_content.playlist),
+                                 "--video-only"], capture_output=True, text=True, check=False,
+                                timeout=120, cwd=tmp_path, env=environ)
+    assert everything.returncode == 0, everything.stderr
+    assert f"ingested {total} segments" in everything.stdout and "left" not in everything.stdout
