@@ -47,6 +47,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
+from urllib.request import url2pathname
 
 import aiohttp
 import m3u8  # type: ignore[import-untyped]
@@ -161,6 +162,8 @@ def _is_url(location: str) -> bool:
 def _resolve(base: str, uri: str) -> str:
     if _is_url(uri):
         return uri
+    if urlsplit(uri).scheme == "file":
+        return url2pathname(urlsplit(uri).path)
     if _is_url(base):
         return urljoin(base, uri)
     return str(Path(base).parent / uri)
@@ -566,7 +569,8 @@ def _timeranges(
 async def ingest(client: TAMSClient, options: IngestOptions) -> IngestResult:
     """Ingest ``options.hls`` into the store behind ``client``; see the module docstring."""
     started = time.perf_counter()
-    session = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT) if _is_url(options.hls) else None
+    # A local playlist may still name http(s) segments, so the session is there either way.
+    session: aiohttp.ClientSession | None = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT)
     try:
         return await _ingest(client, options, session, started)
     except hls_live.LiveError as exc:
