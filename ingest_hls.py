@@ -47,6 +47,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
+from urllib.request import url2pathname
 
 import aiohttp
 import m3u8  # type: ignore[import-untyped]
@@ -112,6 +113,8 @@ class IngestResult:
     bytes: int = 0  # bytes uploaded
     seconds: float = 0.0
     gaps: int = 0  # segments that left a followed playlist before they could be read
+    left: int = 0  # segments of the playlist after the last one this run took (a part asked for)
+    next_sequence: int = 0  # the media sequence of the first one left
     timeranges: dict[str, list[TimeRange]] = field(default_factory=dict)  # per essence, window order
 
     def summary(self) -> str:
@@ -119,9 +122,11 @@ class IngestResult:
         rate = megabytes / self.seconds if self.seconds > 0 else 0.0
         flows = ", ".join(f"{kind} {fid}" for kind, fid in self.flow_ids.items())
         gaps = f", {self.gaps} missed (gone from the playlist)" if self.gaps else ""
+        left = (f"; {self.left} segments of the playlist left (--hls-start-segment {self.next_sequence} goes on)"
+                if self.left else "")
         return (
             f"ingested {self.registered} segments ({self.skipped} already present{gaps}) into {flows}: "
-            f"{megabytes:.2f} MB in {self.seconds:.2f} s, {rate:.2f} MB/s"
+            f"{megabytes:.2f} MB in {self.seconds:.2f} s, {rate:.2f} MB/s{left}"
         )
 
 
@@ -157,6 +162,8 @@ def _is_url(location: str) -> bool:
 def _resolve(base: str, uri: str) -> str:
     if _is_url(uri):
         return uri
+    if urlsplit(uri).scheme == "file":
+        return url2pathname(urlsplit(uri).path)
     if _is_url(base):
         return urljoin(base, uri)
     return str(Path(base).parent / uri)
@@ -562,7 +569,8 @@ def _timeranges(
 async def ingest(client: TAMSClient, options: IngestOptions) -> IngestResult:
     """Ingest ``options.hls`` into the store behind ``client``; see the module docstring."""
     started = time.perf_counter()
-    session = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT) if _is_url(options.hls) else None
+    # A local playlist may still name http(s) segments, so the session is there either way.
+    session: aiohttp.ClientSession | None = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT)
     try:
         return await _ingest(client, options, session, started)
     except hls_live.LiveError as exc:
@@ -611,6 +619,9 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     flow_ids = {p.kind: p.flow_id for p in plans}
     result = IngestResult(flow_ids=flow_ids, source_ids={p.kind: p.body["source_id"] for p in plans},
                           timeranges={k: [] for k in kinds})
+    if not options.follow:
+        result.left = sum(1 for segment in playlist.segments if segment.sequence > window[-1].sequence)
+        result.next_sequence = window[-1].sequence + 1
     for kind, fid in flow_ids.items():
         logger.info("%s flow id %s", kind, fid)
 

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import ingest_hls
+from tests.synthetic_media import SynthesizedHLS
+
+if TYPE_CHECKING:
+    from tests.conftest import RunningStore
+
+pytest_plugins = ["tests.media_fixtures"]
+
+SCRIPT = Path(ingest_hls.__file__).resolve()
 
 
 def test_the_default_segment_count_is_every_segment() -> None:
@@ -14,3 +29,58 @@ def test_the_default_segment_count_is_every_segment() -> None:
 def test_a_segment_count_takes_a_part() -> None:
     options = ingest_hls._options(ingest_hls._parse_args(["--hls-filename", "p.m3u8", "--hls-segment-count", "4"]))
     assert options.segment_count == 4
+
+
+def test_a_run_that_stops_short_says_how_many_segments_it_left(tams_store: RunningStore, hls_content: SynthesizedHLS,
+                                                                tmp_path: Path) -> None:
+    environ = {**os.environ, **tams_store.env}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--hls-filename", str(hls_content.playlist),
+                           "--hls-segment-count", "3", "--video-only"], capture_output=True, text=True, check=False,
+                          timeout=120, cwd=tmp_path, env=environ)
+    assert done.returncode == 0, done.stderr
+    total = hls_content.segment_count
+    assert "ingested 3 segments" in done.stdout
+    assert f"{total - 3} segments of the playlist left (--hls-start-segment 3 goes on)" in done.stdout
+    everything = subprocess.run([sys.executable, str(SCRIPT), "--hls-filename", str(hls_content.playlist),
+                                 "--video-only"], capture_output=True, text=True, check=False,
+                                timeout=120, cwd=tmp_path, env=environ)
+    assert everything.returncode == 0, everything.stderr
+    assert f"ingested {total} segments" in everything.stdout and "left" not in everything.stdout
+
+
+def test_file_urls_and_http_urls_mix_with_relative_segments(tams_store: RunningStore, hls_content: SynthesizedHLS,
+                                                            tmp_path: Path) -> None:
+    import http.server
+    import threading
+    from urllib.parse import quote
+
+    served = tmp_path / "served dir"
+    served.mkdir()
+    paths = hls_content.segment_paths()[:3]
+    (served / paths[2].name).write_bytes(paths[2].read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        local = tmp_path / "mixed"
+        local.mkdir()
+        (local / paths[0].name).write_bytes(paths[0].read_bytes())
+        spaced = tmp_path / "a dir" / paths[1].name
+        spaced.parent.mkdir()
+        spaced.write_bytes(paths[1].read_bytes())
+        text = hls_content.playlist.read_text()
+        lines = [line for line in text.splitlines() if line.startswith("#EXT-X-ENDLIST") is False]
+        header = [line for line in lines if line.startswith("#") and not line.startswith("#EXTINF")]
+        infs = [line for line in lines if line.startswith("#EXTINF")][:3]
+        uris = [paths[0].name, "file://" + quote(str(spaced)),
+                f"http://127.0.0.1:{server.server_address[1]}/{paths[2].name}"]
+        body = [x for inf, uri in zip(infs, uris, strict=True) for x in (inf, uri)]
+        (local / "p.m3u8").write_text("\n".join([*header, *body, "#EXT-X-ENDLIST"]) + "\n")
+        done = subprocess.run([sys.executable, str(SCRIPT), "--hls-filename", str(local / "p.m3u8"), "--video-only"],
+                              capture_output=True, text=True, check=False, timeout=120, cwd=tmp_path,
+                              env={**os.environ, **tams_store.env})
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "ingested 3 segments" in done.stdout
