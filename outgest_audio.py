@@ -162,7 +162,6 @@ class MuxedFileWriter(of.FlowFileWriter):
         self._dts_by_kind: dict[str, int] = {}
         self._mp4_origin = Fraction(0)
         self.sample_rate: int | None = None
-        self.nudged = 0  # decode timestamps moved forward to keep each stream's increasing
 
     def declare(self, kind: str, template: av.stream.Stream, start: Fraction) -> None:
         """The stream ``kind`` is made like ``template`` (now, while its object is open) and presents
@@ -268,10 +267,6 @@ class _VideoTrack:
     def __init__(self, writer: MuxedFileWriter) -> None:
         self.writer = writer
         self.frames = 0
-        self.mixed_parameter_sets = False  # kept for write_segment; the muxed MP4 stays hev1
-
-    def set_reorder_delay(self, seconds: Fraction) -> None:
-        """The muxed writer keeps each stream's own decode times (nudged where joins need it)."""
 
     def write(self, packet: av.Packet, template: av.stream.Stream, pts: Fraction, dts: Fraction,
               duration: Fraction | None) -> None:
