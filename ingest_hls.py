@@ -802,7 +802,7 @@ async def _set_flow_properties(client: TAMSClient, flow_id: str, values: dict[st
     except TAMSResponseError as exc:
         if exc.status not in (404, 405):
             raise
-        logger.debug("the store has no /flows/{id}/%s path (%s); replacing the flow instead", name, exc.status)
+        logger.debug("the store has no /flows/{id}/%s paths (%s); replacing the flow instead", "|".join(values), exc.status)
     flow = await client.get_flow(flow_id)
     for key in _SERVER_MANAGED:
         flow.pop(key, None)
