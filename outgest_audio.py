@@ -42,7 +42,7 @@ import math
 import tempfile
 import time
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -641,35 +641,19 @@ async def outgest_av(
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="outgest-mux") as muxer,
         ):
             loop = asyncio.get_running_loop()
-            slots = asyncio.Semaphore(concurrency)
-            queue: asyncio.Queue[tuple[str, of.SegmentRef, asyncio.Task[int], Path] | None] = asyncio.Queue()
+            async def listed() -> AsyncIterator[tuple[str, of.SegmentRef, str]]:
+                for _, _, kind, segment in entries:
+                    yield details[kind][0], segment, kind
 
-            async def produce(tg: asyncio.TaskGroup) -> None:
-                for number, (_, _, kind, segment) in enumerate(entries):
-                    await slots.acquire()
-                    path = Path(scratch) / f"{number:08d}.obj"
-                    task = tg.create_task(of._fetch(client, details[kind][0], segment, path))
-                    await queue.put((kind, segment, task, path))
-                await queue.put(None)
+            async def written(segment: of.SegmentRef, kind: str, path: Path, size: int) -> None:
+                summary.downloaded += size
+                await loop.run_in_executor(muxer, process, kind, segment, path)
+                if bar is not None:
+                    covered = of._seconds(segment.timerange.intersect_with(timerange))
+                    if covered:
+                        bar.update(covered)
 
-            async def consume() -> None:
-                while (entry := await queue.get()) is not None:
-                    kind, segment, download, path = entry
-                    summary.downloaded += await download
-                    await loop.run_in_executor(muxer, process, kind, segment, path)
-                    path.unlink(missing_ok=True)
-                    slots.release()
-                    if bar is not None:
-                        covered = of._seconds(segment.timerange.intersect_with(timerange))
-                        if covered:
-                            bar.update(covered)
-
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(produce(tg))
-                    tg.create_task(consume())
-            except BaseExceptionGroup as group:
-                raise of._first_error(group) from None
+            await of.fetch_in_order(client, listed(), Path(scratch), concurrency, written)
 
             def finish() -> int:
                 last = finish_audio(writer, audio_state)

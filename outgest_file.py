@@ -41,12 +41,12 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Self, cast
+from typing import Any, Self, TypeVar, cast
 
 import av
 import av.error
@@ -864,6 +864,57 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
     return group
 
 
+T = TypeVar("T")
+
+
+async def fetch_in_order(
+    client: TAMSClient,
+    segments: AsyncIterable[tuple[str, SegmentRef, T]],
+    scratch: Path,
+    concurrency: int,
+    handle: Callable[[SegmentRef, T, Path, int], Awaitable[None]],
+) -> int:
+    """Download the objects of ``segments`` ((Flow id, segment, tag) triples) into ``scratch``, up
+    to ``concurrency`` downloading or waiting at once, and ``await handle(segment, tag, path,
+    size)`` for each in the given order; each file is removed once handled. Returns the most objects held at
+    one time. The first failure (download or handler) is raised and the rest are cancelled."""
+    slots = asyncio.Semaphore(concurrency)  # one per object downloading or waiting to be handled
+    queue: asyncio.Queue[tuple[SegmentRef, T, asyncio.Task[int], Path] | None] = asyncio.Queue()
+    held = most = 0
+
+    async def produce(tg: asyncio.TaskGroup) -> None:
+        nonlocal held, most
+        number = 0
+        async for flow_id, segment, tag in segments:
+            await slots.acquire()
+            held += 1
+            most = max(most, held)
+            path = scratch / f"{number:08d}.obj"
+            number += 1
+            await queue.put((segment, tag, tg.create_task(_fetch(client, flow_id, segment, path)), path))
+        await queue.put(None)
+
+    async def consume() -> None:
+        nonlocal held
+        while (entry := await queue.get()) is not None:
+            segment, tag, download, path = entry
+            size = await download
+            try:
+                await handle(segment, tag, path, size)
+            finally:
+                path.unlink(missing_ok=True)
+            held -= 1
+            slots.release()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(produce(tg))
+            tg.create_task(consume())
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+    return most
+
+
 async def outgest(
     client: TAMSClient,
     flow_id: str,
@@ -911,9 +962,6 @@ async def outgest(
 
     summary = OutgestSummary(output)
     writer = FlowFileWriter(output)
-    slots = asyncio.Semaphore(concurrency)  # one per object downloading or waiting to be written
-    held = [0]
-    queue: asyncio.Queue[tuple[SegmentRef, asyncio.Task[int], Path] | None] = asyncio.Queue()
     bar = _progress_bar(total, progress)
 
     def process(segment: SegmentRef, path: Path) -> SegmentResult:
@@ -937,51 +985,33 @@ async def outgest(
         ):
             loop = asyncio.get_running_loop()
 
-            async def produce(tg: asyncio.TaskGroup) -> None:
-                number = 0
+            async def listed() -> AsyncIterator[tuple[str, SegmentRef, None]]:
                 async for item in client.segments(flow_id, timerange=timerange, include_object_timerange=True):
-                    segment = SegmentRef.from_json(item)
-                    await slots.acquire()
-                    held[0] += 1
-                    summary.max_held = max(summary.max_held, held[0])
-                    path = Path(scratch) / f"{number:08d}.obj"
-                    number += 1
-                    await queue.put((segment, tg.create_task(_fetch(client, flow_id, segment, path)), path))
-                await queue.put(None)
+                    yield flow_id, SegmentRef.from_json(item), None
 
-            async def consume() -> None:
-                while (entry := await queue.get()) is not None:
-                    segment, download, path = entry
-                    summary.downloaded += await download
-                    result = await loop.run_in_executor(muxer, process, segment, path)
-                    path.unlink(missing_ok=True)
-                    held[0] -= 1
-                    slots.release()
-                    summary.segments += 1
-                    summary.frames += result.frames
-                    if result.reencoded:
-                        summary.reencoded += 1
-                        summary.reencoded_segments.append(str(segment.timerange))
-                        logger.info(
-                            "re-encoded segment %s (object %s, %d frames): %s",
-                            segment.timerange, segment.object_id, result.frames, result.reason,
-                        )
-                    elif result.frames == 0 and request is None:
-                        logger.warning(
-                            "segment %s (object %s) gives no frames in the timerange; check its ts_offset",
-                            segment.timerange, segment.object_id,
-                        )
-                    if bar is not None:
-                        covered = _seconds(segment.timerange.intersect_with(span))
-                        if covered:
-                            bar.update(covered)
+            async def written(segment: SegmentRef, _: None, path: Path, size: int) -> None:
+                summary.downloaded += size
+                result = await loop.run_in_executor(muxer, process, segment, path)
+                summary.segments += 1
+                summary.frames += result.frames
+                if result.reencoded:
+                    summary.reencoded += 1
+                    summary.reencoded_segments.append(str(segment.timerange))
+                    logger.info(
+                        "re-encoded segment %s (object %s, %d frames): %s",
+                        segment.timerange, segment.object_id, result.frames, result.reason,
+                    )
+                elif result.frames == 0 and request is None:
+                    logger.warning(
+                        "segment %s (object %s) gives no frames in the timerange; check its ts_offset",
+                        segment.timerange, segment.object_id,
+                    )
+                if bar is not None:
+                    covered = _seconds(segment.timerange.intersect_with(span))
+                    if covered:
+                        bar.update(covered)
 
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(produce(tg))
-                    tg.create_task(consume())
-            except BaseExceptionGroup as group:
-                raise _first_error(group) from None
+            summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written)
             if summary.segments == 0:
                 raise OutgestError(f"Flow {flow_id} has no segments in {timerange.to_sec_nsec_range()}")
             if summary.frames == 0:
