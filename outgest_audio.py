@@ -36,6 +36,7 @@ sample, and what is left in the silenced parts is coding noise more than 20 dB d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import math
@@ -622,35 +623,34 @@ async def outgest_av(
     )
     bar = of._progress_bar(total or None, progress)
 
-    def process(kind: str, segment: of.SegmentRef, path: Path) -> None:
+    def process(kind: str, segment: of.SegmentRef, path: Path, context: bool = False,
+                chain: Sequence[tuple[of.SegmentRef, Path]] = (), lose_prior: bool = False) -> of.SegmentResult | None:
+        """Write one segment; for video, with ``write_segment``'s context and precharge ``chain``
+        (see ``outgest_file.VideoSequence``), returning its result."""
         flow_id, flow, codec, frame_rate, options = details[kind]
         try:
-            with of.read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange,
-                                frame_rate=frame_rate) as media:
-                if check_timing:
+            with contextlib.ExitStack() as stack:
+                media = stack.enter_context(of.read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange,
+                                                           frame_rate=frame_rate))
+                if check_timing and not lose_prior:
                     for problem in of.check_segment_timing(path, media, segment):
                         summary.timing_warnings += 1
                         logger.warning("Flow %s segment %s (object %s): %s", flow_id, segment.timerange,
                                        segment.object_id, problem)
                 if kind == "video":
-                    result = of.write_segment(cast(of.FlowFileWriter, video), media, segment, request=request,
-                                              options=options)
-                    summary.frames += result.frames
-                    if result.reencoded:
-                        summary.reencoded += 1
-                        summary.reencoded_segments.append(str(segment.timerange))
-                        logger.info("re-encoded segment %s (object %s, %d frames): %s", segment.timerange,
-                                    segment.object_id, result.frames, result.reason)
-                else:
-                    audio = write_audio_segment(writer, media, segment, audio_state, request=request)
-                    summary.audio_samples += audio.samples
-                    summary.silent_samples += audio.silent
-                    if audio.reencoded:
-                        summary.audio_reencoded_frames += audio.reencoded
-                    summary.sample_rate = media.sample_rate
+                    earlier = [stack.enter_context(of.read_object(p, kind=kind, codec=codec, anchor=s.media_timerange,
+                                                                  frame_rate=frame_rate)) for s, p in chain]
+                    return of.write_segment(cast(of.FlowFileWriter, video), media, segment, request=request,
+                                            options=options, context=context, chain=earlier, lose_prior=lose_prior)
+                audio = write_audio_segment(writer, media, segment, audio_state, request=request)
+                summary.audio_samples += audio.samples
+                summary.silent_samples += audio.silent
+                if audio.reencoded:
+                    summary.audio_reencoded_frames += audio.reencoded
+                summary.sample_rate = media.sample_rate
+                return None
         except of.OutgestError as exc:
             raise of.OutgestError(f"Flow {flow_id} segment {segment.timerange} (object {segment.object_id}): {exc}") from exc
-        summary.segments += 1
 
     try:
         with (
@@ -662,15 +662,35 @@ async def outgest_av(
                 for _, _, kind, segment in entries:
                     yield details[kind][0], segment, kind
 
+            async def run_video(*args: Any) -> of.SegmentResult:
+                result = await loop.run_in_executor(muxer, process, "video", *args)
+                assert result is not None
+                return result
+
+            sequence = (of.VideoSequence(client, details["video"][0], Path(scratch), details["video"][3], exact,
+                                         run_video) if "video" in details else None)
+
             async def written(segment: of.SegmentRef, kind: str, path: Path, size: int) -> None:
                 summary.downloaded += size
-                await loop.run_in_executor(muxer, process, kind, segment, path)
+                if kind == "video" and sequence is not None:
+                    result = await sequence.write(segment, path)
+                    summary.frames += result.frames
+                    if result.reencoded:
+                        summary.reencoded += 1
+                        summary.reencoded_segments.append(str(segment.timerange))
+                        logger.info("re-encoded segment %s (object %s, %d frames): %s", segment.timerange,
+                                    segment.object_id, result.frames, result.reason)
+                else:
+                    await loop.run_in_executor(muxer, process, kind, segment, path)
+                summary.segments += 1
                 if bar is not None:
                     covered = of._seconds(segment.timerange.intersect_with(timerange))
                     if covered:
                         bar.update(covered)
 
-            await of.fetch_in_order(client, listed(), Path(scratch), concurrency, written)
+            summary.max_held = await of.fetch_in_order(client, listed(), Path(scratch), concurrency, written)
+            if sequence is not None:
+                summary.downloaded += sequence.downloaded
 
             def finish() -> int:
                 last = finish_audio(writer, audio_state)

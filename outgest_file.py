@@ -1036,6 +1036,81 @@ async def _predecessor(client: TAMSClient, flow_id: str, segment: SegmentRef, to
     return None
 
 
+Runner = Callable[[SegmentRef, Path, bool, Sequence[tuple[SegmentRef, Path]], bool], Awaitable[SegmentResult]]
+
+
+class VideoSequence:
+    """A video Flow's segments written in timeline order, each given what its first frames need.
+
+    The last object written is kept (its file renamed past ``fetch_in_order``'s cleanup) as the
+    next one's context (its leading frames may be copied after an unbroken GOP) and precharge.
+    When a segment's first frames need media from before the object (an open GOP's leading
+    pictures, a segment starting mid-GOP) and the kept object does not hold it, the Flow's
+    segments before it are fetched, up to MAX_PRECHARGE, and decoded first; with none to fetch,
+    ``--exact`` fails with one line and a whole-segment export leaves those frames out with a
+    warning naming them. ``run(segment, path, context, chain, lose_prior)`` writes one segment
+    (``write_segment`` in the writer's thread).
+    """
+
+    def __init__(self, client: TAMSClient, flow_id: str, scratch: Path, frame_rate: Fraction | None,
+                 exact: bool, run: Runner) -> None:
+        self.client = client
+        self.flow_id = flow_id
+        self.scratch = scratch
+        self.tolerance = bound_tolerance(1 / frame_rate if frame_rate else None)
+        self.exact = exact
+        self.run = run
+        self.previous: tuple[SegmentRef, Path, SegmentResult] | None = None
+        self.downloaded = 0  # bytes of the precharge objects fetched
+        self._fetched = 0
+
+    async def write(self, segment: SegmentRef, path: Path) -> SegmentResult:
+        previous = self.previous
+        joined = previous is not None and follows(previous[0], segment, self.tolerance)
+        context = joined and previous is not None and previous[2].clean_end
+        chain: list[tuple[SegmentRef, Path]] = [previous[:2]] if joined and previous is not None else []
+        fetched: list[Path] = []
+        try:
+            result = await self._precharged(segment, path, context, chain, fetched)
+        finally:
+            for target in fetched:
+                target.unlink(missing_ok=True)
+        if previous is not None:
+            previous[1].unlink(missing_ok=True)
+        kept = path.with_suffix(".previous")
+        path.rename(kept)
+        self.previous = (segment, kept, result)
+        return result
+
+    async def _precharged(self, segment: SegmentRef, path: Path, context: bool,
+                          chain: list[tuple[SegmentRef, Path]], fetched: list[Path]) -> SegmentResult:
+        while True:
+            try:
+                return await self.run(segment, path, context, chain, False)
+            except NeedPrecharge as need:
+                before = await _predecessor(self.client, self.flow_id, chain[0][0] if chain else segment,
+                                            self.tolerance)
+                if before is None or len(chain) >= MAX_PRECHARGE:
+                    if self.exact:
+                        raise OutgestError(
+                            f"segment {segment.timerange} (object {segment.object_id}): the cut needs "
+                            f"{len(need.frames)} frames from before the object's first keyframe, and the Flow has"
+                            " no segment of the same media before it to precharge from") from None
+                    break
+                self._fetched += 1
+                target = self.scratch / f"precharge-{self._fetched:08d}.obj"
+                fetched.append(target)
+                self.downloaded += await _fetch(self.client, self.flow_id, before, target)
+                chain.insert(0, (before, target))
+        result = await self.run(segment, path, context, (), True)
+        logger.warning(
+            "segment %s (object %s): %d frames at %s left out: they need media from before the object's"
+            " first keyframe, and the Flow has no segment of the same media before it",
+            segment.timerange, segment.object_id, len(result.lost), ", ".join(str(_at(t)) for t in result.lost),
+        )
+        return result
+
+
 async def outgest(
     client: TAMSClient,
     flow_id: str,
@@ -1116,58 +1191,14 @@ async def outgest(
                 async for item in client.segments(flow_id, timerange=timerange, include_object_timerange=True):
                     yield flow_id, SegmentRef.from_json(item), None
 
-            previous: list[tuple[SegmentRef, Path, SegmentResult]] = []  # the last segment written
-            tolerance = bound_tolerance(1 / frame_rate if frame_rate else None)
-            extra = [0]
+            async def run(*args: Any) -> SegmentResult:
+                return await loop.run_in_executor(muxer, process, *args)
 
-            async def precharged(segment: SegmentRef, path: Path, context: bool) -> SegmentResult:
-                """Write the segment, fetching the Flow's objects before it as precharge when its
-                first frames need them (up to MAX_PRECHARGE objects)."""
-                chain: list[tuple[SegmentRef, Path]] = []
-                if previous and follows(previous[0][0], segment, tolerance):
-                    chain = [previous[0][:2]]
-                fetched: list[Path] = []
-                try:
-                    while True:
-                        try:
-                            return await loop.run_in_executor(muxer, process, segment, path, context, chain, False)
-                        except NeedPrecharge as need:
-                            before = await _predecessor(client, flow_id, chain[0][0] if chain else segment, tolerance)
-                            if before is None or len(chain) >= MAX_PRECHARGE:
-                                lost = len(need.frames)
-                                if request is not None:
-                                    raise OutgestError(
-                                        f"segment {segment.timerange} (object {segment.object_id}): the cut needs "
-                                        f"{lost} frames from before the object's first keyframe, and the Flow has no "
-                                        "segment of the same media before it to precharge from") from None
-                                break
-                            extra[0] += 1
-                            target = Path(scratch) / f"precharge-{extra[0]:08d}.obj"
-                            fetched.append(target)
-                            summary.downloaded += await _fetch(client, flow_id, before, target)
-                            chain.insert(0, (before, target))
-                    result = await loop.run_in_executor(muxer, process, segment, path, context, (), True)
-                    logger.warning(
-                        "segment %s (object %s): %d frames at %s left out: they need media from before the object's"
-                        " first keyframe, and the Flow has no segment of the same media before it",
-                        segment.timerange, segment.object_id, len(result.lost),
-                        ", ".join(str(_at(t)) for t in result.lost),
-                    )
-                    return result
-                finally:
-                    for target in fetched:
-                        target.unlink(missing_ok=True)
+            sequence = VideoSequence(client, flow_id, Path(scratch), frame_rate, request is not None, run)
 
             async def written(segment: SegmentRef, _: None, path: Path, size: int) -> None:
                 summary.downloaded += size
-                context = bool(previous) and previous[0][2].clean_end and follows(previous[0][0], segment, tolerance)
-                result = await precharged(segment, path, context)
-                if previous:
-                    previous[0][1].unlink(missing_ok=True)
-                # fetch_in_order removes the handled file: keep this one as the next segment's precharge
-                kept = path.with_suffix(".previous")
-                path.rename(kept)
-                previous[:] = [(segment, kept, result)]
+                result = await sequence.write(segment, path)
                 summary.segments += 1
                 summary.frames += result.frames
                 if result.reencoded:
@@ -1188,6 +1219,7 @@ async def outgest(
                         bar.update(covered)
 
             summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written)
+            summary.downloaded += sequence.downloaded
             if summary.segments == 0:
                 raise OutgestError(f"Flow {flow_id} has no segments in {timerange.to_sec_nsec_range()}")
             if summary.frames == 0:

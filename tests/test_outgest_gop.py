@@ -27,6 +27,7 @@ from outgest_file import OutgestError, outgest
 from sample_content import read_frame_numbers
 from tests.conftest import RunningStore, start_store
 from tests.gop_media import make_hls
+from tests.synthetic_media import synthesized
 
 FRAMES = 150
 
@@ -163,3 +164,47 @@ async def test_no_segment_before_to_precharge_from_warns_and_counts_what_the_fil
     assert lost > 0  # the segment starts inside a GOP begun in the segment before
     assert any(f"{lost} frames at" in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "exact.ts").exists()
+
+
+@pytest.fixture(scope="module")
+def audio_flow(store: RunningStore, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An AAC audio Flow (48 kHz, 6 s from 0.067 s) over the same stretch of Flow time as FLOWS."""
+    content = synthesized(tmp_path_factory, fps=25, duration=6, audio=True)
+
+    async def setup() -> str:
+        async with connect(store) as client:
+            done = await ingest(client, IngestOptions(hls=str(content.playlist), segment_count=None,
+                                                      flow_id=str(uuid.uuid4())))
+        return done.flow_ids["audio"]
+
+    return asyncio.run(setup())
+
+
+def samples(t: Timestamp | None) -> int:
+    assert t is not None
+    return round(Fraction(t.to_nanosec(), 10**9) * 48000)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+@pytest.mark.parametrize("name", ["x264-pyramid-split-25", "x265-split-59.94"])
+async def test_muxed_exports_precharge_segments_that_start_inside_a_gop(
+    store: RunningStore, flows: dict[str, Ingested], audio_flow: str, tmp_path: Path, name: str, suffix: str
+) -> None:
+    """With --audio-flow-id too, a cut (or a whole segment) whose first frames need the object
+    before gets them by precharge, and the audio is cut to the same timerange."""
+    flow = flows[name]
+    starts = segment_starts(flow)
+    cut = flow.window(starts[1] + 1, starts[2] + 5)
+    out = tmp_path / f"cut{suffix}"
+    async with connect(store) as client:
+        summary = await outgest(client, flow.flow_id, out, timerange=cut, exact=True, audio_flow_id=audio_flow)
+        assert read_frame_numbers(out) == list(range(starts[1] + 1, starts[2] + 5))
+        assert summary.reencoded >= 1 and summary.nudged == 0
+        assert summary.audio_samples == samples(cut.end) - samples(cut.start)  # type: ignore[attr-defined]
+        with av.open(str(out)) as container:
+            assert sorted(s.type for s in container.streams) == ["audio", "video"]
+        one = tmp_path / f"one{suffix}"
+        whole = await outgest(client, flow.flow_id, one, timerange=flow.window(starts[1] + 1, starts[1] + 2),
+                              audio_flow_id=audio_flow)
+    assert read_frame_numbers(one) == list(range(starts[1], starts[2]))
+    assert whole.frames == starts[2] - starts[1] and whole.reencoded == 1
