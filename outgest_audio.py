@@ -148,11 +148,16 @@ class MuxedFileWriter(of.FlowFileWriter):
     Packets come with Flow times (seconds). Nothing is muxed until every kind has given its first
     packet (the streams are made from the objects' streams, and the MP4 origin is the earliest
     start); until then packets wait in memory (the first segment of each). MPEG-TS is written at
-    90 kHz on the Flow timeline; MP4 starts at zero, video at 90 kHz and audio at its sample rate.
+    90 kHz on the Flow timeline. MP4 starts at zero, like ``FlowFileWriter``'s: ``moov`` first, HEVC
+    tagged hvc1 when one set of parameter sets serves the whole file, video on the frame rate's
+    time base (``mp4_time_base``: exact 29.97/59.94; the video's start against the audio is
+    rounded to it, within 40 microseconds), audio at its sample rate.
     """
 
-    def __init__(self, path: Path, kinds: Sequence[str], sample_rate: int | None = None) -> None:
+    def __init__(self, path: Path, kinds: Sequence[str], sample_rate: int | None = None,
+                 frame_rate: Fraction | None = None) -> None:
         super().__init__(path)
+        self.video_time_base = of.mp4_time_base(frame_rate) if frame_rate else of.WORK_TIME_BASE
         self.kinds = tuple(kinds)
         self._templates: dict[str, av.stream.Stream] = {}
         self._starts: dict[str, Fraction] = {}
@@ -167,6 +172,8 @@ class MuxedFileWriter(of.FlowFileWriter):
     def declare(self, kind: str, template: av.stream.Stream, start: Fraction) -> None:
         """The stream ``kind`` is made like ``template`` (now, while its object is open) and presents
         its first sample at ``start``."""
+        if kind == "video":
+            self._parameter_sets.add(bytes(template.codec_context.extradata or b""))
         if kind in self._templates:
             name = self._templates[kind].codec_context.name
             if template.codec_context.name != name:
@@ -178,14 +185,16 @@ class MuxedFileWriter(of.FlowFileWriter):
             self.sample_rate = cast(av.audio.codeccontext.AudioCodecContext, template.codec_context).sample_rate
         try:
             if self._output is None:
-                options: dict[str, str] = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else {}
-                if self.format == "mp4":
-                    options["movflags"] = "+faststart"
-                    # edit durations are in the movie timescale: make every stream's unit whole in it
-                    options["movie_timescale"] = str(math.lcm(of.TS_CLOCK, self.expected_rate or of.TS_CLOCK))
+                options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else self._mp4_options()
                 self._output = av.open(str(self.temp_path), "w", format=self.format, options=options)
             stream = self._output.add_stream_from_template(template)
-            if kind == "audio" and self.format == "mp4":
+            if kind == "video":
+                self._codec = template.codec_context.name
+                if self.format == "mp4" and self._codec == "hevc":
+                    stream.codec_context.codec_tag = "hev1"  # until commit() finds one set of parameter sets
+            if kind == "video" and self.format == "mp4":
+                stream.time_base = self.video_time_base
+            elif kind == "audio" and self.format == "mp4":
                 stream.time_base = Fraction(1, self.sample_rate or of.TS_CLOCK)
                 # MPEG-TS carries AAC as ADTS frames; MP4 wants raw frames and an AudioSpecificConfig
                 self._bsf = av.bitstream.BitStreamFilterContext("aac_adtstoasc", template, stream)
@@ -197,6 +206,11 @@ class MuxedFileWriter(of.FlowFileWriter):
         except (av.error.FFmpegError, OSError) as exc:
             raise of.OutgestError(f"cannot write {self.path}: {exc}") from exc
         self._streams[kind] = stream
+
+    def _mp4_options(self) -> dict[str, str]:
+        # edit durations are in the movie timescale: make every stream's unit whole in it
+        scale = math.lcm(self.video_time_base.denominator, self.expected_rate or of.TS_CLOCK)
+        return {**super()._mp4_options(), "movie_timescale": str(scale)}
 
     def put(self, kind: str, packet: av.Packet, pts: Fraction, dts: Fraction, duration: Fraction | None) -> None:
         """Mux ``packet`` of stream ``kind`` at Flow times ``pts``/``dts`` (seconds); video decode
@@ -281,7 +295,14 @@ class _VideoTrack:
     def __init__(self, writer: MuxedFileWriter) -> None:
         self.writer = writer
         self.frames = 0
-        self.mixed_parameter_sets = False  # kept for write_segment; the muxed MP4 stays hev1
+
+    @property
+    def mixed_parameter_sets(self) -> bool:
+        return self.writer.mixed_parameter_sets
+
+    @mixed_parameter_sets.setter
+    def mixed_parameter_sets(self, value: bool) -> None:
+        self.writer.mixed_parameter_sets = value
 
     def set_reorder_delay(self, seconds: Fraction) -> None:
         self.writer.set_reorder_delay(seconds)
@@ -614,7 +635,8 @@ async def outgest_av(
 
     summary = AVSummary(output, has_video="video" in kinds)
     audio_params = (details["audio"][1].get("essence_parameters") or {}) if "audio" in details else {}
-    writer = MuxedFileWriter(output, kinds, audio_params.get("sample_rate"))
+    writer = MuxedFileWriter(output, kinds, audio_params.get("sample_rate"),
+                             details["video"][3] if "video" in details else None)
     video = _VideoTrack(writer)
     audio_state = _AudioState()
     total = sum(

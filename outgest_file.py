@@ -527,7 +527,9 @@ def decode_ticks(pts_ticks: int, shown_ticks: int, delay: Fraction, time_base: F
 def mp4_time_base(frame_rate: Fraction) -> Fraction:
     """An MP4 video time base on which every frame lasts whole ticks: one over the frame rate's
     numerator, doubled up to at least 10000 as libavformat's mov muxer would (25 fps: 1/12800,
-    60000/1001: 1/60000), so the muxer keeps it and a decode clock has room between frames."""
+    60000/1001: 1/60000), so the muxer keeps it and a decode clock has room between frames.
+    Frame times from 90 kHz media (59.94 fps frames last 1501.5 ticks there, so they alternate
+    1501 and 1502) round onto its grid exactly."""
     scale = frame_rate.numerator
     while scale < 10000:
         scale *= 2
@@ -572,7 +574,7 @@ class FlowFileWriter:
     def _open(self, template: av.stream.Stream) -> av.stream.Stream:
         if self._stream is not None:
             return self._stream
-        options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else {"movflags": "+faststart"}
+        options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else self._mp4_options()
         try:
             self._output = av.open(str(self.temp_path), "w", format=self.format, container_options=options)
             self._stream = self._output.add_stream_from_template(template)
@@ -657,21 +659,29 @@ class FlowFileWriter:
             raise OutgestError(f"cannot write {self.path}: {exc}") from exc
         return self.path.stat().st_size
 
+    def _mp4_options(self) -> dict[str, str]:
+        """Container options for the MP4 file (and its hvc1 rewrite)."""
+        return {"movflags": "+faststart"}
+
     def _retag_hvc1(self) -> None:
         """Rewrite the finished MP4 with its HEVC sample entry tagged hvc1 (what Apple's players
-        want): parameter sets in the sample entry only, as here every frame shares one set."""
+        want): parameter sets in the sample entry only, as here every frame shares one set. Every
+        stream is copied packet for packet, with its time base."""
         retagged = self.temp_path.with_name(self.temp_path.name + ".hvc1")
         try:
             with av.open(str(self.temp_path)) as source, av.open(
-                str(retagged), "w", format="mp4", container_options={"movflags": "+faststart"}
+                str(retagged), "w", format="mp4", container_options=self._mp4_options()
             ) as out:
-                src = source.streams.video[0]
-                dst = out.add_stream_from_template(src)
-                dst.codec_context.codec_tag = "hvc1"
-                dst.time_base = src.time_base
-                for packet in source.demux(src):
+                streams = {}
+                for src in source.streams:
+                    dst = out.add_stream_from_template(src)
+                    if src.type == "video" and src.codec_context.name == "hevc":
+                        dst.codec_context.codec_tag = "hvc1"
+                    dst.time_base = src.time_base
+                    streams[src.index] = dst
+                for packet in source.demux():
                     if packet.size:
-                        packet.stream = dst
+                        packet.stream = streams[packet.stream.index]
                         out.mux(packet)
             os.replace(retagged, self.temp_path)
         finally:

@@ -208,3 +208,50 @@ async def test_muxed_exports_precharge_segments_that_start_inside_a_gop(
                               audio_flow_id=audio_flow)
     assert read_frame_numbers(one) == list(range(starts[1], starts[2]))
     assert whole.frames == starts[2] - starts[1] and whole.reencoded == 1
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    data = path.read_bytes()
+    boxes, offset = [], 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset:offset + 4], "big")
+        boxes.append(data[offset + 4:offset + 8].decode("latin-1"))
+        offset += int.from_bytes(data[offset + 8:offset + 16], "big") if size == 1 else size
+        if size == 0:
+            break
+    return boxes
+
+
+@pytest.mark.parametrize(("name", "first", "stop", "tag"), [
+    ("x265-open-gop-29.97", 60, FRAMES, "hvc1"),  # whole GOPs: every frame copied, one set of parameter sets
+    ("x265-split-59.94", 20, 130, "hev1"),  # re-encoded heads and tails carry their own
+])
+async def test_muxed_mp4_is_player_ready(
+    store: RunningStore, flows: dict[str, Ingested], audio_flow: str, tmp_path: Path, name: str, first: int,
+    stop: int, tag: str
+) -> None:
+    """A muxed A/V MP4 is made as the single-Flow one is: moov first, hvc1 where it can be, the
+    exact frame rate; the audio keeps its edit list (exactly the samples of the cut) through the
+    hvc1 rewrite."""
+    flow = flows[name]
+    cut = flow.window(first, stop)
+    out = tmp_path / "av.mp4"
+    async with connect(store) as client:
+        summary = await outgest(client, flow.flow_id, out, timerange=cut, exact=True, audio_flow_id=audio_flow)
+    assert read_frame_numbers(out) == list(range(first, stop))
+    assert (summary.reencoded == 0) == (tag == "hvc1")
+    wanted = samples(cut.end) - samples(cut.start)
+    assert summary.audio_samples == wanted  # type: ignore[attr-defined]
+    with av.open(str(out)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.codec_tag, video.average_rate, video.frames) == (tag, flow.case.fps, stop - first)
+        assert (1 / Fraction(video.time_base)) % flow.case.fps.numerator == 0
+        assert audio.duration is not None
+        assert audio.duration * Fraction(audio.time_base) * 48000 == wanted  # the edit list's duration
+        frames = [frame for packet in container.demux(audio) for frame in packet.decode()]
+    # decoding starts at the cut's first sample (priming and skip by the edit list); libavformat
+    # gives the last frame whole, the edit list's duration ends it
+    assert frames[0].pts == 0
+    assert 0 <= sum(frame.samples for frame in frames) - wanted < 1024
+    boxes = top_level_boxes(out)
+    assert boxes.index("moov") < boxes.index("mdat")
