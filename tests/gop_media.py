@@ -22,7 +22,7 @@ import av
 
 import sample_content
 
-__all__ = ["ENCODERS", "make_hls"]
+__all__ = ["ENCODERS", "make_hls", "top_level_boxes"]
 
 ENCODERS = {
     "x265": ("libx265", {"preset": "ultrafast", "x265-params": "log-level=error:keyint={gop}:min-keyint={gop}:bframes=4"}),
@@ -77,3 +77,18 @@ def make_hls(
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return playlist
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """The four-letter types of an MP4 file's top-level boxes, in file order."""
+    data = path.read_bytes()
+    boxes, offset = [], 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset:offset + 4], "big")
+        boxes.append(data[offset + 4:offset + 8].decode("latin-1"))
+        if size == 1:
+            size = int.from_bytes(data[offset + 8:offset + 16], "big")
+        if size < 8:
+            break
+        offset += size
+    return boxes

@@ -26,7 +26,7 @@ from ingest_hls import IngestOptions, ingest
 from outgest_file import OutgestError, outgest
 from sample_content import read_frame_numbers
 from tests.conftest import RunningStore, start_store
-from tests.gop_media import make_hls
+from tests.gop_media import make_hls, top_level_boxes
 from tests.synthetic_media import synthesized
 
 FRAMES = 150
@@ -208,18 +208,6 @@ async def test_muxed_exports_precharge_segments_that_start_inside_a_gop(
                               audio_flow_id=audio_flow)
     assert read_frame_numbers(one) == list(range(starts[1], starts[2]))
     assert whole.frames == starts[2] - starts[1] and whole.reencoded == 1
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    data = path.read_bytes()
-    boxes, offset = [], 0
-    while offset + 8 <= len(data):
-        size = int.from_bytes(data[offset:offset + 4], "big")
-        boxes.append(data[offset + 4:offset + 8].decode("latin-1"))
-        offset += int.from_bytes(data[offset + 8:offset + 16], "big") if size == 1 else size
-        if size == 0:
-            break
-    return boxes
 
 
 @pytest.mark.parametrize(("name", "first", "stop", "tag"), [

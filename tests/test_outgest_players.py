@@ -27,7 +27,7 @@ from ingest_hls import IngestOptions, ingest
 from outgest_file import outgest
 from sample_content import read_frame_numbers
 from tests.conftest import REPO_ROOT, RunningStore, start_store
-from tests.gop_media import make_hls
+from tests.gop_media import make_hls, top_level_boxes
 
 FRAMES = 120
 RATES = {"x265-59.94": ("x265", Fraction(60000, 1001)), "x264-29.97": ("x264-pyramid", Fraction(30000, 1001))}
@@ -71,20 +71,6 @@ def window(start: Fraction, fps: Fraction, first: int, stop: int) -> TimeRange:
         return Timestamp.from_nanosec(int((start + n / fps) * 10**9))
 
     return TimeRange(at(first), at(stop), TimeRange.INCLUDE_START)
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    data = path.read_bytes()
-    boxes, offset = [], 0
-    while offset + 8 <= len(data):
-        size = int.from_bytes(data[offset:offset + 4], "big")
-        boxes.append(data[offset + 4:offset + 8].decode("latin-1"))
-        if size == 1:
-            size = int.from_bytes(data[offset + 8:offset + 16], "big")
-        if size < 8:
-            break
-        offset += size
-    return boxes
 
 
 @pytest.mark.parametrize("name", list(RATES))
