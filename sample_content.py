@@ -59,6 +59,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.bitstream
 import av.error
 
 from credentials import HelpFormatter
@@ -67,6 +68,7 @@ __all__ = [
     "CODE_BITS",
     "FILM_FILENAME",
     "FILM_URL",
+    "HLS_FORMS",
     "LiveSegment",
     "LiveWindow",
     "MIN_HEIGHT",
@@ -77,6 +79,7 @@ __all__ = [
     "frame_pts",
     "interval_edit_frames",
     "make_sample_content",
+    "package_hls",
     "play_live",
     "read_frame_numbers",
     "remux_to_hls",
@@ -446,6 +449,7 @@ def synthesize(
     gop_seconds: Fraction | int | str | None = 1,
     preset: str = "veryfast",
     first_frame: int = 0,
+    form: str = "ts",
 ) -> Path:
     """Synthesize numbered H.264 content as an HLS playlist in ``output_dir``; return the .m3u8 path.
 
@@ -453,6 +457,8 @@ def synthesize(
     (rounded) and start with an IDR frame; GOPs are ``gop_seconds * fps`` frames (None: one GOP per
     segment). Frame ``n`` has pts ``frame_pts(n, fps, start_pts)`` on the 90 kHz clock and carries
     the number ``first_frame + n`` (content that continues other content, as after a splice).
+    ``form`` "ts" cuts MPEG-TS segments here; the other ``HLS_FORMS`` are packaged by libavformat's
+    ``hls`` muxer (``package_hls``).
     """
     output_dir = Path(output_dir)
     fps = Fraction(fps)
@@ -467,6 +473,8 @@ def synthesize(
         raise SampleContentError("duration is shorter than one frame")
     if first_frame < 0:
         raise SampleContentError("first_frame must not be negative")
+    if form not in HLS_FORMS:
+        raise SampleContentError(f"unknown HLS form {form!r}; one of {', '.join(HLS_FORMS)}")
     if first_frame + frames >= 1 << CODE_BITS:
         raise SampleContentError(f"at most {(1 << CODE_BITS) - 1} frames can carry a frame number")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -486,6 +494,9 @@ def synthesize(
             first_frame=first_frame,
         )
         segment_ticks = Fraction(segment_frames * TS_CLOCK) / fps
+        if form != "ts":
+            return package_hls(full, output_dir, form=form, segment_seconds=segment_ticks / TS_CLOCK,
+                               video_only=not audio)
         return remux_to_hls(full, output_dir, segment_seconds=segment_ticks / TS_CLOCK, video_only=not audio)
     finally:
         full.unlink(missing_ok=True)
@@ -619,6 +630,86 @@ def _write_playlist(path: Path, names: list[str], durations: list[Fraction]) -> 
     tmp = path.with_suffix(".m3u8.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Packaging with libavformat's own hls muxer (the forms other packagers write)
+
+HLS_FORMS = ("ts", "fmp4", "ts-byterange", "fmp4-byterange")
+
+
+def package_hls(
+    source: Path | str,
+    output_dir: Path | str,
+    *,
+    form: str = "fmp4",
+    segment_seconds: Fraction | int | str = 2,
+    video_only: bool = True,
+    name: str = PLAYLIST_NAME,
+) -> Path:
+    """Remux ``source`` into HLS with libavformat's ``hls`` muxer, as a packager would; return the
+    playlist path.
+
+    ``form`` is one of ``HLS_FORMS``: MPEG-TS or fMP4 segments (fMP4 with an ``EXT-X-MAP`` init
+    section), each either as a file per segment or as one file addressed by ``EXT-X-BYTERANGE``
+    (``hls_flags=single_file``). The muxer cuts at the first keyframe after each ``segment_seconds``.
+    Packets are copied: the frames and their numbers are the source's. MPEG-TS packets carry no
+    duration, which fragments need for every sample, so each is given its frame's.
+    """
+    if form not in HLS_FORMS:
+        raise SampleContentError(f"unknown HLS form {form!r}; one of {', '.join(HLS_FORMS)}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fmp4 = form.startswith("fmp4")
+    single = form.endswith("byterange")
+    stem = Path(name).stem
+    extension = "m4s" if fmp4 else "ts"
+    options = {
+        "hls_time": str(float(Fraction(segment_seconds))),
+        "hls_playlist_type": "vod",
+        "hls_segment_type": "fmp4" if fmp4 else "mpegts",
+        "hls_segment_filename": str(output_dir / (f"{stem}.{extension}" if single else f"{stem}_%05d.{extension}")),
+    }
+    if fmp4:
+        options["hls_fmp4_init_filename"] = f"{stem}_init.mp4"
+    if single:
+        options["hls_flags"] = "single_file"
+    playlist = output_dir / name
+    try:
+        container = av.open(str(source))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise SampleContentError(f"cannot read {source}: {exc}") from exc
+    with container, av.open(str(playlist), "w", format="hls", options=options) as out:
+        if not container.streams.video:
+            raise SampleContentError(f"{source} has no video stream")
+        inputs: list[av.stream.Stream] = [container.streams.video[0]]
+        if not video_only:
+            inputs += container.streams.audio[:1]
+        outputs = {stream.index: out.add_stream_from_template(stream) for stream in inputs}
+        durations = {stream.index: _packet_ticks(stream) for stream in inputs}
+        # fMP4 holds AAC as raw frames with its configuration in the init segment, not ADTS.
+        filters = {stream.index: av.bitstream.BitStreamFilterContext("aac_adtstoasc", stream, outputs[stream.index])
+                   for stream in inputs if fmp4 and stream.codec_context.name == "aac"}
+        for packet in container.demux(inputs):
+            if packet.pts is None or packet.size == 0:
+                continue
+            index = packet.stream.index
+            if not packet.duration:
+                packet.duration = durations[index]
+            for ready in filters[index].filter(packet) if index in filters else [packet]:
+                ready.stream = outputs[index]
+                out.mux(ready)
+    logger.info("wrote %s (%s)", playlist, form)
+    return playlist
+
+
+def _packet_ticks(stream: av.stream.Stream) -> int:
+    """One packet's duration in ``stream``'s time base: a frame of video, an AAC frame of audio."""
+    if stream.type == "video":
+        return round(_video_frame_ticks(stream))  # type: ignore[arg-type]
+    assert stream.time_base is not None
+    rate = stream.codec_context.sample_rate or _AUDIO_RATE
+    return round(Fraction(_AAC_FRAME, rate) / Fraction(stream.time_base))
 
 
 # --------------------------------------------------------------------------------------------
@@ -853,6 +944,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--film", type=Path, default=Path(FILM_FILENAME), help="the film's local path")
     parser.add_argument("--film-url", default=FILM_URL, help="where to download the film ('' = never)")
     parser.add_argument("--download-timeout", type=float, default=5.0, help="seconds to wait for the download to start")
+    parser.add_argument("--hls-form", choices=HLS_FORMS, default="ts",
+                        help="synthetic content's HLS form: MPEG-TS or fMP4 (EXT-X-MAP) segments, a file each "
+                        "or one file of EXT-X-BYTERANGE segments (the last three packaged by libavformat's hls muxer)")
     parser.add_argument("--live-window", type=int, default=0, metavar="N",
                         help="then play the content out in real time as a live playlist of N segments "
                         "(OUTPUT_DIR/live/live.m3u8, one segment more each segment duration, then EXT-X-ENDLIST; "
@@ -886,6 +980,7 @@ def main(argv: list[str] | None = None) -> int:
             start_pts=args.start_pts,
             gop_seconds=args.gop_seconds,
             preset=args.preset,
+            form=args.hls_form,
         )
         if args.live_window > 0:
             live = args.output_dir / "live"
