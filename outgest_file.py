@@ -504,6 +504,7 @@ class FlowFileWriter:
         try:
             self._output = av.open(str(self.temp_path), "w", format=self.format, container_options=options)
             self._stream = self._output.add_stream_from_template(template)
+            self._annexb.open(template, self._stream)
         except ValueError as exc:
             raise OutgestError(f"cannot write {template.codec_context.name} into {self.format}: {exc}") from exc
         except (av.error.FFmpegError, OSError) as exc:
@@ -517,8 +518,7 @@ class FlowFileWriter:
     ) -> None:
         """Mux ``packet`` at Flow times ``pts``/``dts`` (seconds)."""
         stream = self._open(template)
-        if self.format == "mpegts":
-            packet = self._annexb.convert(packet, template)
+        packet = self._annexb.convert(packet, template)
         if template.codec_context.name != self._codec:
             raise OutgestError(f"an object holds {template.codec_context.name}, earlier ones {self._codec}")
         if self._origin is None:
@@ -572,10 +572,14 @@ class FlowFileWriter:
 
 
 class AnnexB:
-    """MPEG-TS carries H.264/HEVC as start-code-delimited NAL units (Annex B); MP4 objects hold
-    length-prefixed ones. Copied MP4 packets are converted on their way into MPEG-TS (with the
-    parameter sets put in front of keyframes), each object's stream by a filter of its own;
-    packets already in Annex B (MPEG-TS objects, encoder output) pass as they are."""
+    """Every H.264/HEVC packet reaches the muxer as start-code-delimited NAL units (Annex B).
+
+    MPEG-TS objects and encoders give Annex B; MP4 objects hold length-prefixed NAL units with the
+    parameter sets in the init segment. Copied MP4 packets are converted (parameter sets put in
+    front of keyframes), each object's stream by a filter of its own, and an output stream made
+    from an MP4 template gets Annex B parameter sets too. So an MP4 output never mixes the two
+    forms (its muxer writes them all length-prefixed with an avcC/hvcC of its own) and an MPEG-TS
+    output is Annex B throughout."""
 
     FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 
@@ -583,10 +587,24 @@ class AnnexB:
         self._stream: av.stream.Stream | None = None
         self._filter: av.bitstream.BitStreamFilterContext | None = None
 
+    def _filter_for(self, template: av.stream.Stream) -> str | None:
+        extradata = template.codec_context.extradata
+        if not extradata or extradata[0] != 1:  # avcC and hvcC both start with version 1
+            return None
+        return self.FILTERS.get(template.codec_context.name)
+
+    def open(self, template: av.stream.Stream, output: av.stream.Stream) -> None:
+        """Give ``output`` (made from ``template``) Annex B parameter sets where they are not."""
+        name = self._filter_for(template)
+        if name is not None:
+            av.bitstream.BitStreamFilterContext(name, template, output)
+
     def convert(self, packet: av.Packet, template: av.stream.Stream) -> av.Packet:
-        name = self.FILTERS.get(template.codec_context.name)
         # Annex B access units start with a four-byte start code; a length prefix of 1 is no NAL unit.
-        if name is None or bytes(memoryview(packet)[:4]) == b"\0\0\0\1":
+        if bytes(memoryview(packet)[:4]) == b"\0\0\0\1":
+            return packet
+        name = self._filter_for(template)
+        if name is None:
             return packet
         if template is not self._stream:
             self._stream, self._filter = template, av.bitstream.BitStreamFilterContext(name, template)

@@ -302,3 +302,29 @@ def test_fmp4_with_video_and_audio_in_one_fragment_is_refused_in_one_line(
     line = _one_error_line(_run(store, "ingest_hls.py", "--hls-filename", str(muxed_fmp4), cwd=tmp_path))
     assert "fMP4 segments that carry video and audio together are not supported" in line
     assert asyncio.run(_flow_ids(store)) == before
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_mp4_exports_of_an_fmp4_flow_hold_length_prefixed_samples_as_mp4_players_expect(
+    store: RunningStore, fmp4: Fmp4, ingested: str, tmp_path: Path, exact: bool
+) -> None:
+    # An exact cut joins re-encoded frames (Annex B from the encoder) to copied ones (length-prefixed
+    # in the fMP4 objects): the file must hold one form, with the keyframes flagged.
+    output = tmp_path / "out.mp4"
+    timerange = TimeRange(_timestamp(fmp4.frame_time(30) + Fraction(1, 60)), _timestamp(fmp4.frame_time(200)))
+    cut = ["--timerange", str(timerange), "--exact"]
+    done = _run(store, "outgest_file.py", "--flow-id", ingested, "--output", str(output), *(cut if exact else []),
+                cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with av.open(str(output)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.extradata is not None and stream.codec_context.extradata[0] == 1  # avcC
+        packets = [p for p in container.demux(stream) if p.size]
+    for packet in packets:
+        data = bytes(packet)
+        at = 0
+        while at < len(data):  # 4-byte lengths that tile the sample exactly
+            at += 4 + int.from_bytes(data[at:at + 4], "big")
+        assert at == len(data)
+    assert packets[0].is_keyframe
+    assert sum(p.is_keyframe for p in packets) >= 4
