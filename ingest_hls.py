@@ -470,7 +470,8 @@ class _Registration:
 
 def _boxes(data: bytes) -> list[bytes]:
     """The types of the top-level ISO BMFF boxes at the start of ``data`` (up to the first bad size)."""
-    types, at = [], 0
+    types: list[bytes] = []
+    at = 0
     while at + 8 <= len(data) and len(types) < 16:
         size = int.from_bytes(data[at:at + 4], "big")
         types.append(data[at + 4:at + 8])
@@ -636,7 +637,11 @@ class _Registrar:
                 batch.append(self._queue.get_nowait())
             post = asyncio.create_task(self._post(batch))
             self._posts.add(post)
-            post.add_done_callback(lambda task: (self._posts.discard(task), free.release()))
+            post.add_done_callback(lambda task: self._done(task, free))
+
+    def _done(self, post: asyncio.Task[None], free: asyncio.Semaphore) -> None:
+        self._posts.discard(post)
+        free.release()
 
     async def _post(self, batch: list[tuple[_Registration, asyncio.Future[None]]]) -> None:
         try:
