@@ -44,6 +44,7 @@ import http.client
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -724,19 +725,26 @@ class LiveSegment:
     duration: Fraction
     discontinuity: bool = False  # EXT-X-DISCONTINUITY before it
     program_date_time: datetime.datetime | None = None
+    init: Path | None = None  # its fMP4 init segment (EXT-X-MAP), if it is a fragment
 
 
-def _vod_segments(playlist: Path) -> list[tuple[Path, Fraction]]:
-    """(file, EXTINF) of each segment of a playlist this module wrote."""
+def _vod_segments(playlist: Path) -> list[tuple[Path, Fraction, Path | None]]:
+    """(file, EXTINF, EXT-X-MAP file or None) of each segment of a playlist made here (a file each)."""
     segments = []
     duration: Fraction | None = None
+    init: Path | None = None
     for line in playlist.read_text().splitlines():
         if line.startswith("#EXTINF:"):
             duration = Fraction(line[len("#EXTINF:"):].split(",", 1)[0])
+        elif line.startswith("#EXT-X-MAP:"):
+            found = re.search(r'URI="([^"]+)"', line)
+            if found is None or "BYTERANGE" in line:
+                raise SampleContentError(f"{playlist}: a live window takes an EXT-X-MAP of a whole file: {line}")
+            init = playlist.parent / found.group(1)
         elif line and not line.startswith("#"):
             if duration is None:
                 raise SampleContentError(f"{playlist}: {line} has no #EXTINF")
-            segments.append((playlist.parent / line, duration))
+            segments.append((playlist.parent / line, duration, init))
             duration = None
     return segments
 
@@ -766,21 +774,29 @@ class LiveWindow:
     def add(self, playlist: Path | str, *, discontinuity: bool = False,
             program_date_time: datetime.datetime | None = None) -> None:
         elapsed = Fraction(0)
-        for i, (path, duration) in enumerate(_vod_segments(Path(playlist))):
+        for i, (path, duration, init) in enumerate(_vod_segments(Path(playlist))):
             when = None
             if program_date_time is not None:
                 when = program_date_time + datetime.timedelta(microseconds=round(elapsed * 10**6))
-            self.segments.append(LiveSegment(path, duration, discontinuity and i == 0, when))
+            self.segments.append(LiveSegment(path, duration, discontinuity and i == 0, when, init))
             elapsed += duration
 
     def uri(self, sequence: int) -> str:
-        return f"live_{sequence:05d}.ts"
+        return f"live_{sequence:05d}.{'ts' if self.segments[sequence].init is None else 'm4s'}"
+
+    def _init_uri(self, init: Path) -> str:
+        """Each init segment once, under a name of its own (a splice may bring a new one)."""
+        inits = list(dict.fromkeys(seg.init for seg in self.segments if seg.init is not None))
+        return f"live_init_{inits.index(init)}.mp4"
 
     def publish(self, count: int = 1) -> None:
         if self.published + count > len(self.segments):
             raise SampleContentError(f"only {len(self.segments) - self.published} segments are left to publish")
         for sequence in range(self.published, self.published + count):
-            shutil.copyfile(self.segments[sequence].source, self.directory / self.uri(sequence))
+            segment = self.segments[sequence]
+            if segment.init is not None and not (self.directory / self._init_uri(segment.init)).exists():
+                shutil.copyfile(segment.init, self.directory / self._init_uri(segment.init))
+            shutil.copyfile(segment.source, self.directory / self.uri(sequence))
         self.published += count
         self._write(max(0, self.published - self.window), self.published)
 
@@ -795,11 +811,16 @@ class LiveWindow:
         listed = self.segments[first:stop]
         target = max((math.ceil(seg.duration) for seg in self.segments), default=1)
         discontinuities = sum(seg.discontinuity for seg in self.segments[:first])
-        lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target}",
+        version = 6 if any(seg.init is not None for seg in listed) else 3  # EXT-X-MAP outside I-frame playlists: 6
+        lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}", f"#EXT-X-TARGETDURATION:{target}",
                  f"#EXT-X-MEDIA-SEQUENCE:{first}", f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}"]
+        mapped: Path | None = None
         for offset, seg in enumerate(listed):
             if seg.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
+            if seg.init is not None and seg.init != mapped:
+                lines.append(f'#EXT-X-MAP:URI="{self._init_uri(seg.init)}"')
+                mapped = seg.init
             if seg.program_date_time is not None and (offset == 0 or seg.discontinuity):
                 stamp = seg.program_date_time.astimezone(datetime.UTC)
                 lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{stamp.isoformat(timespec='milliseconds')}")

@@ -328,3 +328,49 @@ def test_mp4_exports_of_an_fmp4_flow_hold_length_prefixed_samples_as_mp4_players
         assert at == len(data)
     assert packets[0].is_keyframe
     assert sum(p.is_keyframe for p in packets) >= 4
+
+
+# -- live -----------------------------------------------------------------------------------
+
+
+async def _follow(store: RunningStore, live: sample_content.LiveWindow, flow_id: str, cwd: Path,
+                  until: int) -> subprocess.CompletedProcess[str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(ingest_hls.__file__)), "--hls-filename", str(live.playlist), "--flow-id", flow_id,
+        "--follow", "--quiet", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd,
+        env={**os.environ, **store.env},
+    )
+    await asyncio.sleep(1.0)  # the first load, then one segment every half target duration
+    while live.published < until:
+        live.publish(1)
+        await asyncio.sleep(0.5)
+    live.end()
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return subprocess.CompletedProcess([], process.returncode, stdout.decode(), stderr.decode())
+
+
+async def test_follow_ingests_a_live_fmp4_window_spliced_to_a_new_init_every_frame_once(
+    store: RunningStore, tmp_path: Path
+) -> None:
+    # Two encodes of 1 s fMP4 segments at 10 fps: frames 0-39, then after a discontinuity frames
+    # 40-79 with an init segment of their own and a new timestamp base.
+    first = sample_content.synthesize(tmp_path / "a", fps=10, duration=4, segment_seconds=1, form="fmp4")
+    second = sample_content.synthesize(tmp_path / "b", fps=10, duration=4, segment_seconds=1, form="fmp4",
+                                       start_pts=7_000_000, first_frame=40)
+    live = sample_content.LiveWindow(tmp_path / "live", window=3)
+    live.add(first)
+    live.add(second, discontinuity=True)
+    live.publish(2)
+    flow_id = str(uuid.uuid4())
+    done = await _follow(store, live, flow_id, tmp_path, until=8)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ingested 8 segments (0 already present)"), done.stdout
+    text = live.playlist.read_text()
+    assert text.count("#EXT-X-MAP:") == 1 and "live_init_1.mp4" in text  # the window shows the second init
+    _, segments = await _flow_and_segments(store, flow_id)
+    assert len({s["init_object"]["object_id"] for s in segments}) == 2
+    ranges = [TimeRange.from_str(s["timerange"]) for s in segments]
+    assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))  # placed right after the first part
+    output = tmp_path / "live.mp4"
+    assert _exported(store, flow_id, output) == list(range(80))
