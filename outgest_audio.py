@@ -157,7 +157,7 @@ class MuxedFileWriter(of.FlowFileWriter):
         self._starts: dict[str, Fraction] = {}
         self._streams: dict[str, av.stream.Stream] = {}
         self._bsf: av.bitstream.BitStreamFilterContext | None = None
-        self._pending: list[tuple[str, av.Packet, Fraction, Fraction, Fraction | None]] | None = []
+        self._pending: list[tuple[str, av.Packet, Fraction, Fraction, Fraction, Fraction | None]] | None = []
         self.expected_rate = sample_rate  # the audio Flow's, for the MP4 movie timescale
         self._dts_by_kind: dict[str, int] = {}
         self._mp4_origin = Fraction(0)
@@ -198,13 +198,23 @@ class MuxedFileWriter(of.FlowFileWriter):
         self._streams[kind] = stream
 
     def put(self, kind: str, packet: av.Packet, pts: Fraction, dts: Fraction, duration: Fraction | None) -> None:
-        """Mux ``packet`` of stream ``kind`` at Flow times ``pts``/``dts`` (seconds)."""
+        """Mux ``packet`` of stream ``kind`` at Flow times ``pts``/``dts`` (seconds); video decode
+        times come from the writer's ``DecodeClock`` instead (``set_reorder_delay``)."""
+        if kind == "video":
+            for (held, length), at, shown, delay in self._clock.push((packet, duration), pts):
+                self._queue("video", held, at, shown, delay, length)
+            return
+        self._queue(kind, packet, pts, dts, Fraction(0), duration)
+
+    def _queue(self, kind: str, packet: av.Packet, pts: Fraction, shown: Fraction, delay: Fraction,
+               duration: Fraction | None) -> None:
+        """Mux ``packet`` (dts ``shown - delay``, as ``DecodeClock`` gives them) once every stream is known."""
         if self._pending is not None:
-            self._pending.append((kind, packet, pts, dts, duration))
+            self._pending.append((kind, packet, pts, shown, delay, duration))
             if set(self._streams) >= set(self.kinds):
                 self._start()
             return
-        self._mux(kind, packet, pts, dts, duration)
+        self._mux(kind, packet, pts, shown, delay, duration)
 
     def _start(self) -> None:
         """Every stream is known: fix the MP4 origin and write what waited."""
@@ -214,11 +224,12 @@ class MuxedFileWriter(of.FlowFileWriter):
         for entry in pending:
             self._mux(*entry)
 
-    def _mux(self, kind: str, packet: av.Packet, pts: Fraction, dts: Fraction, duration: Fraction | None) -> None:
+    def _mux(self, kind: str, packet: av.Packet, pts: Fraction, shown: Fraction, delay: Fraction,
+             duration: Fraction | None) -> None:
         stream = self._streams[kind]
         base = Fraction(stream.time_base) if stream.time_base is not None else of.WORK_TIME_BASE
         pts_units = round((pts - self._mp4_origin) / base)
-        dts_units = min(round((dts - self._mp4_origin) / base), pts_units)
+        dts_units = of.decode_ticks(pts_units, round((shown - self._mp4_origin) / base), delay, base)
         last = self._dts_by_kind.get(kind)
         if last is not None and dts_units <= last:
             dts_units = last + 1
@@ -249,6 +260,8 @@ class MuxedFileWriter(of.FlowFileWriter):
 
     def commit(self) -> int:
         """Finish the file and move it to its name; returns its size in bytes."""
+        for (packet, duration), pts, shown, delay in self._clock.flush():
+            self._queue("video", packet, pts, shown, delay, duration)
         if self._pending:
             self._start()
         if not self._dts_by_kind:  # nothing muxed
@@ -267,6 +280,10 @@ class _VideoTrack:
     def __init__(self, writer: MuxedFileWriter) -> None:
         self.writer = writer
         self.frames = 0
+        self.mixed_parameter_sets = False  # kept for write_segment; the muxed MP4 stays hev1
+
+    def set_reorder_delay(self, seconds: Fraction) -> None:
+        self.writer.set_reorder_delay(seconds)
 
     def write(self, packet: av.Packet, template: av.stream.Stream, pts: Fraction, dts: Fraction,
               duration: Fraction | None) -> None:
@@ -674,6 +691,7 @@ async def outgest_av(
             bar.close()
     if summary.audio_reencoded_frames:
         logger.info("re-encoded %d audio frames that cuts fall in", summary.audio_reencoded_frames)
+    summary.nudged = writer.nudged
     if writer.nudged:
         logger.info("moved %d decode timestamps forward to keep them increasing across joins", writer.nudged)
     summary.seconds = time.monotonic() - started

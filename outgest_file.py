@@ -36,17 +36,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import heapq
 import logging
 import os
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar, cast
 
 import av
 import av.bitstream
@@ -55,6 +58,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
 from credentials import HelpFormatter, add_credential_args, connection_from_args
+from gop_cuts import ENCODER_OPTIONS, ENCODERS, NeedPrecharge, ReencodeError, needs_prior, plan_pieces, reencode, set_verbose
 from media import (
     PTS_WRAP,
     TIMING_OPTIONS,
@@ -69,6 +73,7 @@ from media import (
 
 __all__ = [
     "MPEGTS_WRAP",
+    "DecodeClock",
     "FlowFileWriter",
     "FrameTiming",
     "ObjectMedia",
@@ -77,7 +82,9 @@ __all__ = [
     "SegmentPlan",
     "SegmentRef",
     "encoder_options",
+    "decode_ticks",
     "flow_time",
+    "mp4_time_base",
     "outgest",
     "plan_segment",
     "read_object",
@@ -98,11 +105,6 @@ CODECS = {  # Flow codec (MIME type, compared case-insensitively) -> FFmpeg code
     "video/hevc": "hevc",
     "audio/aac": "aac",
     "audio/mp4a-latm": "aac",
-}
-ENCODERS = {"h264": "libx264", "hevc": "libx265"}
-ENCODER_OPTIONS = {
-    "libx264": {"preset": "medium", "crf": "16"},
-    "libx265": {"preset": "medium", "crf": "18"},
 }
 # H.264 profile_idc (as in essence_parameters.avc_parameters.profile) -> libx264 ``profile``.
 # x264 has no Extended profile (88); its Baseline is Constrained Baseline.
@@ -470,15 +472,98 @@ def plan_segment(
 # Writing
 
 
+P = TypeVar("P")
+
+
+class DecodeClock(Generic[P]):
+    """Decode timestamps for one video stream joined from pieces encoded apart (copied GOPs,
+    re-encoded heads and tails, objects of different encodes), instead of the pieces' own.
+
+    Packets go in (``push``) in decode order with their pts and come out ``WINDOW`` packets later
+    with the time and delay that give their dts: the i-th packet's dts is the i-th smallest pts
+    (``shown``) minus the reorder delay, so decode times rise frame by frame across every join.
+    Writers round ``shown`` and ``delay`` to their ticks apart (``decode_ticks``), so the decode
+    times keep the presentation grid's steps. The delay is the largest any object so far needs
+    (``set_reorder_delay``, called before an object's packets). When a later object reorders more
+    deeply than those before it, the extra delay is spread evenly over the packets still waiting
+    ahead of it, so the decode clock runs a little fast there: no two packets share a dts and none
+    needs a one-tick nudge. Before anything has come out, a deeper delay simply applies from the
+    start.
+    """
+
+    WINDOW = 32  # more packets than any H.264/HEVC decoder may hold back for reordering
+
+    def __init__(self) -> None:
+        self._pending: deque[tuple[P, Fraction]] = deque()
+        self._shown: list[Fraction] = []  # heap of the pending packets' pts
+        self._delay = Fraction(0)  # applied to the next packet out
+        self._target: Fraction | None = None  # the largest delay asked for
+        self._ramp = 0  # packets over which the applied delay still rises to the target
+        self.first_shown: Fraction | None = None  # the smallest pts of the stream, once known
+
+    @property
+    def delay_known(self) -> bool:
+        return self._target is not None
+
+    def set_reorder_delay(self, seconds: Fraction) -> None:
+        if self._target is not None and seconds <= self._target:
+            return
+        self._target = seconds
+        if self.first_shown is None:
+            self._delay = seconds
+        else:
+            self._ramp = len(self._pending)
+
+    def push(self, item: P, pts: Fraction) -> Iterator[tuple[P, Fraction, Fraction, Fraction]]:
+        """Take a packet (``item``) presented at ``pts``; yields the (item, pts, shown, delay) now due."""
+        self._pending.append((item, pts))
+        heapq.heappush(self._shown, pts)
+        if len(self._pending) > self.WINDOW:
+            yield self._next()
+
+    def flush(self) -> Iterator[tuple[P, Fraction, Fraction, Fraction]]:
+        """Every packet still waiting, at the end of the stream."""
+        while self._pending:
+            yield self._next()
+
+    def _next(self) -> tuple[P, Fraction, Fraction, Fraction]:
+        item, pts = self._pending.popleft()
+        shown = heapq.heappop(self._shown)
+        if self.first_shown is None:
+            self.first_shown = shown
+        if self._ramp and self._target is not None:
+            self._delay += (self._target - self._delay) / self._ramp
+            self._ramp -= 1
+        return item, pts, shown, self._delay
+
+
+def decode_ticks(pts_ticks: int, shown_ticks: int, delay: Fraction, time_base: Fraction) -> int:
+    """A ``DecodeClock`` packet's dts in ticks of ``time_base``, never after its pts."""
+    return min(shown_ticks - round(delay / time_base), pts_ticks)
+
+
+def mp4_time_base(frame_rate: Fraction) -> Fraction:
+    """An MP4 video time base on which every frame lasts whole ticks: one over the frame rate's
+    numerator, doubled up to at least 10000 as libavformat's mov muxer would (25 fps: 1/12800,
+    60000/1001: 1/60000), so the muxer keeps it and a decode clock has room between frames."""
+    scale = frame_rate.numerator
+    while scale < 10000:
+        scale *= 2
+    return Fraction(1, scale)
+
+
 class FlowFileWriter:
     """One output file, written under a temporary name and renamed by ``commit()``.
 
-    Packets arrive with Flow timeline times (seconds, exact); they are written at 90 kHz. Decode
-    timestamps are kept strictly increasing across segment joins (where a copied segment's
-    reordering delay differs from its neighbour's) by nudging them forward one tick at a time.
+    Packets arrive in decode order with Flow timeline times (seconds, exact). MPEG-TS is written
+    at 90 kHz; MP4 in ``mp4_time_base(frame rate)``, so every frame lasts a whole number of ticks
+    and players read the exact rate, with the ``moov`` box first (fast start) and HEVC tagged
+    ``hvc1``. Decode timestamps come from a ``DecodeClock``, not from the pieces joined.
+    ``nudged`` counts decode timestamps that still had to be moved a tick forward to keep them
+    increasing (none, unless a stream reorders more deeply than its window can absorb).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, frame_rate: Fraction | None = None) -> None:
         self.path = path
         self.format = "mp4" if path.suffix.lower() == ".mp4" else "mpegts"
         if path.is_dir():
@@ -488,11 +573,17 @@ class FlowFileWriter:
             self.temp_path.open("wb").close()
         except OSError as exc:
             raise OutgestError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        self.time_base = WORK_TIME_BASE
+        if self.format == "mp4" and frame_rate:
+            self.time_base = mp4_time_base(frame_rate)
         self._output: av.container.OutputContainer | None = None
         self._stream: av.stream.Stream | None = None
         self._codec: str | None = None
         self._origin: Fraction | None = None
+        self._clock: DecodeClock[tuple[av.Packet, Fraction | None]] = DecodeClock()
         self._last_dts: int | None = None
+        self._parameter_sets: set[bytes] = set()  # the extradata of every stream written from
+        self.mixed_parameter_sets = False  # set when re-encoded frames are written
         self.frames = 0
         self.nudged = 0
         self._annexb = AnnexB()
@@ -500,46 +591,68 @@ class FlowFileWriter:
     def _open(self, template: av.stream.Stream) -> av.stream.Stream:
         if self._stream is not None:
             return self._stream
-        options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else {}
+        options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else {"movflags": "+faststart"}
         try:
             self._output = av.open(str(self.temp_path), "w", format=self.format, container_options=options)
             self._stream = self._output.add_stream_from_template(template)
             self._annexb.open(template, self._stream)
+            if self.format == "mp4" and template.codec_context.name == "hevc":
+                # hev1 keeps the in-band parameter sets of re-encoded or differently encoded
+                # pieces; commit() makes it hvc1 when one set of them serves the whole file.
+                self._stream.codec_context.codec_tag = "hev1"
         except ValueError as exc:
             raise OutgestError(f"cannot write {template.codec_context.name} into {self.format}: {exc}") from exc
         except (av.error.FFmpegError, OSError) as exc:
             raise OutgestError(f"cannot write {self.path}: {exc}") from exc
-        self._stream.time_base = WORK_TIME_BASE
+        self._stream.time_base = self.time_base
         self._codec = template.codec_context.name
         return self._stream
+
+    def set_reorder_delay(self, seconds: Fraction) -> None:
+        """How far (seconds) the coming object's decode times must run behind its presentation
+        times (``reorder_delay``); the largest so far counts (see ``DecodeClock``)."""
+        self._clock.set_reorder_delay(seconds)
 
     def write(
         self, packet: av.Packet, template: av.stream.Stream, pts: Fraction, dts: Fraction, duration: Fraction | None
     ) -> None:
-        """Mux ``packet`` at Flow times ``pts``/``dts`` (seconds)."""
-        stream = self._open(template)
+        """Mux ``packet`` at Flow time ``pts`` (seconds); ``pts - dts`` gives the reorder delay
+        when ``set_reorder_delay`` was not called before the first packet."""
+        self._open(template)
         packet = self._annexb.convert(packet, template)
         if template.codec_context.name != self._codec:
             raise OutgestError(f"an object holds {template.codec_context.name}, earlier ones {self._codec}")
+        if not self._clock.delay_known:
+            self._clock.set_reorder_delay(max(Fraction(0), pts - dts))
+        self._parameter_sets.add(bytes(template.codec_context.extradata or b""))
+        for item, at, shown, delay in self._clock.push((packet, duration), pts):
+            self._emit(item, at, shown, delay)
+
+    def _ticks(self, t: Fraction) -> int:
+        assert self._origin is not None
+        return round((t - self._origin) / self.time_base)
+
+    def _emit(self, item: tuple[av.Packet, Fraction | None], pts: Fraction, shown: Fraction, delay: Fraction) -> None:
+        packet, duration = item
         if self._origin is None:
-            self._origin = pts if self.format == "mp4" else Fraction(0)
-        pts_ticks = round((pts - self._origin) / WORK_TIME_BASE)
-        dts_ticks = min(round((dts - self._origin) / WORK_TIME_BASE), pts_ticks)
+            assert self._clock.first_shown is not None
+            self._origin = self._clock.first_shown if self.format == "mp4" else Fraction(0)
+        assert self._stream is not None and self._output is not None
+        pts_ticks = self._ticks(pts)
+        dts_ticks = decode_ticks(pts_ticks, self._ticks(shown), delay, self.time_base)
         if self._last_dts is not None and dts_ticks <= self._last_dts:
             dts_ticks = self._last_dts + 1
             self.nudged += 1
             if dts_ticks > pts_ticks:
                 raise OutgestError(
-                    f"decode order breaks at Flow time {_at(pts)}:"
-                    " frames would have to be decoded after they are shown"
+                    f"decode order breaks at Flow time {_at(pts)}: frames would have to be decoded after they are shown"
                 )
         self._last_dts = dts_ticks
-        packet.stream = stream
-        packet.time_base = WORK_TIME_BASE
+        packet.stream = self._stream
+        packet.time_base = self.time_base
         packet.pts = pts_ticks
         packet.dts = dts_ticks
-        packet.duration = round(duration / WORK_TIME_BASE) if duration else 0
-        assert self._output is not None
+        packet.duration = round(duration / self.time_base) if duration else 0
         try:
             self._output.mux(packet)
         except av.error.FFmpegError as exc:
@@ -551,14 +664,39 @@ class FlowFileWriter:
         if self._output is None:
             self.discard()
             raise OutgestError("no frames to write")
+        for item, pts, shown, delay in self._clock.flush():
+            self._emit(item, pts, shown, delay)
         try:
             self._output.close()
             self._output = None
+            if self._codec == "hevc" and self.format == "mp4" and not self.mixed_parameter_sets \
+                    and len(self._parameter_sets) == 1:
+                self._retag_hvc1()
             os.replace(self.temp_path, self.path)
         except (av.error.FFmpegError, OSError) as exc:
             self.discard()
             raise OutgestError(f"cannot write {self.path}: {exc}") from exc
         return self.path.stat().st_size
+
+    def _retag_hvc1(self) -> None:
+        """Rewrite the finished MP4 with its HEVC sample entry tagged hvc1 (what Apple's players
+        want): parameter sets in the sample entry only, as here every frame shares one set."""
+        retagged = self.temp_path.with_name(self.temp_path.name + ".hvc1")
+        try:
+            with av.open(str(self.temp_path)) as source, av.open(
+                str(retagged), "w", format="mp4", container_options={"movflags": "+faststart"}
+            ) as out:
+                src = source.streams.video[0]
+                dst = out.add_stream_from_template(src)
+                dst.codec_context.codec_tag = "hvc1"
+                dst.time_base = src.time_base
+                for packet in source.demux(src):
+                    if packet.size:
+                        packet.stream = dst
+                        out.mux(packet)
+            os.replace(retagged, self.temp_path)
+        finally:
+            retagged.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Drop the partial output (after a failure)."""
@@ -613,94 +751,20 @@ class AnnexB:
         return converted
 
 
-def _reencoded_packets(
-    media: ObjectMedia, plan: SegmentPlan, options: Mapping[str, str] | None = None
-) -> Iterator[tuple[av.Packet, int, int]]:
-    """Decode the object from the keyframe before the cut and re-encode the planned frames alone,
-    with encoder ``options`` (see :func:`encoder_options`; default: ENCODER_OPTIONS) and the
-    object's size, pixel format, frame rate and colour.
-
-    Yields (packet, pts, dts) with unwrapped media timestamps in the object's time base.
-    """
-    frames = media.frames
-    order = presentation_order(frames)
-    wanted = {frames[order[p]].pts for p in range(plan.first, plan.stop)}
-    start = next((i for i in range(plan.packets[0], -1, -1) if frames[i].keyframe), None)
-    if start is None:
-        raise OutgestError("the cut needs frames from before the object's first keyframe, which it does not hold")
-    base = frames[order[plan.first]].pts
-    encoder_name = ENCODERS.get(media.codec, media.codec)
-    try:
-        av.codec.Codec(encoder_name, "w")
-    except (av.error.FFmpegError, ValueError) as exc:
-        raise OutgestError(f"cannot re-encode {media.codec} (no {encoder_name} encoder) for a cut inside a GOP") from exc
-
-    decoder = cast(av.video.codeccontext.VideoCodecContext, av.CodecContext.create(media.codec, "r"))
-    template = media.stream.codec_context
-    if template.extradata:
-        decoder.extradata = template.extradata
-    encoder: av.video.codeccontext.VideoCodecContext | None = None
-    seen: set[int] = set()
-
-    def encode(frame: av.VideoFrame | None) -> Iterator[tuple[av.Packet, int, int]]:
-        assert encoder is not None
-        for packet in encoder.encode(frame):
-            if packet.size == 0:
-                continue
-            if packet.pts is None:
-                raise OutgestError(f"the {encoder_name} encoder gave a packet without a timestamp")
-            pts = packet.pts + base
-            dts = (packet.dts if packet.dts is not None else packet.pts) + base
-            yield packet, pts, dts
-
-    def decoded() -> Iterator[av.VideoFrame]:
-        for index in range(start, len(frames)):
-            packet = media.packets[index]
-            # Small unwrapped timestamps, so decoded frames can be matched to the plan.
-            packet.pts = frames[index].pts - base
-            packet.dts = frames[index].dts - base
-            yield from decoder.decode(packet)
-            if len(seen) == len(wanted):
-                return
-        yield from decoder.decode(None)
-
-    try:
-        for frame in decoded():
-            if frame.pts is None or frame.pts + base not in wanted:
-                continue
-            seen.add(frame.pts + base)
-            if encoder is None:
-                created = cast(av.video.codeccontext.VideoCodecContext, av.CodecContext.create(encoder_name, "w"))
-                created.width = frame.width
-                created.height = frame.height
-                created.pix_fmt = frame.format.name
-                created.time_base = media.time_base
-                if media.frame_duration:
-                    created.framerate = 1 / media.frame_duration
-                for name in ("color_range", "colorspace", "color_primaries", "color_trc", "sample_aspect_ratio"):
-                    value = getattr(template, name, None)
-                    if value:
-                        setattr(created, name, value)
-                created.options = dict(ENCODER_OPTIONS.get(encoder_name, {}) if options is None else options)
-                encoder = created
-            frame.pict_type = av.video.frame.PictureType.I if frame.pts == 0 else av.video.frame.PictureType.NONE
-            frame.time_base = media.time_base
-            yield from encode(frame)
-            if len(seen) == len(wanted):
-                break
-        if encoder is not None:
-            yield from encode(None)
-    except av.error.FFmpegError as exc:
-        raise OutgestError(f"cannot re-encode the object: {exc}") from exc
-    if len(seen) != len(wanted):
-        raise OutgestError(f"decoding the object gave {len(seen)} of the {len(wanted)} frames the segment uses")
-
-
 @dataclass
 class SegmentResult:
     frames: int
     reencoded: bool
     reason: str = ""
+    clean_end: bool = False  # the object's last GOP went out as stored (see gop_cuts.Pieces)
+    lost: tuple[Fraction, ...] = ()  # Flow times of frames left out as undecodable
+
+
+def reorder_delay(media: ObjectMedia) -> Fraction:
+    """How far (seconds) the object's decode timestamps run behind its presentation times: the
+    most by which the i-th packet's dts precedes the i-th smallest pts."""
+    shown = sorted(f.pts for f in media.frames)
+    return max(0, max(p - f.dts for p, f in zip(shown, media.frames))) * media.time_base
 
 
 def write_segment(
@@ -710,38 +774,72 @@ def write_segment(
     *,
     request: TimeRange | None = None,
     options: Mapping[str, str] | None = None,
+    context: bool = False,
+    chain: Sequence[ObjectMedia] = (),
+    lose_prior: bool = False,
 ) -> SegmentResult:
-    """Write the frames ``segment`` takes from ``media`` (see ``plan_segment``) to ``writer``;
-    a re-encoded cut uses encoder ``options`` (see :func:`encoder_options`)."""
+    """Write the frames ``segment`` takes from ``media`` (see ``plan_segment``) to ``writer``,
+    copying whole GOPs and re-encoding (encoder ``options``, see :func:`encoder_options`) only
+    those a cut breaks (see ``gop_cuts``).
+
+    ``context``: the output's last packets are the original media just before this object, so its
+    leading frames may be copied. Frames needing media from before the object are re-encoded
+    after decoding the precharge objects ``chain`` (oldest first); without a chain that raises
+    gop_cuts.NeedPrecharge before anything is written, unless ``lose_prior`` leaves them out.
+    """
     plan = plan_segment(media.frames, media.time_base, segment, request=request, sample_rate=media.sample_rate,
                         frame_duration=media.frame_duration)
     if not plan.packets:
         return SegmentResult(0, False)
+    writer.set_reorder_delay(reorder_delay(media))
     duration = media.frame_duration
-    if plan.copy:
-        for index in plan.packets:
-            timing = media.frames[index]
-            writer.write(
-                media.packets[index],
-                media.stream,
-                flow_time(timing.pts, media.time_base, segment.ts_offset),
-                flow_time(timing.dts, media.time_base, segment.ts_offset),
-                duration,
-            )
-    else:
+
+    def put(packet: av.Packet, pts: int, dts: int) -> None:
+        writer.write(packet, media.stream, flow_time(pts, media.time_base, segment.ts_offset),
+                     flow_time(dts, media.time_base, segment.ts_offset), duration)
+
+    kept = list(plan.packets)
+    if media.kind == "audio":
+        for index in kept:
+            put(media.packets[index], media.frames[index].pts, media.frames[index].dts)
+        return SegmentResult(len(kept), False, clean_end=True)
+    prior = needs_prior(media.frames)
+    lost = tuple(sorted(flow_time(media.frames[i].pts, media.time_base, segment.ts_offset)
+                        for i in kept if i in prior)) if lose_prior and not context else ()
+    if lost:
+        kept = [i for i in kept if i not in prior]
+        if not kept:
+            return SegmentResult(0, False, lost=lost)
+    if plan.copy and not lost and (context or not prior.intersection(kept)):
+        for index in kept:
+            put(media.packets[index], media.frames[index].pts, media.frames[index].dts)
+        return SegmentResult(len(kept), False, clean_end=len(kept) == len(media.frames))
+    pieces = plan_pieces(media.frames, kept, context=context)
+    if pieces.precharge and not chain:
+        raise NeedPrecharge([i for i in pieces.head if i in prior])
+    writer.mixed_parameter_sets = writer.mixed_parameter_sets or pieces.reencoded
+    try:
         count = 0
-        for packet, pts, dts in _reencoded_packets(media, plan, options):
-            writer.write(
-                packet,
-                media.stream,
-                flow_time(pts, media.time_base, segment.ts_offset),
-                flow_time(dts, media.time_base, segment.ts_offset),
-                duration,
-            )
-            count += 1
-        if count != plan.frame_count:
-            raise OutgestError(f"the encoder gave {count} of {plan.frame_count} frames")
-    return SegmentResult(plan.frame_count, not plan.copy, plan.reason)
+        if pieces.head:
+            for packet, pts, dts in reencode(media, pieces.head, chain=chain, options=options):
+                put(packet, pts, dts)
+                count += 1
+        for index in pieces.copy:
+            put(media.packets[index], media.frames[index].pts, media.frames[index].dts)
+        if pieces.tail:
+            for packet, pts, dts in reencode(media, pieces.tail, options=options):
+                put(packet, pts, dts)
+                count += 1
+    except ReencodeError as exc:
+        raise OutgestError(str(exc)) from exc
+    redone = len(pieces.head) + len(pieces.tail)
+    if count != redone:
+        raise OutgestError(f"the encoder gave {count} of {redone} frames")
+    reason = plan.reason or "its first frames need the GOP before the object"
+    reason = f"{reason}; {redone} of {len(kept)} frames re-encoded" + (
+        ", after precharge from the object before" if pieces.precharge else "")
+    return SegmentResult(len(kept), pieces.reencoded, reason if pieces.reencoded else "",
+                         clean_end=pieces.clean_end, lost=lost)
 
 
 # --------------------------------------------------------------------------------------------
@@ -822,6 +920,7 @@ class OutgestSummary:
     seconds: float = 0.0
     timing_warnings: int = 0
     max_held: int = 0  # most objects downloading or waiting to be written at one time
+    nudged: int = 0  # decode timestamps moved a tick forward to keep them increasing (see DecodeClock)
     reencoded_segments: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -837,7 +936,7 @@ def encoder_options(flow: Mapping[str, Any], codec: str) -> dict[str, str]:
     quality settings plus, for H.264, the profile and level of the Flow's
     ``essence_parameters.avc_parameters`` (as ingest writes them), so re-encoded frames stay
     within what the Flow declares. Size, pixel format, frame rate and colour come from the
-    decoded frames and the object's stream (see ``_reencoded_packets``)."""
+    decoded frames and the object's stream (see ``gop_cuts``)."""
     encoder_name = ENCODERS.get(codec, codec)
     options = dict(ENCODER_OPTIONS.get(encoder_name, {}))
     avc = (flow.get("essence_parameters") or {}).get("avc_parameters")
@@ -970,6 +1069,7 @@ async def fetch_in_order(
     scratch: Path,
     concurrency: int,
     handle: Callable[[SegmentRef, T, Path, int], Awaitable[None]],
+    inits: InitObjects | None = None,
 ) -> int:
     """Download the objects of ``segments`` ((Flow id, segment, tag) triples) into ``scratch``, up
     to ``concurrency`` downloading or waiting at once, and ``await handle(segment, tag, path,
@@ -978,7 +1078,8 @@ async def fetch_in_order(
     slots = asyncio.Semaphore(concurrency)  # one per object downloading or waiting to be handled
     queue: asyncio.Queue[tuple[SegmentRef, T, asyncio.Task[int], Path] | None] = asyncio.Queue()
     held = most = 0
-    inits = InitObjects(client)
+    own_inits = inits is None
+    inits = InitObjects(client) if inits is None else inits
 
     async def produce(tg: asyncio.TaskGroup) -> None:
         nonlocal held, most
@@ -1011,8 +1112,31 @@ async def fetch_in_order(
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
     finally:
-        await inits.close()
+        if own_inits:
+            await inits.close()
     return most
+
+
+MAX_PRECHARGE = 4  # objects fetched before a segment whose first frames need earlier media
+
+
+def follows(earlier: SegmentRef, later: SegmentRef, tolerance: Fraction) -> bool:
+    """Whether ``earlier``'s object is the media just before ``later``'s: same ts_offset, and one
+    object's timeline ends where the other's starts (within ``tolerance`` seconds)."""
+    end, start = earlier.media_timerange.end, later.media_timerange.start
+    return (earlier.ts_offset == later.ts_offset and end is not None and start is not None
+            and abs(_to_fraction(end) - _to_fraction(start)) <= tolerance)
+
+
+async def _predecessor(client: TAMSClient, flow_id: str, segment: SegmentRef, tolerance: Fraction) -> SegmentRef | None:
+    """The Flow's segment just before ``segment`` when it holds the media before it, else None."""
+    if segment.timerange.start is None:
+        return None
+    before = TimeRange(None, segment.timerange.start, TimeRange.INCLUDE_START)
+    async for item in client.segments(flow_id, timerange=before, reverse_order=True, limit=1):
+        earlier = SegmentRef.from_json(item)
+        return earlier if follows(earlier, segment, tolerance) else None
+    return None
 
 
 async def outgest(
@@ -1061,21 +1185,28 @@ async def outgest(
     request = timerange if exact else None
 
     summary = OutgestSummary(output)
-    writer = FlowFileWriter(output)
+    writer = FlowFileWriter(output, frame_rate)
     bar = _progress_bar(total, progress)
 
-    def process(segment: SegmentRef, path: Path) -> SegmentResult:
+    def process(segment: SegmentRef, path: Path, context: bool, chain: Sequence[tuple[SegmentRef, Path]],
+                lose_prior: bool) -> SegmentResult:
         try:
-            with read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange, frame_rate=frame_rate) as media:
-                if check_timing:
+            with contextlib.ExitStack() as stack:
+                media = stack.enter_context(read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange,
+                                                        frame_rate=frame_rate))
+                earlier = [stack.enter_context(read_object(p, kind=kind, codec=codec, anchor=s.media_timerange,
+                                                           frame_rate=frame_rate)) for s, p in chain]
+                if check_timing and not lose_prior:
                     for problem in check_segment_timing(path, media, segment):
                         summary.timing_warnings += 1
                         logger.warning("segment %s (object %s): %s", segment.timerange, segment.object_id, problem)
-                result = write_segment(writer, media, segment, request=request, options=options)
+                result = write_segment(writer, media, segment, request=request, options=options, context=context,
+                                       chain=earlier, lose_prior=lose_prior)
         except OutgestError as exc:
             raise OutgestError(f"segment {segment.timerange} (object {segment.object_id}): {exc}") from exc
         return result
 
+    inits = InitObjects(client)  # fMP4 init objects, for the objects in order and their precharge
     try:
         # One thread does all the PyAV work, in timeline order. Leaving the ``with`` waits for
         # it, so a failure elsewhere cannot leave it writing after the output is discarded.
@@ -1089,9 +1220,58 @@ async def outgest(
                 async for item in client.segments(flow_id, timerange=timerange, include_object_timerange=True):
                     yield flow_id, SegmentRef.from_json(item), None
 
+            previous: list[tuple[SegmentRef, Path, SegmentResult]] = []  # the last segment written
+            tolerance = bound_tolerance(1 / frame_rate if frame_rate else None)
+            extra = [0]
+
+            async def precharged(segment: SegmentRef, path: Path, context: bool) -> SegmentResult:
+                """Write the segment, fetching the Flow's objects before it as precharge when its
+                first frames need them (up to MAX_PRECHARGE objects)."""
+                chain: list[tuple[SegmentRef, Path]] = []
+                if previous and follows(previous[0][0], segment, tolerance):
+                    chain = [previous[0][:2]]
+                fetched: list[Path] = []
+                try:
+                    while True:
+                        try:
+                            return await loop.run_in_executor(muxer, process, segment, path, context, chain, False)
+                        except NeedPrecharge as need:
+                            before = await _predecessor(client, flow_id, chain[0][0] if chain else segment, tolerance)
+                            if before is None or len(chain) >= MAX_PRECHARGE:
+                                lost = len(need.frames)
+                                if request is not None:
+                                    raise OutgestError(
+                                        f"segment {segment.timerange} (object {segment.object_id}): the cut needs "
+                                        f"{lost} frames from before the object's first keyframe, and the Flow has no "
+                                        "segment of the same media before it to precharge from") from None
+                                break
+                            extra[0] += 1
+                            target = Path(scratch) / f"precharge-{extra[0]:08d}.obj"
+                            fetched.append(target)
+                            summary.downloaded += await _fetch(client, flow_id, before, target, inits)
+                            chain.insert(0, (before, target))
+                    result = await loop.run_in_executor(muxer, process, segment, path, context, (), True)
+                    logger.warning(
+                        "segment %s (object %s): %d frames at %s left out: they need media from before the object's"
+                        " first keyframe, and the Flow has no segment of the same media before it",
+                        segment.timerange, segment.object_id, len(result.lost),
+                        ", ".join(str(_at(t)) for t in result.lost),
+                    )
+                    return result
+                finally:
+                    for target in fetched:
+                        target.unlink(missing_ok=True)
+
             async def written(segment: SegmentRef, _: None, path: Path, size: int) -> None:
                 summary.downloaded += size
-                result = await loop.run_in_executor(muxer, process, segment, path)
+                context = bool(previous) and previous[0][2].clean_end and follows(previous[0][0], segment, tolerance)
+                result = await precharged(segment, path, context)
+                if previous:
+                    previous[0][1].unlink(missing_ok=True)
+                # fetch_in_order removes the handled file: keep this one as the next segment's precharge
+                kept = path.with_suffix(".previous")
+                path.rename(kept)
+                previous[:] = [(segment, kept, result)]
                 summary.segments += 1
                 summary.frames += result.frames
                 if result.reencoded:
@@ -1111,7 +1291,7 @@ async def outgest(
                     if covered:
                         bar.update(covered)
 
-            summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written)
+            summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written, inits)
             if summary.segments == 0:
                 raise OutgestError(f"Flow {flow_id} has no segments in {timerange.to_sec_nsec_range()}")
             if summary.frames == 0:
@@ -1121,8 +1301,10 @@ async def outgest(
         writer.discard()
         raise
     finally:
+        await inits.close()
         if bar is not None:
             bar.close()
+    summary.nudged = writer.nudged
     if writer.nudged:
         logger.info("moved %d decode timestamps forward to keep them increasing across joins", writer.nudged)
     summary.seconds = time.monotonic() - started
@@ -1163,7 +1345,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check-timing", action="store_true",
                         help="warn where a segment's media + ts_offset differs from its registered timerange")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, summary or info messages")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--verbose", action="store_true", help="debug logging, with the encoders' and decoders' own logs")
     return parser.parse_args(argv)
 
 
@@ -1191,6 +1373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    set_verbose(args.verbose)
     try:
         if args.quiet or not sys.stderr.isatty():
             summary = asyncio.run(run(args))

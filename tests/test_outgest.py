@@ -329,7 +329,11 @@ async def test_mp4_output_when_name_ends_in_mp4(store: RunningStore, flows: Flow
         assert "mp4" in container.format.name.split(",")
     assert read_frame_numbers(out) == list(range(60, 120))
     pts = video_pts(out)
-    assert [p - pts[0] for p in pts] == [FRAME * i for i in range(60)]  # MP4 starts at zero
+    with av.open(str(out)) as container:
+        time_base = Fraction(container.streams.video[0].time_base)
+    # MP4 starts at zero, in a timescale where each 1/30 s frame is a whole number of ticks
+    assert [(p - pts[0]) * time_base for p in pts] == [Fraction(i, 30) for i in range(60)]
+    assert (1 / time_base) % 30 == 0
 
 
 async def test_concurrency_bounds_objects_held(store: RunningStore, flows: Flows, tmp_path: Path) -> None:
