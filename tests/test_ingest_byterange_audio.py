@@ -1,0 +1,147 @@
+"""ingest_hls.py on the playlist forms of issue 13 that libavformat's ``hls`` muxer writes
+(``sample_content.package_hls``): one MPEG-TS file addressed by ``EXT-X-BYTERANGE``, audio-only
+playlists, and master playlists whose video variant plays with an ``EXT-X-MEDIA TYPE=AUDIO``
+rendition. Each is ingested into the real local store and exported again with outgest_file.py;
+the checks read the burnt-in frame numbers and the tones' samples back from the exported files.
+Bad input (ranges past the end, segments that are not the container they claim, a rendition
+that is not audio) is one line, a non-zero exit and nothing in the store.
+
+Content: 320x180 at 30 fps, 6 s in 2 s segments, AAC stereo at 48 kHz where there is audio; the
+first frame and the first AAC packet have pts 6000 (``tests/synthetic_media.py`` works out what
+each segment must hold).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import av
+import pytest
+from mediatimestamp.immutable import TimeRange
+
+import ingest_hls
+import sample_content
+from client import TAMSClient
+from credentials import BasicCredentials
+from tests.synthetic_media import AUDIO_PACKET_TICKS, SynthesizedHLS, ticks_to_ns
+
+if TYPE_CHECKING:
+    from tests.conftest import RunningStore
+
+pytest_plugins = ["tests.media_fixtures"]
+
+SCRIPT = Path(ingest_hls.__file__).resolve()
+DURATION = 6
+
+
+def _content(tmp_path_factory: pytest.TempPathFactory, name: str, **forms: str) -> SynthesizedHLS:
+    directory = tmp_path_factory.mktemp(name)
+    playlist = sample_content.synthesize(directory, duration=DURATION, **forms)
+    audio = forms.get("audio_form", "muxed") != "muxed"
+    return SynthesizedHLS(playlist, 320, 180, Fraction(30), Fraction(DURATION), Fraction(2), Fraction(1), audio, 6000)
+
+
+@pytest.fixture(scope="module")
+def byterange_content(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedHLS:
+    return _content(tmp_path_factory, "byterange", form="ts-byterange")
+
+
+@pytest.fixture(scope="module")
+def audio_only_content(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedHLS:
+    return _content(tmp_path_factory, "audio-only", audio_form="only")
+
+
+@pytest.fixture(scope="module")
+def rendition_content(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedHLS:
+    return _content(tmp_path_factory, "rendition", audio_form="rendition")
+
+
+def _connect(store: RunningStore) -> TAMSClient:
+    return TAMSClient(store.url, BasicCredentials(store.username, store.password))
+
+
+async def _ingest(store: RunningStore, hls: str, **options: Any) -> ingest_hls.IngestResult:
+    async with _connect(store) as client:
+        return await ingest_hls.ingest(client, ingest_hls.IngestOptions(hls=hls, **options))
+
+
+async def _segments(store: RunningStore, flow_id: str) -> list[dict[str, Any]]:
+    async with _connect(store) as client:
+        return [s async for s in client.segments(flow_id)]
+
+
+def _byteranges(playlist: Path) -> list[tuple[int, int]]:
+    """(offset, length) of each entry, read from the playlist text the muxer wrote."""
+    ranges = []
+    for line in playlist.read_text().splitlines():
+        if line.startswith("#EXT-X-BYTERANGE:"):
+            length, _, offset = line.split(":", 1)[1].partition("@")
+            ranges.append((int(offset), int(length)))
+    return ranges
+
+
+def _run(store: RunningStore, playlist: Path | str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), "--hls-filename", str(playlist), "--quiet", *args],
+                          capture_output=True, text=True, check=False, timeout=120, cwd=cwd,
+                          env={**os.environ, **store.env})
+
+
+async def _flows(store: RunningStore) -> list[dict[str, Any]]:
+    async with _connect(store) as client:
+        return [f async for f in client.flows()]
+
+
+def _first_audio_ticks(data: bytes) -> int:
+    """The pts of the first AAC packet of an MPEG-TS object, read with PyAV alone."""
+    import io
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        return min(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+
+
+def _assert_audio_segments_tile_the_tone(segments: list[dict[str, Any]], objects: list[bytes],
+                                         content: SynthesizedHLS) -> None:
+    """Audio segments run without gaps or overlaps from the first AAC packet (pts 6000) to the end
+    of the last one, each starting at its own object's first packet, on the 1920-tick packet grid."""
+    ranges = [TimeRange.from_str(s["timerange"]) for s in segments]
+    assert ranges[0].start.to_nanosec() == ticks_to_ns(content.start_pts)
+    assert ranges[-1].end.to_nanosec() == ticks_to_ns(content.audio_end_ticks)
+    for before, after in zip(ranges, ranges[1:]):
+        assert before.end == after.start
+    for timerange, data in zip(ranges, objects, strict=True):
+        first = _first_audio_ticks(data)
+        assert (first - content.start_pts) % AUDIO_PACKET_TICKS == 0
+        assert timerange.start.to_nanosec() == ticks_to_ns(first)
+
+
+# -- sample content ----------------------------------------------------------------------------
+
+
+def test_sample_content_cli_makes_an_audio_rendition_master_and_an_audio_only_playlist(tmp_path: Path) -> None:
+    script = Path(sample_content.__file__).resolve()
+    common = ["--synthetic", "--width", "320", "--height", "180", "--duration", "4", "--segment-seconds", "2",
+              "--quiet"]
+    for form in ("rendition", "only"):
+        done = subprocess.run([sys.executable, str(script), *common, "--audio-form", form,
+                               "--output-dir", str(tmp_path / form)], capture_output=True, text=True, check=False,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == str(tmp_path / form / "hls_output.m3u8")
+    master = (tmp_path / "rendition" / "hls_output.m3u8").read_text()
+    assert '#EXT-X-MEDIA:TYPE=AUDIO' in master and 'URI="hls_output_1.m3u8"' in master
+    video = sorted((tmp_path / "rendition").glob("hls_output_0_*.ts"))
+    audio = sorted((tmp_path / "rendition").glob("hls_output_1_*.ts")) + sorted((tmp_path / "only").glob("*.ts"))
+    assert len(video) == 2 and audio
+    assert [n for path in video for n in sample_content.read_frame_numbers(path)] == list(range(120))
+    for path in audio:
+        with av.open(str(path)) as container:
+            assert [s.type for s in container.streams] == ["audio"]
+    for path in video:
+        with av.open(str(path)) as container:
+            assert [s.type for s in container.streams] == ["video"]
