@@ -26,6 +26,7 @@ rates (AppNote 0013). When the segments also carry audio (and ``--video-only`` i
 each segment is split by remuxing into a video object and an audio object for a video Flow and
 an audio Flow, and a multi-essence Flow (with its own Source) collects both. Audio and multi
 Flow and Source ids default to ids derived from ``--flow-id``, so a re-run finds them again.
+``EXT-X-BYTERANGE`` entries are read as just their bytes (``hls_forms``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 from tqdm import tqdm  # type: ignore[import-untyped]
 from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
+import hls_forms
 import hls_live
 import media
 from client import (
@@ -142,6 +144,7 @@ class SegmentRef:
     sequence: int = 0  # media sequence number (EXT-X-MEDIA-SEQUENCE + position)
     discontinuity: bool = False  # EXT-X-DISCONTINUITY before it
     program_date_time: datetime.datetime | None = None  # EXT-X-PROGRAM-DATE-TIME, carried forward
+    byterange: tuple[int, int] | None = None  # EXT-X-BYTERANGE as (offset, length): only these bytes of uri
 
 
 @dataclass(frozen=True)
@@ -224,9 +227,14 @@ async def load_playlist(location: str, *, variant: str | None = None,
             location = _choose_variant(parsed, variant, location)
             continue
         sequence = parsed.media_sequence or 0
+        uris = [_resolve(location, seg.uri) for seg in parsed.segments]
+        try:
+            ranges = hls_forms.byteranges(parsed.segments, uris)
+        except hls_forms.FormError as exc:
+            raise IngestError(f"{location}: {exc}") from exc
         segments = [
-            SegmentRef(i, _resolve(location, seg.uri), Fraction(str(seg.duration or 0)), sequence + i,
-                       bool(seg.discontinuity), seg.current_program_date_time)
+            SegmentRef(i, uris[i], Fraction(str(seg.duration or 0)), sequence + i,
+                       bool(seg.discontinuity), seg.current_program_date_time, ranges[i])
             for i, seg in enumerate(parsed.segments)
         ]
         if not segments:
@@ -242,6 +250,11 @@ async def load_playlist(location: str, *, variant: str | None = None,
 
 
 async def _segment_bytes(ref: SegmentRef, session: aiohttp.ClientSession | None) -> bytes:
+    if ref.byterange is not None:
+        try:
+            return await hls_forms.read_range(ref.uri, ref.byterange, session)
+        except hls_forms.FormError as exc:
+            raise IngestError(f"segment {ref.sequence}: {exc}") from exc
     if _is_url(ref.uri):
         assert session is not None
         return await _fetch_url(ref.uri, session)
@@ -599,6 +612,10 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     for ref in window:
         if not _is_url(ref.uri) and not Path(ref.uri).is_file():
             raise IngestError(f"no such segment file: {ref.uri}")
+    try:
+        await hls_forms.check_ranges(window, session)
+    except hls_forms.FormError as exc:
+        raise IngestError(str(exc)) from exc
 
     first_data = await _segment_bytes(window[0], session)
     try:

@@ -13,22 +13,27 @@ each segment must hold).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import av
 import pytest
+from aiohttp import web
 from mediatimestamp.immutable import TimeRange
 
 import ingest_hls
 import sample_content
 from client import TAMSClient
 from credentials import BasicCredentials
+from outgest_file import outgest
 from tests.synthetic_media import AUDIO_PACKET_TICKS, SynthesizedHLS, ticks_to_ns
+from tests.test_ingest import _one_error_line
 
 if TYPE_CHECKING:
     from tests.conftest import RunningStore
@@ -118,6 +123,81 @@ def _assert_audio_segments_tile_the_tone(segments: list[dict[str, Any]], objects
         first = _first_audio_ticks(data)
         assert (first - content.start_pts) % AUDIO_PACKET_TICKS == 0
         assert timerange.start.to_nanosec() == ticks_to_ns(first)
+
+
+# -- EXT-X-BYTERANGE ---------------------------------------------------------------------------
+
+
+async def test_byte_range_entries_are_one_segment_each_with_exactly_their_bytes_and_frames(
+    shared_store: RunningStore, byterange_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    content = byterange_content
+    ranges = _byteranges(content.playlist)
+    whole = (content.directory / "hls_output.ts").read_bytes()
+    assert len(ranges) == content.segment_count == 3 and sum(length for _, length in ranges) == len(whole)
+    result = await _ingest(shared_store, str(content.playlist), flow_id=str(uuid.uuid4()))
+    assert (result.registered, set(result.flow_ids)) == (3, {"video"})
+    segments = await _segments(shared_store, result.flow_ids["video"])
+    assert [s["timerange"] for s in segments] == [str(content.video_timerange(k)) for k in range(3)]
+    async with _connect(shared_store) as client:
+        objects = [await client.download_object(s["get_urls"][0]) for s in segments]
+        out = tmp_path / "whole.ts"
+        await outgest(client, result.flow_ids["video"], out)
+    assert objects == [whole[offset:offset + length] for offset, length in ranges]
+    for k, data in enumerate(objects):
+        path = tmp_path / f"object{k}.ts"
+        path.write_bytes(data)
+        assert sample_content.read_frame_numbers(path) == content.frames(k)
+    assert sample_content.read_frame_numbers(out) == list(range(content.frame_count))
+
+
+@pytest.mark.parametrize("server_ranges", [True, False], ids=["range-requests", "server-ignores-range"])
+async def test_byte_ranges_over_http_ask_for_just_the_range(
+    shared_store: RunningStore, byterange_content: SynthesizedHLS, aiohttp_server: Any, server_ranges: bool
+) -> None:
+    content = byterange_content
+    asked: list[str | None] = []
+
+    async def whole_file(request: web.Request) -> web.Response:  # a server without Range support
+        return web.Response(body=(content.directory / request.match_info["name"]).read_bytes())
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.endswith(".ts") and request.method == "GET":
+            asked.append(request.headers.get("Range"))
+        return await handler(request)
+
+    app = web.Application(middlewares=[record])
+    if not server_ranges:
+        app.router.add_get("/{name:.*\\.ts}", whole_file)
+    app.router.add_static("/", content.directory)
+    server = await aiohttp_server(app)
+    result = await _ingest(shared_store, str(server.make_url("/hls_output.m3u8")), flow_id=str(uuid.uuid4()))
+    assert result.registered == 3
+    assert sorted(asked) == sorted(f"bytes={offset}-{offset + length - 1}" for offset, length in
+                                   _byteranges(content.playlist))
+    segments = await _segments(shared_store, result.flow_ids["video"])
+    assert [s["timerange"] for s in segments] == [str(content.video_timerange(k)) for k in range(3)]
+    whole = (content.directory / "hls_output.ts").read_bytes()
+    async with _connect(shared_store) as client:
+        objects = [await client.download_object(s["get_urls"][0]) for s in segments]
+    assert objects == [whole[offset:offset + length] for offset, length in _byteranges(content.playlist)]
+
+
+def test_a_byte_range_past_the_end_is_one_line_naming_it_and_registers_nothing(
+    tams_store: RunningStore, byterange_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    whole = (byterange_content.directory / "hls_output.ts").read_bytes()
+    (broken / "hls_output.ts").write_bytes(whole)
+    offset, length = _byteranges(byterange_content.playlist)[-1]
+    text = byterange_content.playlist.read_text().replace(f"{length}@{offset}", f"{length + 1000}@{offset}")
+    (broken / "hls_output.m3u8").write_text(text)
+    line = _one_error_line(_run(tams_store, broken / "hls_output.m3u8", tmp_path))
+    assert "segment 2" in line and f"{length + 1000}@{offset}" in line and "past the end" in line, line
+    assert f"({len(whole)} bytes)" in line
+    assert asyncio.run(_flows(tams_store)) == []
 
 
 # -- sample content ----------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+"""Playlist forms for ``ingest_hls.py`` beyond one MPEG-TS file per segment (issue 13).
+
+- **Byte ranges** (``EXT-X-BYTERANGE``, RFC 8216 4.3.2.2; a packager's ``single_file`` output):
+  ``byteranges`` works out each entry's ``(offset, length)`` (an offset left out is the end of
+  the previous entry's range of the same resource), ``read_range`` reads just those bytes (an
+  HTTP ``Range`` request, or a seek in a local file) and ``check_ranges`` finds a range that
+  runs past the end of its file before anything is registered.
+
+Errors are ``FormError``; ``str()`` is the one line to show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+
+__all__ = ["FormError", "byteranges", "check_ranges", "describe", "read_range"]
+
+
+class FormError(Exception):
+    """A playlist form cannot be read as it says; ``str()`` is the one line to show."""
+
+
+class _Ranged(Protocol):
+    uri: str
+    sequence: int
+    byterange: tuple[int, int] | None
+
+
+def _is_url(uri: str) -> bool:
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def _shown(uri: str) -> str:
+    return uri.split("?", 1)[0] if _is_url(uri) else uri
+
+
+def describe(byterange: tuple[int, int]) -> str:
+    """A range as the playlist writes it (``length@offset``) and as bytes (first-last)."""
+    offset, length = byterange
+    return f"{length}@{offset} (bytes {offset}-{offset + length - 1})"
+
+
+# --------------------------------------------------------------------------------------------
+# Byte ranges
+
+
+def byteranges(segments: Iterable[Any], uris: Sequence[str]) -> list[tuple[int, int] | None]:
+    """``(offset, length)`` of each m3u8 segment with ``EXT-X-BYTERANGE`` (None without one).
+
+    ``uris`` are the segments' resolved URIs: an offset left out continues the previous entry's
+    range only when that entry is a range of the same resource, as RFC 8216 requires."""
+    ranges: list[tuple[int, int] | None] = []
+    previous: tuple[str, int] | None = None  # uri and end of the previous entry's range
+    for segment, uri in zip(segments, uris, strict=True):
+        text = getattr(segment, "byterange", None)
+        if not text:
+            ranges.append(None)
+            previous = None
+            continue
+        length_text, _, offset_text = str(text).strip().partition("@")
+        try:
+            length = int(length_text)
+            offset = int(offset_text) if offset_text else None
+        except ValueError as exc:
+            raise FormError(f"segment {uri}: EXT-X-BYTERANGE:{text} is not length[@offset]") from exc
+        if offset is None:
+            if previous is None or previous[0] != uri:
+                raise FormError(f"segment {uri}: EXT-X-BYTERANGE:{text} has no offset and does not follow "
+                                "a range of the same file")
+            offset = previous[1]
+        if length < 1 or offset < 0:
+            raise FormError(f"segment {uri}: EXT-X-BYTERANGE:{text} is empty or negative")
+        ranges.append((offset, length))
+        previous = (uri, offset + length)
+    return ranges
+
+
+def _past_end(uri: str, byterange: tuple[int, int], size: int) -> FormError:
+    return FormError(f"{_shown(uri)} byte range {describe(byterange)} runs past the end of the file ({size} bytes)")
+
+
+def _read_local(path: str, byterange: tuple[int, int]) -> bytes:
+    offset, length = byterange
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if offset + length > size:
+                raise _past_end(path, byterange, size)
+            file.seek(offset)
+            return file.read(length)
+    except OSError as exc:
+        raise FormError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+async def read_range(uri: str, byterange: tuple[int, int], session: aiohttp.ClientSession | None) -> bytes:
+    """The ``byterange`` (offset, length) of ``uri``: a local path or an http(s) URL.
+
+    Over HTTP this is a ``Range`` request; a server that ignores it and sends the whole resource
+    is sliced. A range past the end of the resource is a ``FormError``, never a short read."""
+    if not _is_url(uri):
+        return await asyncio.to_thread(_read_local, uri, byterange)
+    if session is None:
+        raise FormError(f"{_shown(uri)}: an http(s) segment needs an HTTP session")
+    offset, length = byterange
+    headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+    try:
+        async with session.get(uri, headers=headers) as response:
+            if response.status == 416:
+                total = response.headers.get("Content-Range", "").rpartition("/")[2]
+                raise _past_end(uri, byterange, int(total) if total.isdigit() else 0)
+            if response.status not in (200, 206):
+                raise FormError(f"GET {_shown(uri)} (bytes {offset}-{offset + length - 1}): HTTP {response.status}")
+            body = await response.read()
+            whole = response.status == 200
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise FormError(f"cannot fetch {_shown(uri)}: {exc or type(exc).__name__}") from exc
+    data = body[offset:offset + length] if whole else body
+    if len(data) != length:
+        raise _past_end(uri, byterange, len(body) if whole else offset + len(body))
+    return data
+
+
+async def _size(uri: str, session: aiohttp.ClientSession | None) -> int | None:
+    """The resource's size in bytes, if it can be told without reading it."""
+    if not _is_url(uri):
+        try:
+            return Path(uri).stat().st_size
+        except OSError:
+            return None  # reading it will say why
+    if session is None:
+        return None
+    try:
+        async with session.head(uri, allow_redirects=True) as response:
+            length = response.headers.get("Content-Length")
+            return int(length) if response.status == 200 and length and length.isdigit() else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None  # reading it will say why
+
+
+async def check_ranges(refs: Sequence[_Ranged], session: aiohttp.ClientSession | None) -> None:
+    """Raise ``FormError`` for the first entry whose byte range runs past the end of its file (each
+    file's size asked for once), so a bad playlist is refused before anything is registered."""
+    sizes: dict[str, int | None] = {}
+    for ref in refs:
+        if ref.byterange is None:
+            continue
+        if ref.uri not in sizes:
+            sizes[ref.uri] = await _size(ref.uri, session)
+        size = sizes[ref.uri]
+        offset, length = ref.byterange
+        if size is not None and offset + length > size:
+            raise FormError(f"segment {ref.sequence}: {_past_end(ref.uri, ref.byterange, size)}")
