@@ -26,7 +26,8 @@ rates (AppNote 0013). When the segments also carry audio (and ``--video-only`` i
 each segment is split by remuxing into a video object and an audio object for a video Flow and
 an audio Flow, and a multi-essence Flow (with its own Source) collects both. Audio and multi
 Flow and Source ids default to ids derived from ``--flow-id``, so a re-run finds them again.
-``EXT-X-BYTERANGE`` entries are read as just their bytes (``hls_forms``).
+Audio-only media is one audio Flow. ``EXT-X-BYTERANGE`` entries are read as just their bytes
+(``hls_forms``).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class IngestOptions:
     storage_batch: int | None = None  # upload targets per storage request (None: from concurrency)
     variant: str | None = None
     video_only: bool = False
+    audio_only: bool = False  # one audio Flow even if the segments carry video (an audio rendition's)
     progress: bool = False
     follow: bool = False  # reload a live playlist until EXT-X-ENDLIST or a stop signal
     reload_attempts: int = 6  # failed reloads in a row before giving up
@@ -329,8 +331,6 @@ async def _check_flow(client: TAMSClient, plan: _FlowPlan) -> None:
 
 
 def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: Playlist) -> list[_FlowPlan]:
-    if props.video is None:
-        raise IngestError(f"{playlist.segments[options.start_segment].uri} has no video stream")
     flow_id = options.flow_id or str(uuid.uuid4())
     label = options.label or playlist.name
     description = options.description or f"Ingested from {Path(urlsplit(playlist.location).path).name}"
@@ -353,6 +353,13 @@ def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: 
             }
         return body
 
+    if props.audio is not None and (props.video is None or options.audio_only):
+        # audio alone: one audio Flow, with the ids a video Flow would have had
+        source = options.source_id or _derived_id(flow_id, "source")
+        body = technical(props.audio.flow_fields(), "audio", flow_id, source, "")
+        return [_FlowPlan("audio", flow_id, _merge(body, options.flow_params), source_id_given=bool(options.source_id))]
+    if props.video is None:
+        raise IngestError(f"{playlist.segments[0].uri} has no video or audio stream")
     video_source = options.source_id or _derived_id(flow_id, "source")
     video_body = technical(props.video.flow_fields(), "video", flow_id, video_source, " (video)" if with_audio else "")
     plans = [_FlowPlan("video", flow_id, _merge(video_body, options.flow_params), source_id_given=bool(options.source_id))]
@@ -547,7 +554,7 @@ def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: b
     missing = [kind for kind in kinds if kind not in timing.streams]
     if missing:
         raise IngestError(f"segment {ref.uri} has no {missing[0]} stream")
-    objects = media.split_essences(data, kinds, name=ref.uri) if split else {"video": data}
+    objects = media.split_essences(data, kinds, name=ref.uri) if split else {kinds[0]: data}
     return _Prepared(ref, timing, objects)
 
 
@@ -887,7 +894,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="how many segments, N for a part of the playlist (default: 0, all of them)")
     parser.add_argument("--variant", default=None, help="master playlist variant: index or part of its URI "
                         "(default: the highest bandwidth)")
-    parser.add_argument("--flow-id", default=None, help="video flow id; reuse it to resume (default: new)")
+    parser.add_argument("--flow-id", default=None, help="video flow id (the audio flow's for audio-only media); "
+                        "reuse it to resume (default: new)")
     parser.add_argument("--source-id", default=None, help="video source id (default: derived from the flow id)")
     parser.add_argument("--audio-flow-id", default=None, help="audio flow id (default: derived from --flow-id)")
     parser.add_argument("--audio-source-id", default=None, help="audio source id (default: derived)")

@@ -34,6 +34,7 @@ from credentials import BasicCredentials
 from outgest_file import outgest
 from tests.synthetic_media import AUDIO_PACKET_TICKS, SynthesizedHLS, ticks_to_ns
 from tests.test_ingest import _one_error_line
+from tests.test_outgest_av import RATE, WINDOW, assert_samples_are, decode_audio, flow_samples
 
 if TYPE_CHECKING:
     from tests.conftest import RunningStore
@@ -198,6 +199,39 @@ def test_a_byte_range_past_the_end_is_one_line_naming_it_and_registers_nothing(
     assert "segment 2" in line and f"{length + 1000}@{offset}" in line and "past the end" in line, line
     assert f"({len(whole)} bytes)" in line
     assert asyncio.run(_flows(tams_store)) == []
+
+
+# -- audio-only playlists ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+async def test_an_audio_only_playlist_is_an_audio_flow_that_exports_its_samples(
+    shared_store: RunningStore, audio_only_content: SynthesizedHLS, tmp_path: Path, suffix: str
+) -> None:
+    content = audio_only_content
+    result = await _ingest(shared_store, str(content.playlist), flow_id=str(uuid.uuid4()))
+    assert set(result.flow_ids) == {"audio"}
+    flow_id = result.flow_ids["audio"]
+    async with _connect(shared_store) as client:
+        flow = await client.get_flow(flow_id, include_timerange=True)
+        segments = [s async for s in client.segments(flow_id)]
+        objects = [await client.download_object(s["get_urls"][0]) for s in segments]
+        out = tmp_path / f"audio{suffix}"
+        summary = await outgest(client, flow_id, out)
+    assert (flow["format"], flow["codec"], flow["container"]) == ("urn:x-nmos:format:audio", "audio/aac", "video/mp2t")
+    assert flow["essence_parameters"]["sample_rate"] == RATE and flow["essence_parameters"]["channels"] == 2
+    assert len(segments) == len(content.playlist.read_text().split("#EXTINF")) - 1
+    _assert_audio_segments_tile_the_tone(segments, objects, content)
+    timerange = TimeRange.from_str(flow["timerange"])
+    samples = flow_samples(timerange.end) - flow_samples(timerange.start)
+    assert summary.audio_samples == samples  # type: ignore[attr-defined]
+    decoded = decode_audio(out)
+    assert len(decoded.left) == samples
+    with av.open(str(out)) as container:
+        assert [s.type for s in container.streams] == ["audio"]
+    start = flow_samples(timerange.start)
+    assert_samples_are(decoded, 4 * 1024, start + 4 * 1024)  # past the encoder's settling frames
+    assert_samples_are(decoded, samples - WINDOW, start + samples - WINDOW)
 
 
 # -- sample content ----------------------------------------------------------------------------
