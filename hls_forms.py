@@ -5,6 +5,10 @@
   the previous entry's range of the same resource), ``read_range`` reads just those bytes (an
   HTTP ``Range`` request, or a seek in a local file) and ``check_ranges`` finds a range that
   runs past the end of its file before anything is registered.
+- **Audio renditions** (``EXT-X-MEDIA TYPE=AUDIO`` with a ``URI``): ``audio_rendition`` is the
+  rendition a variant's ``AUDIO`` group plays with (its ``DEFAULT=YES`` one, else the first), and
+  ``video_variants`` leaves out the audio-only variants packagers list beside the video ones
+  (libavformat lists its audio rendition as a variant too, often with the higher bandwidth).
 
 Errors are ``FormError``; ``str()`` is the one line to show.
 """
@@ -20,7 +24,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-__all__ = ["FormError", "byteranges", "check_ranges", "describe", "read_range"]
+__all__ = ["FormError", "audio_rendition", "byteranges", "check_ranges", "describe", "read_range",
+           "video_variants"]
 
 
 class FormError(Exception):
@@ -157,3 +162,41 @@ async def check_ranges(refs: Sequence[_Ranged], session: aiohttp.ClientSession |
         offset, length = ref.byterange
         if size is not None and offset + length > size:
             raise FormError(f"segment {ref.sequence}: {_past_end(ref.uri, ref.byterange, size)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Master playlists: variants and audio renditions
+
+_AUDIO_CODECS = ("mp4a", "ac-3", "ec-3", "opus", "flac", "mp3")
+
+
+def _audio_rendition_uris(master: Any) -> set[str]:
+    return {m.uri for m in master.media if (m.type or "").upper() == "AUDIO" and m.uri}
+
+
+def video_variants(master: Any) -> list[Any]:
+    """The variants of an m3u8 master playlist that carry video: not the audio renditions listed
+    as variants too, nor variants whose ``CODECS`` are all audio. All of them if none does."""
+    renditions = _audio_rendition_uris(master)
+
+    def audio_only(variant: Any) -> bool:
+        codecs = [c.strip().lower() for c in (variant.stream_info.codecs or "").split(",") if c.strip()]
+        return variant.uri in renditions or (bool(codecs) and all(c.startswith(_AUDIO_CODECS) for c in codecs))
+
+    chosen = [v for v in master.playlists if not audio_only(v)]
+    return chosen or list(master.playlists)
+
+
+def audio_rendition(master: Any, variant: Any) -> str | None:
+    """The URI (as written) of the ``EXT-X-MEDIA TYPE=AUDIO`` rendition ``variant`` plays with: the
+    ``DEFAULT=YES`` one of its ``AUDIO`` group, else the group's first. None when the variant names
+    no group or the group's renditions have no URI (their audio is in the variant's segments)."""
+    group = variant.stream_info.audio
+    if not group:
+        return None
+    renditions = [m for m in master.media
+                  if (m.type or "").upper() == "AUDIO" and m.group_id == group and m.uri]
+    if not renditions:
+        return None
+    chosen = next((m for m in renditions if (m.default or "").upper() == "YES"), renditions[0])
+    return str(chosen.uri)

@@ -26,8 +26,10 @@ rates (AppNote 0013). When the segments also carry audio (and ``--video-only`` i
 each segment is split by remuxing into a video object and an audio object for a video Flow and
 an audio Flow, and a multi-essence Flow (with its own Source) collects both. Audio and multi
 Flow and Source ids default to ids derived from ``--flow-id``, so a re-run finds them again.
-Audio-only media is one audio Flow. ``EXT-X-BYTERANGE`` entries are read as just their bytes
-(``hls_forms``).
+Audio-only media is one audio Flow. A master playlist whose variant plays with an
+``EXT-X-MEDIA TYPE=AUDIO`` rendition gives the same three Flows, the video and the audio each
+ingested from its own media playlist at the same time. ``EXT-X-BYTERANGE`` entries are read as
+just their bytes (``hls_forms``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -199,10 +201,12 @@ async def _fetch_url(url: str, session: aiohttp.ClientSession) -> bytes:
         raise IngestError(f"cannot fetch {shown}: {exc or type(exc).__name__}") from exc
 
 
-def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> str:
+def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> Any:
+    """The m3u8 variant to ingest: ``variant`` (an index or part of its URI), else the video
+    variant with the highest bandwidth."""
     variants = list(master.playlists)
     if variant is None:
-        chosen = max(variants, key=lambda p: p.stream_info.bandwidth or 0)
+        chosen = max(hls_forms.video_variants(master), key=lambda p: p.stream_info.bandwidth or 0)
     elif variant.isdigit() and int(variant) < len(variants):
         chosen = variants[int(variant)]
     else:
@@ -211,7 +215,7 @@ def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> st
             raise IngestError(f"no variant of {location} matches {variant!r}")
         chosen = matches[0]
     logger.info("variant %s (bandwidth %s)", chosen.uri, chosen.stream_info.bandwidth)
-    return _resolve(location, chosen.uri)
+    return chosen
 
 
 async def load_playlist(location: str, *, variant: str | None = None,
@@ -226,7 +230,7 @@ async def load_playlist(location: str, *, variant: str | None = None,
         except Exception as exc:  # m3u8 raises assorted errors on malformed input
             raise IngestError(f"{location} is not a valid HLS playlist: {exc}") from exc
         if parsed.is_variant:
-            location = _choose_variant(parsed, variant, location)
+            location = _resolve(location, _choose_variant(parsed, variant, location).uri)
             continue
         sequence = parsed.media_sequence or 0
         uris = [_resolve(location, seg.uri) for seg in parsed.segments]
@@ -586,12 +590,112 @@ def _timeranges(
     return timerange, ts_offset, object_timerange, last_duration
 
 
+# --------------------------------------------------------------------------------------------
+# Audio renditions: a master playlist's EXT-X-MEDIA TYPE=AUDIO
+
+
+async def _renditions(options: IngestOptions, session: aiohttp.ClientSession | None) -> tuple[str, str] | None:
+    """The chosen video variant's media playlist and its audio rendition's, when ``options.hls`` is a
+    master playlist whose variant plays with an ``EXT-X-MEDIA TYPE=AUDIO`` rendition of its own."""
+    text = await _read_text(options.hls, session)
+    if not text.lstrip("\ufeff").startswith("#EXTM3U"):
+        return None  # load_playlist says what is wrong
+    try:
+        master = m3u8.loads(text)
+    except Exception:  # m3u8 raises assorted errors on malformed input; load_playlist says which
+        return None
+    if not master.is_variant:
+        return None
+    variant = _choose_variant(master, options.variant, options.hls)
+    audio = hls_forms.audio_rendition(master, variant)
+    if audio is None:
+        return None
+    logger.info("audio rendition %s", audio)
+    return _resolve(options.hls, variant.uri), _resolve(options.hls, audio)
+
+
+async def _first_properties(playlist: Playlist, kind: str, master: str,
+                            session: aiohttp.ClientSession | None) -> media.MediaProperties:
+    ref = playlist.segments[0]
+    data = await _segment_bytes(ref, session)
+    try:
+        props = await asyncio.to_thread(media.probe, data, name=ref.uri)
+    except media.MediaError as exc:
+        raise IngestError(str(exc)) from exc
+    if getattr(props, kind) is None:
+        raise IngestError(f"segment {ref.uri} of the {kind} playlist of {master} has no {kind} stream")
+    return props
+
+
+async def _all_or_none(*aws: Any) -> list[Any]:
+    """Run ``aws`` concurrently; if one fails, cancel the others and raise its error."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _ingest_renditions(client: TAMSClient, options: IngestOptions, session: aiohttp.ClientSession | None,
+                             started: float, video_uri: str, audio_uri: str) -> IngestResult:
+    """A video variant and its audio rendition: a video Flow and an audio Flow, each ingested from its
+    own media playlist (at the same time, each segment's timerange from its own media), collected
+    by a multi-essence Flow as muxed audio is. All three Flows are checked and created before any
+    segment is registered, once the first segment of each playlist says what it holds."""
+    video_playlist, audio_playlist = await asyncio.gather(load_playlist(video_uri, session=session),
+                                                          load_playlist(audio_uri, session=session))
+    video_props, audio_props = await asyncio.gather(
+        _first_properties(video_playlist, "video", options.hls, session),
+        _first_properties(audio_playlist, "audio", options.hls, session))
+    named = replace(video_playlist, location=options.hls, name=Path(urlsplit(options.hls).path).stem or "hls")
+    plans = _plan_flows(options, replace(video_props, audio=audio_props.audio), named)
+    video_plan, audio_plan, _ = plans
+    audio_plan.body["container"] = audio_props.container
+    audio_plan.body.pop("segment_duration", None)
+    if audio_playlist.segment_duration is not None:
+        duration = audio_playlist.segment_duration
+        audio_plan.body["segment_duration"] = {"numerator": duration.numerator, "denominator": duration.denominator}
+    for plan in plans:
+        await _check_flow(client, plan)
+    for plan in plans:
+        if not plan.exists:
+            await client.put_flow(plan.flow_id, plan.body)
+            logger.info("created %s flow %s (source %s)", plan.kind, plan.flow_id, plan.body["source_id"])
+    # each its own playlist, and one Flow each: the ids of the others are decided here
+    each: dict[str, Any] = {"variant": None, "audio_flow_id": None, "audio_source_id": None,
+                            "multi_flow_id": None, "multi_source_id": None}
+    video_options = replace(options, **each, hls=video_uri, video_only=True, flow_id=video_plan.flow_id,
+                            source_id=video_plan.body["source_id"])
+    audio_options = replace(options, **each, hls=audio_uri, audio_only=True, flow_id=audio_plan.flow_id,
+                            source_id=audio_plan.body["source_id"], flow_params={})
+    video, audio = await _all_or_none(_ingest(client, video_options, session, started),
+                                      _ingest(client, audio_options, session, started))
+    return IngestResult(
+        flow_ids={plan.kind: plan.flow_id for plan in plans},
+        source_ids={plan.kind: plan.body["source_id"] for plan in plans},
+        registered=video.registered + audio.registered,
+        skipped=video.skipped + audio.skipped,
+        bytes=video.bytes + audio.bytes,
+        seconds=time.perf_counter() - started,
+        gaps=video.gaps + audio.gaps,
+        left=video.left + audio.left,
+        next_sequence=video.next_sequence,
+        timeranges={**video.timeranges, **audio.timeranges},
+    )
+
+
 async def ingest(client: TAMSClient, options: IngestOptions) -> IngestResult:
     """Ingest ``options.hls`` into the store behind ``client``; see the module docstring."""
     started = time.perf_counter()
     # A local playlist may still name http(s) segments, so the session is there either way.
     session: aiohttp.ClientSession | None = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT)
     try:
+        renditions = None if options.video_only or options.audio_only else await _renditions(options, session)
+        if renditions is not None:
+            return await _ingest_renditions(client, options, session, started, *renditions)
         return await _ingest(client, options, session, started)
     except hls_live.LiveError as exc:
         raise IngestError(str(exc)) from exc

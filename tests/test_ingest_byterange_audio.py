@@ -234,6 +234,87 @@ async def test_an_audio_only_playlist_is_an_audio_flow_that_exports_its_samples(
     assert_samples_are(decoded, samples - WINDOW, start + samples - WINDOW)
 
 
+# -- EXT-X-MEDIA TYPE=AUDIO renditions ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendition_flows(shared_store: RunningStore, rendition_content: SynthesizedHLS) -> dict[str, str]:
+    result = asyncio.run(_ingest(shared_store, str(rendition_content.playlist), flow_id=str(uuid.uuid4())))
+    return result.flow_ids
+
+
+async def test_an_audio_rendition_is_an_audio_flow_collected_with_the_video_as_muxed_audio_is(
+    shared_store: RunningStore, rendition_content: SynthesizedHLS, rendition_flows: dict[str, str]
+) -> None:
+    content = rendition_content
+    ids = rendition_flows
+    assert set(ids) == {"video", "audio", "multi"}
+    async with _connect(shared_store) as client:
+        video, audio, multi = [await client.get_flow(ids[k]) for k in ("video", "audio", "multi")]
+        video_segments = [s async for s in client.segments(ids["video"])]
+        audio_segments = [s async for s in client.segments(ids["audio"])]
+        audio_objects = [await client.download_object(s["get_urls"][0]) for s in audio_segments]
+    # the master lists the audio playlist as a variant too, with the higher bandwidth: the video is chosen
+    assert video["format"] == "urn:x-nmos:format:video" and video["codec"] == "video/h264"
+    assert (audio["format"], audio["codec"]) == ("urn:x-nmos:format:audio", "audio/aac")
+    assert multi["format"] == "urn:x-nmos:format:multi"
+    assert multi["flow_collection"] == [{"id": ids["video"], "role": "video"}, {"id": ids["audio"], "role": "audio"}]
+    assert video["collected_by"] == [ids["multi"]] and audio["collected_by"] == [ids["multi"]]
+    assert len({video["source_id"], audio["source_id"], multi["source_id"]}) == 3
+    assert [s["timerange"] for s in video_segments] == [str(content.video_timerange(k)) for k in range(3)]
+    # the audio playlist is cut on its own (four segments for three of video): each from its own media
+    assert len(audio_segments) == len((content.directory / "hls_output_1.m3u8").read_text().split("#EXTINF")) - 1
+    _assert_audio_segments_tile_the_tone(audio_segments, audio_objects, content)
+    again = await _ingest(shared_store, str(content.playlist), flow_id=ids["video"])
+    assert (again.registered, again.flow_ids) == (0, ids)
+    assert again.skipped == len(video_segments) + len(audio_segments)
+
+
+@pytest.mark.parametrize("suffix", [".ts", ".mp4"])
+async def test_a_rendition_flow_exports_muxed_with_video_and_audio_in_sync(
+    shared_store: RunningStore, rendition_content: SynthesizedHLS, rendition_flows: dict[str, str], tmp_path: Path,
+    suffix: str,
+) -> None:
+    content = rendition_content
+    out = tmp_path / f"av{suffix}"
+    async with _connect(shared_store) as client:
+        audio = await client.get_flow(rendition_flows["audio"], include_timerange=True)
+        summary = await outgest(client, rendition_flows["multi"], out)
+    assert sample_content.read_frame_numbers(out) == list(range(content.frame_count))
+    timerange = TimeRange.from_str(audio["timerange"])
+    audio_start = flow_samples(timerange.start)
+    samples = flow_samples(timerange.end) - audio_start
+    assert summary.audio_samples == samples  # type: ignore[attr-defined]
+    decoded = decode_audio(out)
+    assert len(decoded.left) == samples
+    assert_samples_are(decoded, 4 * 1024, audio_start + 4 * 1024)
+    assert_samples_are(decoded, samples - WINDOW, audio_start + samples - WINDOW)
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        starts = {"video": Fraction(video.start_time) * Fraction(video.time_base),
+                  "audio": decoded.first_pts * decoded.time_base}
+    # the first frame and the first sample both at pts 6000, where their Flow times put them: as
+    # they are in MPEG-TS, and both at 0 in MP4 (which starts at the first frame)
+    assert Fraction(audio_start, RATE) == Fraction(content.frame_pts(0), 90000) == Fraction(6000, 90000)
+    expected = Fraction(6000, 90000) if suffix == ".ts" else Fraction(0)
+    assert starts == {"video": expected, "audio": expected}
+
+
+def test_a_rendition_that_holds_no_audio_is_one_line_and_registers_nothing(
+    tams_store: RunningStore, rendition_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(rendition_content.directory, broken)
+    # the audio rendition's playlist names the video's segments
+    video_list = (broken / "hls_output_0.m3u8").read_text()
+    (broken / "hls_output_1.m3u8").write_text(video_list)
+    line = _one_error_line(_run(tams_store, broken / "hls_output.m3u8", tmp_path))
+    assert "hls_output_0_00000.ts" in line and "has no audio stream" in line, line
+    assert asyncio.run(_flows(tams_store)) == []
+
+
 # -- sample content ----------------------------------------------------------------------------
 
 
