@@ -9,6 +9,8 @@
   rendition a variant's ``AUDIO`` group plays with (its ``DEFAULT=YES`` one, else the first), and
   ``video_variants`` leaves out the audio-only variants packagers list beside the video ones
   (libavformat lists its audio rendition as a variant too, often with the higher bandwidth).
+- **Containers**: ``check_container`` refuses a segment whose media is not the container its
+  name says (``.ts`` that is MP4, an HTML error page, ...) or not that of the playlist's first.
 
 Errors are ``FormError``; ``str()`` is the one line to show.
 """
@@ -18,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 
-__all__ = ["FormError", "audio_rendition", "byteranges", "check_ranges", "describe", "read_range",
+__all__ = ["FormError", "audio_rendition", "byteranges", "check_container", "check_ranges", "describe", "read_range",
            "video_variants"]
 
 
@@ -200,3 +202,36 @@ def audio_rendition(master: Any, variant: Any) -> str | None:
         return None
     chosen = next((m for m in renditions if (m.default or "").upper() == "YES"), renditions[0])
     return str(chosen.uri)
+
+
+# --------------------------------------------------------------------------------------------
+# Containers
+
+# What a segment's name says it is, by extension, and the libavformat demuxers that are that.
+_CLAIMS = {
+    ".ts": ("MPEG-TS", ("mpegts",)),
+    ".aac": ("ADTS AAC", ("aac",)),
+    ".mp3": ("MP3", ("mp3",)),
+    ".ac3": ("AC-3", ("ac3",)),
+    ".ec3": ("E-AC-3", ("eac3",)),
+    ".m4s": ("fMP4", ("mov",)),
+    ".mp4": ("MP4", ("mov",)),
+    ".m4a": ("MP4", ("mov",)),
+    ".m4v": ("MP4", ("mov",)),
+    ".cmfv": ("CMAF", ("mov",)),
+    ".cmfa": ("CMAF", ("mov",)),
+}
+
+
+def check_container(uri: str, format_name: str, first: tuple[str, str] | None = None) -> None:
+    """Raise ``FormError`` if the media read from segment ``uri`` (libavformat's ``format_name``)
+    is not the container its name claims, or not the one of the playlist's ``first`` segment
+    (its URI and format name)."""
+    demuxers = set(format_name.split(","))
+    suffix = PurePosixPath(urlsplit(uri).path).suffix.lower()
+    claim = _CLAIMS.get(suffix)
+    if claim is not None and not demuxers & set(claim[1]):
+        raise FormError(f"segment {_shown(uri)} is not {claim[0]} as its name says: it reads as {format_name}")
+    if first is not None and format_name != first[1]:
+        raise FormError(f"segment {_shown(uri)} reads as {format_name}, not {first[1]} like the playlist's "
+                        f"first segment {_shown(first[0])}")

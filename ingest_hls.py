@@ -562,6 +562,14 @@ def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: b
     return _Prepared(ref, timing, objects)
 
 
+def _check_container(ref: SegmentRef, format_name: str, first: tuple[str, str] | None = None) -> None:
+    try:
+        hls_forms.check_container(ref.uri, format_name, first)
+    except hls_forms.FormError as exc:
+        where = f" (media sequence {ref.sequence}, byte range {hls_forms.describe(ref.byterange)})" if ref.byterange else ""
+        raise IngestError(f"{exc}{where}") from exc
+
+
 def _timeranges(
     stream: media.StreamTiming,
     offset: int,
@@ -622,6 +630,7 @@ async def _first_properties(playlist: Playlist, kind: str, master: str,
         props = await asyncio.to_thread(media.probe, data, name=ref.uri)
     except media.MediaError as exc:
         raise IngestError(str(exc)) from exc
+    _check_container(ref, props.format_name)
     if getattr(props, kind) is None:
         raise IngestError(f"segment {ref.uri} of the {kind} playlist of {master} has no {kind} stream")
     return props
@@ -733,6 +742,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         props = await asyncio.to_thread(media.probe, first_data, name=window[0].uri)
     except media.MediaError as exc:
         raise IngestError(str(exc)) from exc
+    _check_container(window[0], props.format_name)
     plans = _plan_flows(options, props, playlist)
     for plan in plans:
         await _check_flow(client, plan)
@@ -785,9 +795,11 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     async def prepare(ref: SegmentRef) -> _Prepared:
         data = first_data if ref is window[0] else await _segment_bytes(ref, session)
         try:
-            return await asyncio.to_thread(_prepare_sync, ref, data, kinds, split)
+            prepared = await asyncio.to_thread(_prepare_sync, ref, data, kinds, split)
         except media.MediaError as exc:
             raise IngestError(str(exc)) from exc
+        _check_container(ref, prepared.timing.format_name, (window[0].uri, props.format_name))
+        return prepared
 
     async def upload(kind: str, reg: _Registration) -> asyncio.Future[None]:
         target = await targets[kind].next()

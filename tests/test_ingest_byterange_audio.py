@@ -315,6 +315,54 @@ def test_a_rendition_that_holds_no_audio_is_one_line_and_registers_nothing(
     assert asyncio.run(_flows(tams_store)) == []
 
 
+# -- segments that are not the container they claim -------------------------------------------
+
+
+def _as_mp4(segment: Path, destination: Path) -> None:
+    """The segment's packets remuxed into MP4 (same frames), written under ``destination``'s name."""
+    import io
+
+    buffer = io.BytesIO()
+    with av.open(str(segment)) as source, av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.pts is None or packet.size == 0:
+                continue
+            packet.stream = stream
+            out.mux(packet)
+    destination.write_bytes(buffer.getvalue())
+
+
+def test_a_first_segment_that_is_not_mpeg_ts_is_one_line_and_registers_nothing(
+    tams_store: RunningStore, hls_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    from tests.synthetic_media import copy_content
+
+    content = copy_content(hls_content, tmp_path / "mp4-named-ts")
+    first = content.segment_paths()[0]
+    _as_mp4(hls_content.segment_paths()[0], first)
+    line = _one_error_line(_run(tams_store, content.playlist, tmp_path))
+    assert first.name in line and "is not MPEG-TS as its name says" in line and "mp4" in line, line
+    assert asyncio.run(_flows(tams_store)) == []
+
+
+def test_a_later_segment_in_another_container_stops_with_only_whole_segments_registered(
+    tams_store: RunningStore, hls_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    from tests.synthetic_media import copy_content
+
+    content = copy_content(hls_content, tmp_path / "one-mp4")
+    bad = content.segment_paths()[4]
+    # named as what it is, so only its difference from the playlist's first segment tells
+    _as_mp4(hls_content.segment_paths()[4], bad.with_suffix(".mp4"))
+    content.playlist.write_text(content.playlist.read_text().replace(bad.name, bad.with_suffix(".mp4").name))
+    flow_id = str(uuid.uuid4())
+    line = _one_error_line(_run(tams_store, content.playlist, tmp_path, "--flow-id", flow_id, "--concurrency", "1"))
+    assert bad.with_suffix(".mp4").name in line and "not mpegts like the playlist's first segment" in line, line
+    segments = asyncio.run(_segments(tams_store, flow_id))
+    assert {s["timerange"] for s in segments} <= {str(content.video_timerange(k)) for k in range(10) if k != 4}
+
+
 # -- sample content ----------------------------------------------------------------------------
 
 
