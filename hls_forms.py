@@ -2,9 +2,9 @@
 
 - **Byte ranges** (``EXT-X-BYTERANGE``, RFC 8216 4.3.2.2; a packager's ``single_file`` output):
   ``byteranges`` works out each entry's ``(offset, length)`` (an offset left out is the end of
-  the previous entry's range of the same resource), ``read_range`` reads just those bytes (an
-  HTTP ``Range`` request, or a seek in a local file) and ``check_ranges`` finds a range that
-  runs past the end of its file before anything is registered.
+  the previous entry's range of the same resource; ``ingest_hls.read_range`` reads just those
+  bytes) and ``check_ranges`` finds a range that runs past the end of its file before anything
+  is registered.
 - **Audio renditions** (``EXT-X-MEDIA TYPE=AUDIO`` with a ``URI``): ``audio_rendition`` is the
   rendition a variant's ``AUDIO`` group plays with (its ``DEFAULT=YES`` one, else the first), and
   ``video_variants`` leaves out the audio-only variants packagers list beside the video ones
@@ -17,8 +17,6 @@ Errors are ``FormError``; ``str()`` is the one line to show.
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -26,7 +24,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-__all__ = ["FormError", "audio_rendition", "byteranges", "check_container", "check_ranges", "describe", "read_range",
+__all__ = ["FormError", "audio_rendition", "byteranges", "check_container", "check_ranges", "describe",
            "video_variants"]
 
 
@@ -91,47 +89,6 @@ def byteranges(segments: Iterable[Any], uris: Sequence[str]) -> list[tuple[int, 
 
 def _past_end(uri: str, byterange: tuple[int, int], size: int) -> FormError:
     return FormError(f"{_shown(uri)} byte range {describe(byterange)} runs past the end of the file ({size} bytes)")
-
-
-def _read_local(path: str, byterange: tuple[int, int]) -> bytes:
-    offset, length = byterange
-    try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            if offset + length > size:
-                raise _past_end(path, byterange, size)
-            file.seek(offset)
-            return file.read(length)
-    except OSError as exc:
-        raise FormError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-async def read_range(uri: str, byterange: tuple[int, int], session: aiohttp.ClientSession | None) -> bytes:
-    """The ``byterange`` (offset, length) of ``uri``: a local path or an http(s) URL.
-
-    Over HTTP this is a ``Range`` request; a server that ignores it and sends the whole resource
-    is sliced. A range past the end of the resource is a ``FormError``, never a short read."""
-    if not _is_url(uri):
-        return await asyncio.to_thread(_read_local, uri, byterange)
-    if session is None:
-        raise FormError(f"{_shown(uri)}: an http(s) segment needs an HTTP session")
-    offset, length = byterange
-    headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-    try:
-        async with session.get(uri, headers=headers) as response:
-            if response.status == 416:
-                total = response.headers.get("Content-Range", "").rpartition("/")[2]
-                raise _past_end(uri, byterange, int(total) if total.isdigit() else 0)
-            if response.status not in (200, 206):
-                raise FormError(f"GET {_shown(uri)} (bytes {offset}-{offset + length - 1}): HTTP {response.status}")
-            body = await response.read()
-            whole = response.status == 200
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise FormError(f"cannot fetch {_shown(uri)}: {exc or type(exc).__name__}") from exc
-    data = body[offset:offset + length] if whole else body
-    if len(data) != length:
-        raise _past_end(uri, byterange, len(body) if whole else offset + len(body))
-    return data
 
 
 async def _size(uri: str, session: aiohttp.ClientSession | None) -> int | None:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar, cast
 
 import av
+import av.bitstream
 import av.error
 from mediatimestamp.immutable import TimeRange, Timestamp
 
@@ -89,7 +90,8 @@ logger = logging.getLogger(__name__)
 MPEGTS_WRAP = PTS_WRAP  # MPEG-TS pts/dts are 33-bit counts of a 90 kHz clock (TS_CLOCK)
 WORK_TIME_BASE = Fraction(1, TS_CLOCK)  # packet timestamps handed to the muxer are in this base
 
-SUPPORTED_CONTAINERS = {"video/mp2t"}
+# MPEG-TS objects, and MP4: whole files or fMP4 fragments with init objects (TAMS init_segments).
+SUPPORTED_CONTAINERS = {"video/mp2t", "video/mp4", "audio/mp4"}
 CODECS = {  # Flow codec (MIME type, compared case-insensitively) -> FFmpeg codec name
     "video/h264": "h264",
     "video/h265": "hevc",
@@ -132,6 +134,18 @@ def _timerange(value: object) -> TimeRange | None:
     return value if isinstance(value, TimeRange) else TimeRange.from_str(str(value))
 
 
+def _url_list(urls: object) -> tuple[Mapping[str, Any], ...]:
+    return tuple(u if isinstance(u, Mapping) else {"url": str(u)} for u in urls or ())  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class InitRef:
+    """A segment's ``init_object``: the fMP4 initialization segment its object needs."""
+
+    object_id: str
+    get_urls: tuple[Mapping[str, Any], ...] = ()
+
+
 @dataclass(frozen=True)
 class SegmentRef:
     """What a Flow segment says about the object it uses."""
@@ -143,10 +157,12 @@ class SegmentRef:
     sample_offset: int | None = None
     sample_count: int | None = None
     get_urls: tuple[Mapping[str, Any], ...] = ()
+    init: InitRef | None = None
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any]) -> SegmentRef:
         ts_offset = item.get("ts_offset")
+        init = item.get("init_object")
         return cls(
             object_id=str(item["object_id"]),
             timerange=TimeRange.from_str(str(item["timerange"])),
@@ -154,7 +170,9 @@ class SegmentRef:
             object_timerange=_timerange(item.get("object_timerange")),
             sample_offset=item.get("sample_offset"),
             sample_count=item.get("sample_count"),
-            get_urls=tuple(u if isinstance(u, Mapping) else {"url": str(u)} for u in item.get("get_urls") or ()),
+            get_urls=_url_list(item.get("get_urls")),
+            init=InitRef(str(init["object_id"]), _url_list(init.get("get_urls")))
+            if isinstance(init, Mapping) and init.get("object_id") else None,
         )
 
     @property
@@ -477,6 +495,7 @@ class FlowFileWriter:
         self._last_dts: int | None = None
         self.frames = 0
         self.nudged = 0
+        self._annexb = AnnexB()
 
     def _open(self, template: av.stream.Stream) -> av.stream.Stream:
         if self._stream is not None:
@@ -485,6 +504,7 @@ class FlowFileWriter:
         try:
             self._output = av.open(str(self.temp_path), "w", format=self.format, container_options=options)
             self._stream = self._output.add_stream_from_template(template)
+            self._annexb.open(template, self._stream)
         except ValueError as exc:
             raise OutgestError(f"cannot write {template.codec_context.name} into {self.format}: {exc}") from exc
         except (av.error.FFmpegError, OSError) as exc:
@@ -498,6 +518,7 @@ class FlowFileWriter:
     ) -> None:
         """Mux ``packet`` at Flow times ``pts``/``dts`` (seconds)."""
         stream = self._open(template)
+        packet = self._annexb.convert(packet, template)
         if template.codec_context.name != self._codec:
             raise OutgestError(f"an object holds {template.codec_context.name}, earlier ones {self._codec}")
         if self._origin is None:
@@ -548,6 +569,48 @@ class FlowFileWriter:
                 pass
             self._output = None
         self.temp_path.unlink(missing_ok=True)
+
+
+class AnnexB:
+    """Every H.264/HEVC packet reaches the muxer as start-code-delimited NAL units (Annex B).
+
+    MPEG-TS objects and encoders give Annex B; MP4 objects hold length-prefixed NAL units with the
+    parameter sets in the init segment. Copied MP4 packets are converted (parameter sets put in
+    front of keyframes), each object's stream by a filter of its own, and an output stream made
+    from an MP4 template gets Annex B parameter sets too. So an MP4 output never mixes the two
+    forms (its muxer writes them all length-prefixed with an avcC/hvcC of its own) and an MPEG-TS
+    output is Annex B throughout."""
+
+    FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+
+    def __init__(self) -> None:
+        self._stream: av.stream.Stream | None = None
+        self._filter: av.bitstream.BitStreamFilterContext | None = None
+
+    def _filter_for(self, template: av.stream.Stream) -> str | None:
+        extradata = template.codec_context.extradata
+        if not extradata or extradata[0] != 1:  # avcC and hvcC both start with version 1
+            return None
+        return self.FILTERS.get(template.codec_context.name)
+
+    def open(self, template: av.stream.Stream, output: av.stream.Stream) -> None:
+        """Give ``output`` (made from ``template``) Annex B parameter sets where they are not."""
+        name = self._filter_for(template)
+        if name is not None:
+            av.bitstream.BitStreamFilterContext(name, template, output)
+
+    def convert(self, packet: av.Packet, template: av.stream.Stream) -> av.Packet:
+        # Annex B access units start with a four-byte start code; a length prefix of 1 is no NAL unit.
+        if bytes(memoryview(packet)[:4]) == b"\0\0\0\1":
+            return packet
+        name = self._filter_for(template)
+        if name is None:
+            return packet
+        if template is not self._stream:
+            self._stream, self._filter = template, av.bitstream.BitStreamFilterContext(name, template)
+        assert self._filter is not None
+        (converted,) = self._filter.filter(packet)
+        return converted
 
 
 def _reencoded_packets(
@@ -811,8 +874,6 @@ def _essence(flow: Mapping[str, Any]) -> tuple[str, str, Fraction | None]:
             f"Flow {flow_id} has container {container or 'none'}; supported: {', '.join(sorted(SUPPORTED_CONTAINERS))}"
         )
     params = flow.get("essence_parameters") or {}
-    if params.get("init_segments"):
-        raise OutgestError(f"Flow {flow_id} uses init segments, which this tool does not support")
     codec_mime = str(flow.get("codec") or "")
     codec = CODECS.get(codec_mime.lower())
     if codec is None:
@@ -822,28 +883,64 @@ def _essence(flow: Mapping[str, Any]) -> tuple[str, str, Fraction | None]:
     return kinds[fmt], codec, frame_rate
 
 
-async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path) -> int:
+async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path, head: bytes = b"") -> int:
+    """Stream the object at ``url`` into ``path`` after ``head``; return the object's size."""
     size = 0
     async with client.stream_object(url) as chunks:
         with path.open("wb") as out:
+            out.write(head)
             async for chunk in chunks:
                 out.write(chunk)
                 size += len(chunk)
     return size
 
 
-async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Path) -> int:
-    """Stream the segment's object into ``path``, trying each of its get_urls in turn; returns
-    the size. On 401/403 from storage (an expired presigned URL, say) asks the store for fresh
-    URLs once."""
+class InitObjects:
+    """The init objects of fMP4 Flows in one export, each downloaded once, whose bytes go ahead of
+    every media object that names it: each file read is then a whole fMP4 (moov, then fragments)."""
+
+    def __init__(self, client: TAMSClient) -> None:
+        self._client = client
+        self._tasks: dict[str, asyncio.Task[bytes]] = {}
+
+    async def head(self, segment: SegmentRef) -> bytes:
+        if segment.init is None:
+            return b""
+        task = self._tasks.get(segment.init.object_id)
+        if task is None:
+            task = self._tasks[segment.init.object_id] = asyncio.create_task(self._get(segment, segment.init))
+        return await asyncio.shield(task)
+
+    async def _get(self, segment: SegmentRef, init: InitRef) -> bytes:
+        failure: TAMSError | None = None
+        for url in init.get_urls:
+            try:
+                async with self._client.stream_object(url) as chunks:
+                    return b"".join([chunk async for chunk in chunks])
+            except TAMSError as exc:
+                failure = exc
+        reason = failure or "it has no get_urls"
+        raise OutgestError(f"segment {segment.timerange}: cannot download init object {init.object_id}: {reason}")
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Path, inits: InitObjects) -> int:
+    """Stream the segment's object into ``path`` (after its init object's bytes, if it has one),
+    trying each of its get_urls in turn; returns the object's size. On 401/403 from storage (an
+    expired presigned URL, say) asks the store for fresh URLs once."""
     urls = segment.get_urls
     if not urls:
         raise OutgestError(f"segment {segment.timerange}: object {segment.object_id} has no get_urls")
+    head = await inits.head(segment)
     failure: TAMSError | None = None
     for attempt in range(2):
         for url in urls:
             try:
-                return await _download(client, url, path)
+                return await _download(client, url, path, head)
             except TAMSError as exc:
                 failure = exc
         if attempt or not (isinstance(failure, TAMSResponseError) and failure.status in (401, 403)):
@@ -881,6 +978,7 @@ async def fetch_in_order(
     slots = asyncio.Semaphore(concurrency)  # one per object downloading or waiting to be handled
     queue: asyncio.Queue[tuple[SegmentRef, T, asyncio.Task[int], Path] | None] = asyncio.Queue()
     held = most = 0
+    inits = InitObjects(client)
 
     async def produce(tg: asyncio.TaskGroup) -> None:
         nonlocal held, most
@@ -891,7 +989,7 @@ async def fetch_in_order(
             most = max(most, held)
             path = scratch / f"{number:08d}.obj"
             number += 1
-            await queue.put((segment, tag, tg.create_task(_fetch(client, flow_id, segment, path)), path))
+            await queue.put((segment, tag, tg.create_task(_fetch(client, flow_id, segment, path, inits)), path))
         await queue.put(None)
 
     async def consume() -> None:
@@ -912,6 +1010,8 @@ async def fetch_in_order(
             tg.create_task(consume())
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
+    finally:
+        await inits.close()
     return most
 
 

@@ -735,7 +735,7 @@ def _packet_ticks(stream: av.stream.Stream) -> int:
     if stream.type == "video":
         return round(_video_frame_ticks(stream))  # type: ignore[arg-type]
     assert stream.time_base is not None
-    rate = stream.codec_context.sample_rate or _AUDIO_RATE
+    rate = getattr(stream.codec_context, "sample_rate", 0) or _AUDIO_RATE
     return round(Fraction(_AAC_FRAME, rate) / Fraction(stream.time_base))
 
 

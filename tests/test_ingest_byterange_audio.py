@@ -300,6 +300,32 @@ async def test_a_rendition_flow_exports_muxed_with_video_and_audio_in_sync(
     assert starts == {"video": expected, "audio": expected}
 
 
+async def test_cmaf_renditions_are_fmp4_flows_with_init_objects_that_export_muxed(
+    shared_store: RunningStore, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """CMAF packagers give video and audio each its own fMP4 rendition (EXT-X-MAP each)."""
+    content = _content(tmp_path_factory, "cmaf-rendition", form="fmp4", audio_form="rendition")
+    ids = (await _ingest(shared_store, str(content.playlist), flow_id=str(uuid.uuid4()))).flow_ids
+    assert set(ids) == {"video", "audio", "multi"}
+    out = tmp_path / "av.mp4"
+    async with _connect(shared_store) as client:
+        video, audio = [await client.get_flow(ids[k], include_timerange=True) for k in ("video", "audio")]
+        segments = {k: [s async for s in client.segments(ids[k])] for k in ("video", "audio")}
+        summary = await outgest(client, ids["multi"], out)
+    for flow in (video, audio):
+        assert flow["container"] == "video/mp4" and flow["essence_parameters"]["init_segments"] is True
+    assert (video["codec"], audio["codec"]) == ("video/h264", "audio/aac")
+    assert len(segments["video"]) == 3 and len(segments["audio"]) == 4
+    for kind in ("video", "audio"):
+        assert len({s["init_object"]["object_id"] for s in segments[kind]}) == 1  # one init object per Flow
+    assert sample_content.read_frame_numbers(out) == list(range(content.frame_count))
+    timerange = TimeRange.from_str(audio["timerange"])
+    samples = flow_samples(timerange.end) - flow_samples(timerange.start)
+    assert summary.audio_samples == samples  # type: ignore[attr-defined]
+    decoded = decode_audio(out)
+    assert len(decoded.left) == samples
+
+
 def test_a_rendition_that_holds_no_audio_is_one_line_and_registers_nothing(
     tams_store: RunningStore, rendition_content: SynthesizedHLS, tmp_path: Path
 ) -> None:
