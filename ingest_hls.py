@@ -31,6 +31,10 @@ rates (AppNote 0013). When the segments also carry audio (and ``--video-only`` i
 each segment is split by remuxing into a video object and an audio object for a video Flow and
 an audio Flow, and a multi-essence Flow (with its own Source) collects both. Audio and multi
 Flow and Source ids default to ids derived from ``--flow-id``, so a re-run finds them again.
+Audio-only media is one audio Flow. A master playlist whose variant plays with an
+``EXT-X-MEDIA TYPE=AUDIO`` rendition gives the same three Flows, the video and the audio each
+ingested from its own media playlist at the same time. ``EXT-X-BYTERANGE`` entries are read as
+just their bytes (``hls_forms``).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 from tqdm import tqdm  # type: ignore[import-untyped]
 from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
+import hls_forms
 import hls_live
 import media
 from client import (
@@ -103,6 +108,7 @@ class IngestOptions:
     storage_batch: int | None = None  # upload targets per storage request (None: from concurrency)
     variant: str | None = None
     video_only: bool = False
+    audio_only: bool = False  # one audio Flow even if the segments carry video (an audio rendition's)
     progress: bool = False
     follow: bool = False  # reload a live playlist until EXT-X-ENDLIST or a stop signal
     reload_attempts: int = 6  # failed reloads in a row before giving up
@@ -156,6 +162,7 @@ class SegmentRef:
     discontinuity: bool = False  # EXT-X-DISCONTINUITY before it
     program_date_time: datetime.datetime | None = None  # EXT-X-PROGRAM-DATE-TIME, carried forward
     init: InitSection | None = None  # EXT-X-MAP in force: the segment is an fMP4 fragment
+    byterange: tuple[int, int] | None = None  # EXT-X-BYTERANGE as (offset, length): only these bytes of uri
 
 
 @dataclass(frozen=True)
@@ -215,10 +222,12 @@ async def _fetch_url(url: str, session: aiohttp.ClientSession, byterange: tuple[
         raise IngestError(f"cannot fetch {shown}: {exc or type(exc).__name__}") from exc
 
 
-def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> str:
+def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> Any:
+    """The m3u8 variant to ingest: ``variant`` (an index or part of its URI), else the video
+    variant with the highest bandwidth."""
     variants = list(master.playlists)
     if variant is None:
-        chosen = max(variants, key=lambda p: p.stream_info.bandwidth or 0)
+        chosen = max(hls_forms.video_variants(master), key=lambda p: p.stream_info.bandwidth or 0)
     elif variant.isdigit() and int(variant) < len(variants):
         chosen = variants[int(variant)]
     else:
@@ -227,7 +236,7 @@ def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> st
             raise IngestError(f"no variant of {location} matches {variant!r}")
         chosen = matches[0]
     logger.info("variant %s (bandwidth %s)", chosen.uri, chosen.stream_info.bandwidth)
-    return _resolve(location, chosen.uri)
+    return chosen
 
 
 async def load_playlist(location: str, *, variant: str | None = None,
@@ -242,13 +251,18 @@ async def load_playlist(location: str, *, variant: str | None = None,
         except Exception as exc:  # m3u8 raises assorted errors on malformed input
             raise IngestError(f"{location} is not a valid HLS playlist: {exc}") from exc
         if parsed.is_variant:
-            location = _choose_variant(parsed, variant, location)
+            location = _resolve(location, _choose_variant(parsed, variant, location).uri)
             continue
         sequence = parsed.media_sequence or 0
+        uris = [_resolve(location, seg.uri) for seg in parsed.segments]
+        try:
+            ranges = hls_forms.byteranges(parsed.segments, uris)
+        except hls_forms.FormError as exc:
+            raise IngestError(f"{location}: {exc}") from exc
         segments = [
-            SegmentRef(i, _resolve(location, seg.uri), Fraction(str(seg.duration or 0)), sequence + i,
+            SegmentRef(i, uris[i], Fraction(str(seg.duration or 0)), sequence + i,
                        bool(seg.discontinuity), seg.current_program_date_time,
-                       _init_section(location, seg.init_section))
+                       init=_init_section(location, seg.init_section), byterange=ranges[i])
             for i, seg in enumerate(parsed.segments)
         ]
         if not segments:
@@ -314,13 +328,7 @@ def _read_local_range(path: str, offset: int, length: int, what: str) -> bytes:
 
 
 async def _segment_bytes(ref: SegmentRef, session: aiohttp.ClientSession | None) -> bytes:
-    if _is_url(ref.uri):
-        assert session is not None
-        return await _fetch_url(ref.uri, session)
-    try:
-        return await asyncio.to_thread(Path(ref.uri).read_bytes)
-    except OSError as exc:
-        raise IngestError(f"cannot read segment {ref.uri}: {exc.strerror or exc}") from exc
+    return await read_range(ref.uri, ref.byterange, session)
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,9 +397,7 @@ async def _check_flow(client: TAMSClient, plan: _FlowPlan) -> None:
 
 def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: Playlist,
                 init_segments: bool = False) -> list[_FlowPlan]:
-    if props.video is None:
-        raise IngestError(f"{playlist.segments[options.start_segment].uri} has no video stream")
-    if init_segments and props.audio is not None:
+    if init_segments and props.video is not None and props.audio is not None:
         raise IngestError(f"{playlist.segments[options.start_segment].uri}: fMP4 segments that carry video and audio "
                           "together are not supported; CMAF packagers give each its own rendition (EXT-X-MEDIA)")
     flow_id = options.flow_id or str(uuid.uuid4())
@@ -418,6 +424,13 @@ def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: 
             }
         return body
 
+    if props.audio is not None and (props.video is None or options.audio_only):
+        # audio alone: one audio Flow, with the ids a video Flow would have had
+        source = options.source_id or _derived_id(flow_id, "source")
+        body = technical(props.audio.flow_fields(), "audio", flow_id, source, "")
+        return [_FlowPlan("audio", flow_id, _merge(body, options.flow_params), source_id_given=bool(options.source_id))]
+    if props.video is None:
+        raise IngestError(f"{playlist.segments[0].uri} has no video or audio stream")
     video_source = options.source_id or _derived_id(flow_id, "source")
     video_body = technical(props.video.flow_fields(), "video", flow_id, video_source, " (video)" if with_audio else "")
     plans = [_FlowPlan("video", flow_id, _merge(video_body, options.flow_params), source_id_given=bool(options.source_id))]
@@ -694,6 +707,14 @@ def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: b
     return _Prepared(ref, timing, objects)
 
 
+def _check_container(ref: SegmentRef, format_name: str, first: tuple[str, str] | None = None) -> None:
+    try:
+        hls_forms.check_container(ref.uri, format_name, first)
+    except hls_forms.FormError as exc:
+        where = f" (media sequence {ref.sequence}, byte range {hls_forms.describe(ref.byterange)})" if ref.byterange else ""
+        raise IngestError(f"{exc}{where}") from exc
+
+
 def _timeranges(
     stream: media.StreamTiming,
     offset: int,
@@ -722,6 +743,109 @@ def _timeranges(
     return timerange, ts_offset, object_timerange, last_duration
 
 
+# --------------------------------------------------------------------------------------------
+# Audio renditions: a master playlist's EXT-X-MEDIA TYPE=AUDIO
+
+
+async def _renditions(options: IngestOptions, session: aiohttp.ClientSession | None) -> tuple[str, str] | None:
+    """The chosen video variant's media playlist and its audio rendition's, when ``options.hls`` is a
+    master playlist whose variant plays with an ``EXT-X-MEDIA TYPE=AUDIO`` rendition of its own."""
+    text = await _read_text(options.hls, session)
+    if not text.lstrip("\ufeff").startswith("#EXTM3U"):
+        return None  # load_playlist says what is wrong
+    try:
+        master = m3u8.loads(text)
+    except Exception:  # m3u8 raises assorted errors on malformed input; load_playlist says which
+        return None
+    if not master.is_variant:
+        return None
+    variant = _choose_variant(master, options.variant, options.hls)
+    audio = hls_forms.audio_rendition(master, variant)
+    if audio is None:
+        return None
+    logger.info("audio rendition %s", audio)
+    return _resolve(options.hls, variant.uri), _resolve(options.hls, audio)
+
+
+async def _first_properties(playlist: Playlist, kind: str, master: str, session: aiohttp.ClientSession | None,
+                            inits: _InitObjects) -> media.MediaProperties:
+    ref = playlist.segments[0]
+    data = await _segment_bytes(ref, session)
+    _check_form(ref, data)
+    init = await inits.data(ref.init) if ref.init is not None else b""
+    try:
+        props = await asyncio.to_thread(media.probe, init + data, name=ref.uri)
+    except media.MediaError as exc:
+        raise IngestError(str(exc)) from exc
+    _check_container(ref, props.format_name)
+    if getattr(props, kind) is None:
+        raise IngestError(f"segment {ref.uri} of the {kind} playlist of {master} has no {kind} stream")
+    return props
+
+
+async def _all_or_none(*aws: Any) -> list[Any]:
+    """Run ``aws`` concurrently; if one fails, cancel the others and raise its error."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _ingest_renditions(client: TAMSClient, options: IngestOptions, session: aiohttp.ClientSession | None,
+                             inits: _InitObjects, started: float, video_uri: str, audio_uri: str) -> IngestResult:
+    """A video variant and its audio rendition: a video Flow and an audio Flow, each ingested from its
+    own media playlist (at the same time, each segment's timerange from its own media), collected
+    by a multi-essence Flow as muxed audio is. All three Flows are checked and created before any
+    segment is registered, once the first segment of each playlist says what it holds."""
+    video_playlist, audio_playlist = await asyncio.gather(load_playlist(video_uri, session=session),
+                                                          load_playlist(audio_uri, session=session))
+    video_props, audio_props = await asyncio.gather(
+        _first_properties(video_playlist, "video", options.hls, session, inits),
+        _first_properties(audio_playlist, "audio", options.hls, session, inits))
+    named = replace(video_playlist, location=options.hls, name=Path(urlsplit(options.hls).path).stem or "hls")
+    plans = _plan_flows(options, replace(video_props, audio=audio_props.audio), named)
+    video_plan, audio_plan, _ = plans
+    audio_plan.body["container"] = audio_props.container
+    for plan, media_playlist in ((video_plan, video_playlist), (audio_plan, audio_playlist)):
+        if media_playlist.segments[0].init is not None:  # CMAF: each rendition's objects need its init object
+            plan.body["essence_parameters"] = {**plan.body.get("essence_parameters", {}), "init_segments": True}
+    audio_plan.body.pop("segment_duration", None)
+    if audio_playlist.segment_duration is not None:
+        duration = audio_playlist.segment_duration
+        audio_plan.body["segment_duration"] = {"numerator": duration.numerator, "denominator": duration.denominator}
+    for plan in plans:
+        await _check_flow(client, plan)
+    for plan in plans:
+        if not plan.exists:
+            await client.put_flow(plan.flow_id, plan.body)
+            logger.info("created %s flow %s (source %s)", plan.kind, plan.flow_id, plan.body["source_id"])
+    # each its own playlist, and one Flow each: the ids of the others are decided here
+    each: dict[str, Any] = {"variant": None, "audio_flow_id": None, "audio_source_id": None,
+                            "multi_flow_id": None, "multi_source_id": None}
+    video_options = replace(options, **each, hls=video_uri, video_only=True, flow_id=video_plan.flow_id,
+                            source_id=video_plan.body["source_id"])
+    audio_options = replace(options, **each, hls=audio_uri, audio_only=True, flow_id=audio_plan.flow_id,
+                            source_id=audio_plan.body["source_id"], flow_params={})
+    video, audio = await _all_or_none(_ingest(client, video_options, session, inits, started),
+                                      _ingest(client, audio_options, session, inits, started))
+    return IngestResult(
+        flow_ids={plan.kind: plan.flow_id for plan in plans},
+        source_ids={plan.kind: plan.body["source_id"] for plan in plans},
+        registered=video.registered + audio.registered,
+        skipped=video.skipped + audio.skipped,
+        bytes=video.bytes + audio.bytes,
+        seconds=time.perf_counter() - started,
+        gaps=video.gaps + audio.gaps,
+        left=video.left + audio.left,
+        next_sequence=video.next_sequence,
+        timeranges={**video.timeranges, **audio.timeranges},
+    )
+
+
 async def ingest(client: TAMSClient, options: IngestOptions) -> IngestResult:
     """Ingest ``options.hls`` into the store behind ``client``; see the module docstring."""
     started = time.perf_counter()
@@ -729,6 +853,9 @@ async def ingest(client: TAMSClient, options: IngestOptions) -> IngestResult:
     session: aiohttp.ClientSession | None = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT)
     inits = _InitObjects(client, session)
     try:
+        renditions = None if options.video_only or options.audio_only else await _renditions(options, session)
+        if renditions is not None:
+            return await _ingest_renditions(client, options, session, inits, started, *renditions)
         return await _ingest(client, options, session, inits, started)
     except hls_live.LiveError as exc:
         raise IngestError(str(exc)) from exc
@@ -757,6 +884,10 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     for ref in window:
         if not _is_url(ref.uri) and not Path(ref.uri).is_file():
             raise IngestError(f"no such segment file: {ref.uri}")
+    try:
+        await hls_forms.check_ranges(window, session)
+    except hls_forms.FormError as exc:
+        raise IngestError(str(exc)) from exc
 
     first_data = await _segment_bytes(window[0], session)
     fragmented = window[0].init is not None  # fMP4: each object needs its init object (TAMS init_segments)
@@ -766,6 +897,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         props = await asyncio.to_thread(media.probe, first_init + first_data, name=window[0].uri)
     except media.MediaError as exc:
         raise IngestError(str(exc)) from exc
+    _check_container(window[0], props.format_name)
     plans = _plan_flows(options, props, playlist, fragmented)
     for plan in plans:
         await _check_flow(client, plan)
@@ -822,9 +954,11 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         data = first_data if ref is window[0] else await _segment_bytes(ref, session)
         init = await inits.data(ref.init) if ref.init is not None else None
         try:
-            return await asyncio.to_thread(_prepare_sync, ref, data, kinds, split, init)
+            prepared = await asyncio.to_thread(_prepare_sync, ref, data, kinds, split, init)
         except media.MediaError as exc:
             raise IngestError(str(exc)) from exc
+        _check_container(ref, prepared.timing.format_name, (window[0].uri, props.format_name))
+        return prepared
 
     async def upload(kind: str, reg: _Registration) -> asyncio.Future[None]:
         if reg.init is not None:
@@ -1037,7 +1171,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="how many segments, N for a part of the playlist (default: 0, all of them)")
     parser.add_argument("--variant", default=None, help="master playlist variant: index or part of its URI "
                         "(default: the highest bandwidth)")
-    parser.add_argument("--flow-id", default=None, help="video flow id; reuse it to resume (default: new)")
+    parser.add_argument("--flow-id", default=None, help="video flow id (the audio flow's for audio-only media); "
+                        "reuse it to resume (default: new)")
     parser.add_argument("--source-id", default=None, help="video source id (default: derived from the flow id)")
     parser.add_argument("--audio-flow-id", default=None, help="audio flow id (default: derived from --flow-id)")
     parser.add_argument("--audio-source-id", default=None, help="audio source id (default: derived)")

@@ -69,6 +69,7 @@ __all__ = [
     "CODE_BITS",
     "FILM_FILENAME",
     "FILM_URL",
+    "AUDIO_FORMS",
     "HLS_FORMS",
     "LiveSegment",
     "LiveWindow",
@@ -451,6 +452,7 @@ def synthesize(
     preset: str = "veryfast",
     first_frame: int = 0,
     form: str = "ts",
+    audio_form: str = "muxed",
 ) -> Path:
     """Synthesize numbered H.264 content as an HLS playlist in ``output_dir``; return the .m3u8 path.
 
@@ -459,7 +461,8 @@ def synthesize(
     segment). Frame ``n`` has pts ``frame_pts(n, fps, start_pts)`` on the 90 kHz clock and carries
     the number ``first_frame + n`` (content that continues other content, as after a splice).
     ``form`` "ts" cuts MPEG-TS segments here; the other ``HLS_FORMS`` are packaged by libavformat's
-    ``hls`` muxer (``package_hls``).
+    ``hls`` muxer (``package_hls``), as are the ``AUDIO_FORMS`` other than "muxed" (which imply
+    ``audio``): the audio as an ``EXT-X-MEDIA`` rendition of a master playlist, or alone.
     """
     output_dir = Path(output_dir)
     fps = Fraction(fps)
@@ -476,6 +479,9 @@ def synthesize(
         raise SampleContentError("first_frame must not be negative")
     if form not in HLS_FORMS:
         raise SampleContentError(f"unknown HLS form {form!r}; one of {', '.join(HLS_FORMS)}")
+    if audio_form not in AUDIO_FORMS:
+        raise SampleContentError(f"unknown audio form {audio_form!r}; one of {', '.join(AUDIO_FORMS)}")
+    audio = audio or audio_form != "muxed"
     if first_frame + frames >= 1 << CODE_BITS:
         raise SampleContentError(f"at most {(1 << CODE_BITS) - 1} frames can carry a frame number")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -495,9 +501,9 @@ def synthesize(
             first_frame=first_frame,
         )
         segment_ticks = Fraction(segment_frames * TS_CLOCK) / fps
-        if form != "ts":
+        if form != "ts" or audio_form != "muxed":
             return package_hls(full, output_dir, form=form, segment_seconds=segment_ticks / TS_CLOCK,
-                               video_only=not audio)
+                               video_only=not audio, audio_form=audio_form)
         return remux_to_hls(full, output_dir, segment_seconds=segment_ticks / TS_CLOCK, video_only=not audio)
     finally:
         full.unlink(missing_ok=True)
@@ -637,6 +643,9 @@ def _write_playlist(path: Path, names: list[str], durations: list[Fraction]) -> 
 # Packaging with libavformat's own hls muxer (the forms other packagers write)
 
 HLS_FORMS = ("ts", "fmp4", "ts-byterange", "fmp4-byterange")
+# Where the audio goes: in the video's segments, in a rendition of its own beside them (a master
+# playlist with EXT-X-MEDIA TYPE=AUDIO), or alone (an audio-only playlist).
+AUDIO_FORMS = ("muxed", "rendition", "only")
 
 
 def package_hls(
@@ -647,6 +656,7 @@ def package_hls(
     segment_seconds: Fraction | int | str = 2,
     video_only: bool = True,
     name: str = PLAYLIST_NAME,
+    audio_form: str = "muxed",
 ) -> Path:
     """Remux ``source`` into HLS with libavformat's ``hls`` muxer, as a packager would; return the
     playlist path.
@@ -656,35 +666,52 @@ def package_hls(
     (``hls_flags=single_file``). The muxer cuts at the first keyframe after each ``segment_seconds``.
     Packets are copied: the frames and their numbers are the source's. MPEG-TS packets carry no
     duration, which fragments need for every sample, so each is given its frame's.
+
+    ``audio_form`` (one of ``AUDIO_FORMS``) other than "muxed" takes the audio whatever
+    ``video_only`` says: "rendition" writes a master playlist ``name`` whose video variant plays
+    with an ``EXT-X-MEDIA TYPE=AUDIO`` rendition (media playlists ``<stem>_0.m3u8`` for the video
+    and ``<stem>_1.m3u8`` for the audio, as the muxer's ``var_stream_map`` names them; the muxer
+    lists the audio as a variant too); "only" writes an audio-only playlist.
     """
     if form not in HLS_FORMS:
         raise SampleContentError(f"unknown HLS form {form!r}; one of {', '.join(HLS_FORMS)}")
+    if audio_form not in AUDIO_FORMS:
+        raise SampleContentError(f"unknown audio form {audio_form!r}; one of {', '.join(AUDIO_FORMS)}")
+    rendition = audio_form == "rendition"
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     fmp4 = form.startswith("fmp4")
     single = form.endswith("byterange")
     stem = Path(name).stem
     extension = "m4s" if fmp4 else "ts"
+    each = f"{stem}_%v" if rendition else stem  # the muxer's name for each variant stream's files
     options = {
         "hls_time": str(float(Fraction(segment_seconds))),
         "hls_playlist_type": "vod",
         "hls_segment_type": "fmp4" if fmp4 else "mpegts",
-        "hls_segment_filename": str(output_dir / (f"{stem}.{extension}" if single else f"{stem}_%05d.{extension}")),
+        "hls_segment_filename": str(output_dir / (f"{each}.{extension}" if single else f"{each}_%05d.{extension}")),
     }
     if fmp4:
-        options["hls_fmp4_init_filename"] = f"{stem}_init.mp4"
+        options["hls_fmp4_init_filename"] = f"{each}_init.mp4"
     if single:
         options["hls_flags"] = "single_file"
     playlist = output_dir / name
+    written = playlist
+    if rendition:
+        options["var_stream_map"] = "v:0,agroup:audio a:0,agroup:audio"
+        options["master_pl_name"] = name
+        written = output_dir / f"{each}.m3u8"
     try:
         container = av.open(str(source))
     except (av.error.FFmpegError, OSError) as exc:
         raise SampleContentError(f"cannot read {source}: {exc}") from exc
-    with container, av.open(str(playlist), "w", format="hls", options=options) as out:
-        if not container.streams.video:
+    with container, av.open(str(written), "w", format="hls", options=options) as out:
+        if audio_form != "muxed" and not container.streams.audio:
+            raise SampleContentError(f"{source} has no audio stream")
+        if audio_form != "only" and not container.streams.video:
             raise SampleContentError(f"{source} has no video stream")
-        inputs: list[av.stream.Stream] = [container.streams.video[0]]
-        if not video_only:
+        inputs: list[av.stream.Stream] = [] if audio_form == "only" else [container.streams.video[0]]
+        if not video_only or audio_form != "muxed":
             inputs += container.streams.audio[:1]
         outputs = {stream.index: out.add_stream_from_template(stream) for stream in inputs}
         durations = {stream.index: _packet_ticks(stream) for stream in inputs}
@@ -700,7 +727,7 @@ def package_hls(
             for ready in filters[index].filter(packet) if index in filters else [packet]:
                 ready.stream = outputs[index]
                 out.mux(ready)
-    logger.info("wrote %s (%s)", playlist, form)
+    logger.info("wrote %s (%s, audio %s)", playlist, form, audio_form)
     return playlist
 
 
@@ -968,6 +995,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hls-form", choices=HLS_FORMS, default="ts",
                         help="synthetic content's HLS form: MPEG-TS or fMP4 (EXT-X-MAP) segments, a file each "
                         "or one file of EXT-X-BYTERANGE segments (the last three packaged by libavformat's hls muxer)")
+    parser.add_argument("--audio-form", choices=AUDIO_FORMS, default="muxed",
+                        help="where synthetic content's audio goes: in the video's segments (with --audio), "
+                        "in an EXT-X-MEDIA TYPE=AUDIO rendition beside the video under a master playlist, or "
+                        "alone in an audio-only playlist (the last two imply --audio; packaged by the hls muxer)")
     parser.add_argument("--live-window", type=int, default=0, metavar="N",
                         help="then play the content out in real time as a live playlist of N segments "
                         "(OUTPUT_DIR/live/live.m3u8, one segment more each segment duration, then EXT-X-ENDLIST; "
@@ -1002,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
             gop_seconds=args.gop_seconds,
             preset=args.preset,
             form=args.hls_form,
+            audio_form=args.audio_form,
         )
         if args.live_window > 0:
             live = args.output_dir / "live"
