@@ -661,8 +661,12 @@ class _Registrar:
             failed = await self._client.post_segments(self._flow_id, [reg.segment for reg, _ in batch])
         except BaseException as exc:
             for _, done in batch:
-                if not done.done():
-                    done.set_exception(exc if isinstance(exc, Exception) else IngestError("cancelled"))
+                if done.done():
+                    continue
+                if isinstance(exc, Exception):
+                    done.set_exception(exc)
+                else:  # cancelled: so are the registrations (no exception left for nobody to read)
+                    done.cancel()
             if not isinstance(exc, Exception):
                 raise
             return

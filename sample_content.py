@@ -657,6 +657,8 @@ def package_hls(
     video_only: bool = True,
     name: str = PLAYLIST_NAME,
     audio_form: str = "muxed",
+    base_url: str | None = None,
+    ts_offset: Fraction | None = None,
 ) -> Path:
     """Remux ``source`` into HLS with libavformat's ``hls`` muxer, as a packager would; return the
     playlist path.
@@ -672,6 +674,10 @@ def package_hls(
     with an ``EXT-X-MEDIA TYPE=AUDIO`` rendition (media playlists ``<stem>_0.m3u8`` for the video
     and ``<stem>_1.m3u8`` for the audio, as the muxer's ``var_stream_map`` names them; the muxer
     lists the audio as a variant too); "only" writes an audio-only playlist.
+
+    ``base_url`` makes the playlist name its segments by absolute URL (``hls_base_url``: the files
+    are still written here, for a server to serve from there); ``ts_offset`` (seconds) moves every
+    timestamp by that much (``output_ts_offset``), as an encoder running for a day has them.
     """
     if form not in HLS_FORMS:
         raise SampleContentError(f"unknown HLS form {form!r}; one of {', '.join(HLS_FORMS)}")
@@ -695,6 +701,10 @@ def package_hls(
         options["hls_fmp4_init_filename"] = f"{each}_init.mp4"
     if single:
         options["hls_flags"] = "single_file"
+    if base_url is not None:
+        options["hls_base_url"] = base_url
+    if ts_offset is not None:
+        options["output_ts_offset"] = str(float(ts_offset))
     playlist = output_dir / name
     written = playlist
     if rendition:

@@ -374,3 +374,28 @@ async def test_follow_ingests_a_live_fmp4_window_spliced_to_a_new_init_every_fra
     assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))  # placed right after the first part
     output = tmp_path / "live.mp4"
     assert _exported(store, flow_id, output) == list(range(80))
+
+
+# -- one file of byte ranges ----------------------------------------------------------------
+
+
+def test_single_file_fmp4_stores_the_init_range_and_each_fragment_range_as_their_own_objects(
+    store: RunningStore, tmp_path: Path
+) -> None:
+    # hls_flags=single_file: the init section and every fragment are byte ranges of one .m4s.
+    playlist = sample_content.synthesize(tmp_path / "single", duration=Fraction(FRAMES, FPS), segment_seconds=2,
+                                         form="fmp4-byterange")
+    text = playlist.read_text()
+    init_range = re.search(r'#EXT-X-MAP:URI="([^"]+)",BYTERANGE="(\d+)@(\d+)"', text)
+    ranges = [(int(length), int(offset)) for length, offset in re.findall(r"#EXT-X-BYTERANGE:(\d+)@(\d+)", text)]
+    assert init_range and len(ranges) == FRAMES // SEGMENT_FRAMES
+    whole = (playlist.parent / init_range.group(1)).read_bytes()
+    flow_id = _ingested(store, playlist, tmp_path)
+    _, segments = asyncio.run(_flow_and_segments(store, flow_id))
+    assert len(segments) == len(ranges)
+    init_length, init_offset = int(init_range.group(2)), int(init_range.group(3))
+    assert asyncio.run(_download(store, segments[0]["init_object"]["get_urls"][0])) == \
+        whole[init_offset:init_offset + init_length]
+    for segment, (length, offset) in zip(segments, ranges, strict=True):
+        assert asyncio.run(_download(store, segment["get_urls"][0])) == whole[offset:offset + length]
+    assert _exported(store, flow_id, tmp_path / "single.ts") == list(range(FRAMES))
