@@ -1163,7 +1163,7 @@ def _positive_int(text: str) -> int:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Ingest an HLS playlist of MPEG-TS segments into a TAMS store.",
+        description="Ingest an HLS playlist (MPEG-TS or fMP4/CMAF segments, byte ranges, audio renditions, live with --follow) into a TAMS store.",
         formatter_class=HelpFormatter,
     )
     add_credential_args(parser)
