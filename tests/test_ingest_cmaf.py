@@ -30,6 +30,7 @@ import ingest_hls
 import sample_content
 from client import TAMSClient
 from credentials import OAuth2ClientCredentials
+from tests.test_ingest import _one_error_line
 
 if TYPE_CHECKING:
     from tests.conftest import RunningStore
@@ -106,14 +107,6 @@ def _exported(store: RunningStore, flow_id: str, output: Path, *args: str) -> li
     done = _run(store, "outgest_file.py", "--flow-id", flow_id, "--output", str(output), *args, cwd=output.parent)
     assert done.returncode == 0, done.stderr
     return sample_content.read_frame_numbers(output)
-
-
-def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    return lines[0]
 
 
 async def _flow_and_segments(store: RunningStore, flow_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
