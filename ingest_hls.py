@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Ingest an HLS playlist of MPEG-TS segments into a TAMS store: exact, concurrent, resumable.
+"""Ingest an HLS playlist of MPEG-TS or fMP4 segments into a TAMS store: exact, concurrent, resumable.
 
 For each segment of the playlist (a local file or an http(s) URL; a master playlist picks its
 highest-bandwidth variant unless ``--variant`` says otherwise) this script:
@@ -20,12 +20,21 @@ Segments are picked by media sequence number; a run that resumes a Flow carries 
 (33-bit pts wraps and new timestamp bases included, ``hls_live.Timeline``). With ``--follow`` a
 live playlist is reloaded until ``EXT-X-ENDLIST`` or SIGINT/SIGTERM (``hls_live.follow``).
 
+fMP4 (CMAF) playlists give their segments an ``EXT-X-MAP`` init section. It is uploaded once as
+the Flow's init object (the Flow's container is ``video/mp4`` and its ``init_segments`` true), every
+segment names it as ``init_object_id``, and each fragment's timing is read with it (``tfdt``/``trun``).
+A fragment carrying both video and audio is refused: CMAF gives each track its own rendition.
+
 Flow properties come from the media (``media.probe``): codec, container, exact frame rate,
 picture size, interlace, chroma subsampling, bit depth, and at the end of the run the segment bit
 rates (AppNote 0013). When the segments also carry audio (and ``--video-only`` is not given),
 each segment is split by remuxing into a video object and an audio object for a video Flow and
 an audio Flow, and a multi-essence Flow (with its own Source) collects both. Audio and multi
 Flow and Source ids default to ids derived from ``--flow-id``, so a re-run finds them again.
+Audio-only media is one audio Flow. A master playlist whose variant plays with an
+``EXT-X-MEDIA TYPE=AUDIO`` rendition gives the same three Flows, the video and the audio each
+ingested from its own media playlist at the same time. ``EXT-X-BYTERANGE`` entries are read as
+just their bytes (``hls_forms``).
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -55,6 +64,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 from tqdm import tqdm  # type: ignore[import-untyped]
 from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
+import hls_forms
 import hls_live
 import media
 from client import (
@@ -98,6 +108,7 @@ class IngestOptions:
     storage_batch: int | None = None  # upload targets per storage request (None: from concurrency)
     variant: str | None = None
     video_only: bool = False
+    audio_only: bool = False  # one audio Flow even if the segments carry video (an audio rendition's)
     progress: bool = False
     follow: bool = False  # reload a live playlist until EXT-X-ENDLIST or a stop signal
     reload_attempts: int = 6  # failed reloads in a row before giving up
@@ -135,6 +146,14 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
+class InitSection:
+    """An ``EXT-X-MAP``: the fMP4 initialization segment that media segments after it need."""
+
+    uri: str  # absolute URL or local path
+    byterange: tuple[int, int] | None = None  # (offset, length) within the resource; None: all of it
+
+
+@dataclass(frozen=True)
 class SegmentRef:
     index: int  # position in the media playlist
     uri: str  # absolute URL or local path
@@ -142,6 +161,8 @@ class SegmentRef:
     sequence: int = 0  # media sequence number (EXT-X-MEDIA-SEQUENCE + position)
     discontinuity: bool = False  # EXT-X-DISCONTINUITY before it
     program_date_time: datetime.datetime | None = None  # EXT-X-PROGRAM-DATE-TIME, carried forward
+    init: InitSection | None = None  # EXT-X-MAP in force: the segment is an fMP4 fragment
+    byterange: tuple[int, int] | None = None  # EXT-X-BYTERANGE as (offset, length): only these bytes of uri
 
 
 @dataclass(frozen=True)
@@ -183,21 +204,30 @@ async def _read_text(location: str, session: aiohttp.ClientSession | None) -> st
         raise IngestError(f"cannot read {location}: {exc.strerror}") from exc
 
 
-async def _fetch_url(url: str, session: aiohttp.ClientSession) -> bytes:
+async def _fetch_url(url: str, session: aiohttp.ClientSession, byterange: tuple[int, int] | None = None) -> bytes:
     shown = url.split("?", 1)[0]
+    headers = {}
+    if byterange is not None:
+        headers["Range"] = f"bytes={byterange[0]}-{byterange[0] + byterange[1] - 1}"
     try:
-        async with session.get(url) as response:
-            if response.status != 200:
+        async with session.get(url, headers=headers) as response:
+            if byterange is not None and response.status == 416:
+                return b""  # the range starts past the end: reported by read_range
+            if response.status == 200 and byterange is not None:  # a server that ignores Range
+                return (await response.read())[byterange[0]:byterange[0] + byterange[1]]
+            if response.status not in (200, 206):
                 raise IngestError(f"GET {shown}: HTTP {response.status}")
             return await response.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise IngestError(f"cannot fetch {shown}: {exc or type(exc).__name__}") from exc
 
 
-def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> str:
+def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> Any:
+    """The m3u8 variant to ingest: ``variant`` (an index or part of its URI), else the video
+    variant with the highest bandwidth."""
     variants = list(master.playlists)
     if variant is None:
-        chosen = max(variants, key=lambda p: p.stream_info.bandwidth or 0)
+        chosen = max(hls_forms.video_variants(master), key=lambda p: p.stream_info.bandwidth or 0)
     elif variant.isdigit() and int(variant) < len(variants):
         chosen = variants[int(variant)]
     else:
@@ -206,7 +236,7 @@ def _choose_variant(master: m3u8.M3U8, variant: str | None, location: str) -> st
             raise IngestError(f"no variant of {location} matches {variant!r}")
         chosen = matches[0]
     logger.info("variant %s (bandwidth %s)", chosen.uri, chosen.stream_info.bandwidth)
-    return _resolve(location, chosen.uri)
+    return chosen
 
 
 async def load_playlist(location: str, *, variant: str | None = None,
@@ -221,12 +251,18 @@ async def load_playlist(location: str, *, variant: str | None = None,
         except Exception as exc:  # m3u8 raises assorted errors on malformed input
             raise IngestError(f"{location} is not a valid HLS playlist: {exc}") from exc
         if parsed.is_variant:
-            location = _choose_variant(parsed, variant, location)
+            location = _resolve(location, _choose_variant(parsed, variant, location).uri)
             continue
         sequence = parsed.media_sequence or 0
+        uris = [_resolve(location, seg.uri) for seg in parsed.segments]
+        try:
+            ranges = hls_forms.byteranges(parsed.segments, uris)
+        except hls_forms.FormError as exc:
+            raise IngestError(f"{location}: {exc}") from exc
         segments = [
-            SegmentRef(i, _resolve(location, seg.uri), Fraction(str(seg.duration or 0)), sequence + i,
-                       bool(seg.discontinuity), seg.current_program_date_time)
+            SegmentRef(i, uris[i], Fraction(str(seg.duration or 0)), sequence + i,
+                       bool(seg.discontinuity), seg.current_program_date_time,
+                       init=_init_section(location, seg.init_section), byterange=ranges[i])
             for i, seg in enumerate(parsed.segments)
         ]
         if not segments:
@@ -241,14 +277,58 @@ async def load_playlist(location: str, *, variant: str | None = None,
     raise IngestError(f"{location}: a master playlist points at another master playlist")
 
 
-async def _segment_bytes(ref: SegmentRef, session: aiohttp.ClientSession | None) -> bytes:
-    if _is_url(ref.uri):
+def _init_section(location: str, section: Any) -> InitSection | None:
+    if section is None:
+        return None
+    if not section.uri:
+        raise IngestError(f"{location}: an EXT-X-MAP has no URI")
+    byterange = None
+    if section.byterange:
+        length, _, offset = str(section.byterange).partition("@")
+        try:
+            byterange = (int(offset or 0), int(length))
+        except ValueError:
+            raise IngestError(f"{location}: EXT-X-MAP BYTERANGE {section.byterange!r} is not length[@offset]") from None
+    return InitSection(_resolve(location, section.uri), byterange)
+
+
+async def read_range(uri: str, byterange: tuple[int, int] | None, session: aiohttp.ClientSession | None,
+                     what: str = "segment") -> bytes:
+    """The bytes of ``uri`` (a URL or a local path), or just ``byterange`` = (offset, length) of them.
+
+    A range that runs past the end of the resource is an error naming it, never a short read.
+    """
+    if byterange is None:
+        if _is_url(uri):
+            assert session is not None
+            return await _fetch_url(uri, session)
+        try:
+            return await asyncio.to_thread(Path(uri).read_bytes)
+        except OSError as exc:
+            raise IngestError(f"cannot read {what} {uri}: {exc.strerror or exc}") from exc
+    offset, length = byterange
+    if _is_url(uri):
         assert session is not None
-        return await _fetch_url(ref.uri, session)
+        data = await _fetch_url(uri, session, byterange)
+    else:
+        data = await asyncio.to_thread(_read_local_range, uri, offset, length, what)
+    if len(data) != length:
+        raise IngestError(f"{what} {uri}: byte range {length}@{offset} runs past the end of the resource "
+                          f"({offset + len(data)} bytes)")
+    return data
+
+
+def _read_local_range(path: str, offset: int, length: int, what: str) -> bytes:
     try:
-        return await asyncio.to_thread(Path(ref.uri).read_bytes)
+        with open(path, "rb") as file:
+            file.seek(offset)
+            return file.read(length)
     except OSError as exc:
-        raise IngestError(f"cannot read segment {ref.uri}: {exc.strerror or exc}") from exc
+        raise IngestError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+async def _segment_bytes(ref: SegmentRef, session: aiohttp.ClientSession | None) -> bytes:
+    return await read_range(ref.uri, ref.byterange, session)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,9 +395,11 @@ async def _check_flow(client: TAMSClient, plan: _FlowPlan) -> None:
     logger.info("%s flow %s exists with the same properties; resuming", plan.kind, plan.flow_id)
 
 
-def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: Playlist) -> list[_FlowPlan]:
-    if props.video is None:
-        raise IngestError(f"{playlist.segments[options.start_segment].uri} has no video stream")
+def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: Playlist,
+                init_segments: bool = False) -> list[_FlowPlan]:
+    if init_segments and props.video is not None and props.audio is not None:
+        raise IngestError(f"{playlist.segments[options.start_segment].uri}: fMP4 segments that carry video and audio "
+                          "together are not supported; CMAF packagers give each its own rendition (EXT-X-MEDIA)")
     flow_id = options.flow_id or str(uuid.uuid4())
     label = options.label or playlist.name
     description = options.description or f"Ingested from {Path(urlsplit(playlist.location).path).name}"
@@ -325,6 +407,8 @@ def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: 
     with_audio = props.audio is not None and not options.video_only
 
     def technical(fields: dict[str, Any], kind: str, fid: str, sid: str, suffix: str) -> dict[str, Any]:
+        if init_segments:  # every object of the Flow needs its init object to be decoded
+            fields = {**fields, "essence_parameters": {**fields.get("essence_parameters", {}), "init_segments": True}}
         body = {
             "id": fid,
             "source_id": sid,
@@ -340,6 +424,13 @@ def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: 
             }
         return body
 
+    if props.audio is not None and (props.video is None or options.audio_only):
+        # audio alone: one audio Flow, with the ids a video Flow would have had
+        source = options.source_id or _derived_id(flow_id, "source")
+        body = technical(props.audio.flow_fields(), "audio", flow_id, source, "")
+        return [_FlowPlan("audio", flow_id, _merge(body, options.flow_params), source_id_given=bool(options.source_id))]
+    if props.video is None:
+        raise IngestError(f"{playlist.segments[0].uri} has no video or audio stream")
     video_source = options.source_id or _derived_id(flow_id, "source")
     video_body = technical(props.video.flow_fields(), "video", flow_id, video_source, " (video)" if with_audio else "")
     plans = [_FlowPlan("video", flow_id, _merge(video_body, options.flow_params), source_id_given=bool(options.source_id))]
@@ -387,6 +478,67 @@ class _Registration:
     timerange: TimeRange
     data: bytes  # emptied once uploaded
     size: int
+    init: InitSection | None = None  # its fMP4 init section, uploaded once per Flow
+
+
+def _boxes(data: bytes) -> list[bytes]:
+    """The types of the top-level ISO BMFF boxes at the start of ``data`` (up to the first bad size)."""
+    types: list[bytes] = []
+    at = 0
+    while at + 8 <= len(data) and len(types) < 16:
+        size = int.from_bytes(data[at:at + 4], "big")
+        types.append(data[at + 4:at + 8])
+        if size == 1 and at + 16 <= len(data):
+            size = int.from_bytes(data[at + 8:at + 16], "big")
+        if size < 8:
+            break
+        at += size
+    return types
+
+
+_FRAGMENT_BOXES = {b"styp", b"sidx", b"moof", b"emsg", b"prft"}
+
+
+class _InitObjects:
+    """The fMP4 init sections of a playlist: each read once, and uploaded once per Flow when a
+    segment that needs it is first registered (every segment then names it as ``init_object_id``)."""
+
+    def __init__(self, client: TAMSClient, session: aiohttp.ClientSession | None) -> None:
+        self._client = client
+        self._session = session
+        self._data: dict[InitSection, asyncio.Task[bytes]] = {}
+        self._objects: dict[tuple[str, InitSection], asyncio.Task[str]] = {}
+
+    async def data(self, section: InitSection) -> bytes:
+        task = self._data.get(section)
+        if task is None:
+            task = self._data[section] = asyncio.create_task(self._read(section))
+        return await asyncio.shield(task)
+
+    async def _read(self, section: InitSection) -> bytes:
+        data = await read_range(section.uri, section.byterange, self._session, "init segment")
+        if b"moov" not in _boxes(data):
+            raise IngestError(f"init segment {section.uri} is not an MP4 initialization segment (no moov box)")
+        return data
+
+    async def object_id(self, kind: str, section: InitSection, targets: _Targets) -> str:
+        task = self._objects.get((kind, section))
+        if task is None:
+            task = self._objects[kind, section] = asyncio.create_task(self._upload(section, targets))
+        return await asyncio.shield(task)
+
+    async def _upload(self, section: InitSection, targets: _Targets) -> str:
+        data = await self.data(section)
+        target = await targets.next()
+        await self._client.upload_object(target, data)
+        logger.info("uploaded init segment %s as object %s", section.uri, target.object_id)
+        return target.object_id
+
+    async def close(self) -> None:
+        tasks = [*self._data.values(), *self._objects.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _ExistingSegments:
@@ -498,15 +650,23 @@ class _Registrar:
                 batch.append(self._queue.get_nowait())
             post = asyncio.create_task(self._post(batch))
             self._posts.add(post)
-            post.add_done_callback(lambda task: (self._posts.discard(task), free.release()))
+            post.add_done_callback(lambda task: self._done(task, free))
+
+    def _done(self, post: asyncio.Task[None], free: asyncio.Semaphore) -> None:
+        self._posts.discard(post)
+        free.release()
 
     async def _post(self, batch: list[tuple[_Registration, asyncio.Future[None]]]) -> None:
         try:
             failed = await self._client.post_segments(self._flow_id, [reg.segment for reg, _ in batch])
         except BaseException as exc:
             for _, done in batch:
-                if not done.done():
-                    done.set_exception(exc if isinstance(exc, Exception) else IngestError("cancelled"))
+                if done.done():
+                    continue
+                if isinstance(exc, Exception):
+                    done.set_exception(exc)
+                else:  # cancelled: so are the registrations (no exception left for nobody to read)
+                    done.cancel()
             if not isinstance(exc, Exception):
                 raise
             return
@@ -529,13 +689,34 @@ class _Registrar:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: bool) -> _Prepared:
-    timing = media.read_timing(data, kinds=kinds, name=ref.uri)
+def _check_form(ref: SegmentRef, data: bytes) -> None:
+    """An fMP4 fragment where the playlist gives an init section, and only there."""
+    fragment = bool(_FRAGMENT_BOXES & set(_boxes(data)[:2]))
+    if ref.init is not None and not fragment:
+        raise IngestError(f"segment {ref.uri} is not an fMP4 fragment, though the playlist gives it "
+                          f"an init section (EXT-X-MAP {ref.init.uri})")
+    if ref.init is None and fragment:
+        raise IngestError(f"segment {ref.uri} is an fMP4 fragment, but the playlist gives it no init section (EXT-X-MAP)")
+
+
+def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: bool,
+                  init: bytes | None = None) -> _Prepared:
+    _check_form(ref, data)
+    # A fragment's timing (tfdt, trun) needs its init segment's track timescales to be read.
+    timing = media.read_timing(data if init is None else init + data, kinds=kinds, name=ref.uri)
     missing = [kind for kind in kinds if kind not in timing.streams]
     if missing:
         raise IngestError(f"segment {ref.uri} has no {missing[0]} stream")
-    objects = media.split_essences(data, kinds, name=ref.uri) if split else {"video": data}
+    objects = media.split_essences(data, kinds, name=ref.uri) if split else {kinds[0]: data}
     return _Prepared(ref, timing, objects)
+
+
+def _check_container(ref: SegmentRef, format_name: str, first: tuple[str, str] | None = None) -> None:
+    try:
+        hls_forms.check_container(ref.uri, format_name, first)
+    except hls_forms.FormError as exc:
+        where = f" (media sequence {ref.sequence}, byte range {hls_forms.describe(ref.byterange)})" if ref.byterange else ""
+        raise IngestError(f"{exc}{where}") from exc
 
 
 def _timeranges(
@@ -566,22 +747,130 @@ def _timeranges(
     return timerange, ts_offset, object_timerange, last_duration
 
 
+# --------------------------------------------------------------------------------------------
+# Audio renditions: a master playlist's EXT-X-MEDIA TYPE=AUDIO
+
+
+async def _renditions(options: IngestOptions, session: aiohttp.ClientSession | None) -> tuple[str, str] | None:
+    """The chosen video variant's media playlist and its audio rendition's, when ``options.hls`` is a
+    master playlist whose variant plays with an ``EXT-X-MEDIA TYPE=AUDIO`` rendition of its own."""
+    text = await _read_text(options.hls, session)
+    if not text.lstrip("\ufeff").startswith("#EXTM3U"):
+        return None  # load_playlist says what is wrong
+    try:
+        master = m3u8.loads(text)
+    except Exception:  # m3u8 raises assorted errors on malformed input; load_playlist says which
+        return None
+    if not master.is_variant:
+        return None
+    variant = _choose_variant(master, options.variant, options.hls)
+    audio = hls_forms.audio_rendition(master, variant)
+    if audio is None:
+        return None
+    logger.info("audio rendition %s", audio)
+    return _resolve(options.hls, variant.uri), _resolve(options.hls, audio)
+
+
+async def _first_properties(playlist: Playlist, kind: str, master: str, session: aiohttp.ClientSession | None,
+                            inits: _InitObjects) -> media.MediaProperties:
+    ref = playlist.segments[0]
+    data = await _segment_bytes(ref, session)
+    _check_form(ref, data)
+    init = await inits.data(ref.init) if ref.init is not None else b""
+    try:
+        props = await asyncio.to_thread(media.probe, init + data, name=ref.uri)
+    except media.MediaError as exc:
+        raise IngestError(str(exc)) from exc
+    _check_container(ref, props.format_name)
+    if getattr(props, kind) is None:
+        raise IngestError(f"segment {ref.uri} of the {kind} playlist of {master} has no {kind} stream")
+    return props
+
+
+async def _all_or_none(*aws: Any) -> list[Any]:
+    """Run ``aws`` concurrently; if one fails, cancel the others and raise its error."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _ingest_renditions(client: TAMSClient, options: IngestOptions, session: aiohttp.ClientSession | None,
+                             inits: _InitObjects, started: float, video_uri: str, audio_uri: str) -> IngestResult:
+    """A video variant and its audio rendition: a video Flow and an audio Flow, each ingested from its
+    own media playlist (at the same time, each segment's timerange from its own media), collected
+    by a multi-essence Flow as muxed audio is. All three Flows are checked and created before any
+    segment is registered, once the first segment of each playlist says what it holds."""
+    video_playlist, audio_playlist = await asyncio.gather(load_playlist(video_uri, session=session),
+                                                          load_playlist(audio_uri, session=session))
+    video_props, audio_props = await asyncio.gather(
+        _first_properties(video_playlist, "video", options.hls, session, inits),
+        _first_properties(audio_playlist, "audio", options.hls, session, inits))
+    named = replace(video_playlist, location=options.hls, name=Path(urlsplit(options.hls).path).stem or "hls")
+    plans = _plan_flows(options, replace(video_props, audio=audio_props.audio), named)
+    video_plan, audio_plan, _ = plans
+    audio_plan.body["container"] = audio_props.container
+    for plan, media_playlist in ((video_plan, video_playlist), (audio_plan, audio_playlist)):
+        if media_playlist.segments[0].init is not None:  # CMAF: each rendition's objects need its init object
+            plan.body["essence_parameters"] = {**plan.body.get("essence_parameters", {}), "init_segments": True}
+    audio_plan.body.pop("segment_duration", None)
+    if audio_playlist.segment_duration is not None:
+        duration = audio_playlist.segment_duration
+        audio_plan.body["segment_duration"] = {"numerator": duration.numerator, "denominator": duration.denominator}
+    for plan in plans:
+        await _check_flow(client, plan)
+    for plan in plans:
+        if not plan.exists:
+            await client.put_flow(plan.flow_id, plan.body)
+            logger.info("created %s flow %s (source %s)", plan.kind, plan.flow_id, plan.body["source_id"])
+    # each its own playlist, and one Flow each: the ids of the others are decided here
+    each: dict[str, Any] = {"variant": None, "audio_flow_id": None, "audio_source_id": None,
+                            "multi_flow_id": None, "multi_source_id": None}
+    video_options = replace(options, **each, hls=video_uri, video_only=True, flow_id=video_plan.flow_id,
+                            source_id=video_plan.body["source_id"])
+    audio_options = replace(options, **each, hls=audio_uri, audio_only=True, flow_id=audio_plan.flow_id,
+                            source_id=audio_plan.body["source_id"], flow_params={})
+    video, audio = await _all_or_none(_ingest(client, video_options, session, inits, started),
+                                      _ingest(client, audio_options, session, inits, started))
+    return IngestResult(
+        flow_ids={plan.kind: plan.flow_id for plan in plans},
+        source_ids={plan.kind: plan.body["source_id"] for plan in plans},
+        registered=video.registered + audio.registered,
+        skipped=video.skipped + audio.skipped,
+        bytes=video.bytes + audio.bytes,
+        seconds=time.perf_counter() - started,
+        gaps=video.gaps + audio.gaps,
+        left=video.left + audio.left,
+        next_sequence=video.next_sequence,
+        timeranges={**video.timeranges, **audio.timeranges},
+    )
+
+
 async def ingest(client: TAMSClient, options: IngestOptions) -> IngestResult:
     """Ingest ``options.hls`` into the store behind ``client``; see the module docstring."""
     started = time.perf_counter()
     # A local playlist may still name http(s) segments, so the session is there either way.
     session: aiohttp.ClientSession | None = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT)
+    inits = _InitObjects(client, session)
     try:
-        return await _ingest(client, options, session, started)
+        renditions = None if options.video_only or options.audio_only else await _renditions(options, session)
+        if renditions is not None:
+            return await _ingest_renditions(client, options, session, inits, started, *renditions)
+        return await _ingest(client, options, session, inits, started)
     except hls_live.LiveError as exc:
         raise IngestError(str(exc)) from exc
     finally:
+        await inits.close()
         if session is not None:
             await session.close()
 
 
 async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.ClientSession | None,
-                  started: float) -> IngestResult:
+                  inits: _InitObjects, started: float) -> IngestResult:
     if options.concurrency < 1:
         raise IngestError("--concurrency must be at least 1")
     if options.storage_batch is not None and options.storage_batch < 1:
@@ -599,13 +888,21 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     for ref in window:
         if not _is_url(ref.uri) and not Path(ref.uri).is_file():
             raise IngestError(f"no such segment file: {ref.uri}")
+    try:
+        await hls_forms.check_ranges(window, session)
+    except hls_forms.FormError as exc:
+        raise IngestError(str(exc)) from exc
 
     first_data = await _segment_bytes(window[0], session)
+    fragmented = window[0].init is not None  # fMP4: each object needs its init object (TAMS init_segments)
+    _check_form(window[0], first_data)
+    first_init = await inits.data(window[0].init) if window[0].init is not None else b""
     try:
-        props = await asyncio.to_thread(media.probe, first_data, name=window[0].uri)
+        props = await asyncio.to_thread(media.probe, first_init + first_data, name=window[0].uri)
     except media.MediaError as exc:
         raise IngestError(str(exc)) from exc
-    plans = _plan_flows(options, props, playlist)
+    _check_container(window[0], props.format_name)
+    plans = _plan_flows(options, props, playlist, fragmented)
     for plan in plans:
         await _check_flow(client, plan)
     essences = [p for p in plans if p.kind != "multi"]
@@ -655,13 +952,21 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
                disable=not options.progress, leave=False)
 
     async def prepare(ref: SegmentRef) -> _Prepared:
+        if (ref.init is not None) != fragmented:
+            raise IngestError(f"segment {ref.uri} {'has no' if fragmented else 'has an'} EXT-X-MAP init section, "
+                              f"unlike the Flow's first segment: a Flow's objects all have init objects or none")
         data = first_data if ref is window[0] else await _segment_bytes(ref, session)
+        init = await inits.data(ref.init) if ref.init is not None else None
         try:
-            return await asyncio.to_thread(_prepare_sync, ref, data, kinds, split)
+            prepared = await asyncio.to_thread(_prepare_sync, ref, data, kinds, split, init)
         except media.MediaError as exc:
             raise IngestError(str(exc)) from exc
+        _check_container(ref, prepared.timing.format_name, (window[0].uri, props.format_name))
+        return prepared
 
     async def upload(kind: str, reg: _Registration) -> asyncio.Future[None]:
+        if reg.init is not None:
+            reg.segment["init_object_id"] = await inits.object_id(kind, reg.init, targets[kind])
         target = await targets[kind].next()
         await client.upload_object(target, reg.data)
         reg.data = b""
@@ -750,7 +1055,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
                     if existing[kind].holds(timerange):
                         continue
                     data = current.objects[kind]
-                    regs.append(_Registration(kind, segment, timerange, data, len(data)))
+                    regs.append(_Registration(kind, segment, timerange, data, len(data), current.ref.init))
                 if not regs:
                     result.skipped += 1
                     bar.update(1)
@@ -858,7 +1163,7 @@ def _positive_int(text: str) -> int:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Ingest an HLS playlist of MPEG-TS segments into a TAMS store.",
+        description="Ingest an HLS playlist (MPEG-TS or fMP4/CMAF segments, byte ranges, audio renditions, live with --follow) into a TAMS store.",
         formatter_class=HelpFormatter,
     )
     add_credential_args(parser)
@@ -870,7 +1175,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="how many segments, N for a part of the playlist (default: 0, all of them)")
     parser.add_argument("--variant", default=None, help="master playlist variant: index or part of its URI "
                         "(default: the highest bandwidth)")
-    parser.add_argument("--flow-id", default=None, help="video flow id; reuse it to resume (default: new)")
+    parser.add_argument("--flow-id", default=None, help="video flow id (the audio flow's for audio-only media); "
+                        "reuse it to resume (default: new)")
     parser.add_argument("--source-id", default=None, help="video source id (default: derived from the flow id)")
     parser.add_argument("--audio-flow-id", default=None, help="audio flow id (default: derived from --flow-id)")
     parser.add_argument("--audio-source-id", default=None, help="audio source id (default: derived)")

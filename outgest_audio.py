@@ -644,6 +644,7 @@ async def outgest_av(
         for d in details.values()
     )
     bar = of._progress_bar(total or None, progress)
+    inits = of.InitObjects(client)  # fMP4 init objects, for the objects in order and the video's precharge
 
     def process(kind: str, segment: of.SegmentRef, path: Path, context: bool = False,
                 chain: Sequence[tuple[of.SegmentRef, Path]] = (), lose_prior: bool = False) -> of.SegmentResult | None:
@@ -690,7 +691,7 @@ async def outgest_av(
                 return result
 
             sequence = (of.VideoSequence(client, details["video"][0], Path(scratch), details["video"][3], exact,
-                                         run_video) if "video" in details else None)
+                                         run_video, inits) if "video" in details else None)
 
             async def written(segment: of.SegmentRef, kind: str, path: Path, size: int) -> None:
                 summary.downloaded += size
@@ -710,7 +711,7 @@ async def outgest_av(
                     if covered:
                         bar.update(covered)
 
-            summary.max_held = await of.fetch_in_order(client, listed(), Path(scratch), concurrency, written)
+            summary.max_held = await of.fetch_in_order(client, listed(), Path(scratch), concurrency, written, inits)
             if sequence is not None:
                 summary.downloaded += sequence.downloaded
 
@@ -729,6 +730,7 @@ async def outgest_av(
         writer.discard()
         raise
     finally:
+        await inits.close()
         if bar is not None:
             bar.close()
     if summary.audio_reencoded_frames:

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Generic, Self, TypeVar, cast
 
 import av
+import av.bitstream
 import av.error
 from mediatimestamp.immutable import TimeRange, Timestamp
 
@@ -96,7 +97,8 @@ logger = logging.getLogger(__name__)
 MPEGTS_WRAP = PTS_WRAP  # MPEG-TS pts/dts are 33-bit counts of a 90 kHz clock (TS_CLOCK)
 WORK_TIME_BASE = Fraction(1, TS_CLOCK)  # packet timestamps handed to the muxer are in this base
 
-SUPPORTED_CONTAINERS = {"video/mp2t"}
+# MPEG-TS objects, and MP4: whole files or fMP4 fragments with init objects (TAMS init_segments).
+SUPPORTED_CONTAINERS = {"video/mp2t", "video/mp4", "audio/mp4"}
 CODECS = {  # Flow codec (MIME type, compared case-insensitively) -> FFmpeg codec name
     "video/h264": "h264",
     "video/h265": "hevc",
@@ -134,6 +136,18 @@ def _timerange(value: object) -> TimeRange | None:
     return value if isinstance(value, TimeRange) else TimeRange.from_str(str(value))
 
 
+def _url_list(urls: object) -> tuple[Mapping[str, Any], ...]:
+    return tuple(u if isinstance(u, Mapping) else {"url": str(u)} for u in urls or ())  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class InitRef:
+    """A segment's ``init_object``: the fMP4 initialization segment its object needs."""
+
+    object_id: str
+    get_urls: tuple[Mapping[str, Any], ...] = ()
+
+
 @dataclass(frozen=True)
 class SegmentRef:
     """What a Flow segment says about the object it uses."""
@@ -145,10 +159,12 @@ class SegmentRef:
     sample_offset: int | None = None
     sample_count: int | None = None
     get_urls: tuple[Mapping[str, Any], ...] = ()
+    init: InitRef | None = None
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any]) -> SegmentRef:
         ts_offset = item.get("ts_offset")
+        init = item.get("init_object")
         return cls(
             object_id=str(item["object_id"]),
             timerange=TimeRange.from_str(str(item["timerange"])),
@@ -156,7 +172,9 @@ class SegmentRef:
             object_timerange=_timerange(item.get("object_timerange")),
             sample_offset=item.get("sample_offset"),
             sample_count=item.get("sample_count"),
-            get_urls=tuple(u if isinstance(u, Mapping) else {"url": str(u)} for u in item.get("get_urls") or ()),
+            get_urls=_url_list(item.get("get_urls")),
+            init=InitRef(str(init["object_id"]), _url_list(init.get("get_urls")))
+            if isinstance(init, Mapping) and init.get("object_id") else None,
         )
 
     @property
@@ -570,6 +588,7 @@ class FlowFileWriter:
         self.mixed_parameter_sets = False  # set when re-encoded frames are written
         self.frames = 0
         self.nudged = 0
+        self._annexb = AnnexB()
 
     def _open(self, template: av.stream.Stream) -> av.stream.Stream:
         if self._stream is not None:
@@ -578,6 +597,7 @@ class FlowFileWriter:
         try:
             self._output = av.open(str(self.temp_path), "w", format=self.format, container_options=options)
             self._stream = self._output.add_stream_from_template(template)
+            self._annexb.open(template, self._stream)
             if self.format == "mp4" and template.codec_context.name == "hevc":
                 # hev1 keeps the in-band parameter sets of re-encoded or differently encoded
                 # pieces; commit() makes it hvc1 when one set of them serves the whole file.
@@ -601,6 +621,7 @@ class FlowFileWriter:
         """Mux ``packet`` at Flow time ``pts`` (seconds); ``pts - dts`` gives the reorder delay
         when ``set_reorder_delay`` was not called before the first packet."""
         self._open(template)
+        packet = self._annexb.convert(packet, template)
         if template.codec_context.name != self._codec:
             raise OutgestError(f"an object holds {template.codec_context.name}, earlier ones {self._codec}")
         if not self._clock.delay_known:
@@ -696,6 +717,48 @@ class FlowFileWriter:
                 pass
             self._output = None
         self.temp_path.unlink(missing_ok=True)
+
+
+class AnnexB:
+    """Every H.264/HEVC packet reaches the muxer as start-code-delimited NAL units (Annex B).
+
+    MPEG-TS objects and encoders give Annex B; MP4 objects hold length-prefixed NAL units with the
+    parameter sets in the init segment. Copied MP4 packets are converted (parameter sets put in
+    front of keyframes), each object's stream by a filter of its own, and an output stream made
+    from an MP4 template gets Annex B parameter sets too. So an MP4 output never mixes the two
+    forms (its muxer writes them all length-prefixed with an avcC/hvcC of its own) and an MPEG-TS
+    output is Annex B throughout."""
+
+    FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+
+    def __init__(self) -> None:
+        self._stream: av.stream.Stream | None = None
+        self._filter: av.bitstream.BitStreamFilterContext | None = None
+
+    def _filter_for(self, template: av.stream.Stream) -> str | None:
+        extradata = template.codec_context.extradata
+        if not extradata or extradata[0] != 1:  # avcC and hvcC both start with version 1
+            return None
+        return self.FILTERS.get(template.codec_context.name)
+
+    def open(self, template: av.stream.Stream, output: av.stream.Stream) -> None:
+        """Give ``output`` (made from ``template``) Annex B parameter sets where they are not."""
+        name = self._filter_for(template)
+        if name is not None:
+            av.bitstream.BitStreamFilterContext(name, template, output)
+
+    def convert(self, packet: av.Packet, template: av.stream.Stream) -> av.Packet:
+        # Annex B access units start with a four-byte start code; a length prefix of 1 is no NAL unit.
+        if bytes(memoryview(packet)[:4]) == b"\0\0\0\1":
+            return packet
+        name = self._filter_for(template)
+        if name is None:
+            return packet
+        if template is not self._stream:
+            self._stream, self._filter = template, av.bitstream.BitStreamFilterContext(name, template)
+        assert self._filter is not None
+        (converted,) = self._filter.filter(packet)
+        return converted
 
 
 @dataclass
@@ -883,7 +946,7 @@ def encoder_options(flow: Mapping[str, Any], codec: str) -> dict[str, str]:
     quality settings plus, for H.264, the profile and level of the Flow's
     ``essence_parameters.avc_parameters`` (as ingest writes them), so re-encoded frames stay
     within what the Flow declares. Size, pixel format, frame rate and colour come from the
-    decoded frames and the object's stream (see ``_reencoded_packets``)."""
+    decoded frames and the object's stream (see ``gop_cuts``)."""
     encoder_name = ENCODERS.get(codec, codec)
     options = dict(ENCODER_OPTIONS.get(encoder_name, {}))
     avc = (flow.get("essence_parameters") or {}).get("avc_parameters")
@@ -920,8 +983,6 @@ def _essence(flow: Mapping[str, Any]) -> tuple[str, str, Fraction | None]:
             f"Flow {flow_id} has container {container or 'none'}; supported: {', '.join(sorted(SUPPORTED_CONTAINERS))}"
         )
     params = flow.get("essence_parameters") or {}
-    if params.get("init_segments"):
-        raise OutgestError(f"Flow {flow_id} uses init segments, which this tool does not support")
     codec_mime = str(flow.get("codec") or "")
     codec = CODECS.get(codec_mime.lower())
     if codec is None:
@@ -931,28 +992,64 @@ def _essence(flow: Mapping[str, Any]) -> tuple[str, str, Fraction | None]:
     return kinds[fmt], codec, frame_rate
 
 
-async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path) -> int:
+async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path, head: bytes = b"") -> int:
+    """Stream the object at ``url`` into ``path`` after ``head``; return the object's size."""
     size = 0
     async with client.stream_object(url) as chunks:
         with path.open("wb") as out:
+            out.write(head)
             async for chunk in chunks:
                 out.write(chunk)
                 size += len(chunk)
     return size
 
 
-async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Path) -> int:
-    """Stream the segment's object into ``path``, trying each of its get_urls in turn; returns
-    the size. On 401/403 from storage (an expired presigned URL, say) asks the store for fresh
-    URLs once."""
+class InitObjects:
+    """The init objects of fMP4 Flows in one export, each downloaded once, whose bytes go ahead of
+    every media object that names it: each file read is then a whole fMP4 (moov, then fragments)."""
+
+    def __init__(self, client: TAMSClient) -> None:
+        self._client = client
+        self._tasks: dict[str, asyncio.Task[bytes]] = {}
+
+    async def head(self, segment: SegmentRef) -> bytes:
+        if segment.init is None:
+            return b""
+        task = self._tasks.get(segment.init.object_id)
+        if task is None:
+            task = self._tasks[segment.init.object_id] = asyncio.create_task(self._get(segment, segment.init))
+        return await asyncio.shield(task)
+
+    async def _get(self, segment: SegmentRef, init: InitRef) -> bytes:
+        failure: TAMSError | None = None
+        for url in init.get_urls:
+            try:
+                async with self._client.stream_object(url) as chunks:
+                    return b"".join([chunk async for chunk in chunks])
+            except TAMSError as exc:
+                failure = exc
+        reason = failure or "it has no get_urls"
+        raise OutgestError(f"segment {segment.timerange}: cannot download init object {init.object_id}: {reason}")
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Path, inits: InitObjects) -> int:
+    """Stream the segment's object into ``path`` (after its init object's bytes, if it has one),
+    trying each of its get_urls in turn; returns the object's size. On 401/403 from storage (an
+    expired presigned URL, say) asks the store for fresh URLs once."""
     urls = segment.get_urls
     if not urls:
         raise OutgestError(f"segment {segment.timerange}: object {segment.object_id} has no get_urls")
+    head = await inits.head(segment)
     failure: TAMSError | None = None
     for attempt in range(2):
         for url in urls:
             try:
-                return await _download(client, url, path)
+                return await _download(client, url, path, head)
             except TAMSError as exc:
                 failure = exc
         if attempt or not (isinstance(failure, TAMSResponseError) and failure.status in (401, 403)):
@@ -982,6 +1079,7 @@ async def fetch_in_order(
     scratch: Path,
     concurrency: int,
     handle: Callable[[SegmentRef, T, Path, int], Awaitable[None]],
+    inits: InitObjects | None = None,
 ) -> int:
     """Download the objects of ``segments`` ((Flow id, segment, tag) triples) into ``scratch``, up
     to ``concurrency`` downloading or waiting at once, and ``await handle(segment, tag, path,
@@ -990,6 +1088,8 @@ async def fetch_in_order(
     slots = asyncio.Semaphore(concurrency)  # one per object downloading or waiting to be handled
     queue: asyncio.Queue[tuple[SegmentRef, T, asyncio.Task[int], Path] | None] = asyncio.Queue()
     held = most = 0
+    own_inits = inits is None
+    inits = InitObjects(client) if inits is None else inits
 
     async def produce(tg: asyncio.TaskGroup) -> None:
         nonlocal held, most
@@ -1000,7 +1100,7 @@ async def fetch_in_order(
             most = max(most, held)
             path = scratch / f"{number:08d}.obj"
             number += 1
-            await queue.put((segment, tag, tg.create_task(_fetch(client, flow_id, segment, path)), path))
+            await queue.put((segment, tag, tg.create_task(_fetch(client, flow_id, segment, path, inits)), path))
         await queue.put(None)
 
     async def consume() -> None:
@@ -1021,6 +1121,9 @@ async def fetch_in_order(
             tg.create_task(consume())
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
+    finally:
+        if own_inits:
+            await inits.close()
     return most
 
 
@@ -1059,12 +1162,13 @@ class VideoSequence:
     segments before it are fetched, up to MAX_PRECHARGE, and decoded first; with none to fetch,
     ``--exact`` fails with one line and a whole-segment export leaves those frames out with a
     warning naming them. ``run(segment, path, context, chain, lose_prior)`` writes one segment
-    (``write_segment`` in the writer's thread).
+    (``write_segment`` in the writer's thread); ``inits`` are the export's fMP4 init objects.
     """
 
     def __init__(self, client: TAMSClient, flow_id: str, scratch: Path, frame_rate: Fraction | None,
-                 exact: bool, run: Runner) -> None:
+                 exact: bool, run: Runner, inits: InitObjects) -> None:
         self.client = client
+        self.inits = inits
         self.flow_id = flow_id
         self.scratch = scratch
         self.tolerance = bound_tolerance(1 / frame_rate if frame_rate else None)
@@ -1110,7 +1214,7 @@ class VideoSequence:
                 self._fetched += 1
                 target = self.scratch / f"precharge-{self._fetched:08d}.obj"
                 fetched.append(target)
-                self.downloaded += await _fetch(self.client, self.flow_id, before, target)
+                self.downloaded += await _fetch(self.client, self.flow_id, before, target, self.inits)
                 chain.insert(0, (before, target))
         result = await self.run(segment, path, context, (), True)
         logger.warning(
@@ -1188,6 +1292,7 @@ async def outgest(
             raise OutgestError(f"segment {segment.timerange} (object {segment.object_id}): {exc}") from exc
         return result
 
+    inits = InitObjects(client)  # fMP4 init objects, for the objects in order and their precharge
     try:
         # One thread does all the PyAV work, in timeline order. Leaving the ``with`` waits for
         # it, so a failure elsewhere cannot leave it writing after the output is discarded.
@@ -1204,7 +1309,7 @@ async def outgest(
             async def run(*args: Any) -> SegmentResult:
                 return await loop.run_in_executor(muxer, process, *args)
 
-            sequence = VideoSequence(client, flow_id, Path(scratch), frame_rate, request is not None, run)
+            sequence = VideoSequence(client, flow_id, Path(scratch), frame_rate, request is not None, run, inits)
 
             async def written(segment: SegmentRef, _: None, path: Path, size: int) -> None:
                 summary.downloaded += size
@@ -1228,7 +1333,7 @@ async def outgest(
                     if covered:
                         bar.update(covered)
 
-            summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written)
+            summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written, inits)
             summary.downloaded += sequence.downloaded
             if summary.segments == 0:
                 raise OutgestError(f"Flow {flow_id} has no segments in {timerange.to_sec_nsec_range()}")
@@ -1239,6 +1344,7 @@ async def outgest(
         writer.discard()
         raise
     finally:
+        await inits.close()
         if bar is not None:
             bar.close()
     summary.nudged = writer.nudged

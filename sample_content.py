@@ -44,6 +44,7 @@ import http.client
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -59,6 +60,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.bitstream
 import av.error
 
 from credentials import HelpFormatter
@@ -67,6 +69,8 @@ __all__ = [
     "CODE_BITS",
     "FILM_FILENAME",
     "FILM_URL",
+    "AUDIO_FORMS",
+    "HLS_FORMS",
     "LiveSegment",
     "LiveWindow",
     "MIN_HEIGHT",
@@ -77,6 +81,7 @@ __all__ = [
     "frame_pts",
     "interval_edit_frames",
     "make_sample_content",
+    "package_hls",
     "play_live",
     "read_frame_numbers",
     "remux_to_hls",
@@ -446,6 +451,8 @@ def synthesize(
     gop_seconds: Fraction | int | str | None = 1,
     preset: str = "veryfast",
     first_frame: int = 0,
+    form: str = "ts",
+    audio_form: str = "muxed",
 ) -> Path:
     """Synthesize numbered H.264 content as an HLS playlist in ``output_dir``; return the .m3u8 path.
 
@@ -453,6 +460,9 @@ def synthesize(
     (rounded) and start with an IDR frame; GOPs are ``gop_seconds * fps`` frames (None: one GOP per
     segment). Frame ``n`` has pts ``frame_pts(n, fps, start_pts)`` on the 90 kHz clock and carries
     the number ``first_frame + n`` (content that continues other content, as after a splice).
+    ``form`` "ts" cuts MPEG-TS segments here; the other ``HLS_FORMS`` are packaged by libavformat's
+    ``hls`` muxer (``package_hls``), as are the ``AUDIO_FORMS`` other than "muxed" (which imply
+    ``audio``): the audio as an ``EXT-X-MEDIA`` rendition of a master playlist, or alone.
     """
     output_dir = Path(output_dir)
     fps = Fraction(fps)
@@ -467,6 +477,11 @@ def synthesize(
         raise SampleContentError("duration is shorter than one frame")
     if first_frame < 0:
         raise SampleContentError("first_frame must not be negative")
+    if form not in HLS_FORMS:
+        raise SampleContentError(f"unknown HLS form {form!r}; one of {', '.join(HLS_FORMS)}")
+    if audio_form not in AUDIO_FORMS:
+        raise SampleContentError(f"unknown audio form {audio_form!r}; one of {', '.join(AUDIO_FORMS)}")
+    audio = audio or audio_form != "muxed"
     if first_frame + frames >= 1 << CODE_BITS:
         raise SampleContentError(f"at most {(1 << CODE_BITS) - 1} frames can carry a frame number")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -486,6 +501,9 @@ def synthesize(
             first_frame=first_frame,
         )
         segment_ticks = Fraction(segment_frames * TS_CLOCK) / fps
+        if form != "ts" or audio_form != "muxed":
+            return package_hls(full, output_dir, form=form, segment_seconds=segment_ticks / TS_CLOCK,
+                               video_only=not audio, audio_form=audio_form)
         return remux_to_hls(full, output_dir, segment_seconds=segment_ticks / TS_CLOCK, video_only=not audio)
     finally:
         full.unlink(missing_ok=True)
@@ -622,6 +640,117 @@ def _write_playlist(path: Path, names: list[str], durations: list[Fraction]) -> 
 
 
 # --------------------------------------------------------------------------------------------
+# Packaging with libavformat's own hls muxer (the forms other packagers write)
+
+HLS_FORMS = ("ts", "fmp4", "ts-byterange", "fmp4-byterange")
+# Where the audio goes: in the video's segments, in a rendition of its own beside them (a master
+# playlist with EXT-X-MEDIA TYPE=AUDIO), or alone (an audio-only playlist).
+AUDIO_FORMS = ("muxed", "rendition", "only")
+
+
+def package_hls(
+    source: Path | str,
+    output_dir: Path | str,
+    *,
+    form: str = "fmp4",
+    segment_seconds: Fraction | int | str = 2,
+    video_only: bool = True,
+    name: str = PLAYLIST_NAME,
+    audio_form: str = "muxed",
+    base_url: str | None = None,
+    ts_offset: Fraction | None = None,
+) -> Path:
+    """Remux ``source`` into HLS with libavformat's ``hls`` muxer, as a packager would; return the
+    playlist path.
+
+    ``form`` is one of ``HLS_FORMS``: MPEG-TS or fMP4 segments (fMP4 with an ``EXT-X-MAP`` init
+    section), each either as a file per segment or as one file addressed by ``EXT-X-BYTERANGE``
+    (``hls_flags=single_file``). The muxer cuts at the first keyframe after each ``segment_seconds``.
+    Packets are copied: the frames and their numbers are the source's. MPEG-TS packets carry no
+    duration, which fragments need for every sample, so each is given its frame's.
+
+    ``audio_form`` (one of ``AUDIO_FORMS``) other than "muxed" takes the audio whatever
+    ``video_only`` says: "rendition" writes a master playlist ``name`` whose video variant plays
+    with an ``EXT-X-MEDIA TYPE=AUDIO`` rendition (media playlists ``<stem>_0.m3u8`` for the video
+    and ``<stem>_1.m3u8`` for the audio, as the muxer's ``var_stream_map`` names them; the muxer
+    lists the audio as a variant too); "only" writes an audio-only playlist.
+
+    ``base_url`` makes the playlist name its segments by absolute URL (``hls_base_url``: the files
+    are still written here, for a server to serve from there); ``ts_offset`` (seconds) moves every
+    timestamp by that much (``output_ts_offset``), as an encoder running for a day has them.
+    """
+    if form not in HLS_FORMS:
+        raise SampleContentError(f"unknown HLS form {form!r}; one of {', '.join(HLS_FORMS)}")
+    if audio_form not in AUDIO_FORMS:
+        raise SampleContentError(f"unknown audio form {audio_form!r}; one of {', '.join(AUDIO_FORMS)}")
+    rendition = audio_form == "rendition"
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fmp4 = form.startswith("fmp4")
+    single = form.endswith("byterange")
+    stem = Path(name).stem
+    extension = "m4s" if fmp4 else "ts"
+    each = f"{stem}_%v" if rendition else stem  # the muxer's name for each variant stream's files
+    options = {
+        "hls_time": str(float(Fraction(segment_seconds))),
+        "hls_playlist_type": "vod",
+        "hls_segment_type": "fmp4" if fmp4 else "mpegts",
+        "hls_segment_filename": str(output_dir / (f"{each}.{extension}" if single else f"{each}_%05d.{extension}")),
+    }
+    if fmp4:
+        options["hls_fmp4_init_filename"] = f"{each}_init.mp4"
+    if single:
+        options["hls_flags"] = "single_file"
+    if base_url is not None:
+        options["hls_base_url"] = base_url
+    if ts_offset is not None:
+        options["output_ts_offset"] = str(float(ts_offset))
+    playlist = output_dir / name
+    written = playlist
+    if rendition:
+        options["var_stream_map"] = "v:0,agroup:audio a:0,agroup:audio"
+        options["master_pl_name"] = name
+        written = output_dir / f"{each}.m3u8"
+    try:
+        container = av.open(str(source))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise SampleContentError(f"cannot read {source}: {exc}") from exc
+    with container, av.open(str(written), "w", format="hls", options=options) as out:
+        if audio_form != "muxed" and not container.streams.audio:
+            raise SampleContentError(f"{source} has no audio stream")
+        if audio_form != "only" and not container.streams.video:
+            raise SampleContentError(f"{source} has no video stream")
+        inputs: list[av.stream.Stream] = [] if audio_form == "only" else [container.streams.video[0]]
+        if not video_only or audio_form != "muxed":
+            inputs += container.streams.audio[:1]
+        outputs = {stream.index: out.add_stream_from_template(stream) for stream in inputs}
+        durations = {stream.index: _packet_ticks(stream) for stream in inputs}
+        # fMP4 holds AAC as raw frames with its configuration in the init segment, not ADTS.
+        filters = {stream.index: av.bitstream.BitStreamFilterContext("aac_adtstoasc", stream, outputs[stream.index])
+                   for stream in inputs if fmp4 and stream.codec_context.name == "aac"}
+        for packet in container.demux(inputs):
+            if packet.pts is None or packet.size == 0:
+                continue
+            index = packet.stream.index
+            if not packet.duration:
+                packet.duration = durations[index]
+            for ready in filters[index].filter(packet) if index in filters else [packet]:
+                ready.stream = outputs[index]
+                out.mux(ready)
+    logger.info("wrote %s (%s, audio %s)", playlist, form, audio_form)
+    return playlist
+
+
+def _packet_ticks(stream: av.stream.Stream) -> int:
+    """One packet's duration in ``stream``'s time base: a frame of video, an AAC frame of audio."""
+    if stream.type == "video":
+        return round(_video_frame_ticks(stream))  # type: ignore[arg-type]
+    assert stream.time_base is not None
+    rate = getattr(stream.codec_context, "sample_rate", 0) or _AUDIO_RATE
+    return round(Fraction(_AAC_FRAME, rate) / Fraction(stream.time_base))
+
+
+# --------------------------------------------------------------------------------------------
 # A live window
 
 
@@ -633,19 +762,26 @@ class LiveSegment:
     duration: Fraction
     discontinuity: bool = False  # EXT-X-DISCONTINUITY before it
     program_date_time: datetime.datetime | None = None
+    init: Path | None = None  # its fMP4 init segment (EXT-X-MAP), if it is a fragment
 
 
-def _vod_segments(playlist: Path) -> list[tuple[Path, Fraction]]:
-    """(file, EXTINF) of each segment of a playlist this module wrote."""
+def _vod_segments(playlist: Path) -> list[tuple[Path, Fraction, Path | None]]:
+    """(file, EXTINF, EXT-X-MAP file or None) of each segment of a playlist made here (a file each)."""
     segments = []
     duration: Fraction | None = None
+    init: Path | None = None
     for line in playlist.read_text().splitlines():
         if line.startswith("#EXTINF:"):
             duration = Fraction(line[len("#EXTINF:"):].split(",", 1)[0])
+        elif line.startswith("#EXT-X-MAP:"):
+            found = re.search(r'URI="([^"]+)"', line)
+            if found is None or "BYTERANGE" in line:
+                raise SampleContentError(f"{playlist}: a live window takes an EXT-X-MAP of a whole file: {line}")
+            init = playlist.parent / found.group(1)
         elif line and not line.startswith("#"):
             if duration is None:
                 raise SampleContentError(f"{playlist}: {line} has no #EXTINF")
-            segments.append((playlist.parent / line, duration))
+            segments.append((playlist.parent / line, duration, init))
             duration = None
     return segments
 
@@ -675,21 +811,29 @@ class LiveWindow:
     def add(self, playlist: Path | str, *, discontinuity: bool = False,
             program_date_time: datetime.datetime | None = None) -> None:
         elapsed = Fraction(0)
-        for i, (path, duration) in enumerate(_vod_segments(Path(playlist))):
+        for i, (path, duration, init) in enumerate(_vod_segments(Path(playlist))):
             when = None
             if program_date_time is not None:
                 when = program_date_time + datetime.timedelta(microseconds=round(elapsed * 10**6))
-            self.segments.append(LiveSegment(path, duration, discontinuity and i == 0, when))
+            self.segments.append(LiveSegment(path, duration, discontinuity and i == 0, when, init))
             elapsed += duration
 
     def uri(self, sequence: int) -> str:
-        return f"live_{sequence:05d}.ts"
+        return f"live_{sequence:05d}.{'ts' if self.segments[sequence].init is None else 'm4s'}"
+
+    def _init_uri(self, init: Path) -> str:
+        """Each init segment once, under a name of its own (a splice may bring a new one)."""
+        inits = list(dict.fromkeys(seg.init for seg in self.segments if seg.init is not None))
+        return f"live_init_{inits.index(init)}.mp4"
 
     def publish(self, count: int = 1) -> None:
         if self.published + count > len(self.segments):
             raise SampleContentError(f"only {len(self.segments) - self.published} segments are left to publish")
         for sequence in range(self.published, self.published + count):
-            shutil.copyfile(self.segments[sequence].source, self.directory / self.uri(sequence))
+            segment = self.segments[sequence]
+            if segment.init is not None and not (self.directory / self._init_uri(segment.init)).exists():
+                shutil.copyfile(segment.init, self.directory / self._init_uri(segment.init))
+            shutil.copyfile(segment.source, self.directory / self.uri(sequence))
         self.published += count
         self._write(max(0, self.published - self.window), self.published)
 
@@ -704,11 +848,16 @@ class LiveWindow:
         listed = self.segments[first:stop]
         target = max((math.ceil(seg.duration) for seg in self.segments), default=1)
         discontinuities = sum(seg.discontinuity for seg in self.segments[:first])
-        lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target}",
+        version = 6 if any(seg.init is not None for seg in listed) else 3  # EXT-X-MAP outside I-frame playlists: 6
+        lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}", f"#EXT-X-TARGETDURATION:{target}",
                  f"#EXT-X-MEDIA-SEQUENCE:{first}", f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}"]
+        mapped: Path | None = None
         for offset, seg in enumerate(listed):
             if seg.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
+            if seg.init is not None and seg.init != mapped:
+                lines.append(f'#EXT-X-MAP:URI="{self._init_uri(seg.init)}"')
+                mapped = seg.init
             if seg.program_date_time is not None and (offset == 0 or seg.discontinuity):
                 stamp = seg.program_date_time.astimezone(datetime.UTC)
                 lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{stamp.isoformat(timespec='milliseconds')}")
@@ -853,6 +1002,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--film", type=Path, default=Path(FILM_FILENAME), help="the film's local path")
     parser.add_argument("--film-url", default=FILM_URL, help="where to download the film ('' = never)")
     parser.add_argument("--download-timeout", type=float, default=5.0, help="seconds to wait for the download to start")
+    parser.add_argument("--hls-form", choices=HLS_FORMS, default="ts",
+                        help="synthetic content's HLS form: MPEG-TS or fMP4 (EXT-X-MAP) segments, a file each "
+                        "or one file of EXT-X-BYTERANGE segments (the last three packaged by libavformat's hls muxer)")
+    parser.add_argument("--audio-form", choices=AUDIO_FORMS, default="muxed",
+                        help="where synthetic content's audio goes: in the video's segments (with --audio), "
+                        "in an EXT-X-MEDIA TYPE=AUDIO rendition beside the video under a master playlist, or "
+                        "alone in an audio-only playlist (the last two imply --audio; packaged by the hls muxer)")
     parser.add_argument("--live-window", type=int, default=0, metavar="N",
                         help="then play the content out in real time as a live playlist of N segments "
                         "(OUTPUT_DIR/live/live.m3u8, one segment more each segment duration, then EXT-X-ENDLIST; "
@@ -886,6 +1042,8 @@ def main(argv: list[str] | None = None) -> int:
             start_pts=args.start_pts,
             gop_seconds=args.gop_seconds,
             preset=args.preset,
+            form=args.hls_form,
+            audio_form=args.audio_form,
         )
         if args.live_window > 0:
             live = args.output_dir / "live"

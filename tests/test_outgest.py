@@ -258,7 +258,7 @@ def flows(store: RunningStore, content: Content) -> Flows:
             ])
 
             result.ids["vp9"] = await put_flow(client, codec="video/vp9")
-            result.ids["mp4"] = await put_flow(client, container="video/mp4")
+            result.ids["webm"] = await put_flow(client, container="video/webm")
         return result
 
     return asyncio.run(setup())
@@ -546,7 +546,7 @@ def test_cli_writes_summary_line(store: RunningStore, flows: Flows, tmp_path: Pa
         ("unknown", "not found"),
         ("empty", "no segments"),
         ("vp9", "codec video/vp9"),
-        ("mp4", "container video/mp4"),
+        ("webm", "container video/webm"),
         ("broken", "cannot download"),
         ("unwritable", "cannot write"),
         ("bad_timerange", "bad --timerange"),
