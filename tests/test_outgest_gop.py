@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,7 +24,7 @@ from credentials import BasicCredentials
 from ingest_hls import IngestOptions, ingest
 from outgest_file import OutgestError, outgest
 from sample_content import read_frame_numbers
-from tests.conftest import RunningStore, start_store
+from tests.conftest import RunningStore
 from tests.gop_media import make_hls, top_level_boxes
 from tests.synthetic_media import synthesized
 
@@ -63,10 +62,8 @@ class Ingested:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStore]:
-    running = start_store(tmp_path_factory.mktemp("gop_store") / "data")
-    yield running
-    running.stop()
+def store(shared_store: RunningStore) -> RunningStore:
+    return shared_store
 
 
 def connect(store: RunningStore) -> TAMSClient:

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,27 +20,20 @@ import av
 import pytest
 from mediatimestamp.immutable import TimeRange, Timestamp
 
-from client import TAMSClient
-from credentials import BasicCredentials
 from ingest_hls import IngestOptions, ingest
 from outgest_file import outgest
 from sample_content import read_frame_numbers
-from tests.conftest import REPO_ROOT, RunningStore, start_store
+from tests.conftest import REPO_ROOT, RunningStore
 from tests.gop_media import make_hls, top_level_boxes
+from tests.test_outgest_gop import connect
 
 FRAMES = 120
 RATES = {"x265-59.94": ("x265", Fraction(60000, 1001)), "x264-29.97": ("x264-pyramid", Fraction(30000, 1001))}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStore]:
-    running = start_store(tmp_path_factory.mktemp("players_store") / "data")
-    yield running
-    running.stop()
-
-
-def connect(store: RunningStore) -> TAMSClient:
-    return TAMSClient(store.url, BasicCredentials(store.username, store.password))
+def store(shared_store: RunningStore) -> RunningStore:
+    return shared_store
 
 
 @pytest.fixture(scope="module")
