@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol, cast
 
-import av
-import av.error
+from media import av  # PyAV, imported on first use
 
 __all__ = [
     "ENCODERS",

@@ -373,11 +373,20 @@ class _FlowPlan:
     source_id_given: bool = False
 
 
-async def _check_flow(client: TAMSClient, plan: _FlowPlan) -> None:
-    """Mark ``plan`` as existing if the store has the Flow, or raise if it differs."""
+async def _stored_flow(client: TAMSClient, flow_id: str) -> dict | None:
     try:
-        existing = await client.get_flow(plan.flow_id)
+        return await client.get_flow(flow_id)
     except NotFound:
+        return None
+
+
+async def _check_flow(client: TAMSClient, plan: _FlowPlan,
+                      looked_up: dict[str, asyncio.Task[dict | None]] | None = None) -> None:
+    """Mark ``plan`` as existing if the store has the Flow, or raise if it differs; ``looked_up``
+    holds the store's answers for Flows asked for early, by id."""
+    early = (looked_up or {}).get(plan.flow_id)
+    existing = await (early if early is not None else _stored_flow(client, plan.flow_id))
+    if existing is None:
         return
     compared = {k: plan.body[k] for k in _COMPARED if k in plan.body}
     if plan.source_id_given:
@@ -893,18 +902,25 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     except hls_forms.FormError as exc:
         raise IngestError(str(exc)) from exc
 
-    first_data = await _segment_bytes(window[0], session)
-    fragmented = window[0].init is not None  # fMP4: each object needs its init object (TAMS init_segments)
-    _check_form(window[0], first_data)
-    first_init = await inits.data(window[0].init) if window[0].init is not None else b""
+    # The Flow named on the command line is looked up while the first segment is read and probed.
+    looked_up = {fid: asyncio.create_task(_stored_flow(client, fid)) for fid in (options.flow_id,) if fid}
     try:
-        props = await asyncio.to_thread(media.probe, first_init + first_data, name=window[0].uri)
-    except media.MediaError as exc:
-        raise IngestError(str(exc)) from exc
-    _check_container(window[0], props.format_name)
-    plans = _plan_flows(options, props, playlist, fragmented)
-    for plan in plans:
-        await _check_flow(client, plan)
+        first_data = await _segment_bytes(window[0], session)
+        fragmented = window[0].init is not None  # fMP4: each object needs its init object (TAMS init_segments)
+        _check_form(window[0], first_data)
+        first_init = await inits.data(window[0].init) if window[0].init is not None else b""
+        try:
+            props = await asyncio.to_thread(media.probe, first_init + first_data, name=window[0].uri)
+        except media.MediaError as exc:
+            raise IngestError(str(exc)) from exc
+        _check_container(window[0], props.format_name)
+        plans = _plan_flows(options, props, playlist, fragmented)
+        for plan in plans:
+            await _check_flow(client, plan, looked_up)
+    finally:
+        for task in looked_up.values():
+            task.cancel()
+        await asyncio.gather(*looked_up.values(), return_exceptions=True)
     essences = [p for p in plans if p.kind != "multi"]
     kinds = tuple(p.kind for p in essences)
     split = len(kinds) > 1

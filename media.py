@@ -58,12 +58,18 @@ Other helpers
     per essence (video, audio), keeping every timestamp.
 
 Errors are ``MediaError`` (with the file named), never PyAV exceptions.
+
+PyAV is imported on first use (``av`` here stands in for the module until then; ``load_av()``
+imports it, e.g. in a thread while a script's first requests to the store are out), since the
+scripts need none of it for their start-up, which it would lengthen by about 40 ms.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
+import types
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -72,8 +78,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import av
-import av.error
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 __all__ = [
@@ -91,6 +95,7 @@ __all__ = [
     "bound_tolerance",
     "container_mime",
     "in_timerange",
+    "load_av",
     "media_timerange",
     "probe",
     "pts_to_timestamp",
@@ -101,6 +106,26 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class _Deferred(types.ModuleType):
+    """Stands in for the module of the same name until one of its attributes is used, then
+    imports it (``importlib`` holds a per-module lock, so two threads may do so at once) and
+    takes on its attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        module = importlib.import_module(self.__name__)
+        self.__dict__.update(vars(module))
+        return getattr(module, name)
+
+
+av: Any = _Deferred("av")  # PyAV; see the module docstring
+
+
+def load_av() -> None:
+    """Import PyAV now (safe in any thread), so that its first use does not wait for it."""
+    importlib.import_module("av")
+
 
 TS_CLOCK = 90000
 PTS_WRAP = 1 << 33

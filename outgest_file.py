@@ -51,9 +51,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar, cast
 
-import av
-import av.bitstream
-import av.error
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
@@ -65,8 +62,10 @@ from media import (
     TS_CLOCK,
     MediaError,
     PtsUnwrapper,
+    av,  # PyAV, imported on first use
     bound_tolerance,
     in_timerange,
+    load_av,
     pts_to_timestamp,
     read_timing,
 )
@@ -269,6 +268,21 @@ def _pick_stream(container: av.container.InputContainer, kind: str, codec: str |
     return streams[0]
 
 
+# libavformat's stream probe reads up to 5 MB (a whole segment) to estimate frame rates, but an
+# export takes the rate from the Flow: given it, the probe stops after the first 32 KiB, enough
+# for the codec parameters (size, parameter sets) of the video stream; else the whole probe.
+QUICK_PROBE = {**TIMING_OPTIONS, "probesize": "32768", "analyzeduration": "0"}
+
+
+def _open_object(path: Path, *, quick: bool) -> av.container.InputContainer:
+    container = av.open(str(path), options=QUICK_PROBE if quick else TIMING_OPTIONS)
+    if quick and not all(s.codec_context is not None and s.codec_context.width and s.codec_context.extradata
+                         for s in container.streams.video):
+        container.close()  # the parameters come later in this object: probe it all
+        container = av.open(str(path), options=TIMING_OPTIONS)
+    return container
+
+
 def read_object(
     path: Path,
     *,
@@ -283,7 +297,7 @@ def read_object(
     registered), so pts values near the wrap get the high bits ``ts_offset`` expects.
     """
     try:
-        container = av.open(str(path), options=TIMING_OPTIONS)
+        container = _open_object(path, quick=kind == "video" and frame_rate is not None)
     except (av.error.FFmpegError, OSError) as exc:
         raise OutgestError(f"cannot read the object as media: {exc}") from exc
     try:
@@ -408,6 +422,20 @@ def _shortest_step(frames: Sequence[FrameTiming], order: Sequence[int], time_bas
     return min(steps) * time_base if steps else None
 
 
+def _kept_run(count: int, kept: Callable[[int], bool]) -> tuple[int, int]:
+    """``(first, stop)`` of the positions ``p < count`` for which ``kept(p)``, or ``(0, 0)``.
+
+    For frames in presentation order and membership of a timerange (or of two), the kept
+    positions are one run, since each membership is an interval of time: so only the run's two
+    ends and the frames outside it are tested (for a whole segment, two frames of its object).
+    """
+    first = next((p for p in range(count) if kept(p)), None)
+    if first is None:
+        return 0, 0
+    last = next(p for p in range(count - 1, first - 1, -1) if kept(p))
+    return first, last + 1
+
+
 def plan_segment(
     frames: Sequence[FrameTiming],
     time_base: Fraction,
@@ -445,12 +473,9 @@ def plan_segment(
             picked = [p for p in range(first, stop) if inside(order[p], request)]
             first, stop = (picked[0], picked[-1] + 1) if picked else (first, first)
     else:
-        picked = [
-            p
-            for p, index in enumerate(order)
-            if inside(index, segment.timerange) and (request is None or inside(index, request))
-        ]
-        first, stop = (picked[0], picked[-1] + 1) if picked else (0, 0)
+        first, stop = _kept_run(
+            len(order), lambda p: inside(order[p], segment.timerange) and (request is None or inside(order[p], request))
+        )
     kept = tuple(sorted(order[first:stop]))
     if not kept:
         return SegmentPlan(first, stop, (), True)
@@ -1250,19 +1275,76 @@ async def outgest(
     timerange = timerange if timerange is not None else TimeRange.eternity()
     if concurrency < 1:
         raise OutgestError("--concurrency must be at least 1")
+    # PyAV loads in a thread, and the first page of segments is asked for, while the Flow is.
+    loading = asyncio.create_task(asyncio.to_thread(load_av))
     try:
-        flow = await client.get_flow(flow_id, include_timerange=True)
-    except NotFound as exc:
-        raise OutgestError(f"Flow {flow_id} not found") from exc
-    if audio_flow_id is not None or flow.get("format") in (
-        "urn:x-nmos:format:multi", "urn:x-nmos:format:audio"
-    ):
+        async with _asked_ahead(
+            client.segments(flow_id, timerange=timerange, include_object_timerange=True)
+        ) as listing:
+            try:
+                flow = await client.get_flow(flow_id, include_timerange=True)
+            except NotFound as exc:
+                raise OutgestError(f"Flow {flow_id} not found") from exc
+            if audio_flow_id is None and flow.get("format") not in (
+                "urn:x-nmos:format:multi", "urn:x-nmos:format:audio"
+            ):
+                return await _outgest_flow(client, flow_id, flow, listing, output, timerange=timerange, exact=exact,
+                                           concurrency=concurrency, check_timing=check_timing, progress=progress,
+                                           started=started)
         import outgest_audio  # imports this module
 
         essences = await outgest_audio.resolve_essences(client, flow, audio_flow_id)
         return await outgest_audio.outgest_av(client, essences, output, timerange=timerange, exact=exact,
                                               concurrency=concurrency, check_timing=check_timing,
                                               progress=progress)
+    finally:
+        # A failed import shows again where PyAV is first used; the thread must end before the loop.
+        await asyncio.gather(loading, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def _asked_ahead(items: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """``items`` with its first item asked for at once (for a paged listing: its first request
+    goes out while the caller awaits something else); closed, or its request cancelled, on
+    leaving the block."""
+    end = object()
+
+    async def first_item() -> object:
+        return await anext(items, end)
+
+    first = asyncio.create_task(first_item())
+
+    async def rest() -> AsyncIterator[T]:
+        item = await first
+        if item is end:
+            return
+        yield cast(T, item)
+        async for item in items:
+            yield item
+
+    try:
+        yield rest()
+    finally:
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await cast(Any, items).aclose()
+
+
+async def _outgest_flow(
+    client: TAMSClient,
+    flow_id: str,
+    flow: Mapping[str, Any],
+    listing: AsyncIterator[dict],
+    output: Path,
+    *,
+    timerange: TimeRange,
+    exact: bool,
+    concurrency: int,
+    check_timing: bool,
+    progress: bool,
+    started: float,
+) -> OutgestSummary:
+    """``outgest`` of one video Flow, ``flow``, whose segments in ``timerange`` ``listing`` gives."""
     kind, codec, frame_rate = _essence(flow)
     options = encoder_options(flow, codec)
     flow_range = _timerange(flow.get("timerange")) or TimeRange.never()
@@ -1303,7 +1385,7 @@ async def outgest(
             loop = asyncio.get_running_loop()
 
             async def listed() -> AsyncIterator[tuple[str, SegmentRef, None]]:
-                async for item in client.segments(flow_id, timerange=timerange, include_object_timerange=True):
+                async for item in listing:
                     yield flow_id, SegmentRef.from_json(item), None
 
             async def run(*args: Any) -> SegmentResult:
