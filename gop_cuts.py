@@ -80,9 +80,16 @@ class NeedPrecharge(Exception):
 
 
 class Timing(Protocol):
-    pts: int
-    dts: int
-    keyframe: bool
+    """One coded frame's timing (outgest_file.FrameTiming, a frozen dataclass: read-only here)."""
+
+    @property
+    def pts(self) -> int: ...
+
+    @property
+    def dts(self) -> int: ...
+
+    @property
+    def keyframe(self) -> bool: ...
 
 
 class Media(Protocol):
@@ -90,10 +97,12 @@ class Media(Protocol):
 
     stream: av.stream.Stream
     packets: list[av.Packet]
-    frames: Sequence[Timing]
     time_base: Fraction
     codec: str
     frame_duration: Fraction | None
+
+    @property
+    def frames(self) -> Sequence[Timing]: ...
 
 
 @dataclass(frozen=True)

@@ -1086,9 +1086,11 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
             if follower is not None:
                 result.gaps = await follower
     except BaseException:
-        tasks = [task for _, task in pending] + [*uploads] + ([follower] if follower is not None else [])
-        for task in tasks:
-            task.cancel()
+        tasks: list[asyncio.Task[Any]] = [job for _, job in pending] + [*uploads]
+        if follower is not None:
+            tasks.append(follower)
+        for job in tasks:
+            job.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     finally:

@@ -401,11 +401,11 @@ def _reencoded_pair(media: of.ObjectMedia, index: int, lo: int, hi: int) -> tupl
         out_packets += encoder.encode(None)
         # a packet's pts is where the samples it decodes to are presented, as in the source
         by_pts = {p.pts: p for p in out_packets}
-        pair = [by_pts.get(samples), by_pts.get(2 * samples)]
-        if pair[0] is None or pair[1] is None:
+        first, second = by_pts.get(samples), by_pts.get(2 * samples)
+        if first is None or second is None:
             raise of.OutgestError("the AAC encoder gave no frame for the cut")
         framed = []
-        for packet in pair:
+        for packet in (first, second):
             buffer = io.BytesIO()
             with av.open(buffer, "w", format="adts") as adts:
                 stream = adts.add_stream("aac", rate=sample_rate)

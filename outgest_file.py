@@ -1177,6 +1177,26 @@ async def _predecessor(client: TAMSClient, flow_id: str, segment: SegmentRef, to
 Runner = Callable[[SegmentRef, Path, bool, Sequence[tuple[SegmentRef, Path]], bool], Awaitable[SegmentResult]]
 
 
+class OnDemand(Sequence["ObjectMedia"]):
+    """The precharge objects of a segment, each read only if the segment's first frames turn out to
+    need it (most segments start with a keyframe and need none): ``len`` and truth count them
+    without reading any."""
+
+    def __init__(self, read: Callable[[SegmentRef, Path], ObjectMedia],
+                 items: Sequence[tuple[SegmentRef, Path]]) -> None:
+        self._read = read
+        self._items = items
+        self._media: list[ObjectMedia] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> ObjectMedia:  # type: ignore[override]
+        if self._media is None:
+            self._media = [self._read(segment, path) for segment, path in self._items]
+        return self._media[index]
+
+
 class VideoSequence:
     """A video Flow's segments written in timeline order, each given what its first frames need.
 
@@ -1362,8 +1382,8 @@ async def _outgest_flow(
             with contextlib.ExitStack() as stack:
                 media = stack.enter_context(read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange,
                                                         frame_rate=frame_rate))
-                earlier = [stack.enter_context(read_object(p, kind=kind, codec=codec, anchor=s.media_timerange,
-                                                           frame_rate=frame_rate)) for s, p in chain]
+                earlier = OnDemand(lambda s, p: stack.enter_context(
+                    read_object(p, kind=kind, codec=codec, anchor=s.media_timerange, frame_rate=frame_rate)), chain)
                 if check_timing and not lose_prior:
                     for problem in check_segment_timing(path, media, segment):
                         summary.timing_warnings += 1
