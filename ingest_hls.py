@@ -380,6 +380,14 @@ async def _stored_flow(client: TAMSClient, flow_id: str) -> dict | None:
         return None
 
 
+def _fresh_ids(options: IngestOptions, plans: list[_FlowPlan]) -> set[str]:
+    """The Flow ids this run made up (a new uuid, and the ids derived from it): no store has them,
+    so there is nothing to ask about them."""
+    if options.flow_id:
+        return set()
+    return {plan.flow_id for plan in plans} - {options.audio_flow_id, options.multi_flow_id}
+
+
 async def _check_flow(client: TAMSClient, plan: _FlowPlan,
                       looked_up: dict[str, asyncio.Task[dict | None]] | None = None) -> None:
     """Mark ``plan`` as existing if the store has the Flow, or raise if it differs; ``looked_up``
@@ -831,7 +839,8 @@ async def _ingest_renditions(client: TAMSClient, options: IngestOptions, session
         duration = audio_playlist.segment_duration
         audio_plan.body["segment_duration"] = {"numerator": duration.numerator, "denominator": duration.denominator}
     for plan in plans:
-        await _check_flow(client, plan)
+        if plan.flow_id not in _fresh_ids(options, plans):
+            await _check_flow(client, plan)
     for plan in plans:
         if not plan.exists:
             await client.put_flow(plan.flow_id, plan.body)
@@ -916,7 +925,8 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         _check_container(window[0], props.format_name)
         plans = _plan_flows(options, props, playlist, fragmented)
         for plan in plans:
-            await _check_flow(client, plan, looked_up)
+            if plan.flow_id not in _fresh_ids(options, plans):
+                await _check_flow(client, plan, looked_up)
     finally:
         for task in looked_up.values():
             task.cancel()

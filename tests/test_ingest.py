@@ -497,3 +497,16 @@ def test_flow_params_override_the_probed_properties(tams_store: RunningStore, hl
     assert flow["tags"] == {"genre": "test"}
     assert json.dumps(flow)  # still a valid Flow document
     assert Fraction(flow["segment_duration"]["numerator"], flow["segment_duration"].get("denominator", 1)) == 2
+
+
+async def test_a_flow_id_made_up_by_the_run_is_not_looked_up_before_it_is_created(
+    store_factory: Callable[..., RunningStore], hls_content: SynthesizedHLS
+) -> None:
+    store = store_factory(extra_args=["--access-log"])
+    fresh = await _ingest(store, hls_content, segment_count=2, video_only=True)
+    given = str(uuid.uuid4())
+    await _ingest(store, hls_content, segment_count=2, video_only=True, flow_id=given)
+    asked = [(r.method, r.path) for r in _access_log(store) if r.path.startswith("/flows/") and r.path.count("/") == 2]
+    made_up = fresh.flow_ids["video"]
+    assert ("PUT", f"/flows/{made_up}") in asked and ("GET", f"/flows/{made_up}") not in asked
+    assert asked.index(("GET", f"/flows/{given}")) < asked.index(("PUT", f"/flows/{given}"))  # a given id is checked
