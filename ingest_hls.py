@@ -841,6 +841,8 @@ async def _ingest_renditions(client: TAMSClient, options: IngestOptions, session
     for plan in plans:
         if plan.flow_id not in _fresh_ids(options, plans):
             await _check_flow(client, plan)
+    for media_playlist in (video_playlist, audio_playlist):  # each checked before any Flow is created
+        await _checked_window(media_playlist, options, hls_live.SegmentFeed(), session)
     for plan in plans:
         if not plan.exists:
             await client.put_flow(plan.flow_id, plan.body)
@@ -887,18 +889,11 @@ async def ingest(client: TAMSClient, options: IngestOptions) -> IngestResult:
             await session.close()
 
 
-async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.ClientSession | None,
-                  inits: _InitObjects, started: float) -> IngestResult:
-    if options.concurrency < 1:
-        raise IngestError("--concurrency must be at least 1")
-    if options.storage_batch is not None and options.storage_batch < 1:
-        raise IngestError("--storage-batch must be at least 1")
-    if options.segment_count is not None and options.segment_count < 1:
-        raise IngestError("the segment count must be at least 1 (None: to the end of the playlist)")
-    loaded_at = asyncio.get_running_loop().time()
-    playlist = await load_playlist(options.hls, variant=options.variant, session=session)
+async def _checked_window(playlist: Playlist, options: IngestOptions, feed: hls_live.SegmentFeed,
+                          session: aiohttp.ClientSession | None) -> list[SegmentRef]:
+    """The segments to read first (queued on ``feed``), once their files are there and their
+    byte ranges inside them: before anything is created in the store."""
     # Segments are picked by media sequence number (a live window slides under positions).
-    feed = hls_live.SegmentFeed()
     if options.follow:
         window = [hls_live.first_to_read(playlist, options.start_segment)]
     else:
@@ -910,6 +905,21 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         await hls_forms.check_ranges(window, session)
     except hls_forms.FormError as exc:
         raise IngestError(str(exc)) from exc
+    return window
+
+
+async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.ClientSession | None,
+                  inits: _InitObjects, started: float) -> IngestResult:
+    if options.concurrency < 1:
+        raise IngestError("--concurrency must be at least 1")
+    if options.storage_batch is not None and options.storage_batch < 1:
+        raise IngestError("--storage-batch must be at least 1")
+    if options.segment_count is not None and options.segment_count < 1:
+        raise IngestError("the segment count must be at least 1 (None: to the end of the playlist)")
+    loaded_at = asyncio.get_running_loop().time()
+    playlist = await load_playlist(options.hls, variant=options.variant, session=session)
+    feed = hls_live.SegmentFeed()
+    window = await _checked_window(playlist, options, feed, session)
 
     # The Flow named on the command line is looked up while the first segment is read and probed.
     looked_up = {fid: asyncio.create_task(_stored_flow(client, fid)) for fid in (options.flow_id,) if fid}

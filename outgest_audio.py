@@ -661,8 +661,8 @@ async def outgest_av(
                         logger.warning("Flow %s segment %s (object %s): %s", flow_id, segment.timerange,
                                        segment.object_id, problem)
                 if kind == "video":
-                    earlier = [stack.enter_context(of.read_object(p, kind=kind, codec=codec, anchor=s.media_timerange,
-                                                                  frame_rate=frame_rate)) for s, p in chain]
+                    earlier = of.OnDemand(lambda s, p: stack.enter_context(of.read_object(
+                        p, kind=kind, codec=codec, anchor=s.media_timerange, frame_rate=frame_rate)), chain)
                     return of.write_segment(cast(of.FlowFileWriter, video), media, segment, request=request,
                                             options=options, context=context, chain=earlier, lose_prior=lose_prior)
                 audio = write_audio_segment(writer, media, segment, audio_state, request=request)

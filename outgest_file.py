@@ -770,7 +770,10 @@ class AnnexB:
         """Give ``output`` (made from ``template``) Annex B parameter sets where they are not."""
         name = self._filter_for(template)
         if name is not None:
-            av.bitstream.BitStreamFilterContext(name, template, output)
+            try:
+                av.bitstream.BitStreamFilterContext(name, template, output)
+            except (av.error.FFmpegError, ValueError) as exc:
+                raise OutgestError(f"cannot read the object's {template.codec_context.name} parameter sets: {exc}") from exc
 
     def convert(self, packet: av.Packet, template: av.stream.Stream) -> av.Packet:
         # Annex B access units start with a four-byte start code; a length prefix of 1 is no NAL unit.
@@ -779,11 +782,16 @@ class AnnexB:
         name = self._filter_for(template)
         if name is None:
             return packet
-        if template is not self._stream:
-            self._stream, self._filter = template, av.bitstream.BitStreamFilterContext(name, template)
-        assert self._filter is not None
-        (converted,) = self._filter.filter(packet)
-        return converted
+        try:
+            if template is not self._stream:
+                self._stream, self._filter = template, av.bitstream.BitStreamFilterContext(name, template)
+            assert self._filter is not None
+            converted = self._filter.filter(packet)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise OutgestError(f"a {template.codec_context.name} frame of the object is corrupt: {exc}") from exc
+        if len(converted) != 1:
+            raise OutgestError(f"a {template.codec_context.name} frame of the object did not convert to one frame")
+        return converted[0]
 
 
 @dataclass
@@ -1156,10 +1164,12 @@ MAX_PRECHARGE = 4  # objects fetched before a segment whose first frames need ea
 
 
 def follows(earlier: SegmentRef, later: SegmentRef, tolerance: Fraction) -> bool:
-    """Whether ``earlier``'s object is the media just before ``later``'s: same ts_offset, and one
+    """Whether ``earlier``'s object is the media just before ``later``'s: same ts_offset, the same
+    init object if any (fMP4 fragments decode only with their own parameter sets), and one
     object's timeline ends where the other's starts (within ``tolerance`` seconds)."""
     end, start = earlier.media_timerange.end, later.media_timerange.start
-    return (earlier.ts_offset == later.ts_offset and end is not None and start is not None
+    same_init = (earlier.init.object_id if earlier.init else None) == (later.init.object_id if later.init else None)
+    return (earlier.ts_offset == later.ts_offset and same_init and end is not None and start is not None
             and abs(_to_fraction(end) - _to_fraction(start)) <= tolerance)
 
 

@@ -341,6 +341,20 @@ def test_a_rendition_that_holds_no_audio_is_one_line_and_registers_nothing(
     assert asyncio.run(_flows(tams_store)) == []
 
 
+def test_a_rendition_with_a_missing_later_segment_is_one_line_and_creates_no_flow(
+    tams_store: RunningStore, rendition_content: SynthesizedHLS, tmp_path: Path
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(rendition_content.directory, broken)
+    audio_segments = sorted(broken.glob("hls_output_1_*"))
+    audio_segments[-1].unlink()  # the audio rendition's last segment
+    line = _one_error_line(_run(tams_store, broken / "hls_output.m3u8", tmp_path))
+    assert f"no such segment file: {audio_segments[-1]}" in line, line
+    assert asyncio.run(_flows(tams_store)) == []
+
+
 # -- segments that are not the container they claim -------------------------------------------
 
 

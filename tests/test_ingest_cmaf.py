@@ -392,3 +392,39 @@ def test_single_file_fmp4_stores_the_init_range_and_each_fragment_range_as_their
     for segment, (length, offset) in zip(segments, ranges, strict=True):
         assert asyncio.run(_download(store, segment["get_urls"][0])) == whole[offset:offset + length]
     assert _exported(store, flow_id, tmp_path / "single.ts") == list(range(FRAMES))
+
+
+def test_a_corrupt_fmp4_sample_is_one_line_and_leaves_no_output(
+    store: RunningStore, fmp4: Fmp4, tmp_path: Path
+) -> None:
+    # The fragment's index is intact, so it ingests, but its first sample's first NAL unit claims
+    # more bytes than the sample has: converting it for MPEG-TS fails.
+    playlist = _copy(fmp4, tmp_path / "content")
+    fragment = playlist.parent / fmp4.segments[2].name
+    data = bytearray(fragment.read_bytes())
+    at = data.index(b"mdat") + 4
+    data[at:at + 4] = (0x7FFFFFFF).to_bytes(4, "big")
+    fragment.write_bytes(bytes(data))
+    flow_id = _ingested(store, playlist, tmp_path, "--quiet")
+    output = tmp_path / "out" / "corrupt.ts"
+    output.parent.mkdir()
+    done = _run(store, "outgest_file.py", "--flow-id", flow_id, "--output", str(output), "--quiet", cwd=tmp_path)
+    line = _one_error_line(done)
+    assert "a h264 frame of the object is corrupt" in line, line
+    assert list(output.parent.iterdir()) == []
+
+
+def test_only_an_object_with_the_same_init_counts_as_the_media_before_a_fragment() -> None:
+    # Precharge decodes the object before with the later object's parameter sets: after a new
+    # EXT-X-MAP (new SPS/PPS) the one before is not the same media, however its times join.
+    from outgest_file import InitRef, SegmentRef, follows
+
+    def segment(name: str, start: int, init: str | None) -> SegmentRef:
+        return SegmentRef(name, TimeRange(_timestamp(Fraction(start)), _timestamp(Fraction(start + 2)),
+                                          TimeRange.INCLUDE_START), init=InitRef(init) if init else None)
+
+    first = segment("a", 0, "init-1")
+    assert follows(first, segment("b", 2, "init-1"), Fraction(1, 60))
+    assert not follows(first, segment("c", 2, "init-2"), Fraction(1, 60))
+    assert not follows(first, segment("d", 2, None), Fraction(1, 60))
+    assert follows(segment("e", 0, None), segment("f", 2, None), Fraction(1, 60))
