@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-__all__ = ["FormError", "audio_rendition", "byteranges", "check_container", "check_ranges", "describe",
+__all__ = ["FormError", "audio_rendition", "byteranges", "check_container", "check_ranges", "describe", "shown",
            "video_variants"]
 
 
@@ -42,7 +42,8 @@ def _is_url(uri: str) -> bool:
     return urlsplit(uri).scheme in ("http", "https")
 
 
-def _shown(uri: str) -> str:
+def shown(uri: str) -> str:
+    """``uri`` for messages and logs: a URL without its query (it may carry a signature)."""
     return uri.split("?", 1)[0] if _is_url(uri) else uri
 
 
@@ -74,21 +75,21 @@ def byteranges(segments: Iterable[Any], uris: Sequence[str]) -> list[tuple[int, 
             length = int(length_text)
             offset = int(offset_text) if offset_text else None
         except ValueError as exc:
-            raise FormError(f"segment {uri}: EXT-X-BYTERANGE:{text} is not length[@offset]") from exc
+            raise FormError(f"segment {shown(uri)}: EXT-X-BYTERANGE:{text} is not length[@offset]") from exc
         if offset is None:
             if previous is None or previous[0] != uri:
-                raise FormError(f"segment {uri}: EXT-X-BYTERANGE:{text} has no offset and does not follow "
+                raise FormError(f"segment {shown(uri)}: EXT-X-BYTERANGE:{text} has no offset and does not follow "
                                 "a range of the same file")
             offset = previous[1]
         if length < 1 or offset < 0:
-            raise FormError(f"segment {uri}: EXT-X-BYTERANGE:{text} is empty or negative")
+            raise FormError(f"segment {shown(uri)}: EXT-X-BYTERANGE:{text} is empty or negative")
         ranges.append((offset, length))
         previous = (uri, offset + length)
     return ranges
 
 
 def _past_end(uri: str, byterange: tuple[int, int], size: int) -> FormError:
-    return FormError(f"{_shown(uri)} byte range {describe(byterange)} runs past the end of the file ({size} bytes)")
+    return FormError(f"{shown(uri)} byte range {describe(byterange)} runs past the end of the file ({size} bytes)")
 
 
 async def _size(uri: str, session: aiohttp.ClientSession | None) -> int | None:
@@ -188,7 +189,7 @@ def check_container(uri: str, format_name: str, first: tuple[str, str] | None = 
     suffix = PurePosixPath(urlsplit(uri).path).suffix.lower()
     claim = _CLAIMS.get(suffix)
     if claim is not None and not demuxers & set(claim[1]):
-        raise FormError(f"segment {_shown(uri)} is not {claim[0]} as its name says: it reads as {format_name}")
+        raise FormError(f"segment {shown(uri)} is not {claim[0]} as its name says: it reads as {format_name}")
     if first is not None and format_name != first[1]:
-        raise FormError(f"segment {_shown(uri)} reads as {format_name}, not {first[1]} like the playlist's "
-                        f"first segment {_shown(first[0])}")
+        raise FormError(f"segment {shown(uri)} reads as {format_name}, not {first[1]} like the playlist's "
+                        f"first segment {shown(first[0])}")

@@ -152,6 +152,11 @@ class InitSection:
     uri: str  # absolute URL or local path
     byterange: tuple[int, int] | None = None  # (offset, length) within the resource; None: all of it
 
+    @property
+    def shown(self) -> str:
+        """The URI for messages and logs: no query (a packager's signed URL keeps its signature)."""
+        return hls_forms.shown(self.uri)
+
 
 @dataclass(frozen=True)
 class SegmentRef:
@@ -163,6 +168,11 @@ class SegmentRef:
     program_date_time: datetime.datetime | None = None  # EXT-X-PROGRAM-DATE-TIME, carried forward
     init: InitSection | None = None  # EXT-X-MAP in force: the segment is an fMP4 fragment
     byterange: tuple[int, int] | None = None  # EXT-X-BYTERANGE as (offset, length): only these bytes of uri
+
+    @property
+    def shown(self) -> str:
+        """The URI for messages and logs: no query (a packager's signed URL keeps its signature)."""
+        return hls_forms.shown(self.uri)
 
 
 @dataclass(frozen=True)
@@ -305,7 +315,7 @@ async def read_range(uri: str, byterange: tuple[int, int] | None, session: aioht
         try:
             return await asyncio.to_thread(Path(uri).read_bytes)
         except OSError as exc:
-            raise IngestError(f"cannot read {what} {uri}: {exc.strerror or exc}") from exc
+            raise IngestError(f"cannot read {what} {hls_forms.shown(uri)}: {exc.strerror or exc}") from exc
     offset, length = byterange
     if _is_url(uri):
         assert session is not None
@@ -313,7 +323,7 @@ async def read_range(uri: str, byterange: tuple[int, int] | None, session: aioht
     else:
         data = await asyncio.to_thread(_read_local_range, uri, offset, length, what)
     if len(data) != length:
-        raise IngestError(f"{what} {uri}: byte range {length}@{offset} runs past the end of the resource "
+        raise IngestError(f"{what} {hls_forms.shown(uri)}: byte range {length}@{offset} runs past the end of the resource "
                           f"({offset + len(data)} bytes)")
     return data
 
@@ -415,7 +425,7 @@ async def _check_flow(client: TAMSClient, plan: _FlowPlan,
 def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: Playlist,
                 init_segments: bool = False) -> list[_FlowPlan]:
     if init_segments and props.video is not None and props.audio is not None:
-        raise IngestError(f"{playlist.segments[options.start_segment].uri}: fMP4 segments that carry video and audio "
+        raise IngestError(f"{playlist.segments[options.start_segment].shown}: fMP4 segments that carry video and audio "
                           "together are not supported; CMAF packagers give each its own rendition (EXT-X-MEDIA)")
     flow_id = options.flow_id or str(uuid.uuid4())
     label = options.label or playlist.name
@@ -447,7 +457,7 @@ def _plan_flows(options: IngestOptions, props: media.MediaProperties, playlist: 
         body = technical(props.audio.flow_fields(), "audio", flow_id, source, "")
         return [_FlowPlan("audio", flow_id, _merge(body, options.flow_params), source_id_given=bool(options.source_id))]
     if props.video is None:
-        raise IngestError(f"{playlist.segments[0].uri} has no video or audio stream")
+        raise IngestError(f"{playlist.segments[0].shown} has no video or audio stream")
     video_source = options.source_id or _derived_id(flow_id, "source")
     video_body = technical(props.video.flow_fields(), "video", flow_id, video_source, " (video)" if with_audio else "")
     plans = [_FlowPlan("video", flow_id, _merge(video_body, options.flow_params), source_id_given=bool(options.source_id))]
@@ -535,7 +545,7 @@ class _InitObjects:
     async def _read(self, section: InitSection) -> bytes:
         data = await read_range(section.uri, section.byterange, self._session, "init segment")
         if b"moov" not in _boxes(data):
-            raise IngestError(f"init segment {section.uri} is not an MP4 initialization segment (no moov box)")
+            raise IngestError(f"init segment {section.shown} is not an MP4 initialization segment (no moov box)")
         return data
 
     async def object_id(self, kind: str, section: InitSection, targets: _Targets) -> str:
@@ -548,7 +558,7 @@ class _InitObjects:
         data = await self.data(section)
         target = await targets.next()
         await self._client.upload_object(target, data)
-        logger.info("uploaded init segment %s as object %s", section.uri, target.object_id)
+        logger.info("uploaded init segment %s as object %s", section.shown, target.object_id)
         return target.object_id
 
     async def close(self) -> None:
@@ -710,21 +720,21 @@ def _check_form(ref: SegmentRef, data: bytes) -> None:
     """An fMP4 fragment where the playlist gives an init section, and only there."""
     fragment = bool(_FRAGMENT_BOXES & set(_boxes(data)[:2]))
     if ref.init is not None and not fragment:
-        raise IngestError(f"segment {ref.uri} is not an fMP4 fragment, though the playlist gives it "
-                          f"an init section (EXT-X-MAP {ref.init.uri})")
+        raise IngestError(f"segment {ref.shown} is not an fMP4 fragment, though the playlist gives it "
+                          f"an init section (EXT-X-MAP {ref.init.shown})")
     if ref.init is None and fragment:
-        raise IngestError(f"segment {ref.uri} is an fMP4 fragment, but the playlist gives it no init section (EXT-X-MAP)")
+        raise IngestError(f"segment {ref.shown} is an fMP4 fragment, but the playlist gives it no init section (EXT-X-MAP)")
 
 
 def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: bool,
                   init: bytes | None = None) -> _Prepared:
     _check_form(ref, data)
     # A fragment's timing (tfdt, trun) needs its init segment's track timescales to be read.
-    timing = media.read_timing(data if init is None else init + data, kinds=kinds, name=ref.uri)
+    timing = media.read_timing(data if init is None else init + data, kinds=kinds, name=ref.shown)
     missing = [kind for kind in kinds if kind not in timing.streams]
     if missing:
-        raise IngestError(f"segment {ref.uri} has no {missing[0]} stream")
-    objects = media.split_essences(data, kinds, name=ref.uri) if split else {kinds[0]: data}
+        raise IngestError(f"segment {ref.shown} has no {missing[0]} stream")
+    objects = media.split_essences(data, kinds, name=ref.shown) if split else {kinds[0]: data}
     return _Prepared(ref, timing, objects)
 
 
@@ -795,12 +805,12 @@ async def _first_properties(playlist: Playlist, kind: str, master: str, session:
     _check_form(ref, data)
     init = await inits.data(ref.init) if ref.init is not None else b""
     try:
-        props = await asyncio.to_thread(media.probe, init + data, name=ref.uri)
+        props = await asyncio.to_thread(media.probe, init + data, name=ref.shown)
     except media.MediaError as exc:
         raise IngestError(str(exc)) from exc
     _check_container(ref, props.format_name)
     if getattr(props, kind) is None:
-        raise IngestError(f"segment {ref.uri} of the {kind} playlist of {master} has no {kind} stream")
+        raise IngestError(f"segment {ref.shown} of the {kind} playlist of {master} has no {kind} stream")
     return props
 
 
@@ -900,7 +910,7 @@ async def _checked_window(playlist: Playlist, options: IngestOptions, feed: hls_
         window = hls_live.queue_window(playlist, feed, start=options.start_segment, count=options.segment_count)
     for ref in window:
         if not _is_url(ref.uri) and not Path(ref.uri).is_file():
-            raise IngestError(f"no such segment file: {ref.uri}")
+            raise IngestError(f"no such segment file: {ref.shown}")
     try:
         await hls_forms.check_ranges(window, session)
     except hls_forms.FormError as exc:
@@ -929,7 +939,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         _check_form(window[0], first_data)
         first_init = await inits.data(window[0].init) if window[0].init is not None else b""
         try:
-            props = await asyncio.to_thread(media.probe, first_init + first_data, name=window[0].uri)
+            props = await asyncio.to_thread(media.probe, first_init + first_data, name=window[0].shown)
         except media.MediaError as exc:
             raise IngestError(str(exc)) from exc
         _check_container(window[0], props.format_name)
@@ -989,7 +999,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
 
     async def prepare(ref: SegmentRef) -> _Prepared:
         if (ref.init is not None) != fragmented:
-            raise IngestError(f"segment {ref.uri} {'has no' if fragmented else 'has an'} EXT-X-MAP init section, "
+            raise IngestError(f"segment {ref.shown} {'has no' if fragmented else 'has an'} EXT-X-MAP init section, "
                               f"unlike the Flow's first segment: a Flow's objects all have init objects or none")
         data = first_data if ref is window[0] else await _segment_bytes(ref, session)
         init = await inits.data(ref.init) if ref.init is not None else None
@@ -1201,7 +1211,8 @@ def _positive_int(text: str) -> int:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Ingest an HLS playlist (MPEG-TS or fMP4/CMAF segments, byte ranges, audio renditions, live with --follow) into a TAMS store.",
+        description="Ingest an HLS playlist (MPEG-TS or fMP4/CMAF segments, byte ranges, audio renditions, "
+        "live with --follow) into a TAMS store.",
         formatter_class=HelpFormatter,
     )
     add_credential_args(parser)

@@ -428,3 +428,31 @@ def test_only_an_object_with_the_same_init_counts_as_the_media_before_a_fragment
     assert not follows(first, segment("c", 2, "init-2"), Fraction(1, 60))
     assert not follows(first, segment("d", 2, None), Fraction(1, 60))
     assert follows(segment("e", 0, None), segment("f", 2, None), Fraction(1, 60))
+
+
+def test_signed_segment_urls_keep_their_signatures_out_of_errors_and_logs(
+    store: RunningStore, fmp4: Fmp4, tmp_path: Path
+) -> None:
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    shutil.copytree(fmp4.playlist.parent, served)
+    (served / fmp4.init.name).write_bytes(b"\x00\x00\x00\x10junkjunkjunkjunk" * 8)  # not an init segment
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    signed = "?X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=sekrit0123456789"
+    try:
+        text = fmp4.playlist.read_text().replace(f'URI="{fmp4.init.name}"', f'URI="{base}/{fmp4.init.name}{signed}"')
+        text = "\n".join(f"{base}/{line}{signed}" if line.endswith(".m4s") else line for line in text.splitlines())
+        playlist = tmp_path / "signed.m3u8"
+        playlist.write_text(text + "\n")
+        done = _run(store, "ingest_hls.py", "--hls-filename", str(playlist), "--verbose", cwd=tmp_path)
+    finally:
+        server.shutdown()
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"init segment {base}/{fmp4.init.name} is not an MP4 initialization segment" in done.stderr
+    assert "sekrit" not in done.stderr + done.stdout and "AKIDEXAMPLE" not in done.stderr + done.stdout
