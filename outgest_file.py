@@ -1045,22 +1045,33 @@ class InitObjects:
         self._client = client
         self._tasks: dict[str, asyncio.Task[bytes]] = {}
 
-    async def head(self, segment: SegmentRef) -> bytes:
+    async def head(self, flow_id: str, segment: SegmentRef) -> bytes:
         if segment.init is None:
             return b""
         task = self._tasks.get(segment.init.object_id)
         if task is None:
-            task = self._tasks[segment.init.object_id] = asyncio.create_task(self._get(segment, segment.init))
+            task = self._tasks[segment.init.object_id] = asyncio.create_task(self._get(flow_id, segment, segment.init))
         return await asyncio.shield(task)
 
-    async def _get(self, segment: SegmentRef, init: InitRef) -> bytes:
+    async def _get(self, flow_id: str, segment: SegmentRef, init: InitRef) -> bytes:
+        """The init object's bytes, from each of its get_urls in turn; on 401/403 from storage (an
+        expired presigned URL) the store is asked once for the segment's fresh URLs, as for media."""
         failure: TAMSError | None = None
-        for url in init.get_urls:
-            try:
-                async with self._client.stream_object(url) as chunks:
-                    return b"".join([chunk async for chunk in chunks])
-            except TAMSError as exc:
-                failure = exc
+        urls = init.get_urls
+        for attempt in range(2):
+            for url in urls:
+                try:
+                    async with self._client.stream_object(url) as chunks:
+                        return b"".join([chunk async for chunk in chunks])
+                except TAMSError as exc:
+                    failure = exc
+            if attempt or not (isinstance(failure, TAMSResponseError) and failure.status in (401, 403)):
+                break
+            urls = ()
+            async for item in self._client.segments(flow_id, timerange=segment.timerange, object_id=segment.object_id):
+                fresh = SegmentRef.from_json(item).init
+                urls = fresh.get_urls if fresh is not None else ()
+                break
         reason = failure or "it has no get_urls"
         raise OutgestError(f"segment {segment.timerange}: cannot download init object {init.object_id}: {reason}")
 
@@ -1077,7 +1088,7 @@ async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Pa
     urls = segment.get_urls
     if not urls:
         raise OutgestError(f"segment {segment.timerange}: object {segment.object_id} has no get_urls")
-    head = await inits.head(segment)
+    head = await inits.head(flow_id, segment)
     failure: TAMSError | None = None
     for attempt in range(2):
         for url in urls:

@@ -456,3 +456,24 @@ def test_signed_segment_urls_keep_their_signatures_out_of_errors_and_logs(
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert f"init segment {base}/{fmp4.init.name} is not an MP4 initialization segment" in done.stderr
     assert "sekrit" not in done.stderr + done.stdout and "AKIDEXAMPLE" not in done.stderr + done.stdout
+
+
+async def test_an_expired_init_object_url_is_asked_for_again_like_a_media_url(
+    store_factory: Any, fmp4: Fmp4, tmp_path: Path
+) -> None:
+    import outgest_file
+
+    short = store_factory(extra_args=["--presigned-url-ttl", "1"])
+    flow_id = _ingested(short, fmp4.playlist, tmp_path, "--quiet")
+    async with _client(short) as client:
+        listed = [outgest_file.SegmentRef.from_json(s) async for s in client.segments(flow_id, presigned=True)]
+        assert listed[0].init is not None and "?" in str(listed[0].init.get_urls[0]["url"])  # presigned
+        await asyncio.sleep(2.1)  # every URL listed has expired
+        inits = outgest_file.InitObjects(client)
+        try:
+            path = tmp_path / "object.mp4"
+            size = await outgest_file._fetch(client, flow_id, listed[1], path, inits)
+        finally:
+            await inits.close()
+    assert size == len(fmp4.segments[1].read_bytes())
+    assert path.read_bytes() == fmp4.init.read_bytes() + fmp4.segments[1].read_bytes()
