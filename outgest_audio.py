@@ -646,6 +646,8 @@ async def outgest_av(
     bar = of._progress_bar(total or None, progress)
     inits = of.InitObjects(client)  # fMP4 init objects, for the objects in order and the video's precharge
 
+    checked: set[tuple[str, str]] = set()  # segments whose timing was checked
+
     def process(kind: str, segment: of.SegmentRef, path: Path, context: bool = False,
                 chain: Sequence[tuple[of.SegmentRef, Path]] = (), lose_prior: bool = False) -> of.SegmentResult | None:
         """Write one segment; for video, with ``write_segment``'s context and precharge ``chain``
@@ -655,7 +657,8 @@ async def outgest_av(
             with contextlib.ExitStack() as stack:
                 media = stack.enter_context(of.read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange,
                                                            frame_rate=frame_rate))
-                if check_timing and not lose_prior:
+                if check_timing and (segment.object_id, str(segment.timerange)) not in checked:  # once per segment, not per precharge try
+                    checked.add((segment.object_id, str(segment.timerange)))
                     for problem in of.check_segment_timing(path, media, segment):
                         summary.timing_warnings += 1
                         logger.warning("Flow %s segment %s (object %s): %s", flow_id, segment.timerange,

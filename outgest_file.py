@@ -1397,6 +1397,8 @@ async def _outgest_flow(
     writer = FlowFileWriter(output, frame_rate)
     bar = _progress_bar(total, progress)
 
+    checked: set[tuple[str, str]] = set()  # segments whose timing was checked
+
     def process(segment: SegmentRef, path: Path, context: bool, chain: Sequence[tuple[SegmentRef, Path]],
                 lose_prior: bool) -> SegmentResult:
         try:
@@ -1405,7 +1407,8 @@ async def _outgest_flow(
                                                         frame_rate=frame_rate))
                 earlier = OnDemand(lambda s, p: stack.enter_context(
                     read_object(p, kind=kind, codec=codec, anchor=s.media_timerange, frame_rate=frame_rate)), chain)
-                if check_timing and not lose_prior:
+                if check_timing and (segment.object_id, str(segment.timerange)) not in checked:  # once per segment, not per precharge try
+                    checked.add((segment.object_id, str(segment.timerange)))
                     for problem in check_segment_timing(path, media, segment):
                         summary.timing_warnings += 1
                         logger.warning("segment %s (object %s): %s", segment.timerange, segment.object_id, problem)
@@ -1446,7 +1449,7 @@ async def _outgest_flow(
                         "re-encoded segment %s (object %s, %d frames): %s",
                         segment.timerange, segment.object_id, result.frames, result.reason,
                     )
-                elif result.frames == 0 and request is None:
+                elif result.frames == 0 and request is None and not result.lost:
                     logger.warning(
                         "segment %s (object %s) gives no frames in the timerange; check its ts_offset",
                         segment.timerange, segment.object_id,
