@@ -160,6 +160,23 @@ def _live(directory: Path, content: SynthesizedHLS | Path, window: int) -> sampl
     return live
 
 
+async def _following(store: RunningStore, content: SynthesizedHLS, tmp_path: Path, *, window: int, published: int,
+                     args: list[str] | None = None, first_segment: bool = True,
+                     ) -> tuple[sample_content.LiveWindow, str, Run]:
+    """A live window of ``content`` with ``published`` segments, followed by a new run into a new
+    Flow; returns once the run has registered its first segment (or, without ``first_segment``,
+    once it has set up its Flows)."""
+    live = _live(tmp_path / "live", content, window)
+    live.publish(published)
+    flow_id = str(uuid.uuid4())
+    run = await _start(store, live.playlist, flow_id, "--follow", *(args or []), cwd=tmp_path)
+    if first_segment:
+        await _wait_for_segments(store, flow_id, 1)
+    else:
+        await run.loaded()
+    return live, flow_id, run
+
+
 async def _advance(live: sample_content.LiveWindow, until: int, every: float = 0.5) -> None:
     """Publish one segment each ``every`` seconds (half the target duration: none is missed)."""
     while live.published < until:
@@ -173,11 +190,7 @@ async def _advance(live: sample_content.LiveWindow, until: int, every: float = 0
 async def test_follow_ingests_a_live_window_across_the_wrap_every_frame_once_in_order(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=4)
-    live.publish(3)
-    flow_id = str(uuid.uuid4())
-    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
-    await run.loaded()
+    live, flow_id, run = await _following(shared_store, wrapped, tmp_path, window=4, published=3, first_segment=False)
     await _advance(live, 8)
     live.end()
     code, stdout, stderr = await run.finish()
@@ -357,11 +370,7 @@ async def test_after_a_new_timestamp_base_audio_keeps_its_place_against_the_vide
 async def test_a_playlist_briefly_missing_is_loaded_again_and_nothing_is_lost(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=4)
-    live.publish(3)
-    flow_id = str(uuid.uuid4())
-    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
-    await _wait_for_segments(shared_store, flow_id, 1)
+    live, flow_id, run = await _following(shared_store, wrapped, tmp_path, window=4, published=3)
     hidden = live.playlist.with_name("hidden.m3u8")
     live.playlist.rename(hidden)
     await asyncio.sleep(2.5)  # a few failed reloads (0.5, 1, 2 s apart), fewer than the limit
@@ -378,12 +387,8 @@ async def test_a_playlist_briefly_missing_is_loaded_again_and_nothing_is_lost(
 async def test_a_playlist_gone_for_good_ends_the_run_in_one_line_with_whole_segments(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=3)
-    live.publish(3)
-    flow_id = str(uuid.uuid4())
-    run = await _start(shared_store, live.playlist, flow_id, "--follow", "--reload-attempts", "2", "--quiet",
-                       cwd=tmp_path)
-    await _wait_for_segments(shared_store, flow_id, 1)
+    live, flow_id, run = await _following(shared_store, wrapped, tmp_path, window=3, published=3,
+                                          args=["--reload-attempts", "2", "--quiet"])
     live.playlist.unlink()
     code, stdout, stderr = await run.finish()
     assert code == 1
@@ -399,11 +404,7 @@ async def test_a_playlist_gone_for_good_ends_the_run_in_one_line_with_whole_segm
 async def test_sigterm_finishes_what_was_read_and_a_resumed_run_completes_the_flow(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=4)
-    live.publish(4)
-    flow_id = str(uuid.uuid4())
-    run = await _start(shared_store, live.playlist, flow_id, "--follow", "--concurrency", "1", cwd=tmp_path)
-    await _wait_for_segments(shared_store, flow_id, 1)
+    live, flow_id, run = await _following(shared_store, wrapped, tmp_path, window=4, published=4, args=["--concurrency", "1"])
     run.process.send_signal(signal.SIGTERM)
     code, stdout, stderr = await run.finish()
     assert code == 128 + signal.SIGTERM, stderr
@@ -430,11 +431,7 @@ async def test_a_second_sigterm_abandons_the_segments_in_flight_and_a_resumed_ru
     store_factory: Callable[..., RunningStore], wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
     store = store_factory(latency_ms=200)  # uploads and registrations are in flight when the signals come
-    live = _live(tmp_path / "live", wrapped, window=8)
-    live.publish(6)
-    flow_id = str(uuid.uuid4())
-    run = await _start(store, live.playlist, flow_id, "--follow", "--concurrency", "2", cwd=tmp_path)
-    await _wait_for_segments(store, flow_id, 1)
+    live, flow_id, run = await _following(store, wrapped, tmp_path, window=8, published=6, args=["--concurrency", "2"])
     run.process.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.05)
     run.process.send_signal(signal.SIGTERM)
@@ -458,11 +455,7 @@ async def test_a_second_sigterm_abandons_the_segments_in_flight_and_a_resumed_ru
 async def test_segments_gone_before_they_were_read_are_reported_as_a_gap_not_made_up(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=2)
-    live.publish(2)
-    flow_id = str(uuid.uuid4())
-    run = await _start(shared_store, live.playlist, flow_id, "--follow", cwd=tmp_path)
-    await _wait_for_segments(shared_store, flow_id, 1)
+    live, flow_id, run = await _following(shared_store, wrapped, tmp_path, window=2, published=2)
     live.publish(4)  # 2 and 3 come and go between two reloads
     live.end()
     code, stdout, stderr = await run.finish()
@@ -475,11 +468,7 @@ async def test_segments_gone_before_they_were_read_are_reported_as_a_gap_not_mad
 async def test_a_media_sequence_going_backwards_stops_in_one_line_with_whole_segments(
     shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
 ) -> None:
-    live = _live(tmp_path / "live", wrapped, window=3)
-    live.publish(3)
-    flow_id = str(uuid.uuid4())
-    run = await _start(shared_store, live.playlist, flow_id, "--follow", "--quiet", cwd=tmp_path)
-    await _wait_for_segments(shared_store, flow_id, 1)
+    live, flow_id, run = await _following(shared_store, wrapped, tmp_path, window=3, published=3, args=["--quiet"])
     live.publish(2)
     await _wait_for_segments(shared_store, flow_id, 3)
     live.rewrite(0)  # media sequence 2 -> 0
