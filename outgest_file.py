@@ -49,10 +49,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import Any, BinaryIO, Generic, Self, TypeVar, cast
 
 from mediatimestamp.immutable import TimeRange, Timestamp
 
+import ts_scan
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
 from credentials import HelpFormatter, add_credential_args, connection_from_args
 from gop_cuts import ENCODER_OPTIONS, ENCODERS, NeedPrecharge, ReencodeError, needs_prior, plan_pieces, reencode, set_verbose
@@ -78,6 +79,7 @@ __all__ = [
     "ObjectMedia",
     "OutgestError",
     "OutgestSummary",
+    "RawJoin",
     "SegmentPlan",
     "SegmentRef",
     "encoder_options",
@@ -539,6 +541,14 @@ class DecodeClock(Generic[P]):
         else:
             self._ramp = len(self._pending)
 
+    def follow(self, first_shown: Fraction, delay: Fraction) -> None:
+        """Packets from ``first_shown`` on have gone out by other means, reordered by ``delay``:
+        a deeper delay later is spread over the packets waiting then, as after packets of our own."""
+        if self.first_shown is None:
+            self.first_shown = first_shown
+        if self._target is None or delay > self._target:
+            self._target = self._delay = delay
+
     def push(self, item: P, pts: Fraction) -> Iterator[tuple[P, Fraction, Fraction, Fraction]]:
         """Take a packet (``item``) presented at ``pts``; yields the (item, pts, shown, delay) now due."""
         self._pending.append((item, pts))
@@ -592,7 +602,7 @@ class FlowFileWriter:
 
     def __init__(self, path: Path, frame_rate: Fraction | None = None) -> None:
         self.path = path
-        self.format = "mp4" if path.suffix.lower() == ".mp4" else "mpegts"
+        self.format = self.format_of(path)
         if path.is_dir():
             raise OutgestError(f"cannot write {path}: it is a directory")
         self.temp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
@@ -614,13 +624,32 @@ class FlowFileWriter:
         self.frames = 0
         self.nudged = 0
         self._annexb = AnnexB()
+        # Whole MPEG-TS objects written as they are (see RawJoin), before any muxed packet.
+        self._raw: BinaryIO | None = None
+        self._continuity = ts_scan.Continuity()
+        self._layout: ts_scan.TsLayout | None = None
+        self._sink: _CarriedOn | None = None  # the muxer's file after whole objects
+
+    @staticmethod
+    def format_of(path: Path) -> str:
+        return "mp4" if path.suffix.lower() == ".mp4" else "mpegts"
 
     def _open(self, template: av.stream.Stream) -> av.stream.Stream:
         if self._stream is not None:
             return self._stream
         options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else self._mp4_options()
+        target: str | _CarriedOn = str(self.temp_path)
+        if self._raw is not None and self._layout is not None:
+            # After whole objects: the same PIDs, program and transport stream, a new table
+            # version (so demuxers read the muxer's PMT), counters counting on.
+            target = self._sink = _CarriedOn(self._raw, self._continuity)
+            options.update(mpegts_transport_stream_id=str(self._layout.transport_stream_id),
+                           mpegts_service_id=str(self._layout.program), mpegts_pmt_start_pid=str(self._layout.pmt_pid),
+                           mpegts_start_pid=str(self._layout.video_pid), tables_version=str((self._layout.version + 1) % 32))
+            if template.codec_context.name != self._codec:
+                raise OutgestError(f"an object holds {template.codec_context.name}, earlier ones {self._codec}")
         try:
-            self._output = av.open(str(self.temp_path), "w", format=self.format, container_options=options)
+            self._output = av.open(target, "w", format=self.format, container_options=options)
             self._stream = self._output.add_stream_from_template(template)
             self._annexb.open(template, self._stream)
             if self.format == "mp4" and template.codec_context.name == "hevc":
@@ -655,6 +684,23 @@ class FlowFileWriter:
         for item, at, shown, delay in self._clock.push((packet, duration), pts):
             self._emit(item, at, shown, delay)
 
+    def write_raw(self, whole: RawObject) -> None:
+        """Append a whole MPEG-TS object as it is, its continuity counters renumbered."""
+        if self.format != "mpegts" or self._output is not None:
+            raise OutgestError("whole objects are written only into MPEG-TS, before any muxed frame")
+        try:
+            if self._raw is None:
+                self._raw = self.temp_path.open("wb")
+            self._continuity.join(whole.data, whole.scan)
+            self._raw.write(whole.data)
+        except OSError as exc:
+            raise OutgestError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self._layout = whole.scan.layout
+        self._codec = whole.scan.layout.codec
+        self._last_dts = whole.last_dts
+        self._clock.follow(Fraction(whole.first_dts + whole.delay, TS_CLOCK), Fraction(whole.delay, TS_CLOCK))
+        self.frames += whole.frames
+
     def _ticks(self, t: Fraction) -> int:
         assert self._origin is not None
         return round((t - self._origin) / self.time_base)
@@ -688,14 +734,20 @@ class FlowFileWriter:
 
     def commit(self) -> int:
         """Finish the file and move it to its name; returns its size in bytes."""
-        if self._output is None:
+        if self._output is None and self._raw is None:
             self.discard()
             raise OutgestError("no frames to write")
         for item, pts, shown, delay in self._clock.flush():
             self._emit(item, pts, shown, delay)
         try:
-            self._output.close()
-            self._output = None
+            if self._output is not None:
+                self._output.close()
+                self._output = None
+            if self._sink is not None and self._sink.pending:
+                raise OutgestError(f"the muxer left {self._sink.pending} bytes that are no whole MPEG-TS packet")
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
             if self._codec == "hevc" and self.format == "mp4" and not self.mixed_parameter_sets \
                     and len(self._parameter_sets) == 1:
                 self._retag_hvc1()
@@ -741,7 +793,35 @@ class FlowFileWriter:
             except (av.error.FFmpegError, OSError):
                 pass
             self._output = None
+        if self._raw is not None:
+            with contextlib.suppress(OSError):
+                self._raw.close()
+            self._raw = None
         self.temp_path.unlink(missing_ok=True)
+
+
+class _CarriedOn:
+    """The file a muxer writes into after whole MPEG-TS objects: its packets' continuity counters
+    count on from theirs (``ts_scan.Continuity``)."""
+
+    def __init__(self, file: BinaryIO, continuity: ts_scan.Continuity) -> None:
+        self._file = file
+        self._continuity = continuity
+        self._partial = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._partial)
+
+    def write(self, data: bytes) -> int:
+        self._partial += data
+        whole = len(self._partial) - len(self._partial) % ts_scan.PACKET_SIZE
+        if whole:
+            packets = self._partial[:whole]
+            del self._partial[:whole]
+            self._continuity.carry_on(packets)
+            self._file.write(packets)
+        return len(data)
 
 
 class AnnexB:
@@ -806,8 +886,12 @@ class SegmentResult:
 def reorder_delay(media: ObjectMedia) -> Fraction:
     """How far (seconds) the object's decode timestamps run behind its presentation times: the
     most by which the i-th packet's dts precedes the i-th smallest pts."""
-    shown = sorted(f.pts for f in media.frames)
-    return max(0, max(p - f.dts for p, f in zip(shown, media.frames))) * media.time_base
+    return _reorder_ticks(media.frames) * media.time_base
+
+
+def _reorder_ticks(frames: Sequence[FrameTiming]) -> int:
+    shown = sorted(f.pts for f in frames)
+    return max(0, max(p - f.dts for p, f in zip(shown, frames)))
 
 
 def write_segment(
@@ -1025,6 +1109,17 @@ def _essence(flow: Mapping[str, Any]) -> tuple[str, str, Fraction | None]:
     return kinds[fmt], codec, frame_rate
 
 
+def _copies_whole_objects(flow: Mapping[str, Any], output: Path, check_timing: bool) -> bool:
+    """Whether an export of ``flow`` to ``output`` may write whole objects as they are (RawJoin):
+    then PyAV is imported only when a segment turns out to need it."""
+    try:
+        kind, codec, frame_rate = _essence(flow)
+    except OutgestError:
+        return False
+    return (FlowFileWriter.format_of(output) == "mpegts" and str(flow.get("container")).lower() == "video/mp2t"
+            and kind == "video" and codec in ("h264", "hevc") and frame_rate is not None and not check_timing)
+
+
 async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path, head: bytes = b"") -> int:
     """Stream the object at ``url`` into ``path`` after ``head``; return the object's size."""
     size = 0
@@ -1198,6 +1293,80 @@ async def _predecessor(client: TAMSClient, flow_id: str, segment: SegmentRef, to
 Runner = Callable[[SegmentRef, Path, bool, Sequence[tuple[SegmentRef, Path]], bool], Awaitable[SegmentResult]]
 
 
+@dataclass
+class RawObject:
+    """A whole MPEG-TS object the export can write as it is (``RawJoin.admit``)."""
+
+    segment: SegmentRef
+    path: Path
+    context: bool
+    data: bytearray
+    scan: ts_scan.TsScan
+    frames: int
+    first_dts: int  # Flow time, 90 kHz ticks
+    last_dts: int
+    delay: int  # reorder delay, ticks
+
+
+class RawJoin:
+    """Whole MPEG-TS objects into an MPEG-TS export byte for byte, while that is the export.
+
+    A segment qualifies when its object is one H.264/HEVC stream (``ts_scan.scan``), every frame
+    of it is one the segment and the request take (by ``plan_segment``: the rule every export
+    uses) and is as many as the segment's duration holds at the Flow's frame rate, its
+    ``ts_offset`` moves timestamps by whole 2^33 wraps (so the stored pts/dts are the Flow times
+    an export writes), and it decodes from its own first frame or follows the object written
+    before it. Consecutive objects must share PIDs and tables, keep decode times increasing and
+    reorder by the same delay.
+
+    The first segment that does not qualify, and everything after it, goes through the muxer,
+    which carries on the PIDs and counters. The last qualifying object is held back until the
+    next segment is known, so that when that one is muxed the held one is muxed too, and the
+    decode clock sees a change of GOP structure with the frames before it (see ``DecodeClock``).
+    """
+
+    def __init__(self, writer: FlowFileWriter, codec: str, frame_rate: Fraction, request: TimeRange | None) -> None:
+        self.writer = writer
+        self.codec = codec
+        self.frame_rate = frame_rate
+        self.request = request
+
+    def admit(self, segment: SegmentRef, path: Path, context: bool) -> RawObject | None:
+        """``segment``'s object (at ``path``) if it qualifies, else None (runs in the writer's thread)."""
+        offset = _to_fraction(segment.ts_offset) * TS_CLOCK
+        start, end = segment.timerange.start, segment.timerange.end
+        if offset.denominator != 1 or offset % MPEGTS_WRAP or start is None or end is None:
+            return None
+        duration = (_to_fraction(end) - _to_fraction(start)) * self.frame_rate
+        try:
+            with path.open("rb") as file:
+                data = bytearray(path.stat().st_size)
+                file.readinto(data)
+        except OSError as exc:
+            raise OutgestError(f"cannot read the downloaded object: {exc.strerror or exc}") from exc
+        found = ts_scan.scan(data)
+        if isinstance(found, str) or found.layout.codec != self.codec or abs(duration - len(found.pts)) >= Fraction(1, 2):
+            if isinstance(found, str):
+                logger.debug("segment %s (object %s) is muxed: %s", segment.timerange, segment.object_id, found)
+            return None
+        anchor = segment.media_timerange.start
+        pts = unwrap_mpegts(found.pts, anchor.to_count(TS_CLOCK) if anchor is not None else None)
+        frames = [FrameTiming(p, p - _wrapped_distance(raw, d), i == 0 and found.first_is_key)
+                  for i, (p, raw, d) in enumerate(zip(pts, found.pts, found.dts))]
+        plan = plan_segment(frames, WORK_TIME_BASE, segment, request=self.request, frame_duration=1 / self.frame_rate)
+        if len(plan.packets) != len(frames) or not (context or not needs_prior(frames)):
+            return None
+        shift = int(offset)
+        return RawObject(segment, path, context, data, found, len(frames), frames[0].dts + shift,
+                         frames[-1].dts + shift, _reorder_ticks(frames))
+
+    @staticmethod
+    def continues(earlier: RawObject, later: RawObject) -> bool:
+        """Whether ``later`` can follow ``earlier`` in the one stream, as it is."""
+        return (later.scan.layout == earlier.scan.layout and later.first_dts > earlier.last_dts
+                and later.delay == earlier.delay)
+
+
 class OnDemand(Sequence["ObjectMedia"]):
     """The precharge objects of a segment, each read only if the segment's first frames turn out to
     need it (most segments start with a keyframe and need none): ``len`` and truth count them
@@ -1232,7 +1401,11 @@ class VideoSequence:
     """
 
     def __init__(self, client: TAMSClient, flow_id: str, scratch: Path, frame_rate: Fraction | None,
-                 exact: bool, run: Runner, inits: InitObjects) -> None:
+                 exact: bool, run: Runner, inits: InitObjects, raw: RawJoin | None = None,
+                 offload: Callable[..., Awaitable[Any]] | None = None) -> None:
+        self.raw = raw  # while set, whole MPEG-TS objects are written as they are
+        self.offload = offload  # runs a function in the writer's thread
+        self.held: RawObject | None = None
         self.client = client
         self.inits = inits
         self.flow_id = flow_id
@@ -1250,8 +1423,10 @@ class VideoSequence:
         context = joined and previous is not None and previous[2].clean_end
         chain: list[tuple[SegmentRef, Path]] = [previous[:2]] if joined and previous is not None else []
         fetched: list[Path] = []
+        result = await self._as_it_is(segment, path, context) if self.raw is not None else None
         try:
-            result = await self._precharged(segment, path, context, chain, fetched)
+            if result is None:
+                result = await self._precharged(segment, path, context, chain, fetched)
         finally:
             for target in fetched:
                 target.unlink(missing_ok=True)
@@ -1259,8 +1434,33 @@ class VideoSequence:
             previous[1].unlink(missing_ok=True)
         kept = path.with_suffix(".previous")
         path.rename(kept)
+        if self.held is not None and self.held.path == path:
+            self.held.path = kept
         self.previous = (segment, kept, result)
         return result
+
+    async def _as_it_is(self, segment: SegmentRef, path: Path, context: bool) -> SegmentResult | None:
+        """Hold ``segment``'s object to be written as it is (``RawJoin``), writing the one held
+        before; or, if it does not qualify, mux the held one and return None."""
+        assert self.raw is not None and self.offload is not None
+        candidate = await self.offload(self.raw.admit, segment, path, context)
+        held, self.held = self.held, None
+        if candidate is not None and (held is None or self.raw.continues(held, candidate)):
+            if held is not None:
+                await self.offload(self.raw.writer.write_raw, held)
+            self.held = candidate
+            return SegmentResult(candidate.frames, False, clean_end=True)
+        logger.debug("segment %s (object %s) on: muxed", segment.timerange, segment.object_id)
+        self.raw = None
+        if held is not None:  # its file is still the kept previous object
+            await self.run(held.segment, held.path, held.context, (), False)
+        return None
+
+    async def finish(self) -> None:
+        """Write the object still held (call once every segment has been written)."""
+        if self.held is not None and self.raw is not None and self.offload is not None:
+            held, self.held = self.held, None
+            await self.offload(self.raw.writer.write_raw, held)
 
     async def _precharged(self, segment: SegmentRef, path: Path, context: bool,
                           chain: list[tuple[SegmentRef, Path]], fetched: list[Path]) -> SegmentResult:
@@ -1316,8 +1516,9 @@ async def outgest(
     timerange = timerange if timerange is not None else TimeRange.eternity()
     if concurrency < 1:
         raise OutgestError("--concurrency must be at least 1")
-    # PyAV loads in a thread, and the first page of segments is asked for, while the Flow is.
-    loading = asyncio.create_task(asyncio.to_thread(load_av))
+    # PyAV loads in a thread, and the first page of segments is asked for, while the Flow is; an
+    # MPEG-TS export waits for the Flow, since it may copy whole objects and need no PyAV.
+    loading = None if FlowFileWriter.format_of(output) == "mpegts" else asyncio.create_task(asyncio.to_thread(load_av))
     try:
         async with _asked_ahead(
             client.segments(flow_id, timerange=timerange, include_object_timerange=True)
@@ -1326,6 +1527,8 @@ async def outgest(
                 flow = await client.get_flow(flow_id, include_timerange=True)
             except NotFound as exc:
                 raise OutgestError(f"Flow {flow_id} not found") from exc
+            if loading is None and (audio_flow_id is not None or not _copies_whole_objects(flow, output, check_timing)):
+                loading = asyncio.create_task(asyncio.to_thread(load_av))
             if audio_flow_id is None and flow.get("format") not in (
                 "urn:x-nmos:format:multi", "urn:x-nmos:format:audio"
             ):
@@ -1340,7 +1543,8 @@ async def outgest(
                                               progress=progress)
     finally:
         # A failed import shows again where PyAV is first used; the thread must end before the loop.
-        await asyncio.gather(loading, return_exceptions=True)
+        if loading is not None:
+            await asyncio.gather(loading, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -1435,7 +1639,14 @@ async def _outgest_flow(
             async def run(*args: Any) -> SegmentResult:
                 return await loop.run_in_executor(muxer, process, *args)
 
-            sequence = VideoSequence(client, flow_id, Path(scratch), frame_rate, request is not None, run, inits)
+            async def offload(function: Callable[..., T], *args: Any) -> T:
+                return await loop.run_in_executor(muxer, function, *args)
+
+            raw = None
+            if frame_rate is not None and _copies_whole_objects(flow, output, check_timing):
+                raw = RawJoin(writer, codec, frame_rate, request)
+            sequence = VideoSequence(client, flow_id, Path(scratch), frame_rate, request is not None, run, inits,
+                                     raw, offload)
 
             async def written(segment: SegmentRef, _: None, path: Path, size: int) -> None:
                 summary.downloaded += size
@@ -1460,6 +1671,7 @@ async def _outgest_flow(
                         bar.update(covered)
 
             summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written, inits)
+            await sequence.finish()
             summary.downloaded += sequence.downloaded
             if summary.segments == 0:
                 raise OutgestError(f"Flow {flow_id} has no segments in {timerange.to_sec_nsec_range()}")
