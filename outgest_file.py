@@ -1120,10 +1120,19 @@ def _copies_whole_objects(flow: Mapping[str, Any], output: Path, check_timing: b
             and kind == "video" and codec in ("h264", "hevc") and frame_rate is not None and not check_timing)
 
 
-async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path, head: bytes = b"") -> int:
-    """Stream the object at ``url`` into ``path`` after ``head``; return the object's size."""
+async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path, head: bytes = b"",
+                    memory: dict[Path, bytearray] | None = None) -> int:
+    """Stream the object at ``url`` into ``path`` after ``head`` (or, given ``memory``, into
+    ``memory[path]``); return the object's size."""
     size = 0
     async with client.stream_object(url) as chunks:
+        if memory is not None:
+            data = bytearray(head)
+            async for chunk in chunks:
+                data += chunk
+                size += len(chunk)
+            memory[path] = data
+            return size
         with path.open("wb") as out:
             out.write(head)
             async for chunk in chunks:
@@ -1176,10 +1185,12 @@ class InitObjects:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
-async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Path, inits: InitObjects) -> int:
-    """Stream the segment's object into ``path`` (after its init object's bytes, if it has one),
-    trying each of its get_urls in turn; returns the object's size. On 401/403 from storage (an
-    expired presigned URL, say) asks the store for fresh URLs once."""
+async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Path, inits: InitObjects,
+                 memory: dict[Path, bytearray] | None = None) -> int:
+    """Stream the segment's object into ``path`` (after its init object's bytes, if it has one;
+    into ``memory[path]`` instead if given), trying each of its get_urls in turn; returns the
+    object's size. On 401/403 from storage (an expired presigned URL, say) asks the store for
+    fresh URLs once."""
     urls = segment.get_urls
     if not urls:
         raise OutgestError(f"segment {segment.timerange}: object {segment.object_id} has no get_urls")
@@ -1188,7 +1199,7 @@ async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Pa
     for attempt in range(2):
         for url in urls:
             try:
-                return await _download(client, url, path, head)
+                return await _download(client, url, path, head, memory)
             except TAMSError as exc:
                 failure = exc
         if attempt or not (isinstance(failure, TAMSResponseError) and failure.status in (401, 403)):
@@ -1219,9 +1230,11 @@ async def fetch_in_order(
     concurrency: int,
     handle: Callable[[SegmentRef, T, Path, int], Awaitable[None]],
     inits: InitObjects | None = None,
+    memory: dict[Path, bytearray] | None = None,
 ) -> int:
-    """Download the objects of ``segments`` ((Flow id, segment, tag) triples) into ``scratch``, up
-    to ``concurrency`` downloading or waiting at once, and ``await handle(segment, tag, path,
+    """Download the objects of ``segments`` ((Flow id, segment, tag) triples) into ``scratch``
+    (or, given ``memory``, into ``memory[path]``, which the handler may take), up to
+    ``concurrency`` downloading or waiting at once, and ``await handle(segment, tag, path,
     size)`` for each in the given order; each file is removed once handled. Returns the most objects held at
     one time. The first failure (download or handler) is raised and the rest are cancelled."""
     slots = asyncio.Semaphore(concurrency)  # one per object downloading or waiting to be handled
@@ -1239,7 +1252,7 @@ async def fetch_in_order(
             most = max(most, held)
             path = scratch / f"{number:08d}.obj"
             number += 1
-            await queue.put((segment, tag, tg.create_task(_fetch(client, flow_id, segment, path, inits)), path))
+            await queue.put((segment, tag, tg.create_task(_fetch(client, flow_id, segment, path, inits, memory)), path))
         await queue.put(None)
 
     async def consume() -> None:
@@ -1251,6 +1264,8 @@ async def fetch_in_order(
                 await handle(segment, tag, path, size)
             finally:
                 path.unlink(missing_ok=True)
+                if memory is not None:
+                    memory.pop(path, None)
             held -= 1
             slots.release()
 
@@ -1331,19 +1346,19 @@ class RawJoin:
         self.frame_rate = frame_rate
         self.request = request
 
-    def admit(self, segment: SegmentRef, path: Path, context: bool) -> RawObject | None:
-        """``segment``'s object (at ``path``) if it qualifies, else None (runs in the writer's thread)."""
+    def admit(self, segment: SegmentRef, path: Path, context: bool, data: bytearray | None = None) -> RawObject | None:
+        """``segment``'s object (``data``, or at ``path``) if it qualifies, else None (runs in the
+        writer's thread)."""
         offset = _to_fraction(segment.ts_offset) * TS_CLOCK
         start, end = segment.timerange.start, segment.timerange.end
         if offset.denominator != 1 or offset % MPEGTS_WRAP or start is None or end is None:
             return None
         duration = (_to_fraction(end) - _to_fraction(start)) * self.frame_rate
-        try:
-            with path.open("rb") as file:
-                data = bytearray(path.stat().st_size)
-                file.readinto(data)
-        except OSError as exc:
-            raise OutgestError(f"cannot read the downloaded object: {exc.strerror or exc}") from exc
+        if data is None:
+            try:
+                data = bytearray(path.read_bytes())
+            except OSError as exc:
+                raise OutgestError(f"cannot read the downloaded object: {exc.strerror or exc}") from exc
         found = ts_scan.scan(data)
         if isinstance(found, str) or found.layout.codec != self.codec or abs(duration - len(found.pts)) >= Fraction(1, 2):
             if isinstance(found, str):
@@ -1405,6 +1420,7 @@ class VideoSequence:
                  offload: Callable[..., Awaitable[Any]] | None = None) -> None:
         self.raw = raw  # while set, whole MPEG-TS objects are written as they are
         self.offload = offload  # runs a function in the writer's thread
+        self.memory: dict[Path, bytearray] | None = {} if raw is not None else None  # objects downloaded
         self.held: RawObject | None = None
         self.client = client
         self.inits = inits
@@ -1423,9 +1439,12 @@ class VideoSequence:
         context = joined and previous is not None and previous[2].clean_end
         chain: list[tuple[SegmentRef, Path]] = [previous[:2]] if joined and previous is not None else []
         fetched: list[Path] = []
-        result = await self._as_it_is(segment, path, context) if self.raw is not None else None
+        data = self.memory.pop(path, None) if self.memory is not None else None
+        result = await self._as_it_is(segment, path, context, data) if self.raw is not None else None
         try:
             if result is None:
+                if data is not None:  # the muxer reads files
+                    await self._file(path, data)
                 result = await self._precharged(segment, path, context, chain, fetched)
         finally:
             for target in fetched:
@@ -1433,17 +1452,27 @@ class VideoSequence:
         if previous is not None:
             previous[1].unlink(missing_ok=True)
         kept = path.with_suffix(".previous")
-        path.rename(kept)
         if self.held is not None and self.held.path == path:
-            self.held.path = kept
+            self.held.path = kept  # in memory: a file only if it is muxed after all
+        else:
+            path.rename(kept)
         self.previous = (segment, kept, result)
         return result
 
-    async def _as_it_is(self, segment: SegmentRef, path: Path, context: bool) -> SegmentResult | None:
-        """Hold ``segment``'s object to be written as it is (``RawJoin``), writing the one held
-        before; or, if it does not qualify, mux the held one and return None."""
+    async def _file(self, path: Path, data: bytearray) -> None:
+        assert self.offload is not None
+        try:
+            await self.offload(path.write_bytes, data)
+        except OSError as exc:
+            raise OutgestError(f"cannot keep the downloaded object in {path.parent}: {exc.strerror or exc}") from exc
+
+    async def _as_it_is(self, segment: SegmentRef, path: Path, context: bool,
+                        data: bytearray | None) -> SegmentResult | None:
+        """Hold ``segment``'s object (downloaded to ``path``, or ``data``) to be written as it is
+        (``RawJoin``), writing the one held before; or, if it does not qualify, mux the held one
+        and return None."""
         assert self.raw is not None and self.offload is not None
-        candidate = await self.offload(self.raw.admit, segment, path, context)
+        candidate = await self.offload(self.raw.admit, segment, path, context, data)
         held, self.held = self.held, None
         if candidate is not None and (held is None or self.raw.continues(held, candidate)):
             if held is not None:
@@ -1452,7 +1481,8 @@ class VideoSequence:
             return SegmentResult(candidate.frames, False, clean_end=True)
         logger.debug("segment %s (object %s) on: muxed", segment.timerange, segment.object_id)
         self.raw = None
-        if held is not None:  # its file is still the kept previous object
+        if held is not None:  # the kept previous object
+            await self._file(held.path, held.data)
             await self.run(held.segment, held.path, held.context, (), False)
         return None
 
@@ -1670,7 +1700,8 @@ async def _outgest_flow(
                     if covered:
                         bar.update(covered)
 
-            summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written, inits)
+            summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written, inits,
+                                                    sequence.memory)
             await sequence.finish()
             summary.downloaded += sequence.downloaded
             if summary.segments == 0:
