@@ -727,10 +727,12 @@ def _check_form(ref: SegmentRef, data: bytes) -> None:
 
 
 def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: bool,
-                  init: bytes | None = None) -> _Prepared:
+                  init: bytes | None = None, frame_rate: Fraction | None = None) -> _Prepared:
     _check_form(ref, data)
     # A fragment's timing (tfdt, trun) needs its init segment's track timescales to be read.
-    timing = media.read_timing(data if init is None else init + data, kinds=kinds, name=ref.shown)
+    # The Flow's frame rate (from its first segment) spares each segment a probe of its own.
+    timing = media.read_timing(data if init is None else init + data, kinds=kinds, name=ref.shown,
+                               frame_rate=frame_rate)
     missing = [kind for kind in kinds if kind not in timing.streams]
     if missing:
         raise IngestError(f"segment {ref.shown} has no {missing[0]} stream")
@@ -991,6 +993,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
             stop=options.stop or asyncio.Event(), first_loaded_at=loaded_at,
         ))
     prepare_ahead = options.concurrency
+    frame_rate = props.video.frame_rate if props.video is not None and "video" in kinds else None
     pending: deque[tuple[hls_live.FeedEntry, asyncio.Task[_Prepared]]] = deque()
     uploads: set[asyncio.Task[None]] = set()
     slots = asyncio.Semaphore(options.concurrency)
@@ -1004,7 +1007,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         data = first_data if ref is window[0] else await _segment_bytes(ref, session)
         init = await inits.data(ref.init) if ref.init is not None else None
         try:
-            prepared = await asyncio.to_thread(_prepare_sync, ref, data, kinds, split, init)
+            prepared = await asyncio.to_thread(_prepare_sync, ref, data, kinds, split, init, frame_rate)
         except media.MediaError as exc:
             raise IngestError(str(exc)) from exc
         _check_container(ref, prepared.timing.format_name, (window[0].uri, props.format_name))
