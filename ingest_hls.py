@@ -996,6 +996,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     frame_rate = props.video.frame_rate if props.video is not None and "video" in kinds else None
     pending: deque[tuple[hls_live.FeedEntry, asyncio.Task[_Prepared]]] = deque()
     uploads: set[asyncio.Task[None]] = set()
+    bit_rates: asyncio.Task[None] | None = None
     slots = asyncio.Semaphore(options.concurrency)
     bar = tqdm(total=None if options.follow else len(window), unit="seg", file=sys.stderr,
                disable=not options.progress, leave=False)
@@ -1113,15 +1114,24 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
                     await slots.acquire()
                     reap()
                     uploads.add(asyncio.create_task(upload_segment(regs, current.ref)))
+            # Every segment is placed, so the bit rates are known. They are set while the last
+            # registrations are out, once every object is stored (no upload holds a slot).
+            for _ in range(options.concurrency):
+                await slots.acquire()
+            reap()
+            bit_rates = asyncio.create_task(_update_bit_rates(client, flow_ids, sizes, existing_counts, result, playlist))
             if uploads:
                 await asyncio.gather(*uploads)
                 reap()
+            await bit_rates
             if follower is not None:
                 result.gaps = await follower
     except BaseException:
         tasks: list[asyncio.Task[Any]] = [job for _, job in pending] + [*uploads]
         if follower is not None:
             tasks.append(follower)
+        if bit_rates is not None:
+            tasks.append(bit_rates)
         for job in tasks:
             job.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -1133,7 +1143,6 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         for registrar in registrars.values():
             await registrar.close()
 
-    await _update_bit_rates(client, flow_ids, sizes, existing_counts, result, playlist)
     result.seconds = time.perf_counter() - started
     return result
 
