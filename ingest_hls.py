@@ -727,10 +727,12 @@ def _check_form(ref: SegmentRef, data: bytes) -> None:
 
 
 def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: bool,
-                  init: bytes | None = None) -> _Prepared:
+                  init: bytes | None = None, frame_rate: Fraction | None = None) -> _Prepared:
     _check_form(ref, data)
     # A fragment's timing (tfdt, trun) needs its init segment's track timescales to be read.
-    timing = media.read_timing(data if init is None else init + data, kinds=kinds, name=ref.shown)
+    # The Flow's frame rate (from its first segment) spares each segment a probe of its own.
+    timing = media.read_timing(data if init is None else init + data, kinds=kinds, name=ref.shown,
+                               frame_rate=frame_rate)
     missing = [kind for kind in kinds if kind not in timing.streams]
     if missing:
         raise IngestError(f"segment {ref.shown} has no {missing[0]} stream")
@@ -991,8 +993,10 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
             stop=options.stop or asyncio.Event(), first_loaded_at=loaded_at,
         ))
     prepare_ahead = options.concurrency
+    frame_rate = props.video.frame_rate if props.video is not None and "video" in kinds else None
     pending: deque[tuple[hls_live.FeedEntry, asyncio.Task[_Prepared]]] = deque()
     uploads: set[asyncio.Task[None]] = set()
+    bit_rates: asyncio.Task[None] | None = None
     slots = asyncio.Semaphore(options.concurrency)
     bar = tqdm(total=None if options.follow else len(window), unit="seg", file=sys.stderr,
                disable=not options.progress, leave=False)
@@ -1004,7 +1008,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         data = first_data if ref is window[0] else await _segment_bytes(ref, session)
         init = await inits.data(ref.init) if ref.init is not None else None
         try:
-            prepared = await asyncio.to_thread(_prepare_sync, ref, data, kinds, split, init)
+            prepared = await asyncio.to_thread(_prepare_sync, ref, data, kinds, split, init, frame_rate)
         except media.MediaError as exc:
             raise IngestError(str(exc)) from exc
         _check_container(ref, prepared.timing.format_name, (window[0].uri, props.format_name))
@@ -1110,15 +1114,24 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
                     await slots.acquire()
                     reap()
                     uploads.add(asyncio.create_task(upload_segment(regs, current.ref)))
+            # Every segment is placed, so the bit rates are known. They are set while the last
+            # registrations are out, once every object is stored (no upload holds a slot).
+            for _ in range(options.concurrency):
+                await slots.acquire()
+            reap()
+            bit_rates = asyncio.create_task(_update_bit_rates(client, flow_ids, sizes, existing_counts, result, playlist))
             if uploads:
                 await asyncio.gather(*uploads)
                 reap()
+            await bit_rates
             if follower is not None:
                 result.gaps = await follower
     except BaseException:
         tasks: list[asyncio.Task[Any]] = [job for _, job in pending] + [*uploads]
         if follower is not None:
             tasks.append(follower)
+        if bit_rates is not None:
+            tasks.append(bit_rates)
         for job in tasks:
             job.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -1130,7 +1143,6 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         for registrar in registrars.values():
             await registrar.close()
 
-    await _update_bit_rates(client, flow_ids, sizes, existing_counts, result, playlist)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -227,6 +227,33 @@ async def test_storage_is_allocated_in_batches_as_uploads_use_it_with_at_most_co
     assert most == concurrency
 
 
+async def test_bit_rates_are_set_while_the_last_registrations_are_out(
+    store_factory: Callable[..., RunningStore], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Once every object is stored the bit rates are known, and set beside the last segment POST
+    rather than a round trip after it (at 50 ms a store that far away costs 50 ms less)."""
+    content = synthesized(tmp_path_factory, width=128, height=72, duration=6, segment_seconds=1)
+    store = store_factory(latency_ms=50, extra_args=["--access-log"])
+    result = await _ingest(store, content, concurrency=2)
+    flow_id = result.flow_ids["video"]
+    flow = await _flow(store, flow_id)
+    deadline = time.monotonic() + 10
+    # the store logs a request after answering it: once this GET is logged, so is all before it
+    while ("GET", f"/flows/{flow_id}") not in [(r.method, r.path) for r in _access_log(store)]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    log = _access_log(store)
+    objects = [r for r in log if r.method == "PUT" and r.path.startswith("/objects-data/")]
+    posts = [r for r in log if (r.method, r.path) == ("POST", f"/flows/{flow_id}/segments")]
+    rates = [r for r in log if r.method == "PUT" and r.path in (f"/flows/{flow_id}/avg_bit_rate",
+                                                                 f"/flows/{flow_id}/max_bit_rate")]
+    assert len(objects) == 6 and posts and len(rates) == 2
+    slack = 0.002  # the log's times are to the millisecond
+    assert min(r.start for r in rates) > max(r.end for r in objects) - slack  # after every object is stored
+    assert min(r.start for r in rates) < max(r.end for r in posts) - 0.025  # while the last POST is out
+    assert flow["avg_bit_rate"] > 0 and flow["max_bit_rate"] >= flow["avg_bit_rate"]
+
+
 # -- resume and faults -------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from fractions import Fraction
 from pathlib import Path
 
@@ -313,3 +314,59 @@ def test_timing_reads_skip_picture_decoding_and_give_the_same_timing(tmp_path_fa
     samples = [path.read_bytes() for path in content.segment_paths()] + [_hevc_ts_with_b_frames()]
     for data in samples:
         assert media.read_timing(data) == _full_probe_timing(data)
+
+
+def _noisy_first_picture_ts(rate: Fraction) -> bytes:
+    """MPEG-TS whose first picture (lossless noise) is larger than the 32 KiB a quick probe reads."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts", container_options={"mpegts_copyts": "1"}) as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 90000)
+        stream.options = {"preset": "ultrafast", "crf": "0"}
+        noise = random.Random(16)
+        for n in range(12):
+            frame = av.VideoFrame(320, 180, "yuv420p")
+            for plane in frame.planes:
+                plane.update(noise.randbytes(plane.buffer_size) if n == 0 else bytes([n * 9]) * plane.buffer_size)
+            frame.pts, frame.time_base = 6000 + n * 90000 * rate.denominator // rate.numerator, Fraction(1, 90000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def test_a_timing_read_given_the_frame_rate_probes_only_the_start_and_times_the_same(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With the frame rate known (the Flow's, from its first segment) read_timing probes only the
+    first 32 KiB; the timing is the full probe's: for H.264 + AAC at 29.97 fps, HEVC with B-frames,
+    and at 23.976 fps where those 32 KiB hold too little of the stream to tell its rate, so the
+    rate given is what makes the last frame 3753.75 ticks long."""
+    assert media.QUICK_TIMING_OPTIONS == {"skip_frame": "all", "probesize": "32768", "analyzeduration": "0"}
+    content = synthesized(tmp_path_factory, fps=Fraction(30000, 1001), duration=6, audio=True)
+    for data in [path.read_bytes() for path in content.segment_paths()]:
+        assert media.read_timing(data, frame_rate=Fraction(30000, 1001)) == media.read_timing(data)
+    hevc = _hevc_ts_with_b_frames()
+    assert media.read_timing(hevc, frame_rate=Fraction(25)) == media.read_timing(hevc)
+    noisy = _noisy_first_picture_ts(Fraction(24000, 1001))
+    with av.open(io.BytesIO(noisy), options=media.QUICK_TIMING_OPTIONS) as container:
+        assert media._nominal_rate(container.streams.video[0]) != Fraction(24000, 1001)
+    quick = media.read_timing(noisy, frame_rate=Fraction(24000, 1001))
+    assert quick == media.read_timing(noisy)
+    assert quick.video is not None and quick.video.last_duration == Fraction(15015, 4)
+    assert quick.video.packets == 12
+
+
+def test_probe_decodes_only_key_frames_and_reads_what_a_full_probe_reads(
+        hls_audio_content: SynthesizedHLS) -> None:
+    """media.probe skips the probe's decoding of all but key frames; the properties are the same as
+    with libavformat's full probe (picture format and field order included)."""
+    assert media.PROBE_OPTIONS == {"skip_frame": "nokey"}
+    data = hls_audio_content.segment_paths()[0].read_bytes()
+    saved = media.PROBE_OPTIONS
+    try:
+        media.PROBE_OPTIONS = {}
+        full = media.probe(data)
+    finally:
+        media.PROBE_OPTIONS = saved
+    assert media.probe(data) == full
+    assert full.video is not None and full.video.component_type == "YCbCr" and full.video.bit_depth == 8
