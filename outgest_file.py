@@ -542,12 +542,14 @@ class DecodeClock(Generic[P]):
             self._ramp = len(self._pending)
 
     def follow(self, first_shown: Fraction, delay: Fraction) -> None:
-        """Packets from ``first_shown`` on have gone out by other means, reordered by ``delay``:
-        a deeper delay later is spread over the packets waiting then, as after packets of our own."""
+        """Packets shown from ``first_shown`` on went out by other means (none waiting here),
+        reordered by ``delay``: the packets to come carry on from that delay (a deeper one is
+        spread over the packets waiting then, as after packets of our own)."""
+        assert not self._pending
         if self.first_shown is None:
             self.first_shown = first_shown
-        if self._target is None or delay > self._target:
-            self._target = self._delay = delay
+        self._target = self._delay = delay
+        self._ramp = 0
 
     def push(self, item: P, pts: Fraction) -> Iterator[tuple[P, Fraction, Fraction, Fraction]]:
         """Take a packet (``item``) presented at ``pts``; yields the (item, pts, shown, delay) now due."""
@@ -624,11 +626,14 @@ class FlowFileWriter:
         self.frames = 0
         self.nudged = 0
         self._annexb = AnnexB()
-        # Whole MPEG-TS objects written as they are (see RawJoin), before any muxed packet.
-        self._raw: BinaryIO | None = None
+        # MPEG-TS written in turns as whole objects (RawJoin) and through a muxer: once the
+        # first muxer is done or the first object written, the file is open here, and later
+        # muxers write into it through a _CarriedOn that carries the continuity counters on.
+        self._file: BinaryIO | None = None
+        self._sink: _CarriedOn | None = None
         self._continuity = ts_scan.Continuity()
-        self._layout: ts_scan.TsLayout | None = None
-        self._sink: _CarriedOn | None = None  # the muxer's file after whole objects
+        self._layout: ts_scan.TsLayout | None = None  # the stream's PIDs, program and tables
+        self._tables_version: int | None = None  # of the tables written last
 
     @staticmethod
     def format_of(path: Path) -> str:
@@ -639,13 +644,17 @@ class FlowFileWriter:
             return self._stream
         options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else self._mp4_options()
         target: str | _CarriedOn = str(self.temp_path)
-        if self._raw is not None and self._layout is not None:
-            # After whole objects: the same PIDs, program and transport stream, a new table
-            # version (so demuxers read the muxer's PMT), counters counting on.
-            target = self._sink = _CarriedOn(self._raw, self._continuity)
-            options.update(mpegts_transport_stream_id=str(self._layout.transport_stream_id),
-                           mpegts_service_id=str(self._layout.program), mpegts_pmt_start_pid=str(self._layout.pmt_pid),
-                           mpegts_start_pid=str(self._layout.video_pid), tables_version=str((self._layout.version + 1) % 32))
+        if self.format == "mpegts" and self._layout is not None:
+            # The objects' PIDs, program and transport stream, so that whole objects and muxed
+            # packets make one stream; a new table version after others, so that demuxers read it.
+            layout = self._layout
+            options.update(mpegts_transport_stream_id=str(layout.transport_stream_id),
+                           mpegts_service_id=str(layout.program), mpegts_pmt_start_pid=str(layout.pmt_pid),
+                           mpegts_start_pid=str(layout.video_pid))
+            if self._tables_version is not None:
+                options["tables_version"] = str((self._tables_version + 1) % 32)
+        if self._file is not None:
+            target = self._sink = _CarriedOn(self._file, self._continuity)
             if template.codec_context.name != self._codec:
                 raise OutgestError(f"an object holds {template.codec_context.name}, earlier ones {self._codec}")
         try:
@@ -662,7 +671,41 @@ class FlowFileWriter:
             raise OutgestError(f"cannot write {self.path}: {exc}") from exc
         self._stream.time_base = self.time_base
         self._codec = template.codec_context.name
+        self._tables_version = int(options.get("tables_version", 0))
         return self._stream
+
+    def expect_layout(self, layout: ts_scan.TsLayout) -> None:
+        """The PIDs and program of the objects to come, for a first muxer to use (so that whole
+        objects can follow its packets)."""
+        if self._layout is None:
+            self._layout = layout
+
+    def _close_muxer(self) -> None:
+        """Every packet of the muxer out, and the file open here to be appended to."""
+        assert self._output is not None
+        for item, pts, shown, delay in self._clock.flush():
+            self._emit(item, pts, shown, delay)
+        direct = self._file is None
+        try:
+            self._output.close()
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutgestError(f"cannot write {self.path}: {exc}") from exc
+        self._output = self._stream = None
+        self._check_sink()
+        if direct:
+            try:
+                self._file = self.temp_path.open("r+b")
+            except OSError as exc:
+                raise OutgestError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            assert self._layout is not None
+            self._continuity.learn(self._file, (ts_scan.PAT_PID, ts_scan.SDT_PID, self._layout.pmt_pid,
+                                                self._layout.video_pid))
+
+    def _check_sink(self) -> None:
+        if self._sink is not None:
+            if self._sink.pending:
+                raise OutgestError(f"the muxer left {self._sink.pending} bytes that are no whole MPEG-TS packet")
+            self._sink = None
 
     def set_reorder_delay(self, seconds: Fraction) -> None:
         """How far (seconds) the coming object's decode times must run behind its presentation
@@ -684,22 +727,30 @@ class FlowFileWriter:
         for item, at, shown, delay in self._clock.push((packet, duration), pts):
             self._emit(item, at, shown, delay)
 
-    def write_raw(self, whole: RawObject) -> None:
-        """Append a whole MPEG-TS object as it is, its continuity counters renumbered."""
-        if self.format != "mpegts" or self._output is not None:
-            raise OutgestError("whole objects are written only into MPEG-TS, before any muxed frame")
+    def write_raw(self, whole: RawObject) -> bool:
+        """Append a whole MPEG-TS object as it is, its continuity counters renumbered; False
+        (nothing written) if it cannot follow what the file holds: another stream layout or
+        codec, or decode times that do not rise past the last muxed packet's."""
+        layout = whole.scan.layout
+        if self.format != "mpegts" or (self._layout is not None and not layout.same_stream(self._layout)) \
+                or (self._codec is not None and layout.codec != self._codec):
+            return False
+        if self._output is not None:
+            self._close_muxer()
+        if self._last_dts is not None and whole.first_dts <= self._last_dts:
+            return False
         try:
-            if self._raw is None:
-                self._raw = self.temp_path.open("wb")
+            if self._file is None:
+                self._file = self.temp_path.open("wb")
             self._continuity.join(whole.data, whole.scan)
-            self._raw.write(whole.data)
+            self._file.write(whole.data)
         except OSError as exc:
             raise OutgestError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        self._layout = whole.scan.layout
-        self._codec = whole.scan.layout.codec
+        self._layout, self._tables_version, self._codec = layout, layout.version, layout.codec
         self._last_dts = whole.last_dts
         self._clock.follow(Fraction(whole.first_dts + whole.delay, TS_CLOCK), Fraction(whole.delay, TS_CLOCK))
         self.frames += whole.frames
+        return True
 
     def _ticks(self, t: Fraction) -> int:
         assert self._origin is not None
@@ -734,7 +785,7 @@ class FlowFileWriter:
 
     def commit(self) -> int:
         """Finish the file and move it to its name; returns its size in bytes."""
-        if self._output is None and self._raw is None:
+        if self._output is None and self._file is None:
             self.discard()
             raise OutgestError("no frames to write")
         for item, pts, shown, delay in self._clock.flush():
@@ -743,11 +794,10 @@ class FlowFileWriter:
             if self._output is not None:
                 self._output.close()
                 self._output = None
-            if self._sink is not None and self._sink.pending:
-                raise OutgestError(f"the muxer left {self._sink.pending} bytes that are no whole MPEG-TS packet")
-            if self._raw is not None:
-                self._raw.close()
-                self._raw = None
+            self._check_sink()
+            if self._file is not None:
+                self._file.close()
+                self._file = None
             if self._codec == "hevc" and self.format == "mp4" and not self.mixed_parameter_sets \
                     and len(self._parameter_sets) == 1:
                 self._retag_hvc1()
@@ -793,16 +843,16 @@ class FlowFileWriter:
             except (av.error.FFmpegError, OSError):
                 pass
             self._output = None
-        if self._raw is not None:
+        if self._file is not None:
             with contextlib.suppress(OSError):
-                self._raw.close()
-            self._raw = None
+                self._file.close()
+            self._file = None
         self.temp_path.unlink(missing_ok=True)
 
 
 class _CarriedOn:
-    """The file a muxer writes into after whole MPEG-TS objects: its packets' continuity counters
-    count on from theirs (``ts_scan.Continuity``)."""
+    """The file a muxer writes into after whole MPEG-TS objects or an earlier muxer: its packets'
+    continuity counters count on from those before (``ts_scan.Continuity``)."""
 
     def __init__(self, file: BinaryIO, continuity: ts_scan.Continuity) -> None:
         self._file = file
@@ -1334,10 +1384,12 @@ class RawJoin:
     before it. Consecutive objects must share PIDs and tables, keep decode times increasing and
     reorder by the same delay.
 
-    The first segment that does not qualify, and everything after it, goes through the muxer,
-    which carries on the PIDs and counters. The last qualifying object is held back until the
-    next segment is known, so that when that one is muxed the held one is muxed too, and the
-    decode clock sees a change of GOP structure with the frames before it (see ``DecodeClock``).
+    A segment that does not qualify goes through the muxer, which uses the objects' PIDs and
+    program, and whose counters and tables count on from the objects' (and theirs from its). The
+    last qualifying object is held back until the next segment is known: if that one is muxed,
+    the held one is muxed too, so that the decode clock meets a change of GOP structure with the
+    frames before it still waiting (see ``DecodeClock``). Cut exports so copy their whole middle
+    segments and mux only around the cuts.
     """
 
     def __init__(self, writer: FlowFileWriter, codec: str, frame_rate: Fraction, request: TimeRange | None) -> None:
@@ -1360,9 +1412,11 @@ class RawJoin:
             except OSError as exc:
                 raise OutgestError(f"cannot read the downloaded object: {exc.strerror or exc}") from exc
         found = ts_scan.scan(data)
-        if isinstance(found, str) or found.layout.codec != self.codec or abs(duration - len(found.pts)) >= Fraction(1, 2):
-            if isinstance(found, str):
-                logger.debug("segment %s (object %s) is muxed: %s", segment.timerange, segment.object_id, found)
+        if isinstance(found, str):
+            logger.debug("segment %s (object %s) is muxed: %s", segment.timerange, segment.object_id, found)
+            return None
+        self.writer.expect_layout(found.layout)
+        if found.layout.codec != self.codec or abs(duration - len(found.pts)) >= Fraction(1, 2):
             return None
         anchor = segment.media_timerange.start
         pts = unwrap_mpegts(found.pts, anchor.to_count(TS_CLOCK) if anchor is not None else None)
@@ -1470,27 +1524,35 @@ class VideoSequence:
                         data: bytearray | None) -> SegmentResult | None:
         """Hold ``segment``'s object (downloaded to ``path``, or ``data``) to be written as it is
         (``RawJoin``), writing the one held before; or, if it does not qualify, mux the held one
-        and return None."""
+        and return None (the caller muxes ``segment``)."""
         assert self.raw is not None and self.offload is not None
         candidate = await self.offload(self.raw.admit, segment, path, context, data)
         held, self.held = self.held, None
         if candidate is not None and (held is None or self.raw.continues(held, candidate)):
             if held is not None:
-                await self.offload(self.raw.writer.write_raw, held)
+                await self._write_held(held)
             self.held = candidate
             return SegmentResult(candidate.frames, False, clean_end=True)
-        logger.debug("segment %s (object %s) on: muxed", segment.timerange, segment.object_id)
-        self.raw = None
-        if held is not None:  # the kept previous object
-            await self._file(held.path, held.data)
-            await self.run(held.segment, held.path, held.context, (), False)
+        logger.debug("segment %s (object %s) is muxed", segment.timerange, segment.object_id)
+        if held is not None:
+            await self._mux_held(held)
         return None
+
+    async def _write_held(self, held: RawObject) -> None:
+        assert self.raw is not None and self.offload is not None
+        if not await self.offload(self.raw.writer.write_raw, held):
+            await self._mux_held(held)
+
+    async def _mux_held(self, held: RawObject) -> None:
+        """Mux an object held to be written as it is after all (it is the kept previous object)."""
+        await self._file(held.path, held.data)
+        await self.run(held.segment, held.path, held.context, (), False)
 
     async def finish(self) -> None:
         """Write the object still held (call once every segment has been written)."""
-        if self.held is not None and self.raw is not None and self.offload is not None:
+        if self.held is not None:
             held, self.held = self.held, None
-            await self.offload(self.raw.writer.write_raw, held)
+            await self._write_held(held)
 
     async def _precharged(self, segment: SegmentRef, path: Path, context: bool,
                           chain: list[tuple[SegmentRef, Path]], fetched: list[Path]) -> SegmentResult:

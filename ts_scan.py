@@ -22,10 +22,13 @@ which a demuxer reports as lost packets), and likewise for the bytes a muxer wri
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from typing import BinaryIO
 
-__all__ = ["PACKET_SIZE", "Continuity", "TsLayout", "TsScan", "scan"]
+__all__ = ["PACKET_SIZE", "PAT_PID", "SDT_PID", "Continuity", "TsLayout", "TsScan", "scan"]
 
 PACKET_SIZE = 188
 SYNC = 0x47
@@ -35,6 +38,8 @@ VIDEO_STREAM_TYPES = {0x1B: "h264", 0x24: "hevc"}
 # A muxer can be told these PIDs (libavformat's mpegts_start_pid and mpegts_pmt_start_pid range).
 MUXER_PIDS = range(0x0020, 0x1FFB)
 FIRST_NAL_SEARCH = 32  # packets into the first access unit to look for its first picture slice
+LEARN_BLOCK = PACKET_SIZE * 1024
+SDT_PID = 0x11  # libavformat's muxer writes a service description table there
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,12 @@ class TsLayout:
     video_pid: int
     codec: str
     version: int  # the PMT's version_number
+
+    def same_stream(self, other: TsLayout) -> bool:
+        """Whether a demuxer reading ``other``'s packets after these finds the same stream (the
+        tables' other bytes may differ)."""
+        return (self.transport_stream_id, self.program, self.pmt_pid, self.video_pid, self.codec) == (
+            other.transport_stream_id, other.program, other.pmt_pid, other.video_pid, other.codec)
 
 
 @dataclass(frozen=True)
@@ -279,6 +290,26 @@ class Continuity:
             offset = index * PACKET_SIZE
             self._next(data, index, ((data[offset + 1] & 0x1F) << 8) | data[offset + 2])
         self.last[pid] = data[found.last_video * PACKET_SIZE + 3] & 0x0F
+
+    def learn(self, file: BinaryIO, pids: Iterable[int], limit: int = 1 << 24) -> None:
+        """Take the counters of ``pids`` from the last of their packets in ``file`` (whole
+        packets, such as a muxer wrote), reading back from its end at most ``limit`` bytes."""
+        wanted = set(pids)
+        end = position = file.seek(0, os.SEEK_END)
+        found: dict[int, int] = {}
+        while wanted and position > 0 and end - position < limit:
+            start = max(0, position - LEARN_BLOCK)
+            file.seek(start)
+            data = file.read(position - start)
+            for index in range(len(data) // PACKET_SIZE - 1, -1, -1):
+                offset = index * PACKET_SIZE
+                pid = ((data[offset + 1] & 0x1F) << 8) | data[offset + 2]
+                if pid in wanted:
+                    found[pid] = data[offset + 3] & 0x0F
+                    wanted.discard(pid)
+            position = start
+        file.seek(0, os.SEEK_END)
+        self.last.update(found)
 
     def carry_on(self, data: bytearray) -> None:
         """Renumber whole packets a muxer wrote (each PID counting from its own start) in place."""

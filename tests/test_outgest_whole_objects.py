@@ -153,6 +153,32 @@ async def test_a_cut_inside_the_last_segment_muxes_from_the_segment_before_and_c
     assert all(b[1] > a[1] for a, b in zip(packets, packets[1:]))  # decode times rise across the switch
 
 
+async def test_a_cut_at_both_ends_copies_the_whole_segments_between_as_they_are(
+    store: RunningStore, video: Ingested, tmp_path: Path
+) -> None:
+    out = tmp_path / "middle.ts"
+    await _export(store, video.flow_id, out, timerange=_window(10, 200), exact=True)
+    data = out.read_bytes()
+    assert read_frame_numbers(out) == list(range(10, 200))
+    # Segment 0 (cut) muxed, segment 1 as it is, segment 2 (held back when 3 needed the muxer)
+    # and the cut segment 3 muxed again: three parts, one stream.
+    blanked = _counters_blanked(data)
+    at = blanked.find(_counters_blanked(video.objects[1]))
+    assert at > 0 and at % 188 == 0
+    assert blanked.find(_counters_blanked(video.objects[2])) == -1
+    assert _counter_breaks(data) == []
+    assert _pids(data) == _pids(video.objects[1])
+    versions = []
+    for part in (data[:at], data[at:at + len(video.objects[1])], data[at + len(video.objects[1]):]):
+        found = ts_scan.scan(part[:188 * 400])
+        assert not isinstance(found, str)
+        versions.append(found.layout.version)
+    assert versions[2] == (versions[1] + 1) % 32  # the second muxer's tables are read anew
+    packets = _video_packets(out)
+    assert not any(corrupt for _, _, corrupt in packets)
+    assert all(b[1] > a[1] for a, b in zip(packets, packets[1:]))
+
+
 async def test_objects_holding_audio_are_demuxed_for_their_video(store: RunningStore, tmp_path: Path) -> None:
     playlist = synthesize(tmp_path / "muxed", duration=4, segment_seconds=2, gop_seconds=1, audio=True)
     ingested = await _ingest(store, playlist)
