@@ -1718,8 +1718,9 @@ async def _outgest_flow(
     try:
         # One thread does all the PyAV work, in timeline order. Leaving the ``with`` waits for
         # it, so a failure elsewhere cannot leave it writing after the output is discarded.
+        scratch_dir = tempfile.TemporaryDirectory(prefix="outgest-")
         with (
-            tempfile.TemporaryDirectory(prefix="outgest-") as scratch,
+            scratch_dir as scratch,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="outgest-mux") as muxer,
         ):
             loop = asyncio.get_running_loop()
@@ -1770,6 +1771,9 @@ async def _outgest_flow(
                 raise OutgestError(f"Flow {flow_id} has no segments in {timerange.to_sec_nsec_range()}")
             if summary.frames == 0:
                 raise OutgestError(f"Flow {flow_id} has no frames in {timerange.to_sec_nsec_range()}")
+            # Gone before the output is renamed: a directory removed after that waits for the file
+            # system to write the output's data out (its journal orders the two).
+            scratch_dir.cleanup()
             summary.bytes = await loop.run_in_executor(muxer, writer.commit)
     except BaseException:
         writer.discard()
