@@ -13,7 +13,7 @@ bytes out at once (``bytes[1::188]``) and looking only at packets that start a P
 the object with PyAV as usual. That covers: not 188-byte packets; scrambled or errored packets;
 more than one program; a program holding anything but one H.264 or HEVC video stream (a muxed
 object's audio would come along); a PAT, PMT or PES header not within one packet; an access unit
-without a pts.
+without a pts; video packets before the first access unit starts (the tail of one cut off).
 
 ``Continuity`` renumbers the 4-bit continuity counter of each packet written, so that every PID
 counts on across the joins between objects (each object's own counters usually start afresh,
@@ -232,6 +232,9 @@ def scan(data: bytes | bytearray) -> TsScan | str:
     starts = _zeros(_or(other, head1.translate(_table("start", 0))))
     if not starts:
         return "it has no video access units"
+    first_video = other.find(0)
+    if starts[0] != first_video:  # a demuxer drops those bytes; copied, they would end the frame before
+        return "it starts inside an access unit"
     pts: list[int] = []
     dts: list[int] = []
     for index in starts:
@@ -243,11 +246,10 @@ def scan(data: bytes | bytearray) -> TsScan | str:
             return "an access unit has no pts"
         pts.append(_timestamp(data, at + 9))
         dts.append(_timestamp(data, at + 14) if flags == 3 else pts[-1])
-    first_video = other.find(0)
     video = [first_video, *(i for i in range(first_video + 1, min(count, first_video + FIRST_NAL_SEARCH))
                             if not other[i])]
     return TsScan(layout=layout, pts=tuple(pts), dts=tuple(dts),
-                  first_is_key=starts[0] == first_video and _first_is_key(data, video, layout.codec),
+                  first_is_key=_first_is_key(data, video, layout.codec),
                   others=tuple(_ones(other)), first_video=first_video, last_video=other.rfind(0))
 
 

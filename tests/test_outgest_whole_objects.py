@@ -245,6 +245,11 @@ def test_scan_refuses_what_it_cannot_vouch_for(tmp_path: Path) -> None:
         "a packet has no sync byte": bytes(lost_sync),
         "a packet is marked errored or scrambled": bytes(scrambled),
     }
+    found = ts_scan.scan(data)
+    assert not isinstance(found, str)
+    headless = bytearray(data)
+    headless[found.first_video * 188 + 1] &= ~0x40  # its start flag cleared: the packet continues a PES
+    cases["it starts inside an access unit"] = bytes(headless)
     for reason, bad in cases.items():
         assert ts_scan.scan(bad) == reason
     muxed = ts_scan.scan(_first_object(tmp_path / "muxed", audio=True))
