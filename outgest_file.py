@@ -27,6 +27,12 @@ zero instead, since MP4 cannot carry a TAI-scale start time usefully. Objects ar
 order, so memory and disk use stay bounded whatever the Flow's length. The output is written to a
 temporary name beside the requested one and renamed only when complete.
 
+An MPEG-TS export of an MPEG-TS Flow writes each segment that uses its whole object, at the Flow's
+own timestamps, as the object's bytes (``RawJoin``; only the continuity counters are renumbered),
+after checking from the packet headers alone (``ts_scan``) that they hold exactly the frames the
+steps above would write; those objects are downloaded into memory, and PyAV is not even imported
+unless some segment needs the muxer.
+
 Usage::
 
     ./outgest_file.py --flow-id FLOW --output out.ts [--timerange '[10:0_20:0)' --exact]
@@ -1374,7 +1380,8 @@ class RawObject:
 
 
 class RawJoin:
-    """Whole MPEG-TS objects into an MPEG-TS export byte for byte, while that is the export.
+    """Whole MPEG-TS objects into an MPEG-TS export byte for byte, where those bytes are exactly
+    what muxing their frames would give (counters aside), without demuxing them.
 
     A segment qualifies when its object is one H.264/HEVC stream (``ts_scan.scan``), every frame
     of it is one the segment and the request take (by ``plan_segment``: the rule every export
