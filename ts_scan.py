@@ -98,19 +98,12 @@ def _or(*masks: bytes) -> bytes:
     return value.to_bytes(len(masks[0]), "big")
 
 
-def _zeros(mask: bytes) -> list[int]:
-    found, at = [], mask.find(0)
+def _where(mask: bytes, value: int) -> list[int]:
+    """The indices of ``value`` in ``mask``."""
+    found, at = [], mask.find(value)
     while at != -1:
         found.append(at)
-        at = mask.find(0, at + 1)
-    return found
-
-
-def _ones(mask: bytes) -> list[int]:
-    found, at = [], mask.find(1)
-    while at != -1:
-        found.append(at)
-        at = mask.find(1, at + 1)
+        at = mask.find(value, at + 1)
     return found
 
 
@@ -229,7 +222,7 @@ def scan(data: bytes | bytearray) -> TsScan | str:
         return layout
     pid = layout.video_pid
     other = _or(head1.translate(_table("pid_high", pid >> 8)), head2.translate(_table("pid_low", pid & 0xFF)))
-    starts = _zeros(_or(other, head1.translate(_table("start", 0))))
+    starts = _where(_or(other, head1.translate(_table("start", 0))), 0)
     if not starts:
         return "it has no video access units"
     first_video = other.find(0)
@@ -250,7 +243,7 @@ def scan(data: bytes | bytearray) -> TsScan | str:
                             if not other[i])]
     return TsScan(layout=layout, pts=tuple(pts), dts=tuple(dts),
                   first_is_key=_first_is_key(data, video, layout.codec),
-                  others=tuple(_ones(other)), first_video=first_video, last_video=other.rfind(0))
+                  others=tuple(_where(other, 1)), first_video=first_video, last_video=other.rfind(0))
 
 
 @cache
