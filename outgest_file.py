@@ -1386,9 +1386,9 @@ class RawJoin:
     A segment qualifies when its object is one H.264/HEVC stream (``ts_scan.scan``), every frame
     of it is one the segment and the request take (by ``plan_segment``: the rule every export
     uses) and is as many as the segment's duration holds at the Flow's frame rate, its
-    ``ts_offset`` moves timestamps by whole 2^33 wraps (so the stored pts/dts are the Flow times
-    an export writes), and it decodes from its own first frame or follows the object written
-    before it. Consecutive objects must share PIDs and tables, keep decode times increasing and
+    ``ts_offset`` is 0 or whole 2^33 wraps to the 90 kHz tick (stored in nanoseconds, 2^33 ticks
+    are 95443.717688888 s: the stored pts/dts are then the Flow times an export writes, modulo
+    2^33), and it decodes from its own first frame or follows the object written before it. Consecutive objects must share PIDs and tables, keep decode times increasing and
     reorder by the same delay.
 
     A segment that does not qualify goes through the muxer, which uses the objects' PIDs and
@@ -1408,8 +1408,9 @@ class RawJoin:
     def admit(self, segment: SegmentRef, path: Path, context: bool, data: bytearray | None = None) -> RawObject | None:
         """``segment``'s object (``data``, or at ``path``) if it qualifies, else None."""
         offset = _to_fraction(segment.ts_offset) * TS_CLOCK
+        shift = round(offset)  # the ticks a muxed frame's time moves by, as FlowFileWriter rounds it
         start, end = segment.timerange.start, segment.timerange.end
-        if offset.denominator != 1 or offset % MPEGTS_WRAP or start is None or end is None:
+        if abs(offset - shift) >= Fraction(1, 2) or shift % MPEGTS_WRAP or start is None or end is None:
             return None
         duration = (_to_fraction(end) - _to_fraction(start)) * self.frame_rate
         if data is None:
@@ -1431,7 +1432,6 @@ class RawJoin:
         plan = plan_segment(frames, WORK_TIME_BASE, segment, request=self.request, frame_duration=1 / self.frame_rate)
         if len(plan.packets) != len(frames) or not (context or not needs_prior(frames)):
             return None
-        shift = int(offset)
         return RawObject(segment, path, context, data, found, len(frames), frames[0].dts + shift,
                          frames[-1].dts + shift, _reorder_ticks(frames))
 

@@ -27,6 +27,7 @@ import ts_scan
 from client import TAMSClient
 from credentials import BasicCredentials
 from ingest_hls import IngestOptions, ingest
+from media import PTS_WRAP
 from outgest_file import outgest
 from sample_content import read_frame_numbers, synthesize
 from tests.conftest import REPO_ROOT, RunningStore, start_store
@@ -180,6 +181,31 @@ async def test_a_cut_at_both_ends_copies_the_whole_segments_between_as_they_are(
         assert not isinstance(found, str)
         versions.append(found.layout.version)
     assert versions[2] == (versions[1] + 1) % 32  # the second muxer's tables are read anew
+    _assert_one_clean_stream(out)
+
+
+async def test_a_flow_across_the_2_33_wrap_is_copied_as_it_is(store: RunningStore, tmp_path: Path) -> None:
+    first_pts = PTS_WRAP - 90000  # the wrap one second in
+    playlist = synthesize(tmp_path / "wrap", duration=4, segment_seconds=2, gop_seconds=1, start_pts=first_pts)
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "wrap.ts"
+    await _export(store, ingested.flow_id, out)
+    assert _counters_blanked(out.read_bytes()) == _counters_blanked(b"".join(ingested.objects))
+    assert read_frame_numbers(out) == list(range(120))
+    shown = sorted((p - first_pts) % PTS_WRAP for p, _, _ in _video_packets(out))
+    assert shown == [FRAME * n for n in range(120)]
+    _assert_one_clean_stream(out)
+
+
+async def test_hevc_open_gop_objects_are_copied_after_the_object_before(store: RunningStore, tmp_path: Path) -> None:
+    # x265's CRA keyframes: each segment's leading pictures reference the segment before.
+    playlist = make_hls(tmp_path / "x265", encoder="x265", fps=Fraction(25), frames=100,
+                        segment_seconds=Fraction(1), gop_frames=25)
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "x265.ts"
+    await _export(store, ingested.flow_id, out)
+    assert _counters_blanked(out.read_bytes()) == _counters_blanked(b"".join(ingested.objects))
+    assert read_frame_numbers(out) == list(range(100))
     _assert_one_clean_stream(out)
 
 
