@@ -1388,8 +1388,9 @@ class RawJoin:
     uses) and is as many as the segment's duration holds at the Flow's frame rate, its
     ``ts_offset`` is 0 or whole 2^33 wraps to the 90 kHz tick (stored in nanoseconds, 2^33 ticks
     are 95443.717688888 s: the stored pts/dts are then the Flow times an export writes, modulo
-    2^33), and it decodes from its own first frame or follows the object written before it. Consecutive objects must share PIDs and tables, keep decode times increasing and
-    reorder by the same delay.
+    2^33), and it decodes from its own first frame or follows the object written before it.
+    Consecutive objects must share PIDs and tables, keep decode times increasing and reorder by
+    the same delay.
 
     A segment that does not qualify goes through the muxer, which uses the objects' PIDs and
     program, and whose counters and tables count on from the objects' (and theirs from its). The
