@@ -6,10 +6,11 @@ they are: the frames, timestamps and PCRs are already the ones the export would 
 that, ``scan`` reads what libavformat's demuxer would give an export, but only what that needs:
 the PAT and PMT, and the presentation and decode timestamps in the PES header of every access
 unit of the one video stream, and whether the first access unit is an IDR (H.264) or IRAP (HEVC)
-picture. It does it a few thousand times faster than demuxing, by slicing every packet's header
-bytes out at once (``bytes[1::188]``) and looking only at packets that start a PES.
+picture. It slices every packet's header bytes out at once (``bytes[1::188]``) and looks only at
+packets that start a PES: about 0.3 ms for a 0.9 MB 1080p object, against about 1.3 ms to open
+and demux it with PyAV, and with no PyAV to import.
 
-``scan`` answers None with a reason for anything it cannot vouch for; the export then demuxes
+``scan`` answers with the reason, a string, for anything it cannot vouch for; the export then demuxes
 the object with PyAV as usual. That covers: not 188-byte packets; scrambled or errored packets;
 more than one program; a program holding anything but one H.264 or HEVC video stream (a muxed
 object's audio would come along); a PAT, PMT or PES header not within one packet; an access unit
