@@ -88,10 +88,12 @@ __all__ = [
     "RawJoin",
     "SegmentPlan",
     "SegmentRef",
+    "TimingChecks",
     "encoder_options",
     "decode_ticks",
     "flow_time",
     "mp4_time_base",
+    "open_segment",
     "outgest",
     "plan_segment",
     "read_object",
@@ -1092,6 +1094,40 @@ def check_segment_timing(path: Path, media: ObjectMedia, segment: SegmentRef) ->
 # The export
 
 
+class TimingChecks:
+    """``--check-timing``: each segment's registered timing checked against its media once (not
+    again on each precharge try), each problem logged (after ``label``) and counted."""
+
+    def __init__(self, enabled: bool, label: str = "") -> None:
+        self.enabled = enabled
+        self.label = label
+        self.warnings = 0
+        self._done: set[tuple[str, str]] = set()
+
+    def check(self, path: Path, media: ObjectMedia, segment: SegmentRef) -> None:
+        key = (segment.object_id, str(segment.timerange))
+        if not self.enabled or key in self._done:
+            return
+        self._done.add(key)
+        for problem in check_segment_timing(path, media, segment):
+            self.warnings += 1
+            logger.warning("%ssegment %s (object %s): %s", self.label, segment.timerange, segment.object_id, problem)
+
+
+def open_segment(stack: contextlib.ExitStack, path: Path, segment: SegmentRef, *, kind: str, codec: str,
+                 frame_rate: Fraction | None, chain: Sequence[tuple[SegmentRef, Path]] = (),
+                 timing: TimingChecks | None = None) -> tuple[ObjectMedia, OnDemand]:
+    """``segment``'s object at ``path`` read (``read_object``) and timing-checked, and its
+    precharge ``chain`` to be read on demand, all closed with ``stack``."""
+    def read(earlier: SegmentRef, at: Path) -> ObjectMedia:
+        return stack.enter_context(read_object(at, kind=kind, codec=codec, anchor=earlier.media_timerange,
+                                               frame_rate=frame_rate))
+    media = read(segment, path)
+    if timing is not None:
+        timing.check(path, media, segment)
+    return media, OnDemand(read, chain)
+
+
 @dataclass
 class OutgestSummary:
     output: Path
@@ -1702,21 +1738,14 @@ async def _outgest_flow(
     writer = FlowFileWriter(output, frame_rate)
     bar = _progress_bar(total, progress)
 
-    checked: set[tuple[str, str]] = set()  # segments whose timing was checked
+    timing = TimingChecks(check_timing)
 
     def process(segment: SegmentRef, path: Path, context: bool, chain: Sequence[tuple[SegmentRef, Path]],
                 lose_prior: bool) -> SegmentResult:
         try:
             with contextlib.ExitStack() as stack:
-                media = stack.enter_context(read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange,
-                                                        frame_rate=frame_rate))
-                earlier = OnDemand(lambda s, p: stack.enter_context(
-                    read_object(p, kind=kind, codec=codec, anchor=s.media_timerange, frame_rate=frame_rate)), chain)
-                if check_timing and (segment.object_id, str(segment.timerange)) not in checked:  # once per segment, not per precharge try
-                    checked.add((segment.object_id, str(segment.timerange)))
-                    for problem in check_segment_timing(path, media, segment):
-                        summary.timing_warnings += 1
-                        logger.warning("segment %s (object %s): %s", segment.timerange, segment.object_id, problem)
+                media, earlier = open_segment(stack, path, segment, kind=kind, codec=codec, frame_rate=frame_rate,
+                                              chain=chain, timing=timing)
                 result = write_segment(writer, media, segment, request=request, options=options, context=context,
                                        chain=earlier, lose_prior=lose_prior)
         except OutgestError as exc:
@@ -1792,6 +1821,7 @@ async def _outgest_flow(
         if bar is not None:
             bar.close()
     summary.nudged = writer.nudged
+    summary.timing_warnings = timing.warnings
     if writer.nudged:
         logger.info("moved %d decode timestamps forward to keep them increasing across joins", writer.nudged)
     summary.seconds = time.monotonic() - started
