@@ -684,8 +684,9 @@ class FlowFileWriter:
 
     def expect_layout(self, layout: ts_scan.TsLayout) -> None:
         """The PIDs and program of the objects to come, for a first muxer to use (so that whole
-        objects can follow its packets)."""
-        if self._layout is None:
+        objects can follow its packets); too late once a muxer has written (its PIDs are then
+        libavformat's own, and no whole object follows them)."""
+        if self._layout is None and self._codec is None:
             self._layout = layout
 
     def _close_muxer(self) -> None:
@@ -740,7 +741,8 @@ class FlowFileWriter:
         (nothing written) if it cannot follow what the file holds: another stream layout or
         codec, or decode times that do not rise past the last muxed packet's."""
         layout = whole.scan.layout
-        if self.format != "mpegts" or (self._layout is not None and not layout.same_stream(self._layout)) \
+        if self.format != "mpegts" or (self._layout is None and self._codec is not None) \
+                or (self._layout is not None and not layout.same_stream(self._layout)) \
                 or (self._codec is not None and layout.codec != self._codec):
             return False
         if self._output is not None:
