@@ -654,13 +654,14 @@ class FlowFileWriter:
         target: str | _CarriedOn = str(self.temp_path)
         if self.format == "mpegts" and self._layout is not None:
             # The objects' PIDs, program and transport stream, so that whole objects and muxed
-            # packets make one stream; a new table version after others, so that demuxers read it.
+            # packets make one stream; a table version other than theirs (before or after it),
+            # so that demuxers read its tables and theirs anew.
             layout = self._layout
             options.update(mpegts_transport_stream_id=str(layout.transport_stream_id),
                            mpegts_service_id=str(layout.program), mpegts_pmt_start_pid=str(layout.pmt_pid),
                            mpegts_start_pid=str(layout.video_pid))
-            if self._tables_version is not None:
-                options["tables_version"] = str((self._tables_version + 1) % 32)
+            before = self._tables_version if self._tables_version is not None else layout.version
+            options["tables_version"] = str((before + 1) % 32)
         if self._file is not None:
             target = self._sink = _CarriedOn(self._file, self._continuity)
             if template.codec_context.name != self._codec:

@@ -14,7 +14,7 @@ import pytest
 import ts_scan
 from sample_content import TS_MUX_OPTIONS, read_frame_numbers, synthesize
 from tests.conftest import RunningStore, start_store
-from tests.test_outgest_whole_objects import _assert_one_clean_stream, _export, _ingest, _pids
+from tests.test_outgest_whole_objects import _assert_one_clean_stream, _export, _ingest, _pids, _window
 
 SDT_PID = 0x11
 
@@ -68,4 +68,74 @@ async def test_objects_with_their_own_pids_after_a_muxed_first_object_that_scan_
     with av.open(str(out)) as container:
         assert len(container.streams.video) == 1
     assert len(_pids(out.read_bytes()) - {ts_scan.PAT_PID, SDT_PID}) == 2  # one PMT, one video PID
+    _assert_one_clean_stream(out)
+
+
+def _crc_mpeg2(data: bytes) -> int:
+    """The CRC_32 of a PSI section (ISO/IEC 13818-1 Annex A: polynomial 0x04C11DB7, not reflected)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def _section_at(data: bytes | bytearray, offset: int) -> tuple[int, int] | None:
+    """(start, end) in ``data`` of the PSI section that the packet at ``offset`` starts."""
+    if not data[offset + 1] & 0x40:
+        return None
+    start = offset + 4 + (1 + data[offset + 4] if data[offset + 3] & 0x20 else 0)
+    start += 1 + data[start]  # pointer_field
+    return start, start + 3 + (((data[start + 1] & 0x0F) << 8) | data[start + 2])
+
+
+def _set_pcr_pid(path: Path, pmt_pid: int, pcr_pid: int) -> None:
+    """Give every PMT of the object at ``path`` another PCR_PID (a PMT that differs from the
+    one a muxer writes for the same stream, as another packager's would), its CRC made anew."""
+    data = bytearray(path.read_bytes())
+    for offset in range(0, len(data), 188):
+        if ((data[offset + 1] & 0x1F) << 8 | data[offset + 2]) == pmt_pid and (found := _section_at(data, offset)):
+            start, end = found
+            data[start + 8:start + 10] = (0xE000 | pcr_pid).to_bytes(2, "big")
+            data[end - 4:end] = _crc_mpeg2(bytes(data[start:end - 4])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+def _unsignalled_table_changes(data: bytes, pids: set[int]) -> list[tuple[int, int]]:
+    """(packet index, PID) of every PSI section on ``pids`` whose bytes differ from the one
+    before it on that PID while its version_number is the same (a demuxer keeps the old table)."""
+    last: dict[int, bytes] = {}
+    found = []
+    for offset in range(0, len(data), 188):
+        pid = (data[offset + 1] & 0x1F) << 8 | data[offset + 2]
+        if pid in pids and (bounds := _section_at(data, offset)):
+            section = data[bounds[0]:bounds[1]]
+            if pid in last and section != last[pid] and (section[5] >> 1) & 0x1F == (last[pid][5] >> 1) & 0x1F:
+                found.append((offset // 188, pid))
+            last[pid] = section
+    return found
+
+
+async def test_a_first_muxer_gives_its_tables_a_version_the_objects_after_it_do_not_have(
+    store: RunningStore, tmp_path: Path
+) -> None:
+    # A cut in the first segment: it is muxed, the whole objects after it are copied. The muxer
+    # writes its own PMT (PCR on the video PID); the objects' PMT says otherwise. Both had
+    # version 0, so a demuxer or player kept the muxer's PMT over the copied objects.
+    playlist = synthesize(tmp_path / "tables", duration=6, segment_seconds=2, gop_seconds=1)
+    objects = sorted(playlist.parent.glob("hls_output_*.ts"))
+    first = ts_scan.scan(objects[0].read_bytes())
+    assert not isinstance(first, str)
+    for path in objects:
+        _set_pcr_pid(path, first.layout.pmt_pid, 0x1FFF)
+    changed = ts_scan.scan(objects[0].read_bytes())
+    assert not isinstance(changed, str) and changed.layout.pmt != first.layout.pmt
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "tables.ts"
+    await _export(store, ingested.flow_id, out, timerange=_window(10, 180), exact=True)
+    assert read_frame_numbers(out) == list(range(10, 180))
+    data = out.read_bytes()
+    assert data.find(changed.layout.pmt) > 0  # the copied objects' own PMT, after the muxer's
+    assert _unsignalled_table_changes(data, {ts_scan.PAT_PID, SDT_PID, first.layout.pmt_pid}) == []
     _assert_one_clean_stream(out)
