@@ -13,8 +13,9 @@ and demux it with PyAV, and with no PyAV to import.
 ``scan`` answers with the reason, a string, for anything it cannot vouch for; the export then demuxes
 the object with PyAV as usual. That covers: not 188-byte packets; scrambled or errored packets;
 more than one program; a program holding anything but one H.264 or HEVC video stream (a muxed
-object's audio would come along); a PAT, PMT or PES header not within one packet; an access unit
-without a pts; video packets before the first access unit starts (the tail of one cut off).
+object's audio would come along), or a later PAT or PMT saying otherwise; a PAT, PMT or PES
+header not within one packet; an access unit without a pts; video packets before the first access
+unit starts (the tail of one cut off).
 
 ``Continuity`` renumbers the 4-bit continuity counter of each packet written, so that every PID
 counts on across the joins between objects (each object's own counters usually start afresh,
@@ -240,11 +241,18 @@ def scan(data: bytes | bytearray) -> TsScan | str:
             return "an access unit has no pts"
         pts.append(_timestamp(data, at + 9))
         dts.append(_timestamp(data, at + 14) if flags == 3 else pts[-1])
+    others = _where(other, 1)
+    for index in others:  # a later PMT could add a stream (audio, say) that a demuxer then finds
+        offset = index * PACKET_SIZE
+        pid = ((data[offset + 1] & 0x1F) << 8) | data[offset + 2]
+        if pid in (PAT_PID, layout.pmt_pid) and (not data[offset + 1] & 0x40 or _section(data, index) != (
+                layout.pat if pid == PAT_PID else layout.pmt)):
+            return "its PAT or PMT changes within it"
     video = [first_video, *(i for i in range(first_video + 1, min(count, first_video + FIRST_NAL_SEARCH))
                             if not other[i])]
     return TsScan(layout=layout, pts=tuple(pts), dts=tuple(dts),
                   first_is_key=_first_is_key(data, video, layout.codec),
-                  others=tuple(_where(other, 1)), first_video=first_video, last_video=other.rfind(0))
+                  others=tuple(others), first_video=first_video, last_video=other.rfind(0))
 
 
 @cache

@@ -139,3 +139,56 @@ async def test_a_first_muxer_gives_its_tables_a_version_the_objects_after_it_do_
     assert data.find(changed.layout.pmt) > 0  # the copied objects' own PMT, after the muxer's
     assert _unsignalled_table_changes(data, {ts_scan.PAT_PID, SDT_PID, first.layout.pmt_pid}) == []
     _assert_one_clean_stream(out)
+
+
+def _section_with(section: bytes, *, stream_types: set[int] | None = None, version: int | None = None) -> bytes:
+    """A PMT ``section`` keeping only the elementary streams of ``stream_types``, or with
+    another ``version``, its length and CRC made anew."""
+    body = bytearray(section[3:-4])
+    if version is not None:
+        body[2] = (body[2] & 0xC1) | (version << 1)
+    if stream_types is not None:
+        info = ((section[10] & 0x0F) << 8) | section[11]
+        at, kept = 12 + info, bytearray()
+        while at + 5 <= len(section) - 4:
+            end = at + 5 + (((section[at + 3] & 0x0F) << 8) | section[at + 4])
+            if section[at] in stream_types:
+                kept += section[at:end]
+            at = end
+        body = body[:9 + info] + kept
+    head = bytes([section[0], (section[1] & 0xF0) | ((len(body) + 4) >> 8), (len(body) + 4) & 0xFF]) + body
+    return head + _crc_mpeg2(head).to_bytes(4, "big")
+
+
+def _audio_announced_later(path: Path, pmt_pid: int) -> None:
+    """The object's first PMT lists only its video; the later ones list its audio too (as a
+    new version): a demuxer finds the audio stream part way through."""
+    data = bytearray(path.read_bytes())
+    first = True
+    for offset in range(0, len(data), 188):
+        if ((data[offset + 1] & 0x1F) << 8 | data[offset + 2]) == pmt_pid and (found := _section_at(data, offset)):
+            start, end = found
+            section = bytes(data[start:end])
+            changed = _section_with(section, stream_types={0x1B}) if first else _section_with(section, version=1)
+            data[start:end] = changed.ljust(end - start, b"\xff")  # stuffing after a shorter section
+            first = False
+    path.write_bytes(bytes(data))
+
+
+async def test_an_object_whose_later_pmt_adds_audio_is_demuxed_for_its_video(
+    store: RunningStore, tmp_path: Path
+) -> None:
+    # ts_scan read only the first PMT, so such an object was copied whole, audio and all.
+    playlist = synthesize(tmp_path / "later_pmt", duration=4, segment_seconds=2, gop_seconds=1, audio=True)
+    objects = sorted(playlist.parent.glob("hls_output_*.ts"))
+    for path in objects:
+        _audio_announced_later(path, 0x1000)  # libavformat's PMT PID
+        with av.open(str(path)) as container:
+            assert sorted(s.type for s in container.streams) == ["audio", "video"]
+        assert ts_scan.scan(path.read_bytes()) == "its PAT or PMT changes within it"
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "later_pmt.ts"
+    await _export(store, ingested.flow_id, out)
+    with av.open(str(out)) as container:
+        assert [s.type for s in container.streams] == ["video"]
+    assert read_frame_numbers(out) == list(range(120))
