@@ -13,9 +13,10 @@ and demux it with PyAV, and with no PyAV to import.
 ``scan`` answers with the reason, a string, for anything it cannot vouch for; the export then demuxes
 the object with PyAV as usual. That covers: not 188-byte packets; scrambled or errored packets;
 more than one program; a program holding anything but one H.264 or HEVC video stream (a muxed
-object's audio would come along), or a later PAT or PMT saying otherwise; a PAT, PMT or PES
-header not within one packet; an access unit without a pts; video packets before the first access
-unit starts (the tail of one cut off).
+object's audio would come along), or a later PAT or PMT saying otherwise, or PES packets on a
+PID the PMT does not list (a demuxer finds those streams too); a PAT, PMT or PES header not
+within one packet; an access unit without a pts; video packets before the first access unit
+starts (the tail of one cut off).
 
 ``Continuity`` renumbers the 4-bit continuity counter of each packet written, so that every PID
 counts on across the joins between objects (each object's own counters usually start afresh,
@@ -248,6 +249,11 @@ def scan(data: bytes | bytearray) -> TsScan | str:
         if pid in (PAT_PID, layout.pmt_pid) and (not data[offset + 1] & 0x40 or _section(data, index) != (
                 layout.pat if pid == PAT_PID else layout.pmt)):
             return "its PAT or PMT changes within it"
+    for index in others:
+        at = _payload(data, index) if data[index * PACKET_SIZE + 1] & 0x40 else None
+        if at is not None and data[at:at + 3] == b"\0\0\1":  # a demuxer finds a stream there all the same
+            pid = ((data[index * PACKET_SIZE + 1] & 0x1F) << 8) | data[index * PACKET_SIZE + 2]
+            return f"it holds PES packets on PID {pid:#x}, which its PMT does not list"
     video = [first_video, *(i for i in range(first_video + 1, min(count, first_video + FIRST_NAL_SEARCH))
                             if not other[i])]
     return TsScan(layout=layout, pts=tuple(pts), dts=tuple(dts),

@@ -192,3 +192,28 @@ async def test_an_object_whose_later_pmt_adds_audio_is_demuxed_for_its_video(
     with av.open(str(out)) as container:
         assert [s.type for s in container.streams] == ["video"]
     assert read_frame_numbers(out) == list(range(120))
+
+
+async def test_an_object_with_audio_its_pmt_does_not_list_is_demuxed_for_its_video(
+    store: RunningStore, tmp_path: Path
+) -> None:
+    # libavformat's demuxer finds a PES stream on a PID no PMT lists; copied whole, the object
+    # brought that audio into the export.
+    playlist = synthesize(tmp_path / "unlisted", duration=4, segment_seconds=2, gop_seconds=1, audio=True)
+    objects = sorted(playlist.parent.glob("hls_output_*.ts"))
+    for path in objects:
+        data = bytearray(path.read_bytes())
+        for offset in range(0, len(data), 188):
+            if ((data[offset + 1] & 0x1F) << 8 | data[offset + 2]) == 0x1000 and (found := _section_at(data, offset)):
+                start, end = found
+                data[start:end] = _section_with(bytes(data[start:end]), stream_types={0x1B}).ljust(end - start, b"\xff")
+        path.write_bytes(bytes(data))
+        with av.open(str(path)) as container:
+            assert sorted(s.type for s in container.streams) == ["audio", "video"]
+        assert ts_scan.scan(path.read_bytes()) == "it holds PES packets on PID 0x101, which its PMT does not list"
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "unlisted.ts"
+    await _export(store, ingested.flow_id, out)
+    with av.open(str(out)) as container:
+        assert [s.type for s in container.streams] == ["video"]
+    assert read_frame_numbers(out) == list(range(120))
