@@ -642,6 +642,7 @@ class FlowFileWriter:
         self._continuity = ts_scan.Continuity()
         self._layout: ts_scan.TsLayout | None = None  # the stream's PIDs, program and tables
         self._tables_version: int | None = None  # of the tables written last
+        self._pcr_lag: int | None = None  # ticks the objects' PCRs run behind their decode times
 
     @staticmethod
     def format_of(path: Path) -> str:
@@ -662,6 +663,8 @@ class FlowFileWriter:
                            mpegts_start_pid=str(layout.video_pid))
             before = self._tables_version if self._tables_version is not None else layout.version
             options["tables_version"] = str((before + 1) % 32)
+            if self._pcr_lag:  # its PCRs as far behind the decode times as the objects', so none steps back
+                options.update(max_delay=str(round(Fraction(self._pcr_lag * 1_000_000, TS_CLOCK))), mpegts_copyts="1")
         if self._file is not None:
             target = self._sink = _CarriedOn(self._file, self._continuity)
             if template.codec_context.name != self._codec:
@@ -683,12 +686,12 @@ class FlowFileWriter:
         self._tables_version = int(options.get("tables_version", 0))
         return self._stream
 
-    def expect_layout(self, layout: ts_scan.TsLayout) -> None:
+    def expect_layout(self, layout: ts_scan.TsLayout, pcr_lag: int | None = None) -> None:
         """The PIDs and program of the objects to come, for a first muxer to use (so that whole
         objects can follow its packets); too late once a muxer has written (its PIDs are then
         libavformat's own, and no whole object follows them)."""
         if self._layout is None and self._codec is None:
-            self._layout = layout
+            self._layout, self._pcr_lag = layout, pcr_lag
 
     def _close_muxer(self) -> None:
         """Every packet of the muxer out, and the file open here to be appended to."""
@@ -758,6 +761,7 @@ class FlowFileWriter:
         except OSError as exc:
             raise OutgestError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         self._layout, self._tables_version, self._codec = layout, layout.version, layout.codec
+        self._pcr_lag = whole.scan.pcr_lag
         self._last_dts = whole.last_dts
         self._clock.follow(Fraction(whole.first_dts + whole.delay, TS_CLOCK), Fraction(whole.delay, TS_CLOCK))
         self.frames += whole.frames
@@ -1462,7 +1466,7 @@ class RawJoin:
         if isinstance(found, str):
             logger.debug("segment %s (object %s) is muxed: %s", segment.timerange, segment.object_id, found)
             return None
-        self.writer.expect_layout(found.layout)
+        self.writer.expect_layout(found.layout, found.pcr_lag)
         if found.layout.codec != self.codec or abs(duration - len(found.pts)) >= Fraction(1, 2):
             return None
         anchor = segment.media_timerange.start

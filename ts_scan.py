@@ -16,7 +16,8 @@ more than one program; a program holding anything but one H.264 or HEVC video st
 object's audio would come along), or a later PAT or PMT saying otherwise, or PES packets on a
 PID the PMT does not list (a demuxer finds those streams too); a PAT, PMT or PES header not
 within one packet; an access unit without a pts; video packets before the first access unit
-starts (the tail of one cut off).
+starts (the tail of one cut off). It also reads how far the first PCR runs behind the decode
+times, for a muxer that continues the stream to keep its PCRs as far behind.
 
 ``Continuity`` renumbers the 4-bit continuity counter of each packet written, so that every PID
 counts on across the joins between objects (each object's own counters usually start afresh,
@@ -25,6 +26,7 @@ which a demuxer reports as lost packets), and likewise for the bytes a muxer wri
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ VIDEO_STREAM_TYPES = {0x1B: "h264", 0x24: "hevc"}
 MUXER_PIDS = range(0x0020, 0x1FFB)
 FIRST_NAL_SEARCH = 32  # packets into the first access unit to look for its first picture slice
 LEARN_BLOCK = PACKET_SIZE * 1024
+PCR_SEARCH = 1024  # packets on the PCR PID to look for the first PCR in
 SDT_PID = 0x11  # libavformat's muxer writes a service description table there
 
 
@@ -77,6 +80,7 @@ class TsScan:
     others: tuple[int, ...]  # indices of the packets not on the video PID
     first_video: int  # index of the first and last packet on the video PID
     last_video: int
+    pcr_lag: int | None = None  # 90 kHz ticks the first PCR runs behind the next access unit's dts
 
 
 @cache
@@ -210,6 +214,29 @@ def _first_is_key(data: bytes | bytearray, video: list[int], codec: str) -> bool
     return False
 
 
+def _pcr_lag(data: bytes | bytearray, layout: TsLayout, other: bytes, starts: list[int], dts: list[int]) -> int | None:
+    """How far the object's first PCR (on the PMT's PCR_PID, looked for in the first
+    ``PCR_SEARCH`` packets there) runs behind the dts of the access unit starting with or after
+    it: the delay a muxer continuing the stream must give its PCRs, else they step back (None
+    when not found)."""
+    pcr_pid = int.from_bytes(layout.pmt[8:10], "big") & 0x1FFF
+    if pcr_pid == layout.video_pid:
+        candidates = _where(other, 0)[:PCR_SEARCH]
+    else:
+        candidates = [i for i in range(len(data) // PACKET_SIZE)
+                      if ((data[i * PACKET_SIZE + 1] & 0x1F) << 8 | data[i * PACKET_SIZE + 2]) == pcr_pid][:PCR_SEARCH]
+    for index in candidates:
+        offset = index * PACKET_SIZE
+        if data[offset + 3] & 0x20 and data[offset + 4] >= 7 and data[offset + 5] & 0x10:
+            base = int.from_bytes(data[offset + 6:offset + 11], "big") >> 7  # the 33-bit 90 kHz part
+            following = bisect.bisect_left(starts, index)
+            if following == len(starts):
+                return None
+            lag = (dts[following] - base) % (1 << 33)
+            return lag if lag < 1 << 32 else None
+    return None
+
+
 def scan(data: bytes | bytearray) -> TsScan | str:
     """The video timing of the MPEG-TS object ``data``, or why it cannot be vouched for."""
     if not data or len(data) % PACKET_SIZE:
@@ -258,7 +285,8 @@ def scan(data: bytes | bytearray) -> TsScan | str:
                             if not other[i])]
     return TsScan(layout=layout, pts=tuple(pts), dts=tuple(dts),
                   first_is_key=_first_is_key(data, video, layout.codec),
-                  others=tuple(others), first_video=first_video, last_video=other.rfind(0))
+                  others=tuple(others), first_video=first_video, last_video=other.rfind(0),
+                  pcr_lag=_pcr_lag(data, layout, other, starts, dts))
 
 
 @cache

@@ -4,19 +4,17 @@ review found, where the parts did not make one stream.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import pytest
+from mediatimestamp.immutable import TimeRange, Timestamp
 
 import ts_scan
 from sample_content import TS_MUX_OPTIONS, read_frame_numbers, synthesize
 from tests.conftest import RunningStore, start_store
-from tests.test_outgest_whole_objects import _assert_one_clean_stream, _export, _ingest, _pids, _window
-
-SDT_PID = 0x11
+from tests.test_outgest_whole_objects import _assert_one_clean_stream, _counters_blanked, _export, _ingest, _pids, _video_packets, _window
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +56,7 @@ async def test_objects_with_their_own_pids_after_a_muxed_first_object_that_scan_
     objects = sorted(playlist.parent.glob("hls_output_*.ts"))
     for path in objects:
         _remux(path, mpegts_start_pid="0x200", mpegts_pmt_start_pid="0x300", mpegts_service_id="7")
-    _mark_errored(objects[0], SDT_PID)
+    _mark_errored(objects[0], ts_scan.SDT_PID)
     assert ts_scan.scan(objects[0].read_bytes()) == "a packet is marked errored or scrambled"
     assert all(not isinstance(ts_scan.scan(path.read_bytes()), str) for path in objects[1:])
     ingested = await _ingest(store, playlist)
@@ -67,7 +65,7 @@ async def test_objects_with_their_own_pids_after_a_muxed_first_object_that_scan_
     assert read_frame_numbers(out) == list(range(180))
     with av.open(str(out)) as container:
         assert len(container.streams.video) == 1
-    assert len(_pids(out.read_bytes()) - {ts_scan.PAT_PID, SDT_PID}) == 2  # one PMT, one video PID
+    assert len(_pids(out.read_bytes()) - {ts_scan.PAT_PID, ts_scan.SDT_PID}) == 2  # one PMT, one video PID
     _assert_one_clean_stream(out)
 
 
@@ -137,7 +135,7 @@ async def test_a_first_muxer_gives_its_tables_a_version_the_objects_after_it_do_
     assert read_frame_numbers(out) == list(range(10, 180))
     data = out.read_bytes()
     assert data.find(changed.layout.pmt) > 0  # the copied objects' own PMT, after the muxer's
-    assert _unsignalled_table_changes(data, {ts_scan.PAT_PID, SDT_PID, first.layout.pmt_pid}) == []
+    assert _unsignalled_table_changes(data, {ts_scan.PAT_PID, ts_scan.SDT_PID, first.layout.pmt_pid}) == []
     _assert_one_clean_stream(out)
 
 
@@ -217,3 +215,37 @@ async def test_an_object_with_audio_its_pmt_does_not_list_is_demuxed_for_its_vid
     with av.open(str(out)) as container:
         assert [s.type for s in container.streams] == ["video"]
     assert read_frame_numbers(out) == list(range(120))
+
+
+def _pcrs(data: bytes) -> list[int]:
+    """Every PCR in ``data``, in order (27 MHz)."""
+    found = []
+    for offset in range(0, len(data), 188):
+        if data[offset + 3] & 0x20 and data[offset + 4] >= 7 and data[offset + 5] & 0x10:
+            field = int.from_bytes(data[offset + 6:offset + 12], "big")
+            found.append((field >> 15) * 300 + (field & 0x1FF))
+    return found
+
+
+async def test_muxed_parts_keep_the_pcr_as_far_behind_as_the_objects_do(store: RunningStore, tmp_path: Path) -> None:
+    # Packagers send the PCR ahead of the decode times (ffmpeg's command line by 0.7 s); the
+    # muxer's PCRs were the decode times themselves, so the PCR stepped back 0.7 s where whole
+    # objects followed a muxed part (and jumped as far forward after them).
+    first_pts = 900000  # room before the first frame for a PCR 0.7 s earlier
+    playlist = synthesize(tmp_path / "pcr", duration=8, segment_seconds=2, gop_seconds=1, start_pts=first_pts)
+    for path in sorted(playlist.parent.glob("hls_output_*.ts")):
+        _remux(path, max_delay="700000")
+        found = ts_scan.scan(path.read_bytes())
+        assert not isinstance(found, str) and found.pcr_lag == 63000
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "pcr.ts"
+    window = TimeRange(Timestamp.from_count(first_pts + 3000 * 10, 90000),
+                       Timestamp.from_count(first_pts + 3000 * 230, 90000), TimeRange.INCLUDE_START)
+    # Segment 0 (cut) muxed, segment 1 as it is, segments 2 (held back) and 3 (cut) muxed.
+    await _export(store, ingested.flow_id, out, timerange=window, exact=True)
+    assert _counters_blanked(out.read_bytes()).find(_counters_blanked(ingested.objects[1])) > 0
+    assert read_frame_numbers(out) == list(range(10, 230))
+    assert sorted(p for p, _, _ in _video_packets(out)) == [first_pts + 3000 * n for n in range(10, 230)]
+    pcrs = _pcrs(out.read_bytes())
+    assert len(pcrs) > 30 and all(b > a for a, b in zip(pcrs, pcrs[1:]))
+    _assert_one_clean_stream(out)
