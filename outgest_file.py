@@ -794,7 +794,7 @@ class FlowFileWriter:
         packet.duration = round(duration / self.time_base) if duration else 0
         try:
             self._output.mux(packet)
-        except av.error.FFmpegError as exc:
+        except (av.error.FFmpegError, OSError) as exc:  # OSError: from a _CarriedOn's file
             raise OutgestError(f"cannot write {self.path}: {exc}") from exc
         self.frames += 1
 

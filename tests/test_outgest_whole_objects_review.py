@@ -4,7 +4,13 @@ review found, where the parts did not make one stream.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import os
+import resource
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
@@ -13,7 +19,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 import ts_scan
 from sample_content import TS_MUX_OPTIONS, read_frame_numbers, synthesize
-from tests.conftest import RunningStore, start_store
+from tests.conftest import REPO_ROOT, RunningStore, start_store
 from tests.test_outgest_whole_objects import _assert_one_clean_stream, _counters_blanked, _export, _ingest, _pids, _video_packets, _window
 
 
@@ -249,3 +255,37 @@ async def test_muxed_parts_keep_the_pcr_as_far_behind_as_the_objects_do(store: R
     pcrs = _pcrs(out.read_bytes())
     assert len(pcrs) > 30 and all(b > a for a, b in zip(pcrs, pcrs[1:]))
     _assert_one_clean_stream(out)
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn`` under which no file grows past ``limit`` bytes (writes fail with EFBIG,
+    as on a full disk) instead of the process being killed."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_write_failing_in_a_muxed_part_after_whole_objects_is_one_line(store: RunningStore, tmp_path: Path) -> None:
+    # Segments 0 and 1 go out as they are; the muxer writes segments 2 and 3 after them, through
+    # the file object that renumbers its counters. The output may not grow past half an object more
+    # than the two whole ones: a write of the muxer's fails, as when the disk fills.
+    playlist = synthesize(tmp_path / "full", duration=8, segment_seconds=2, gop_seconds=1)
+    ingested = asyncio.run(_ingest(store, playlist))
+    sizes = [len(o) for o in ingested.objects]
+    out = tmp_path / "out" / "full.ts"
+    out.parent.mkdir()
+    window = TimeRange(Timestamp.from_count(6000, 90000), Timestamp.from_count(6000 + 3000 * 200, 90000),
+                       TimeRange.INCLUDE_START)
+    env = {**os.environ, "TAMS_URL": store.url, "USERNAME": store.username, "PASSWORD": store.password}
+    env.pop("OAUTH2_URL", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "outgest_file.py"), "--flow-id", ingested.flow_id, "--output", str(out),
+         "--timerange", str(window), "--exact", "--quiet"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        preexec_fn=_file_size_limit(sizes[0] + sizes[1] + sizes[2] // 2),
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "File too large" in lines[0], done.stderr
+    assert list(out.parent.iterdir()) == []
