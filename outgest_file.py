@@ -540,6 +540,11 @@ class DecodeClock(Generic[P]):
     def delay_known(self) -> bool:
         return self._target is not None
 
+    @property
+    def target_delay(self) -> Fraction | None:
+        """The largest reorder delay asked for so far (seconds), if any."""
+        return self._target
+
     def set_reorder_delay(self, seconds: Fraction) -> None:
         if self._target is not None and seconds <= self._target:
             return
@@ -750,6 +755,11 @@ class FlowFileWriter:
                 or (self._codec is not None and layout.codec != self._codec):
             return False
         if self._output is not None:
+            target = self._clock.target_delay
+            if target is None or Fraction(whole.delay, TS_CLOCK) > target:
+                # Muxed instead, its deeper delay spread over the packets still waiting in the
+                # muxer's clock; once they are out, the object's decode times could not follow.
+                return False
             self._close_muxer()
         if self._last_dts is not None and whole.first_dts <= self._last_dts:
             return False

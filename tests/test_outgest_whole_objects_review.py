@@ -10,7 +10,9 @@ import resource
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,9 +20,20 @@ import pytest
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 import ts_scan
+from ingest_hls import IngestOptions, ingest
 from sample_content import TS_MUX_OPTIONS, read_frame_numbers, synthesize
 from tests.conftest import REPO_ROOT, RunningStore, start_store
-from tests.test_outgest_whole_objects import _assert_one_clean_stream, _counters_blanked, _export, _ingest, _pids, _video_packets, _window
+from tests.gop_media import make_hls
+from tests.test_outgest_whole_objects import (
+    _assert_one_clean_stream,
+    _counters_blanked,
+    _export,
+    _ingest,
+    _pids,
+    _video_packets,
+    _window,
+    connect,
+)
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +302,36 @@ def test_a_write_failing_in_a_muxed_part_after_whole_objects_is_one_line(store: 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "File too large" in lines[0], done.stderr
     assert list(out.parent.iterdir()) == []
+
+
+async def test_a_deeper_reordering_encode_after_a_muxed_cut_is_muxed_until_its_delay_is_taken_on(
+    store: RunningStore, tmp_path: Path
+) -> None:
+    # One segment without B-frames, cut (muxed), then two of a B-pyramid (decode times two frames
+    # behind). The first pyramid object was to be copied: the muxer was closed, all its packets
+    # out, and then its decode times could not follow; muxed after that, the deeper delay had no
+    # packets left to spread over and the export failed ("decode order breaks").
+    fps = Fraction(25)
+    parts = [make_hls(tmp_path / "ip", encoder="x264-ip", fps=fps, frames=25, segment_seconds=Fraction(1),
+                      gop_frames=25),
+             make_hls(tmp_path / "pyramid", encoder="x264-pyramid", fps=fps, frames=50, segment_seconds=Fraction(1),
+                      gop_frames=25, first_frame=25)]
+    flow_id = str(uuid.uuid4())
+    async with connect(store) as client:
+        for playlist in parts:
+            await ingest(client, IngestOptions(hls=str(playlist), segment_count=None, flow_id=flow_id, video_only=True))
+        segments = [item async for item in client.segments(flow_id)]
+        last_object = await client.download_object(segments[-1]["get_urls"][0])
+    start = TimeRange.from_str(segments[0]["timerange"]).start
+    assert start is not None and len(segments) == 3
+    out = tmp_path / "deeper.ts"
+    window = TimeRange(start + Timestamp.from_count(13, fps), start + Timestamp.from_count(75, fps),
+                       TimeRange.INCLUDE_START)
+    summary = await _export(store, flow_id, out, timerange=window, exact=True)
+    assert read_frame_numbers(out) == list(range(13, 75))
+    assert summary.nudged == 0
+    packets = _video_packets(out)
+    assert all(d <= p for p, d, _ in packets)
+    _assert_one_clean_stream(out)
+    # the last segment, once the pyramid's delay is taken on, as it is
+    assert _counters_blanked(out.read_bytes()).find(_counters_blanked(last_object)) > 0
