@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import concurrent.futures
 import contextlib
 import datetime
 import json
@@ -308,33 +309,34 @@ async def read_range(uri: str, byterange: tuple[int, int] | None, session: aioht
 
     A range that runs past the end of the resource is an error naming it, never a short read.
     """
-    if byterange is None:
-        if _is_url(uri):
-            assert session is not None
-            return await _fetch_url(uri, session)
-        try:
-            return await asyncio.to_thread(Path(uri).read_bytes)
-        except OSError as exc:
-            raise IngestError(f"cannot read {what} {hls_forms.shown(uri)}: {exc.strerror or exc}") from exc
-    offset, length = byterange
-    if _is_url(uri):
-        assert session is not None
-        data = await _fetch_url(uri, session, byterange)
-    else:
-        data = await asyncio.to_thread(_read_local_range, uri, offset, length, what)
-    if len(data) != length:
-        raise IngestError(f"{what} {hls_forms.shown(uri)}: byte range {length}@{offset} runs past the end of the resource "
-                          f"({offset + len(data)} bytes)")
+    if not _is_url(uri):
+        return await asyncio.to_thread(_read_local, uri, byterange, what)
+    assert session is not None
+    data = await _fetch_url(uri, session, byterange)
+    if byterange is not None:
+        _check_length(uri, byterange, data, what)
     return data
 
 
-def _read_local_range(path: str, offset: int, length: int, what: str) -> bytes:
+def _read_local(path: str, byterange: tuple[int, int] | None, what: str = "segment") -> bytes:
+    """``read_range`` of a local file, in the calling thread."""
     try:
+        if byterange is None:
+            return Path(path).read_bytes()
         with open(path, "rb") as file:
-            file.seek(offset)
-            return file.read(length)
+            file.seek(byterange[0])
+            data = file.read(byterange[1])
     except OSError as exc:
-        raise IngestError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+        raise IngestError(f"cannot read {what} {hls_forms.shown(path)}: {exc.strerror or exc}") from exc
+    _check_length(path, byterange, data, what)
+    return data
+
+
+def _check_length(uri: str, byterange: tuple[int, int], data: bytes, what: str) -> None:
+    offset, length = byterange
+    if len(data) != length:
+        raise IngestError(f"{what} {hls_forms.shown(uri)}: byte range {length}@{offset} runs past the end of the resource "
+                          f"({offset + len(data)} bytes)")
 
 
 async def _segment_bytes(ref: SegmentRef, session: aiohttp.ClientSession | None) -> bytes:
@@ -726,8 +728,11 @@ def _check_form(ref: SegmentRef, data: bytes) -> None:
         raise IngestError(f"segment {ref.shown} is an fMP4 fragment, but the playlist gives it no init section (EXT-X-MAP)")
 
 
-def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: bool,
+def _prepare_sync(ref: SegmentRef, data: bytes | None, kinds: tuple[str, ...], split: bool,
                   init: bytes | None = None, frame_rate: Fraction | None = None) -> _Prepared:
+    """A segment's timing and objects; ``data`` None: read it here (a local file)."""
+    if data is None:
+        data = _read_local(ref.uri, ref.byterange)
     _check_form(ref, data)
     # A fragment's timing (tfdt, trun) needs its init segment's track timescales to be read.
     # The Flow's frame rate (from its first segment) spares each segment a probe of its own.
@@ -994,6 +999,9 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         ))
     prepare_ahead = options.concurrency
     frame_rate = props.video.frame_rate if props.video is not None and "video" in kinds else None
+    # One thread reads and times the segments, in playlist order: the first one is ready first,
+    # rather than all those read ahead sharing the CPU (two cores serve this and the store).
+    media_worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-media")
     pending: deque[tuple[hls_live.FeedEntry, asyncio.Task[_Prepared]]] = deque()
     uploads: set[asyncio.Task[None]] = set()
     bit_rates: asyncio.Task[None] | None = None
@@ -1005,10 +1013,15 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         if (ref.init is not None) != fragmented:
             raise IngestError(f"segment {ref.shown} {'has no' if fragmented else 'has an'} EXT-X-MAP init section, "
                               f"unlike the Flow's first segment: a Flow's objects all have init objects or none")
-        data = first_data if ref is window[0] else await _segment_bytes(ref, session)
+        data: bytes | None = None  # a local file: read by the media worker, then timed
+        if ref is window[0]:
+            data = first_data
+        elif _is_url(ref.uri):
+            data = await _segment_bytes(ref, session)
         init = await inits.data(ref.init) if ref.init is not None else None
         try:
-            prepared = await asyncio.to_thread(_prepare_sync, ref, data, kinds, split, init, frame_rate)
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                media_worker, _prepare_sync, ref, data, kinds, split, init, frame_rate)
         except media.MediaError as exc:
             raise IngestError(str(exc)) from exc
         _check_container(ref, prepared.timing.format_name, (window[0].uri, props.format_name))
@@ -1137,6 +1150,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     finally:
+        media_worker.shutdown(wait=False, cancel_futures=True)
         bar.close()
         for target_source in targets.values():
             await target_source.close()
