@@ -62,8 +62,6 @@ from urllib.request import url2pathname
 import aiohttp
 import m3u8  # type: ignore[import-untyped]
 from mediatimestamp.immutable import TimeRange, Timestamp
-from tqdm import tqdm  # type: ignore[import-untyped]
-from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
 import hls_forms
 import hls_live
@@ -1006,8 +1004,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
     uploads: set[asyncio.Task[None]] = set()
     bit_rates: asyncio.Task[None] | None = None
     slots = asyncio.Semaphore(options.concurrency)
-    bar = tqdm(total=None if options.follow else len(window), unit="seg", file=sys.stderr,
-               disable=not options.progress, leave=False)
+    bar = _progress_bar(None if options.follow else len(window), options.progress)
 
     async def prepare(ref: SegmentRef) -> _Prepared:
         if (ref.init is not None) != fragmented:
@@ -1085,7 +1082,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
             task.result()  # re-raises the first failure
 
     try:
-        with logging_redirect_tqdm(loggers=[logging.getLogger()]) if options.progress else contextlib.nullcontext():
+        with _logging_beside_the_bar() if options.progress else contextlib.nullcontext():
             entered = await next_prepared()
             while entered is not None and entered[0].register:
                 current = entered[1]
@@ -1159,6 +1156,33 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
 
     result.seconds = time.perf_counter() - started
     return result
+
+
+class _NoProgress:
+    """The progress bar's calls, where none is shown."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int | None, shown: bool) -> Any:
+    """A tqdm bar of segments (tqdm is imported only then: a quiet run's start-up needs none of it)."""
+    if not shown:
+        return _NoProgress()
+    from tqdm import tqdm  # type: ignore[import-untyped]
+    return tqdm(total=total, unit="seg", file=sys.stderr, leave=False)
+
+
+def _logging_beside_the_bar() -> contextlib.AbstractContextManager[None]:
+    """Log lines written above the progress bar rather than through it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
+    return logging_redirect_tqdm(loggers=[logging.getLogger()])
 
 
 async def _flow_property(client: TAMSClient, flow_id: str, name: str) -> Any:
