@@ -931,14 +931,14 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         raise IngestError("--storage-batch must be at least 1")
     if options.segment_count is not None and options.segment_count < 1:
         raise IngestError("the segment count must be at least 1 (None: to the end of the playlist)")
-    loaded_at = asyncio.get_running_loop().time()
-    playlist = await load_playlist(options.hls, variant=options.variant, session=session)
-    feed = hls_live.SegmentFeed()
-    window = await _checked_window(playlist, options, feed, session)
-
-    # The Flow named on the command line is looked up while the first segment is read and probed.
+    # The Flow named on the command line is looked up while the playlist and the first segment are
+    # read and the segment is probed.
     looked_up = {fid: asyncio.create_task(_stored_flow(client, fid)) for fid in (options.flow_id,) if fid}
     try:
+        loaded_at = asyncio.get_running_loop().time()
+        playlist = await load_playlist(options.hls, variant=options.variant, session=session)
+        feed = hls_live.SegmentFeed()
+        window = await _checked_window(playlist, options, feed, session)
         first_data = await _segment_bytes(window[0], session)
         fragmented = window[0].init is not None  # fMP4: each object needs its init object (TAMS init_segments)
         _check_form(window[0], first_data)
