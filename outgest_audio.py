@@ -679,8 +679,9 @@ async def outgest_av(
             raise of.OutgestError(f"Flow {flow_id} segment {segment.timerange} (object {segment.object_id}): {exc}") from exc
 
     try:
+        scratch_dir = tempfile.TemporaryDirectory(prefix="outgest-")
         with (
-            tempfile.TemporaryDirectory(prefix="outgest-") as scratch,
+            scratch_dir as scratch,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="outgest-mux") as muxer,
         ):
             loop = asyncio.get_running_loop()
@@ -728,6 +729,7 @@ async def outgest_av(
                 raise of.OutgestError(f"Flow {details['video'][0]} has no frames in {timerange.to_sec_nsec_range()}")
             if "audio" in kinds and summary.audio_samples == 0:
                 raise of.OutgestError(f"Flow {details['audio'][0]} has no samples in {timerange.to_sec_nsec_range()}")
+            scratch_dir.cleanup()  # before the output is renamed (see outgest_file._outgest_flow)
             summary.bytes = await loop.run_in_executor(muxer, finish)
     except BaseException:
         writer.discard()

@@ -27,6 +27,12 @@ zero instead, since MP4 cannot carry a TAI-scale start time usefully. Objects ar
 order, so memory and disk use stay bounded whatever the Flow's length. The output is written to a
 temporary name beside the requested one and renamed only when complete.
 
+An MPEG-TS export of an MPEG-TS Flow writes each segment that uses its whole object, at the Flow's
+own timestamps, as the object's bytes (``RawJoin``; only the continuity counters are renumbered),
+after checking from the packet headers alone (``ts_scan``) that they hold exactly the frames the
+steps above would write; those objects are downloaded into memory, and PyAV is not even imported
+unless some segment needs the muxer.
+
 Usage::
 
     ./outgest_file.py --flow-id FLOW --output out.ts [--timerange '[10:0_20:0)' --exact]
@@ -49,10 +55,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import Any, BinaryIO, Generic, Self, TypeVar, cast
 
 from mediatimestamp.immutable import TimeRange, Timestamp
 
+import ts_scan
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
 from credentials import HelpFormatter, add_credential_args, connection_from_args
 from gop_cuts import ENCODER_OPTIONS, ENCODERS, NeedPrecharge, ReencodeError, needs_prior, plan_pieces, reencode, set_verbose
@@ -78,6 +85,7 @@ __all__ = [
     "ObjectMedia",
     "OutgestError",
     "OutgestSummary",
+    "RawJoin",
     "SegmentPlan",
     "SegmentRef",
     "encoder_options",
@@ -539,6 +547,16 @@ class DecodeClock(Generic[P]):
         else:
             self._ramp = len(self._pending)
 
+    def follow(self, first_shown: Fraction, delay: Fraction) -> None:
+        """Packets shown from ``first_shown`` on went out by other means (none waiting here),
+        reordered by ``delay``: the packets to come carry on from that delay (a deeper one is
+        spread over the packets waiting then, as after packets of our own)."""
+        assert not self._pending
+        if self.first_shown is None:
+            self.first_shown = first_shown
+        self._target = self._delay = delay
+        self._ramp = 0
+
     def push(self, item: P, pts: Fraction) -> Iterator[tuple[P, Fraction, Fraction, Fraction]]:
         """Take a packet (``item``) presented at ``pts``; yields the (item, pts, shown, delay) now due."""
         self._pending.append((item, pts))
@@ -592,7 +610,7 @@ class FlowFileWriter:
 
     def __init__(self, path: Path, frame_rate: Fraction | None = None) -> None:
         self.path = path
-        self.format = "mp4" if path.suffix.lower() == ".mp4" else "mpegts"
+        self.format = self.format_of(path)
         if path.is_dir():
             raise OutgestError(f"cannot write {path}: it is a directory")
         self.temp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
@@ -614,13 +632,39 @@ class FlowFileWriter:
         self.frames = 0
         self.nudged = 0
         self._annexb = AnnexB()
+        # MPEG-TS written in turns as whole objects (RawJoin) and through a muxer: once the
+        # first muxer is done or the first object written, the file is open here, and later
+        # muxers write into it through a _CarriedOn that carries the continuity counters on.
+        self._file: BinaryIO | None = None
+        self._sink: _CarriedOn | None = None
+        self._continuity = ts_scan.Continuity()
+        self._layout: ts_scan.TsLayout | None = None  # the stream's PIDs, program and tables
+        self._tables_version: int | None = None  # of the tables written last
+
+    @staticmethod
+    def format_of(path: Path) -> str:
+        return "mp4" if path.suffix.lower() == ".mp4" else "mpegts"
 
     def _open(self, template: av.stream.Stream) -> av.stream.Stream:
         if self._stream is not None:
             return self._stream
         options = {"avoid_negative_ts": "disabled"} if self.format == "mpegts" else self._mp4_options()
+        target: str | _CarriedOn = str(self.temp_path)
+        if self.format == "mpegts" and self._layout is not None:
+            # The objects' PIDs, program and transport stream, so that whole objects and muxed
+            # packets make one stream; a new table version after others, so that demuxers read it.
+            layout = self._layout
+            options.update(mpegts_transport_stream_id=str(layout.transport_stream_id),
+                           mpegts_service_id=str(layout.program), mpegts_pmt_start_pid=str(layout.pmt_pid),
+                           mpegts_start_pid=str(layout.video_pid))
+            if self._tables_version is not None:
+                options["tables_version"] = str((self._tables_version + 1) % 32)
+        if self._file is not None:
+            target = self._sink = _CarriedOn(self._file, self._continuity)
+            if template.codec_context.name != self._codec:
+                raise OutgestError(f"an object holds {template.codec_context.name}, earlier ones {self._codec}")
         try:
-            self._output = av.open(str(self.temp_path), "w", format=self.format, container_options=options)
+            self._output = av.open(target, "w", format=self.format, container_options=options)
             self._stream = self._output.add_stream_from_template(template)
             self._annexb.open(template, self._stream)
             if self.format == "mp4" and template.codec_context.name == "hevc":
@@ -633,7 +677,41 @@ class FlowFileWriter:
             raise OutgestError(f"cannot write {self.path}: {exc}") from exc
         self._stream.time_base = self.time_base
         self._codec = template.codec_context.name
+        self._tables_version = int(options.get("tables_version", 0))
         return self._stream
+
+    def expect_layout(self, layout: ts_scan.TsLayout) -> None:
+        """The PIDs and program of the objects to come, for a first muxer to use (so that whole
+        objects can follow its packets)."""
+        if self._layout is None:
+            self._layout = layout
+
+    def _close_muxer(self) -> None:
+        """Every packet of the muxer out, and the file open here to be appended to."""
+        assert self._output is not None
+        for item, pts, shown, delay in self._clock.flush():
+            self._emit(item, pts, shown, delay)
+        direct = self._file is None
+        try:
+            self._output.close()
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutgestError(f"cannot write {self.path}: {exc}") from exc
+        self._output = self._stream = None
+        self._check_sink()
+        if direct:
+            try:
+                self._file = self.temp_path.open("r+b")
+            except OSError as exc:
+                raise OutgestError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            assert self._layout is not None
+            self._continuity.learn(self._file, (ts_scan.PAT_PID, ts_scan.SDT_PID, self._layout.pmt_pid,
+                                                self._layout.video_pid))
+
+    def _check_sink(self) -> None:
+        if self._sink is not None:
+            if self._sink.pending:
+                raise OutgestError(f"the muxer left {self._sink.pending} bytes that are no whole MPEG-TS packet")
+            self._sink = None
 
     def set_reorder_delay(self, seconds: Fraction) -> None:
         """How far (seconds) the coming object's decode times must run behind its presentation
@@ -654,6 +732,31 @@ class FlowFileWriter:
         self._parameter_sets.add(bytes(template.codec_context.extradata or b""))
         for item, at, shown, delay in self._clock.push((packet, duration), pts):
             self._emit(item, at, shown, delay)
+
+    def write_raw(self, whole: RawObject) -> bool:
+        """Append a whole MPEG-TS object as it is, its continuity counters renumbered; False
+        (nothing written) if it cannot follow what the file holds: another stream layout or
+        codec, or decode times that do not rise past the last muxed packet's."""
+        layout = whole.scan.layout
+        if self.format != "mpegts" or (self._layout is not None and not layout.same_stream(self._layout)) \
+                or (self._codec is not None and layout.codec != self._codec):
+            return False
+        if self._output is not None:
+            self._close_muxer()
+        if self._last_dts is not None and whole.first_dts <= self._last_dts:
+            return False
+        try:
+            if self._file is None:
+                self._file = self.temp_path.open("wb")
+            self._continuity.join(whole.data, whole.scan)
+            self._file.write(whole.data)
+        except OSError as exc:
+            raise OutgestError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self._layout, self._tables_version, self._codec = layout, layout.version, layout.codec
+        self._last_dts = whole.last_dts
+        self._clock.follow(Fraction(whole.first_dts + whole.delay, TS_CLOCK), Fraction(whole.delay, TS_CLOCK))
+        self.frames += whole.frames
+        return True
 
     def _ticks(self, t: Fraction) -> int:
         assert self._origin is not None
@@ -688,14 +791,19 @@ class FlowFileWriter:
 
     def commit(self) -> int:
         """Finish the file and move it to its name; returns its size in bytes."""
-        if self._output is None:
+        if self._output is None and self._file is None:
             self.discard()
             raise OutgestError("no frames to write")
         for item, pts, shown, delay in self._clock.flush():
             self._emit(item, pts, shown, delay)
         try:
-            self._output.close()
-            self._output = None
+            if self._output is not None:
+                self._output.close()
+                self._output = None
+            self._check_sink()
+            if self._file is not None:
+                self._file.close()
+                self._file = None
             if self._codec == "hevc" and self.format == "mp4" and not self.mixed_parameter_sets \
                     and len(self._parameter_sets) == 1:
                 self._retag_hvc1()
@@ -741,7 +849,35 @@ class FlowFileWriter:
             except (av.error.FFmpegError, OSError):
                 pass
             self._output = None
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
         self.temp_path.unlink(missing_ok=True)
+
+
+class _CarriedOn:
+    """The file a muxer writes into after whole MPEG-TS objects or an earlier muxer: its packets'
+    continuity counters count on from those before (``ts_scan.Continuity``)."""
+
+    def __init__(self, file: BinaryIO, continuity: ts_scan.Continuity) -> None:
+        self._file = file
+        self._continuity = continuity
+        self._partial = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._partial)
+
+    def write(self, data: bytes) -> int:
+        self._partial += data
+        whole = len(self._partial) - len(self._partial) % ts_scan.PACKET_SIZE
+        if whole:
+            packets = self._partial[:whole]
+            del self._partial[:whole]
+            self._continuity.carry_on(packets)
+            self._file.write(packets)
+        return len(data)
 
 
 class AnnexB:
@@ -806,8 +942,12 @@ class SegmentResult:
 def reorder_delay(media: ObjectMedia) -> Fraction:
     """How far (seconds) the object's decode timestamps run behind its presentation times: the
     most by which the i-th packet's dts precedes the i-th smallest pts."""
-    shown = sorted(f.pts for f in media.frames)
-    return max(0, max(p - f.dts for p, f in zip(shown, media.frames))) * media.time_base
+    return _reorder_ticks(media.frames) * media.time_base
+
+
+def _reorder_ticks(frames: Sequence[FrameTiming]) -> int:
+    shown = sorted(f.pts for f in frames)
+    return max(0, max(p - f.dts for p, f in zip(shown, frames)))
 
 
 def write_segment(
@@ -1025,10 +1165,30 @@ def _essence(flow: Mapping[str, Any]) -> tuple[str, str, Fraction | None]:
     return kinds[fmt], codec, frame_rate
 
 
-async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path, head: bytes = b"") -> int:
-    """Stream the object at ``url`` into ``path`` after ``head``; return the object's size."""
+def _copies_whole_objects(flow: Mapping[str, Any], output: Path, check_timing: bool) -> bool:
+    """Whether an export of ``flow`` to ``output`` may write whole objects as they are (RawJoin):
+    then PyAV is imported only when a segment turns out to need it."""
+    try:
+        kind, codec, frame_rate = _essence(flow)
+    except OutgestError:
+        return False
+    return (FlowFileWriter.format_of(output) == "mpegts" and str(flow.get("container")).lower() == "video/mp2t"
+            and kind == "video" and codec in ("h264", "hevc") and frame_rate is not None and not check_timing)
+
+
+async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path, head: bytes = b"",
+                    memory: dict[Path, bytearray] | None = None) -> int:
+    """Stream the object at ``url`` into ``path`` after ``head`` (or, given ``memory``, into
+    ``memory[path]``); return the object's size."""
     size = 0
     async with client.stream_object(url) as chunks:
+        if memory is not None:
+            data = bytearray(head)
+            async for chunk in chunks:
+                data += chunk
+                size += len(chunk)
+            memory[path] = data
+            return size
         with path.open("wb") as out:
             out.write(head)
             async for chunk in chunks:
@@ -1081,10 +1241,12 @@ class InitObjects:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
-async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Path, inits: InitObjects) -> int:
-    """Stream the segment's object into ``path`` (after its init object's bytes, if it has one),
-    trying each of its get_urls in turn; returns the object's size. On 401/403 from storage (an
-    expired presigned URL, say) asks the store for fresh URLs once."""
+async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Path, inits: InitObjects,
+                 memory: dict[Path, bytearray] | None = None) -> int:
+    """Stream the segment's object into ``path`` (after its init object's bytes, if it has one;
+    into ``memory[path]`` instead if given), trying each of its get_urls in turn; returns the
+    object's size. On 401/403 from storage (an expired presigned URL, say) asks the store for
+    fresh URLs once."""
     urls = segment.get_urls
     if not urls:
         raise OutgestError(f"segment {segment.timerange}: object {segment.object_id} has no get_urls")
@@ -1093,7 +1255,7 @@ async def _fetch(client: TAMSClient, flow_id: str, segment: SegmentRef, path: Pa
     for attempt in range(2):
         for url in urls:
             try:
-                return await _download(client, url, path, head)
+                return await _download(client, url, path, head, memory)
             except TAMSError as exc:
                 failure = exc
         if attempt or not (isinstance(failure, TAMSResponseError) and failure.status in (401, 403)):
@@ -1124,9 +1286,11 @@ async def fetch_in_order(
     concurrency: int,
     handle: Callable[[SegmentRef, T, Path, int], Awaitable[None]],
     inits: InitObjects | None = None,
+    memory: dict[Path, bytearray] | None = None,
 ) -> int:
-    """Download the objects of ``segments`` ((Flow id, segment, tag) triples) into ``scratch``, up
-    to ``concurrency`` downloading or waiting at once, and ``await handle(segment, tag, path,
+    """Download the objects of ``segments`` ((Flow id, segment, tag) triples) into ``scratch``
+    (or, given ``memory``, into ``memory[path]``, which the handler may take), up to
+    ``concurrency`` downloading or waiting at once, and ``await handle(segment, tag, path,
     size)`` for each in the given order; each file is removed once handled. Returns the most objects held at
     one time. The first failure (download or handler) is raised and the rest are cancelled."""
     slots = asyncio.Semaphore(concurrency)  # one per object downloading or waiting to be handled
@@ -1144,7 +1308,7 @@ async def fetch_in_order(
             most = max(most, held)
             path = scratch / f"{number:08d}.obj"
             number += 1
-            await queue.put((segment, tag, tg.create_task(_fetch(client, flow_id, segment, path, inits)), path))
+            await queue.put((segment, tag, tg.create_task(_fetch(client, flow_id, segment, path, inits, memory)), path))
         await queue.put(None)
 
     async def consume() -> None:
@@ -1156,6 +1320,8 @@ async def fetch_in_order(
                 await handle(segment, tag, path, size)
             finally:
                 path.unlink(missing_ok=True)
+                if memory is not None:
+                    memory.pop(path, None)
             held -= 1
             slots.release()
 
@@ -1198,6 +1364,85 @@ async def _predecessor(client: TAMSClient, flow_id: str, segment: SegmentRef, to
 Runner = Callable[[SegmentRef, Path, bool, Sequence[tuple[SegmentRef, Path]], bool], Awaitable[SegmentResult]]
 
 
+@dataclass
+class RawObject:
+    """A whole MPEG-TS object the export can write as it is (``RawJoin.admit``)."""
+
+    segment: SegmentRef
+    path: Path
+    context: bool
+    data: bytearray
+    scan: ts_scan.TsScan
+    frames: int
+    first_dts: int  # Flow time, 90 kHz ticks
+    last_dts: int
+    delay: int  # reorder delay, ticks
+
+
+class RawJoin:
+    """Whole MPEG-TS objects into an MPEG-TS export byte for byte, where those bytes are exactly
+    what muxing their frames would give (counters aside), without demuxing them.
+
+    A segment qualifies when its object is one H.264/HEVC stream (``ts_scan.scan``), every frame
+    of it is one the segment and the request take (by ``plan_segment``: the rule every export
+    uses) and is as many as the segment's duration holds at the Flow's frame rate, its
+    ``ts_offset`` moves timestamps by whole 2^33 wraps (so the stored pts/dts are the Flow times
+    an export writes), and it decodes from its own first frame or follows the object written
+    before it. Consecutive objects must share PIDs and tables, keep decode times increasing and
+    reorder by the same delay.
+
+    A segment that does not qualify goes through the muxer, which uses the objects' PIDs and
+    program, and whose counters and tables count on from the objects' (and theirs from its). The
+    last qualifying object is held back until the next segment is known: if that one is muxed,
+    the held one is muxed too, so that the decode clock meets a change of GOP structure with the
+    frames before it still waiting (see ``DecodeClock``). Cut exports so copy their whole middle
+    segments and mux only around the cuts.
+    """
+
+    def __init__(self, writer: FlowFileWriter, codec: str, frame_rate: Fraction, request: TimeRange | None) -> None:
+        self.writer = writer
+        self.codec = codec
+        self.frame_rate = frame_rate
+        self.request = request
+
+    def admit(self, segment: SegmentRef, path: Path, context: bool, data: bytearray | None = None) -> RawObject | None:
+        """``segment``'s object (``data``, or at ``path``) if it qualifies, else None (runs in the
+        writer's thread)."""
+        offset = _to_fraction(segment.ts_offset) * TS_CLOCK
+        start, end = segment.timerange.start, segment.timerange.end
+        if offset.denominator != 1 or offset % MPEGTS_WRAP or start is None or end is None:
+            return None
+        duration = (_to_fraction(end) - _to_fraction(start)) * self.frame_rate
+        if data is None:
+            try:
+                data = bytearray(path.read_bytes())
+            except OSError as exc:
+                raise OutgestError(f"cannot read the downloaded object: {exc.strerror or exc}") from exc
+        found = ts_scan.scan(data)
+        if isinstance(found, str):
+            logger.debug("segment %s (object %s) is muxed: %s", segment.timerange, segment.object_id, found)
+            return None
+        self.writer.expect_layout(found.layout)
+        if found.layout.codec != self.codec or abs(duration - len(found.pts)) >= Fraction(1, 2):
+            return None
+        anchor = segment.media_timerange.start
+        pts = unwrap_mpegts(found.pts, anchor.to_count(TS_CLOCK) if anchor is not None else None)
+        frames = [FrameTiming(p, p - _wrapped_distance(raw, d), i == 0 and found.first_is_key)
+                  for i, (p, raw, d) in enumerate(zip(pts, found.pts, found.dts))]
+        plan = plan_segment(frames, WORK_TIME_BASE, segment, request=self.request, frame_duration=1 / self.frame_rate)
+        if len(plan.packets) != len(frames) or not (context or not needs_prior(frames)):
+            return None
+        shift = int(offset)
+        return RawObject(segment, path, context, data, found, len(frames), frames[0].dts + shift,
+                         frames[-1].dts + shift, _reorder_ticks(frames))
+
+    @staticmethod
+    def continues(earlier: RawObject, later: RawObject) -> bool:
+        """Whether ``later`` can follow ``earlier`` in the one stream, as it is."""
+        return (later.scan.layout == earlier.scan.layout and later.first_dts > earlier.last_dts
+                and later.delay == earlier.delay)
+
+
 class OnDemand(Sequence["ObjectMedia"]):
     """The precharge objects of a segment, each read only if the segment's first frames turn out to
     need it (most segments start with a keyframe and need none): ``len`` and truth count them
@@ -1232,7 +1477,12 @@ class VideoSequence:
     """
 
     def __init__(self, client: TAMSClient, flow_id: str, scratch: Path, frame_rate: Fraction | None,
-                 exact: bool, run: Runner, inits: InitObjects) -> None:
+                 exact: bool, run: Runner, inits: InitObjects, raw: RawJoin | None = None,
+                 offload: Callable[..., Awaitable[Any]] | None = None) -> None:
+        self.raw = raw  # while set, whole MPEG-TS objects are written as they are
+        self.offload = offload  # runs a function in the writer's thread
+        self.memory: dict[Path, bytearray] | None = {} if raw is not None else None  # objects downloaded
+        self.held: RawObject | None = None
         self.client = client
         self.inits = inits
         self.flow_id = flow_id
@@ -1250,17 +1500,66 @@ class VideoSequence:
         context = joined and previous is not None and previous[2].clean_end
         chain: list[tuple[SegmentRef, Path]] = [previous[:2]] if joined and previous is not None else []
         fetched: list[Path] = []
+        data = self.memory.pop(path, None) if self.memory is not None else None
+        result = await self._as_it_is(segment, path, context, data) if self.raw is not None else None
         try:
-            result = await self._precharged(segment, path, context, chain, fetched)
+            if result is None:
+                if data is not None:  # the muxer reads files
+                    await self._file(path, data)
+                result = await self._precharged(segment, path, context, chain, fetched)
         finally:
             for target in fetched:
                 target.unlink(missing_ok=True)
         if previous is not None:
             previous[1].unlink(missing_ok=True)
         kept = path.with_suffix(".previous")
-        path.rename(kept)
+        if self.held is not None and self.held.path == path:
+            self.held.path = kept  # in memory: a file only if it is muxed after all
+        else:
+            path.rename(kept)
         self.previous = (segment, kept, result)
         return result
+
+    async def _file(self, path: Path, data: bytearray) -> None:
+        assert self.offload is not None
+        try:
+            await self.offload(path.write_bytes, data)
+        except OSError as exc:
+            raise OutgestError(f"cannot keep the downloaded object in {path.parent}: {exc.strerror or exc}") from exc
+
+    async def _as_it_is(self, segment: SegmentRef, path: Path, context: bool,
+                        data: bytearray | None) -> SegmentResult | None:
+        """Hold ``segment``'s object (downloaded to ``path``, or ``data``) to be written as it is
+        (``RawJoin``), writing the one held before; or, if it does not qualify, mux the held one
+        and return None (the caller muxes ``segment``)."""
+        assert self.raw is not None and self.offload is not None
+        candidate = await self.offload(self.raw.admit, segment, path, context, data)
+        held, self.held = self.held, None
+        if candidate is not None and (held is None or self.raw.continues(held, candidate)):
+            if held is not None:
+                await self._write_held(held)
+            self.held = candidate
+            return SegmentResult(candidate.frames, False, clean_end=True)
+        logger.debug("segment %s (object %s) is muxed", segment.timerange, segment.object_id)
+        if held is not None:
+            await self._mux_held(held)
+        return None
+
+    async def _write_held(self, held: RawObject) -> None:
+        assert self.raw is not None and self.offload is not None
+        if not await self.offload(self.raw.writer.write_raw, held):
+            await self._mux_held(held)
+
+    async def _mux_held(self, held: RawObject) -> None:
+        """Mux an object held to be written as it is after all (it is the kept previous object)."""
+        await self._file(held.path, held.data)
+        await self.run(held.segment, held.path, held.context, (), False)
+
+    async def finish(self) -> None:
+        """Write the object still held (call once every segment has been written)."""
+        if self.held is not None:
+            held, self.held = self.held, None
+            await self._write_held(held)
 
     async def _precharged(self, segment: SegmentRef, path: Path, context: bool,
                           chain: list[tuple[SegmentRef, Path]], fetched: list[Path]) -> SegmentResult:
@@ -1316,8 +1615,9 @@ async def outgest(
     timerange = timerange if timerange is not None else TimeRange.eternity()
     if concurrency < 1:
         raise OutgestError("--concurrency must be at least 1")
-    # PyAV loads in a thread, and the first page of segments is asked for, while the Flow is.
-    loading = asyncio.create_task(asyncio.to_thread(load_av))
+    # PyAV loads in a thread, and the first page of segments is asked for, while the Flow is; an
+    # MPEG-TS export waits for the Flow, since it may copy whole objects and need no PyAV.
+    loading = None if FlowFileWriter.format_of(output) == "mpegts" else asyncio.create_task(asyncio.to_thread(load_av))
     try:
         async with _asked_ahead(
             client.segments(flow_id, timerange=timerange, include_object_timerange=True)
@@ -1326,6 +1626,8 @@ async def outgest(
                 flow = await client.get_flow(flow_id, include_timerange=True)
             except NotFound as exc:
                 raise OutgestError(f"Flow {flow_id} not found") from exc
+            if loading is None and (audio_flow_id is not None or not _copies_whole_objects(flow, output, check_timing)):
+                loading = asyncio.create_task(asyncio.to_thread(load_av))
             if audio_flow_id is None and flow.get("format") not in (
                 "urn:x-nmos:format:multi", "urn:x-nmos:format:audio"
             ):
@@ -1340,7 +1642,8 @@ async def outgest(
                                               progress=progress)
     finally:
         # A failed import shows again where PyAV is first used; the thread must end before the loop.
-        await asyncio.gather(loading, return_exceptions=True)
+        if loading is not None:
+            await asyncio.gather(loading, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -1422,8 +1725,9 @@ async def _outgest_flow(
     try:
         # One thread does all the PyAV work, in timeline order. Leaving the ``with`` waits for
         # it, so a failure elsewhere cannot leave it writing after the output is discarded.
+        scratch_dir = tempfile.TemporaryDirectory(prefix="outgest-")
         with (
-            tempfile.TemporaryDirectory(prefix="outgest-") as scratch,
+            scratch_dir as scratch,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="outgest-mux") as muxer,
         ):
             loop = asyncio.get_running_loop()
@@ -1435,7 +1739,14 @@ async def _outgest_flow(
             async def run(*args: Any) -> SegmentResult:
                 return await loop.run_in_executor(muxer, process, *args)
 
-            sequence = VideoSequence(client, flow_id, Path(scratch), frame_rate, request is not None, run, inits)
+            async def offload(function: Callable[..., T], *args: Any) -> T:
+                return await loop.run_in_executor(muxer, function, *args)
+
+            raw = None
+            if frame_rate is not None and _copies_whole_objects(flow, output, check_timing):
+                raw = RawJoin(writer, codec, frame_rate, request)
+            sequence = VideoSequence(client, flow_id, Path(scratch), frame_rate, request is not None, run, inits,
+                                     raw, offload)
 
             async def written(segment: SegmentRef, _: None, path: Path, size: int) -> None:
                 summary.downloaded += size
@@ -1459,12 +1770,17 @@ async def _outgest_flow(
                     if covered:
                         bar.update(covered)
 
-            summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written, inits)
+            summary.max_held = await fetch_in_order(client, listed(), Path(scratch), concurrency, written, inits,
+                                                    sequence.memory)
+            await sequence.finish()
             summary.downloaded += sequence.downloaded
             if summary.segments == 0:
                 raise OutgestError(f"Flow {flow_id} has no segments in {timerange.to_sec_nsec_range()}")
             if summary.frames == 0:
                 raise OutgestError(f"Flow {flow_id} has no frames in {timerange.to_sec_nsec_range()}")
+            # Gone before the output is renamed: a directory removed after that waits for the file
+            # system to write the output's data out (its journal orders the two).
+            scratch_dir.cleanup()
             summary.bytes = await loop.run_in_executor(muxer, writer.commit)
     except BaseException:
         writer.discard()

@@ -1,0 +1,271 @@
+"""Whole MPEG-TS objects exported as they are (``outgest_file.RawJoin``, ``ts_scan``).
+
+An export to ``.ts`` of segments that use their whole objects writes the objects' bytes, with
+only the continuity counters renumbered so that every PID counts on across the joins; the first
+segment that needs more (a cut, another layout, a deeper reorder delay) and all after it go
+through the muxer, which carries on the same PIDs and counters. Checked on the bytes (the output
+is the objects, counters aside), on the counters of every packet, and on the frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+from mediatimestamp.immutable import TimeRange, Timestamp
+
+import ts_scan
+from client import TAMSClient
+from credentials import BasicCredentials
+from ingest_hls import IngestOptions, ingest
+from outgest_file import outgest
+from sample_content import read_frame_numbers, synthesize
+from tests.conftest import REPO_ROOT, RunningStore, start_store
+from tests.gop_media import make_hls
+
+FPS = 30
+FRAME = 3000  # ticks per frame
+FIRST_PTS = 6000
+SEGMENTS = 4
+FRAMES = 60 * SEGMENTS
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStore]:
+    running = start_store(tmp_path_factory.mktemp("whole_objects_store") / "data")
+    yield running
+    running.stop()
+
+
+def connect(store: RunningStore) -> TAMSClient:
+    return TAMSClient(store.url, BasicCredentials(store.username, store.password))
+
+
+@dataclass(frozen=True)
+class Ingested:
+    flow_id: str
+    objects: list[bytes]  # the stored objects, in timeline order
+
+
+async def _ingest(store: RunningStore, playlist: Path) -> Ingested:
+    async with connect(store) as client:
+        result = await ingest(client, IngestOptions(hls=str(playlist), segment_count=None,
+                                                    flow_id=str(uuid.uuid4()), video_only=True))
+        flow_id = result.flow_ids["video"]
+        objects = [await client.download_object(item["get_urls"][0]) async for item in client.segments(flow_id)]
+    return Ingested(flow_id, objects)
+
+
+@pytest.fixture(scope="module")
+def video(store: RunningStore, tmp_path_factory: pytest.TempPathFactory) -> Ingested:
+    """Four 2 s segments of numbered 30 fps H.264 (1 s GOPs, B-frames), video only."""
+    playlist = synthesize(tmp_path_factory.mktemp("whole_video"), duration=8, segment_seconds=2, gop_seconds=1)
+    return asyncio.run(_ingest(store, playlist))
+
+
+def _counters_blanked(data: bytes) -> bytes:
+    """``data`` with every packet's continuity counter set to 0."""
+    out = bytearray(data)
+    out[3::188] = bytes(b & 0xF0 for b in out[3::188])
+    return bytes(out)
+
+
+def _counter_breaks(data: bytes) -> list[tuple[int, int]]:
+    """(packet index, PID) of every packet whose continuity counter does not count on."""
+    last: dict[int, int] = {}
+    breaks = []
+    for index in range(len(data) // 188):
+        offset = index * 188
+        pid = ((data[offset + 1] & 0x1F) << 8) | data[offset + 2]
+        count, payload = data[offset + 3] & 0x0F, data[offset + 3] & 0x10
+        if pid in last and pid != 0x1FFF and count != ((last[pid] + 1) & 0x0F if payload else last[pid]):
+            breaks.append((index, pid))
+        last[pid] = count
+    return breaks
+
+
+def _pids(data: bytes) -> set[int]:
+    return {((data[i + 1] & 0x1F) << 8) | data[i + 2] for i in range(0, len(data), 188)}
+
+
+def _video_packets(path: Path) -> list[tuple[int, int, bool]]:
+    with av.open(str(path)) as container:
+        return [(p.pts, p.dts, p.is_corrupt) for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def _window(first: int, stop: int) -> TimeRange:
+    def at(frame: int) -> Timestamp:
+        return Timestamp.from_count(FIRST_PTS + FRAME * frame, 90000)
+    return TimeRange(at(first), at(stop), TimeRange.INCLUDE_START)
+
+
+async def _export(store: RunningStore, flow_id: str, out: Path, **options: object):  # type: ignore[no-untyped-def]
+    async with connect(store) as client:
+        return await outgest(client, flow_id, out, **options)  # type: ignore[arg-type]
+
+
+async def test_a_whole_ts_flow_is_its_objects_with_counters_counting_on(
+    store: RunningStore, video: Ingested, tmp_path: Path
+) -> None:
+    out = tmp_path / "whole.ts"
+    summary = await _export(store, video.flow_id, out)
+    data = out.read_bytes()
+    joined = b"".join(video.objects)
+    assert data != joined  # each object's counters start afresh: renumbered
+    assert _counters_blanked(data) == _counters_blanked(joined)
+    assert _counter_breaks(joined) and _counter_breaks(data) == []
+    assert read_frame_numbers(out) == list(range(FRAMES))
+    packets = _video_packets(out)
+    assert sorted(p for p, _, _ in packets) == [FIRST_PTS + FRAME * n for n in range(FRAMES)]
+    assert not any(corrupt for _, _, corrupt in packets)
+    assert (summary.segments, summary.frames, summary.reencoded, summary.bytes) == (SEGMENTS, FRAMES, 0, len(data))
+
+
+async def test_a_cut_inside_the_last_segment_muxes_from_the_segment_before_and_counts_on(
+    store: RunningStore, video: Ingested, tmp_path: Path
+) -> None:
+    out = tmp_path / "cut.ts"
+    await _export(store, video.flow_id, out, timerange=_window(0, 200), exact=True)
+    data = out.read_bytes()
+    assert read_frame_numbers(out) == list(range(200))
+    # Segments 0 and 1 as they are; segment 2 (held back) and the cut segment 3 through the muxer.
+    as_is = b"".join(video.objects[:2])
+    assert _counters_blanked(data[:len(as_is)]) == _counters_blanked(as_is)
+    assert _counters_blanked(data[len(as_is):len(as_is) + 188 * 50]) != _counters_blanked(video.objects[2][:188 * 50])
+    assert _counter_breaks(data) == []
+    assert _pids(data) == _pids(as_is)  # the muxer carried on the objects' PIDs
+    first, later = ts_scan.scan(as_is[:len(video.objects[0])]), ts_scan.scan(data[len(as_is):][:188 * 400])
+    assert not isinstance(first, str) and not isinstance(later, str)
+    assert later.layout.version == (first.layout.version + 1) % 32  # so demuxers read the muxer's PMT
+    assert (later.layout.pmt_pid, later.layout.video_pid, later.layout.program) == \
+        (first.layout.pmt_pid, first.layout.video_pid, first.layout.program)
+    packets = _video_packets(out)
+    assert not any(corrupt for _, _, corrupt in packets)
+    assert all(b[1] > a[1] for a, b in zip(packets, packets[1:]))  # decode times rise across the switch
+
+
+async def test_a_cut_at_both_ends_copies_the_whole_segments_between_as_they_are(
+    store: RunningStore, video: Ingested, tmp_path: Path
+) -> None:
+    out = tmp_path / "middle.ts"
+    await _export(store, video.flow_id, out, timerange=_window(10, 200), exact=True)
+    data = out.read_bytes()
+    assert read_frame_numbers(out) == list(range(10, 200))
+    # Segment 0 (cut) muxed, segment 1 as it is, segment 2 (held back when 3 needed the muxer)
+    # and the cut segment 3 muxed again: three parts, one stream.
+    blanked = _counters_blanked(data)
+    at = blanked.find(_counters_blanked(video.objects[1]))
+    assert at > 0 and at % 188 == 0
+    assert blanked.find(_counters_blanked(video.objects[2])) == -1
+    assert _counter_breaks(data) == []
+    assert _pids(data) == _pids(video.objects[1])
+    versions = []
+    for part in (data[:at], data[at:at + len(video.objects[1])], data[at + len(video.objects[1]):]):
+        found = ts_scan.scan(part[:188 * 400])
+        assert not isinstance(found, str)
+        versions.append(found.layout.version)
+    assert versions[2] == (versions[1] + 1) % 32  # the second muxer's tables are read anew
+    packets = _video_packets(out)
+    assert not any(corrupt for _, _, corrupt in packets)
+    assert all(b[1] > a[1] for a, b in zip(packets, packets[1:]))
+
+
+async def test_objects_holding_audio_are_demuxed_for_their_video(store: RunningStore, tmp_path: Path) -> None:
+    playlist = synthesize(tmp_path / "muxed", duration=4, segment_seconds=2, gop_seconds=1, audio=True)
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "video.ts"
+    await _export(store, ingested.flow_id, out)
+    with av.open(str(out)) as container:
+        assert [s.type for s in container.streams] == ["video"]
+    assert read_frame_numbers(out) == list(range(120))
+
+
+def test_a_whole_ts_export_runs_without_pyav(store: RunningStore, video: Ingested, tmp_path: Path) -> None:
+    out = tmp_path / "cli.ts"
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['outgest_file.py', '--flow-id', {video.flow_id!r}, '--output', {str(out)!r}, '--quiet']\n"
+            "try:\n    runpy.run_path('outgest_file.py', run_name='__main__')\n"
+            "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'av'))\n")
+    env = {**os.environ, "TAMS_URL": store.url, "USERNAME": store.username, "PASSWORD": store.password}
+    env.pop("OAUTH2_URL", None)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert read_frame_numbers(out) == list(range(FRAMES))
+
+
+# --------------------------------------------------------------------------------------------
+# ts_scan on its own
+
+
+@pytest.mark.parametrize("encoder, split_by_time", [("x264-pyramid", False), ("x264-pyramid", True), ("x265", False),
+                                                    ("x265", True), ("x264-ip", True)])
+def test_scan_reads_the_timestamps_and_first_keyframe_pyav_reads(tmp_path: Path, encoder: str,
+                                                                  split_by_time: bool) -> None:
+    playlist = make_hls(tmp_path, encoder=encoder, fps=Fraction(25), frames=60, segment_seconds=Fraction(1),
+                        gop_frames=30 if split_by_time else 25, split_by_time=split_by_time)
+    segments = sorted(playlist.parent.glob("seg_*.ts"))
+    assert len(segments) >= 2
+    for path in segments:
+        found = ts_scan.scan(path.read_bytes())
+        assert not isinstance(found, str), found
+        with av.open(str(path)) as container:
+            packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+            expected = [(p.pts, p.dts) for p in packets]
+            first_key = packets[0].is_keyframe
+        assert list(zip(found.pts, found.dts)) == expected
+        assert found.first_is_key == first_key
+        assert found.layout.codec == ("hevc" if encoder == "x265" else "h264")
+
+
+def _first_object(tmp_path: Path, audio: bool = False) -> bytes:
+    playlist = synthesize(tmp_path, duration=2, segment_seconds=2, gop_seconds=1, audio=audio)
+    return sorted(playlist.parent.glob("hls_output_*.ts"))[0].read_bytes()
+
+
+def test_scan_refuses_what_it_cannot_vouch_for(tmp_path: Path) -> None:
+    data = _first_object(tmp_path / "video")
+    assert not isinstance(ts_scan.scan(data), str)
+    scrambled = bytearray(data)
+    scrambled[188 * 7 + 3] |= 0x80
+    lost_sync = bytearray(data)
+    lost_sync[188 * 7] = 0
+    cases = {
+        "it is not whole 188-byte packets": data[:-1],
+        "a packet has no sync byte": bytes(lost_sync),
+        "a packet is marked errored or scrambled": bytes(scrambled),
+    }
+    found = ts_scan.scan(data)
+    assert not isinstance(found, str)
+    headless = bytearray(data)
+    headless[found.first_video * 188 + 1] &= ~0x40  # its start flag cleared: the packet continues a PES
+    cases["it starts inside an access unit"] = bytes(headless)
+    for reason, bad in cases.items():
+        assert ts_scan.scan(bad) == reason
+    muxed = ts_scan.scan(_first_object(tmp_path / "muxed", audio=True))
+    assert isinstance(muxed, str) and "not one H.264 or HEVC stream" in muxed
+
+
+def test_continuity_counts_on_across_objects_and_touches_nothing_else(tmp_path: Path) -> None:
+    data = _first_object(tmp_path)
+    found = ts_scan.scan(data)
+    assert not isinstance(found, str)
+    counting = ts_scan.Continuity()
+    pieces = []
+    for _ in range(3):
+        piece = bytearray(data)
+        counting.join(piece, found)
+        pieces.append(bytes(piece))
+    joined = b"".join(pieces)
+    assert _counter_breaks(data * 3) and _counter_breaks(joined) == []
+    assert _counters_blanked(joined) == _counters_blanked(data * 3)

@@ -1,0 +1,320 @@
+"""The timing of an MPEG-TS object's video stream read from its packet and PES headers alone, and
+MPEG-TS objects joined byte for byte with their continuity counters carried on.
+
+An export whose segments are whole MPEG-TS objects, in a ``.ts`` file, can write the objects as
+they are: the frames, timestamps and PCRs are already the ones the export would write. To know
+that, ``scan`` reads what libavformat's demuxer would give an export, but only what that needs:
+the PAT and PMT, and the presentation and decode timestamps in the PES header of every access
+unit of the one video stream, and whether the first access unit is an IDR (H.264) or IRAP (HEVC)
+picture. It does it a few thousand times faster than demuxing, by slicing every packet's header
+bytes out at once (``bytes[1::188]``) and looking only at packets that start a PES.
+
+``scan`` answers None with a reason for anything it cannot vouch for; the export then demuxes
+the object with PyAV as usual. That covers: not 188-byte packets; scrambled or errored packets;
+more than one program; a program holding anything but one H.264 or HEVC video stream (a muxed
+object's audio would come along); a PAT, PMT or PES header not within one packet; an access unit
+without a pts; video packets before the first access unit starts (the tail of one cut off).
+
+``Continuity`` renumbers the 4-bit continuity counter of each packet written, so that every PID
+counts on across the joins between objects (each object's own counters usually start afresh,
+which a demuxer reports as lost packets), and likewise for the bytes a muxer writes after them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import BinaryIO
+
+__all__ = ["PACKET_SIZE", "PAT_PID", "SDT_PID", "Continuity", "TsLayout", "TsScan", "scan"]
+
+PACKET_SIZE = 188
+SYNC = 0x47
+PAT_PID = 0
+# PMT stream_type -> FFmpeg codec name (ISO/IEC 13818-1 Table 2-34)
+VIDEO_STREAM_TYPES = {0x1B: "h264", 0x24: "hevc"}
+# A muxer can be told these PIDs (libavformat's mpegts_start_pid and mpegts_pmt_start_pid range).
+MUXER_PIDS = range(0x0020, 0x1FFB)
+FIRST_NAL_SEARCH = 32  # packets into the first access unit to look for its first picture slice
+LEARN_BLOCK = PACKET_SIZE * 1024
+SDT_PID = 0x11  # libavformat's muxer writes a service description table there
+
+
+@dataclass(frozen=True)
+class TsLayout:
+    """What objects joined into one stream must share: their PAT and PMT (sections, byte for
+    byte) and what they say."""
+
+    pat: bytes
+    pmt: bytes
+    transport_stream_id: int
+    program: int
+    pmt_pid: int
+    video_pid: int
+    codec: str
+    version: int  # the PMT's version_number
+
+    def same_stream(self, other: TsLayout) -> bool:
+        """Whether a demuxer reading ``other``'s packets after these finds the same stream (the
+        tables' other bytes may differ)."""
+        return (self.transport_stream_id, self.program, self.pmt_pid, self.video_pid, self.codec) == (
+            other.transport_stream_id, other.program, other.pmt_pid, other.video_pid, other.codec)
+
+
+@dataclass(frozen=True)
+class TsScan:
+    """An object's video access units in decode order: raw 33-bit pts and dts (90 kHz)."""
+
+    layout: TsLayout
+    pts: tuple[int, ...]
+    dts: tuple[int, ...]
+    first_is_key: bool  # the first access unit is an IDR/IRAP picture
+    others: tuple[int, ...]  # indices of the packets not on the video PID
+    first_video: int  # index of the first and last packet on the video PID
+    last_video: int
+
+
+@cache
+def _table(kind: str, value: int) -> bytes:
+    """A ``bytes.translate`` table giving 1 where a header byte does not match, else 0."""
+    if kind == "pid_high":  # byte 1: the top five bits of the PID
+        return bytes(int(b & 0x1F != value) for b in range(256))
+    if kind == "pid_low":  # byte 2: the low eight bits of the PID
+        return bytes(int(b != value) for b in range(256))
+    if kind == "start":  # byte 1: payload_unit_start_indicator set
+        return bytes(int(not b & 0x40) for b in range(256))
+    if kind == "bad":  # byte 1: transport_error_indicator; byte 3: transport_scrambling_control
+        return bytes(int(bool(b & value)) for b in range(256))
+    raise ValueError(kind)
+
+
+def _or(*masks: bytes) -> bytes:
+    """Byte-wise OR of equal-length 0/1 masks (through big integers: C speed)."""
+    value = 0
+    for mask in masks:
+        value |= int.from_bytes(mask, "big")
+    return value.to_bytes(len(masks[0]), "big")
+
+
+def _zeros(mask: bytes) -> list[int]:
+    found, at = [], mask.find(0)
+    while at != -1:
+        found.append(at)
+        at = mask.find(0, at + 1)
+    return found
+
+
+def _ones(mask: bytes) -> list[int]:
+    found, at = [], mask.find(1)
+    while at != -1:
+        found.append(at)
+        at = mask.find(1, at + 1)
+    return found
+
+
+def _payload(data: bytes | bytearray, index: int) -> int | None:
+    """Offset of packet ``index``'s payload, None if it has none."""
+    offset = index * PACKET_SIZE
+    control = (data[offset + 3] >> 4) & 3
+    start = offset + 4
+    if control & 2:
+        start += 1 + data[start]
+    if not control & 1 or start >= offset + PACKET_SIZE:
+        return None
+    return start
+
+
+def _section(data: bytes | bytearray, index: int) -> bytes | None:
+    """The PSI section starting in packet ``index`` (PUSI set), if it ends within the packet."""
+    start = _payload(data, index)
+    if start is None:
+        return None
+    start += 1 + data[start]  # pointer_field
+    end = index * PACKET_SIZE + PACKET_SIZE
+    if start + 3 > end:
+        return None
+    length = ((data[start + 1] & 0x0F) << 8) | data[start + 2]
+    if start + 3 + length > end or length < 9:
+        return None
+    return bytes(data[start:start + 3 + length])
+
+
+def _layout(data: bytes | bytearray, count: int) -> TsLayout | str:
+    pat = pmt = None
+    pmt_pid = None
+    for index in range(count):
+        offset = index * PACKET_SIZE
+        if not data[offset + 1] & 0x40:
+            continue
+        pid = ((data[offset + 1] & 0x1F) << 8) | data[offset + 2]
+        if pid == PAT_PID and pat is None:
+            pat = _section(data, index)
+            if pat is None or pat[0] != 0:
+                return "its PAT is not within one packet"
+            programs = [(int.from_bytes(pat[i:i + 2], "big"), int.from_bytes(pat[i + 2:i + 4], "big") & 0x1FFF)
+                        for i in range(8, len(pat) - 4, 4)]
+            programs = [p for p in programs if p[0] != 0]  # program 0 points at the NIT
+            if len(programs) != 1:
+                return f"its PAT lists {len(programs)} programs"
+            pmt_pid = programs[0][1]
+        elif pmt_pid is not None and pid == pmt_pid:
+            pmt = _section(data, index)
+            break
+    if pat is None or pmt is None:
+        return "it has no PAT and PMT within one packet each"
+    if pmt[0] != 2:
+        return "its PMT PID holds another table"
+    info_length = ((pmt[10] & 0x0F) << 8) | pmt[11]
+    streams = []
+    at = 12 + info_length
+    while at + 5 <= len(pmt) - 4:
+        es_length = ((pmt[at + 3] & 0x0F) << 8) | pmt[at + 4]
+        streams.append((pmt[at], int.from_bytes(pmt[at + 1:at + 3], "big") & 0x1FFF))
+        at += 5 + es_length
+    if len(streams) != 1 or streams[0][0] not in VIDEO_STREAM_TYPES:
+        return f"its program holds stream types {[hex(s[0]) for s in streams]}, not one H.264 or HEVC stream"
+    video_pid = streams[0][1]
+    assert pmt_pid is not None
+    if pmt_pid not in MUXER_PIDS or video_pid not in MUXER_PIDS or pmt_pid == video_pid:
+        return "its PIDs are outside the range a muxer can continue"
+    return TsLayout(pat=pat, pmt=pmt, transport_stream_id=int.from_bytes(pat[3:5], "big"),
+                    program=int.from_bytes(pmt[3:5], "big"), pmt_pid=pmt_pid, video_pid=video_pid,
+                    codec=VIDEO_STREAM_TYPES[streams[0][0]], version=(pmt[5] >> 1) & 0x1F)
+
+
+def _timestamp(data: bytes | bytearray, at: int) -> int:
+    return (((data[at] >> 1) & 0x07) << 30 | data[at + 1] << 22 | (data[at + 2] >> 1) << 15
+            | data[at + 3] << 7 | data[at + 4] >> 1)
+
+
+def _first_is_key(data: bytes | bytearray, video: list[int], codec: str) -> bool:
+    """Whether the first access unit's first picture slice is IDR (H.264) or IRAP (HEVC)."""
+    payload = bytearray()
+    for number, index in enumerate(video[:FIRST_NAL_SEARCH]):
+        start = _payload(data, index)
+        if start is None:
+            continue
+        if number == 0:
+            start += 9 + data[start + 8]  # past the PES header
+        payload += data[start:index * PACKET_SIZE + PACKET_SIZE]
+        at = payload.find(b"\0\0\1")
+        while at != -1 and at + 3 < len(payload):
+            header = payload[at + 3]
+            if codec == "h264":
+                kind = header & 0x1F
+                if 1 <= kind <= 5:
+                    return kind == 5
+            else:
+                kind = (header >> 1) & 0x3F
+                if kind < 32:
+                    return 16 <= kind <= 23
+            at = payload.find(b"\0\0\1", at + 3)
+    return False
+
+
+def scan(data: bytes | bytearray) -> TsScan | str:
+    """The video timing of the MPEG-TS object ``data``, or why it cannot be vouched for."""
+    if not data or len(data) % PACKET_SIZE:
+        return "it is not whole 188-byte packets"
+    count = len(data) // PACKET_SIZE
+    if data[0::PACKET_SIZE] != bytes([SYNC]) * count:
+        return "a packet has no sync byte"
+    head1, head2, head3 = data[1::PACKET_SIZE], data[2::PACKET_SIZE], data[3::PACKET_SIZE]
+    if head1.translate(_table("bad", 0x80)).find(1) != -1 or head3.translate(_table("bad", 0xC0)).find(1) != -1:
+        return "a packet is marked errored or scrambled"
+    layout = _layout(data, count)
+    if isinstance(layout, str):
+        return layout
+    pid = layout.video_pid
+    other = _or(head1.translate(_table("pid_high", pid >> 8)), head2.translate(_table("pid_low", pid & 0xFF)))
+    starts = _zeros(_or(other, head1.translate(_table("start", 0))))
+    if not starts:
+        return "it has no video access units"
+    first_video = other.find(0)
+    if starts[0] != first_video:  # a demuxer drops those bytes; copied, they would end the frame before
+        return "it starts inside an access unit"
+    pts: list[int] = []
+    dts: list[int] = []
+    for index in starts:
+        at = _payload(data, index)
+        if at is None or at + 19 > index * PACKET_SIZE + PACKET_SIZE or data[at:at + 3] != b"\0\0\1":
+            return "a PES header is not within one packet"
+        flags = data[at + 7] >> 6
+        if not flags & 2:
+            return "an access unit has no pts"
+        pts.append(_timestamp(data, at + 9))
+        dts.append(_timestamp(data, at + 14) if flags == 3 else pts[-1])
+    video = [first_video, *(i for i in range(first_video + 1, min(count, first_video + FIRST_NAL_SEARCH))
+                            if not other[i])]
+    return TsScan(layout=layout, pts=tuple(pts), dts=tuple(dts),
+                  first_is_key=_first_is_key(data, video, layout.codec),
+                  others=tuple(_ones(other)), first_video=first_video, last_video=other.rfind(0))
+
+
+@cache
+def _shift(delta: int) -> bytes:
+    """Translate table adding ``delta`` (mod 16) to the continuity counter in header byte 3."""
+    return bytes((b & 0xF0) | ((b + delta) & 0x0F) for b in range(256))
+
+
+class Continuity:
+    """The continuity counter of every PID written so far; renumbers packets to count on from it.
+
+    A packet with a payload takes the next count; one without (adaptation field only) repeats the
+    last. Each object's video packets move by one shift (its own counting, gaps included, is kept);
+    the few others (PSI, null packets) are renumbered one by one.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[int, int] = {}
+
+    def _next(self, data: bytearray, index: int, pid: int) -> None:
+        offset = index * PACKET_SIZE + 3
+        last = self.last.get(pid)
+        if last is not None:
+            count = (last + 1) & 0x0F if data[offset] & 0x10 else last
+            data[offset] = (data[offset] & 0xF0) | count
+        self.last[pid] = data[offset] & 0x0F
+
+    def join(self, data: bytearray, found: TsScan) -> None:
+        """Renumber the scanned object ``data`` in place."""
+        pid = found.layout.video_pid
+        last = self.last.get(pid)
+        first = found.first_video * PACKET_SIZE + 3
+        if last is not None:
+            expected = (last + 1) & 0x0F if data[first] & 0x10 else last
+            delta = (expected - data[first]) & 0x0F
+            if delta:
+                data[3::PACKET_SIZE] = data[3::PACKET_SIZE].translate(_shift(delta))
+        for index in found.others:  # after the shift, which moved them too
+            offset = index * PACKET_SIZE
+            self._next(data, index, ((data[offset + 1] & 0x1F) << 8) | data[offset + 2])
+        self.last[pid] = data[found.last_video * PACKET_SIZE + 3] & 0x0F
+
+    def learn(self, file: BinaryIO, pids: Iterable[int], limit: int = 1 << 24) -> None:
+        """Take the counters of ``pids`` from the last of their packets in ``file`` (whole
+        packets, such as a muxer wrote), reading back from its end at most ``limit`` bytes."""
+        wanted = set(pids)
+        end = position = file.seek(0, os.SEEK_END)
+        found: dict[int, int] = {}
+        while wanted and position > 0 and end - position < limit:
+            start = max(0, position - LEARN_BLOCK)
+            file.seek(start)
+            data = file.read(position - start)
+            for index in range(len(data) // PACKET_SIZE - 1, -1, -1):
+                offset = index * PACKET_SIZE
+                pid = ((data[offset + 1] & 0x1F) << 8) | data[offset + 2]
+                if pid in wanted:
+                    found[pid] = data[offset + 3] & 0x0F
+                    wanted.discard(pid)
+            position = start
+        file.seek(0, os.SEEK_END)
+        self.last.update(found)
+
+    def carry_on(self, data: bytearray) -> None:
+        """Renumber whole packets a muxer wrote (each PID counting from its own start) in place."""
+        for index in range(len(data) // PACKET_SIZE):
+            offset = index * PACKET_SIZE
+            self._next(data, index, ((data[offset + 1] & 0x1F) << 8) | data[offset + 2])
