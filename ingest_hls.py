@@ -648,10 +648,11 @@ class _Registrar:
     """Registers uploaded segments of one Flow, several per POST when they arrive together:
     while one POST is out, the segments whose uploads finish meanwhile wait for the next.
     ``submit`` queues one and returns at once with a future of its registration, so an upload
-    slot is free again while the store registers it."""
+    slot is free again while the store registers it. Once the last has been submitted
+    (``last_submitted``), those still queued go out at once, beside the POSTs already out."""
 
     MAX_BATCH = 32
-    IN_FLIGHT = 2  # POSTs out at once
+    IN_FLIGHT = 2  # POSTs out at once (one more for the last registrations)
 
     def __init__(self, client: TAMSClient, flow_id: str, kind: str) -> None:
         self._client = client
@@ -660,6 +661,11 @@ class _Registrar:
         self._queue: asyncio.Queue[tuple[_Registration, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._posts: set[asyncio.Task[None]] = set()
+        self._free = asyncio.Semaphore(self.IN_FLIGHT)
+
+    def last_submitted(self) -> None:
+        """No more will be submitted: the queued ones need not wait for a POST to come back."""
+        self._free.release()
 
     def submit(self, reg: _Registration) -> asyncio.Future[None]:
         if self._task is None:
@@ -669,19 +675,18 @@ class _Registrar:
         return done
 
     async def _run(self) -> None:
-        free = asyncio.Semaphore(self.IN_FLIGHT)
         while True:
-            await free.acquire()
+            await self._free.acquire()
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < self.MAX_BATCH:
                 batch.append(self._queue.get_nowait())
             post = asyncio.create_task(self._post(batch))
             self._posts.add(post)
-            post.add_done_callback(lambda task: self._done(task, free))
+            post.add_done_callback(self._done)
 
-    def _done(self, post: asyncio.Task[None], free: asyncio.Semaphore) -> None:
+    def _done(self, post: asyncio.Task[None]) -> None:
         self._posts.discard(post)
-        free.release()
+        self._free.release()
 
     async def _post(self, batch: list[tuple[_Registration, asyncio.Future[None]]]) -> None:
         try:
@@ -1129,6 +1134,8 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
             for _ in range(options.concurrency):
                 await slots.acquire()
             reap()
+            for registrar in registrars.values():
+                registrar.last_submitted()
             bit_rates = asyncio.create_task(_update_bit_rates(client, flow_ids, sizes, existing_counts, result, playlist))
             if uploads:
                 await asyncio.gather(*uploads)
