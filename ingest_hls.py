@@ -1295,7 +1295,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=_positive_int, default=8, help="segments uploaded at once")
     parser.add_argument("--storage-batch", type=_positive_int, default=None,
                         help="upload URLs asked for per storage request "
-                        "(default: the concurrency, at least 4 and at most 32)")
+                        "(default: twice the concurrency, at least 8 and at most 32)")
     parser.add_argument("--retries", type=int, default=RetryPolicy().attempts - 1,
                         help="times a failed request is sent again (with exponential backoff)")
     parser.add_argument("--video-only", action="store_true", help="one video flow even if the segments carry audio")
