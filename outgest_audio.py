@@ -646,7 +646,7 @@ async def outgest_av(
     bar = of._progress_bar(total or None, progress)
     inits = of.InitObjects(client)  # fMP4 init objects, for the objects in order and the video's precharge
 
-    checked: set[tuple[str, str]] = set()  # segments whose timing was checked
+    timing = {kind: of.TimingChecks(check_timing, f"Flow {details[kind][0]} ") for kind in details}
 
     def process(kind: str, segment: of.SegmentRef, path: Path, context: bool = False,
                 chain: Sequence[tuple[of.SegmentRef, Path]] = (), lose_prior: bool = False) -> of.SegmentResult | None:
@@ -655,17 +655,9 @@ async def outgest_av(
         flow_id, flow, codec, frame_rate, options = details[kind]
         try:
             with contextlib.ExitStack() as stack:
-                media = stack.enter_context(of.read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange,
-                                                           frame_rate=frame_rate))
-                if check_timing and (segment.object_id, str(segment.timerange)) not in checked:  # once per segment, not per precharge try
-                    checked.add((segment.object_id, str(segment.timerange)))
-                    for problem in of.check_segment_timing(path, media, segment):
-                        summary.timing_warnings += 1
-                        logger.warning("Flow %s segment %s (object %s): %s", flow_id, segment.timerange,
-                                       segment.object_id, problem)
+                media, earlier = of.open_segment(stack, path, segment, kind=kind, codec=codec, frame_rate=frame_rate,
+                                                 chain=chain, timing=timing[kind])
                 if kind == "video":
-                    earlier = of.OnDemand(lambda s, p: stack.enter_context(of.read_object(
-                        p, kind=kind, codec=codec, anchor=s.media_timerange, frame_rate=frame_rate)), chain)
                     return of.write_segment(cast(of.FlowFileWriter, video), media, segment, request=request,
                                             options=options, context=context, chain=earlier, lose_prior=lose_prior)
                 audio = write_audio_segment(writer, media, segment, audio_state, request=request)
@@ -743,5 +735,6 @@ async def outgest_av(
     summary.nudged = writer.nudged
     if writer.nudged:
         logger.info("moved %d decode timestamps forward to keep them increasing across joins", writer.nudged)
+    summary.timing_warnings = sum(check.warnings for check in timing.values())
     summary.seconds = time.monotonic() - started
     return summary

@@ -88,10 +88,12 @@ __all__ = [
     "RawJoin",
     "SegmentPlan",
     "SegmentRef",
+    "TimingChecks",
     "encoder_options",
     "decode_ticks",
     "flow_time",
     "mp4_time_base",
+    "open_segment",
     "outgest",
     "plan_segment",
     "read_object",
@@ -1092,6 +1094,40 @@ def check_segment_timing(path: Path, media: ObjectMedia, segment: SegmentRef) ->
 # The export
 
 
+class TimingChecks:
+    """``--check-timing``: each segment's registered timing checked against its media once (not
+    again on each precharge try), each problem logged (after ``label``) and counted."""
+
+    def __init__(self, enabled: bool, label: str = "") -> None:
+        self.enabled = enabled
+        self.label = label
+        self.warnings = 0
+        self._done: set[tuple[str, str]] = set()
+
+    def check(self, path: Path, media: ObjectMedia, segment: SegmentRef) -> None:
+        key = (segment.object_id, str(segment.timerange))
+        if not self.enabled or key in self._done:
+            return
+        self._done.add(key)
+        for problem in check_segment_timing(path, media, segment):
+            self.warnings += 1
+            logger.warning("%ssegment %s (object %s): %s", self.label, segment.timerange, segment.object_id, problem)
+
+
+def open_segment(stack: contextlib.ExitStack, path: Path, segment: SegmentRef, *, kind: str, codec: str,
+                 frame_rate: Fraction | None, chain: Sequence[tuple[SegmentRef, Path]] = (),
+                 timing: TimingChecks | None = None) -> tuple[ObjectMedia, OnDemand]:
+    """``segment``'s object at ``path`` read (``read_object``) and timing-checked, and its
+    precharge ``chain`` to be read on demand, all closed with ``stack``."""
+    def read(earlier: SegmentRef, at: Path) -> ObjectMedia:
+        return stack.enter_context(read_object(at, kind=kind, codec=codec, anchor=earlier.media_timerange,
+                                               frame_rate=frame_rate))
+    media = read(segment, path)
+    if timing is not None:
+        timing.check(path, media, segment)
+    return media, OnDemand(read, chain)
+
+
 @dataclass
 class OutgestSummary:
     output: Path
@@ -1386,10 +1422,11 @@ class RawJoin:
     A segment qualifies when its object is one H.264/HEVC stream (``ts_scan.scan``), every frame
     of it is one the segment and the request take (by ``plan_segment``: the rule every export
     uses) and is as many as the segment's duration holds at the Flow's frame rate, its
-    ``ts_offset`` moves timestamps by whole 2^33 wraps (so the stored pts/dts are the Flow times
-    an export writes), and it decodes from its own first frame or follows the object written
-    before it. Consecutive objects must share PIDs and tables, keep decode times increasing and
-    reorder by the same delay.
+    ``ts_offset`` is 0 or whole 2^33 wraps to the 90 kHz tick (stored in nanoseconds, 2^33 ticks
+    are 95443.717688888 s: the stored pts/dts are then the Flow times an export writes, modulo
+    2^33), and it decodes from its own first frame or follows the object written before it.
+    Consecutive objects must share PIDs and tables, keep decode times increasing and reorder by
+    the same delay.
 
     A segment that does not qualify goes through the muxer, which uses the objects' PIDs and
     program, and whose counters and tables count on from the objects' (and theirs from its). The
@@ -1406,11 +1443,11 @@ class RawJoin:
         self.request = request
 
     def admit(self, segment: SegmentRef, path: Path, context: bool, data: bytearray | None = None) -> RawObject | None:
-        """``segment``'s object (``data``, or at ``path``) if it qualifies, else None (runs in the
-        writer's thread)."""
+        """``segment``'s object (``data``, or at ``path``) if it qualifies, else None."""
         offset = _to_fraction(segment.ts_offset) * TS_CLOCK
+        shift = round(offset)  # the ticks a muxed frame's time moves by, as FlowFileWriter rounds it
         start, end = segment.timerange.start, segment.timerange.end
-        if offset.denominator != 1 or offset % MPEGTS_WRAP or start is None or end is None:
+        if abs(offset - shift) >= Fraction(1, 2) or shift % MPEGTS_WRAP or start is None or end is None:
             return None
         duration = (_to_fraction(end) - _to_fraction(start)) * self.frame_rate
         if data is None:
@@ -1432,7 +1469,6 @@ class RawJoin:
         plan = plan_segment(frames, WORK_TIME_BASE, segment, request=self.request, frame_duration=1 / self.frame_rate)
         if len(plan.packets) != len(frames) or not (context or not needs_prior(frames)):
             return None
-        shift = int(offset)
         return RawObject(segment, path, context, data, found, len(frames), frames[0].dts + shift,
                          frames[-1].dts + shift, _reorder_ticks(frames))
 
@@ -1533,7 +1569,9 @@ class VideoSequence:
         (``RawJoin``), writing the one held before; or, if it does not qualify, mux the held one
         and return None (the caller muxes ``segment``)."""
         assert self.raw is not None and self.offload is not None
-        candidate = await self.offload(self.raw.admit, segment, path, context, data)
+        # On the event loop: the scan is well under a millisecond a 1080p object, much less than
+        # handing it to the writer's thread and back, and holds the GIL there as much as here.
+        candidate = self.raw.admit(segment, path, context, data)
         held, self.held = self.held, None
         if candidate is not None and (held is None or self.raw.continues(held, candidate)):
             if held is not None:
@@ -1700,21 +1738,14 @@ async def _outgest_flow(
     writer = FlowFileWriter(output, frame_rate)
     bar = _progress_bar(total, progress)
 
-    checked: set[tuple[str, str]] = set()  # segments whose timing was checked
+    timing = TimingChecks(check_timing)
 
     def process(segment: SegmentRef, path: Path, context: bool, chain: Sequence[tuple[SegmentRef, Path]],
                 lose_prior: bool) -> SegmentResult:
         try:
             with contextlib.ExitStack() as stack:
-                media = stack.enter_context(read_object(path, kind=kind, codec=codec, anchor=segment.media_timerange,
-                                                        frame_rate=frame_rate))
-                earlier = OnDemand(lambda s, p: stack.enter_context(
-                    read_object(p, kind=kind, codec=codec, anchor=s.media_timerange, frame_rate=frame_rate)), chain)
-                if check_timing and (segment.object_id, str(segment.timerange)) not in checked:  # once per segment, not per precharge try
-                    checked.add((segment.object_id, str(segment.timerange)))
-                    for problem in check_segment_timing(path, media, segment):
-                        summary.timing_warnings += 1
-                        logger.warning("segment %s (object %s): %s", segment.timerange, segment.object_id, problem)
+                media, earlier = open_segment(stack, path, segment, kind=kind, codec=codec, frame_rate=frame_rate,
+                                              chain=chain, timing=timing)
                 result = write_segment(writer, media, segment, request=request, options=options, context=context,
                                        chain=earlier, lose_prior=lose_prior)
         except OutgestError as exc:
@@ -1790,6 +1821,7 @@ async def _outgest_flow(
         if bar is not None:
             bar.close()
     summary.nudged = writer.nudged
+    summary.timing_warnings = timing.warnings
     if writer.nudged:
         logger.info("moved %d decode timestamps forward to keep them increasing across joins", writer.nudged)
     summary.seconds = time.monotonic() - started

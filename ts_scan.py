@@ -6,10 +6,11 @@ they are: the frames, timestamps and PCRs are already the ones the export would 
 that, ``scan`` reads what libavformat's demuxer would give an export, but only what that needs:
 the PAT and PMT, and the presentation and decode timestamps in the PES header of every access
 unit of the one video stream, and whether the first access unit is an IDR (H.264) or IRAP (HEVC)
-picture. It does it a few thousand times faster than demuxing, by slicing every packet's header
-bytes out at once (``bytes[1::188]``) and looking only at packets that start a PES.
+picture. It slices every packet's header bytes out at once (``bytes[1::188]``) and looks only at
+packets that start a PES: about 0.3 ms for a 0.9 MB 1080p object, against about 1.3 ms to open
+and demux it with PyAV, and with no PyAV to import.
 
-``scan`` answers None with a reason for anything it cannot vouch for; the export then demuxes
+``scan`` answers with the reason, a string, for anything it cannot vouch for; the export then demuxes
 the object with PyAV as usual. That covers: not 188-byte packets; scrambled or errored packets;
 more than one program; a program holding anything but one H.264 or HEVC video stream (a muxed
 object's audio would come along); a PAT, PMT or PES header not within one packet; an access unit
@@ -98,19 +99,12 @@ def _or(*masks: bytes) -> bytes:
     return value.to_bytes(len(masks[0]), "big")
 
 
-def _zeros(mask: bytes) -> list[int]:
-    found, at = [], mask.find(0)
+def _where(mask: bytes, value: int) -> list[int]:
+    """The indices of ``value`` in ``mask``."""
+    found, at = [], mask.find(value)
     while at != -1:
         found.append(at)
-        at = mask.find(0, at + 1)
-    return found
-
-
-def _ones(mask: bytes) -> list[int]:
-    found, at = [], mask.find(1)
-    while at != -1:
-        found.append(at)
-        at = mask.find(1, at + 1)
+        at = mask.find(value, at + 1)
     return found
 
 
@@ -229,7 +223,7 @@ def scan(data: bytes | bytearray) -> TsScan | str:
         return layout
     pid = layout.video_pid
     other = _or(head1.translate(_table("pid_high", pid >> 8)), head2.translate(_table("pid_low", pid & 0xFF)))
-    starts = _zeros(_or(other, head1.translate(_table("start", 0))))
+    starts = _where(_or(other, head1.translate(_table("start", 0))), 0)
     if not starts:
         return "it has no video access units"
     first_video = other.find(0)
@@ -250,7 +244,7 @@ def scan(data: bytes | bytearray) -> TsScan | str:
                             if not other[i])]
     return TsScan(layout=layout, pts=tuple(pts), dts=tuple(dts),
                   first_is_key=_first_is_key(data, video, layout.codec),
-                  others=tuple(_ones(other)), first_video=first_video, last_video=other.rfind(0))
+                  others=tuple(_where(other, 1)), first_video=first_video, last_video=other.rfind(0))
 
 
 @cache

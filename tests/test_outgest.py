@@ -469,6 +469,12 @@ async def test_check_timing_warns_on_mismatch(
     assert bad.timing_warnings >= 1
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert str(flows.object_spans[1]) in warned and "registered" in warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="outgest_file"):  # muxed with audio: counted alike
+        muxed = await export(store, flows.ids["mistimed"], tmp_path / "muxed.ts", check_timing=True,
+                             audio_flow_id=flows.ids["audio"])
+    assert muxed.timing_warnings == bad.timing_warnings
+    assert f"Flow {flows.ids['mistimed']} segment" in " ".join(r.getMessage() for r in caplog.records)
 
 
 async def test_ingest_then_outgest_round_trip(

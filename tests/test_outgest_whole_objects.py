@@ -27,6 +27,7 @@ import ts_scan
 from client import TAMSClient
 from credentials import BasicCredentials
 from ingest_hls import IngestOptions, ingest
+from media import PTS_WRAP
 from outgest_file import outgest
 from sample_content import read_frame_numbers, synthesize
 from tests.conftest import REPO_ROOT, RunningStore, start_store
@@ -102,6 +103,14 @@ def _video_packets(path: Path) -> list[tuple[int, int, bool]]:
         return [(p.pts, p.dts, p.is_corrupt) for p in container.demux(container.streams.video[0]) if p.size]
 
 
+def _assert_one_clean_stream(out: Path) -> None:
+    """Every PID counts on, no packet reads as corrupt, decode times rise throughout."""
+    assert _counter_breaks(out.read_bytes()) == []
+    packets = _video_packets(out)
+    assert not any(corrupt for _, _, corrupt in packets)
+    assert all(b[1] > a[1] for a, b in zip(packets, packets[1:]))
+
+
 def _window(first: int, stop: int) -> TimeRange:
     def at(frame: int) -> Timestamp:
         return Timestamp.from_count(FIRST_PTS + FRAME * frame, 90000)
@@ -124,49 +133,47 @@ async def test_a_whole_ts_flow_is_its_objects_with_counters_counting_on(
     assert _counters_blanked(data) == _counters_blanked(joined)
     assert _counter_breaks(joined) and _counter_breaks(data) == []
     assert read_frame_numbers(out) == list(range(FRAMES))
-    packets = _video_packets(out)
-    assert sorted(p for p, _, _ in packets) == [FIRST_PTS + FRAME * n for n in range(FRAMES)]
-    assert not any(corrupt for _, _, corrupt in packets)
+    assert sorted(p for p, _, _ in _video_packets(out)) == [FIRST_PTS + FRAME * n for n in range(FRAMES)]
+    _assert_one_clean_stream(out)
     assert (summary.segments, summary.frames, summary.reencoded, summary.bytes) == (SEGMENTS, FRAMES, 0, len(data))
+
+
+async def _cut(store: RunningStore, flow_id: str, out: Path, first: int, stop: int) -> bytes:
+    """Export frames [first, stop) with ``exact``, check them, and return the file's bytes."""
+    await _export(store, flow_id, out, timerange=_window(first, stop), exact=True)
+    assert read_frame_numbers(out) == list(range(first, stop))
+    return out.read_bytes()
 
 
 async def test_a_cut_inside_the_last_segment_muxes_from_the_segment_before_and_counts_on(
     store: RunningStore, video: Ingested, tmp_path: Path
 ) -> None:
     out = tmp_path / "cut.ts"
-    await _export(store, video.flow_id, out, timerange=_window(0, 200), exact=True)
-    data = out.read_bytes()
-    assert read_frame_numbers(out) == list(range(200))
+    data = await _cut(store, video.flow_id, out, 0, 200)
     # Segments 0 and 1 as they are; segment 2 (held back) and the cut segment 3 through the muxer.
     as_is = b"".join(video.objects[:2])
     assert _counters_blanked(data[:len(as_is)]) == _counters_blanked(as_is)
     assert _counters_blanked(data[len(as_is):len(as_is) + 188 * 50]) != _counters_blanked(video.objects[2][:188 * 50])
-    assert _counter_breaks(data) == []
     assert _pids(data) == _pids(as_is)  # the muxer carried on the objects' PIDs
     first, later = ts_scan.scan(as_is[:len(video.objects[0])]), ts_scan.scan(data[len(as_is):][:188 * 400])
     assert not isinstance(first, str) and not isinstance(later, str)
     assert later.layout.version == (first.layout.version + 1) % 32  # so demuxers read the muxer's PMT
     assert (later.layout.pmt_pid, later.layout.video_pid, later.layout.program) == \
         (first.layout.pmt_pid, first.layout.video_pid, first.layout.program)
-    packets = _video_packets(out)
-    assert not any(corrupt for _, _, corrupt in packets)
-    assert all(b[1] > a[1] for a, b in zip(packets, packets[1:]))  # decode times rise across the switch
+    _assert_one_clean_stream(out)
 
 
 async def test_a_cut_at_both_ends_copies_the_whole_segments_between_as_they_are(
     store: RunningStore, video: Ingested, tmp_path: Path
 ) -> None:
     out = tmp_path / "middle.ts"
-    await _export(store, video.flow_id, out, timerange=_window(10, 200), exact=True)
-    data = out.read_bytes()
-    assert read_frame_numbers(out) == list(range(10, 200))
+    data = await _cut(store, video.flow_id, out, 10, 200)
     # Segment 0 (cut) muxed, segment 1 as it is, segment 2 (held back when 3 needed the muxer)
     # and the cut segment 3 muxed again: three parts, one stream.
     blanked = _counters_blanked(data)
     at = blanked.find(_counters_blanked(video.objects[1]))
     assert at > 0 and at % 188 == 0
     assert blanked.find(_counters_blanked(video.objects[2])) == -1
-    assert _counter_breaks(data) == []
     assert _pids(data) == _pids(video.objects[1])
     versions = []
     for part in (data[:at], data[at:at + len(video.objects[1])], data[at + len(video.objects[1]):]):
@@ -174,9 +181,32 @@ async def test_a_cut_at_both_ends_copies_the_whole_segments_between_as_they_are(
         assert not isinstance(found, str)
         versions.append(found.layout.version)
     assert versions[2] == (versions[1] + 1) % 32  # the second muxer's tables are read anew
-    packets = _video_packets(out)
-    assert not any(corrupt for _, _, corrupt in packets)
-    assert all(b[1] > a[1] for a, b in zip(packets, packets[1:]))
+    _assert_one_clean_stream(out)
+
+
+async def test_a_flow_across_the_2_33_wrap_is_copied_as_it_is(store: RunningStore, tmp_path: Path) -> None:
+    first_pts = PTS_WRAP - 90000  # the wrap one second in
+    playlist = synthesize(tmp_path / "wrap", duration=4, segment_seconds=2, gop_seconds=1, start_pts=first_pts)
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "wrap.ts"
+    await _export(store, ingested.flow_id, out)
+    assert _counters_blanked(out.read_bytes()) == _counters_blanked(b"".join(ingested.objects))
+    assert read_frame_numbers(out) == list(range(120))
+    shown = sorted((p - first_pts) % PTS_WRAP for p, _, _ in _video_packets(out))
+    assert shown == [FRAME * n for n in range(120)]
+    _assert_one_clean_stream(out)
+
+
+async def test_hevc_open_gop_objects_are_copied_after_the_object_before(store: RunningStore, tmp_path: Path) -> None:
+    # x265's CRA keyframes: each segment's leading pictures reference the segment before.
+    playlist = make_hls(tmp_path / "x265", encoder="x265", fps=Fraction(25), frames=100,
+                        segment_seconds=Fraction(1), gop_frames=25)
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "x265.ts"
+    await _export(store, ingested.flow_id, out)
+    assert _counters_blanked(out.read_bytes()) == _counters_blanked(b"".join(ingested.objects))
+    assert read_frame_numbers(out) == list(range(100))
+    _assert_one_clean_stream(out)
 
 
 async def test_objects_holding_audio_are_demuxed_for_their_video(store: RunningStore, tmp_path: Path) -> None:
