@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import concurrent.futures
 import contextlib
 import datetime
 import json
@@ -61,8 +62,6 @@ from urllib.request import url2pathname
 import aiohttp
 import m3u8  # type: ignore[import-untyped]
 from mediatimestamp.immutable import TimeRange, Timestamp
-from tqdm import tqdm  # type: ignore[import-untyped]
-from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
 import hls_forms
 import hls_live
@@ -308,33 +307,34 @@ async def read_range(uri: str, byterange: tuple[int, int] | None, session: aioht
 
     A range that runs past the end of the resource is an error naming it, never a short read.
     """
-    if byterange is None:
-        if _is_url(uri):
-            assert session is not None
-            return await _fetch_url(uri, session)
-        try:
-            return await asyncio.to_thread(Path(uri).read_bytes)
-        except OSError as exc:
-            raise IngestError(f"cannot read {what} {hls_forms.shown(uri)}: {exc.strerror or exc}") from exc
-    offset, length = byterange
-    if _is_url(uri):
-        assert session is not None
-        data = await _fetch_url(uri, session, byterange)
-    else:
-        data = await asyncio.to_thread(_read_local_range, uri, offset, length, what)
-    if len(data) != length:
-        raise IngestError(f"{what} {hls_forms.shown(uri)}: byte range {length}@{offset} runs past the end of the resource "
-                          f"({offset + len(data)} bytes)")
+    if not _is_url(uri):
+        return await asyncio.to_thread(_read_local, uri, byterange, what)
+    assert session is not None
+    data = await _fetch_url(uri, session, byterange)
+    if byterange is not None:
+        _check_length(uri, byterange, data, what)
     return data
 
 
-def _read_local_range(path: str, offset: int, length: int, what: str) -> bytes:
+def _read_local(path: str, byterange: tuple[int, int] | None, what: str = "segment") -> bytes:
+    """``read_range`` of a local file, in the calling thread."""
     try:
+        if byterange is None:
+            return Path(path).read_bytes()
         with open(path, "rb") as file:
-            file.seek(offset)
-            return file.read(length)
+            file.seek(byterange[0])
+            data = file.read(byterange[1])
     except OSError as exc:
-        raise IngestError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+        raise IngestError(f"cannot read {what} {hls_forms.shown(path)}: {exc.strerror or exc}") from exc
+    _check_length(path, byterange, data, what)
+    return data
+
+
+def _check_length(uri: str, byterange: tuple[int, int], data: bytes, what: str) -> None:
+    offset, length = byterange
+    if len(data) != length:
+        raise IngestError(f"{what} {hls_forms.shown(uri)}: byte range {length}@{offset} runs past the end of the resource "
+                          f"({offset + len(data)} bytes)")
 
 
 async def _segment_bytes(ref: SegmentRef, session: aiohttp.ClientSession | None) -> bytes:
@@ -648,10 +648,11 @@ class _Registrar:
     """Registers uploaded segments of one Flow, several per POST when they arrive together:
     while one POST is out, the segments whose uploads finish meanwhile wait for the next.
     ``submit`` queues one and returns at once with a future of its registration, so an upload
-    slot is free again while the store registers it."""
+    slot is free again while the store registers it. Once the last has been submitted
+    (``last_submitted``), those still queued go out at once, beside the POSTs already out."""
 
     MAX_BATCH = 32
-    IN_FLIGHT = 2  # POSTs out at once
+    IN_FLIGHT = 2  # POSTs out at once (one more for the last registrations)
 
     def __init__(self, client: TAMSClient, flow_id: str, kind: str) -> None:
         self._client = client
@@ -660,6 +661,11 @@ class _Registrar:
         self._queue: asyncio.Queue[tuple[_Registration, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._posts: set[asyncio.Task[None]] = set()
+        self._free = asyncio.Semaphore(self.IN_FLIGHT)
+
+    def last_submitted(self) -> None:
+        """No more will be submitted: the queued ones need not wait for a POST to come back."""
+        self._free.release()
 
     def submit(self, reg: _Registration) -> asyncio.Future[None]:
         if self._task is None:
@@ -669,19 +675,18 @@ class _Registrar:
         return done
 
     async def _run(self) -> None:
-        free = asyncio.Semaphore(self.IN_FLIGHT)
         while True:
-            await free.acquire()
+            await self._free.acquire()
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < self.MAX_BATCH:
                 batch.append(self._queue.get_nowait())
             post = asyncio.create_task(self._post(batch))
             self._posts.add(post)
-            post.add_done_callback(lambda task: self._done(task, free))
+            post.add_done_callback(self._done)
 
-    def _done(self, post: asyncio.Task[None], free: asyncio.Semaphore) -> None:
+    def _done(self, post: asyncio.Task[None]) -> None:
         self._posts.discard(post)
-        free.release()
+        self._free.release()
 
     async def _post(self, batch: list[tuple[_Registration, asyncio.Future[None]]]) -> None:
         try:
@@ -726,8 +731,11 @@ def _check_form(ref: SegmentRef, data: bytes) -> None:
         raise IngestError(f"segment {ref.shown} is an fMP4 fragment, but the playlist gives it no init section (EXT-X-MAP)")
 
 
-def _prepare_sync(ref: SegmentRef, data: bytes, kinds: tuple[str, ...], split: bool,
+def _prepare_sync(ref: SegmentRef, data: bytes | None, kinds: tuple[str, ...], split: bool,
                   init: bytes | None = None, frame_rate: Fraction | None = None) -> _Prepared:
+    """A segment's timing and objects; ``data`` None: read it here (a local file)."""
+    if data is None:
+        data = _read_local(ref.uri, ref.byterange)
     _check_form(ref, data)
     # A fragment's timing (tfdt, trun) needs its init segment's track timescales to be read.
     # The Flow's frame rate (from its first segment) spares each segment a probe of its own.
@@ -928,14 +936,14 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         raise IngestError("--storage-batch must be at least 1")
     if options.segment_count is not None and options.segment_count < 1:
         raise IngestError("the segment count must be at least 1 (None: to the end of the playlist)")
-    loaded_at = asyncio.get_running_loop().time()
-    playlist = await load_playlist(options.hls, variant=options.variant, session=session)
-    feed = hls_live.SegmentFeed()
-    window = await _checked_window(playlist, options, feed, session)
-
-    # The Flow named on the command line is looked up while the first segment is read and probed.
+    # The Flow named on the command line is looked up while the playlist and the first segment are
+    # read and the segment is probed.
     looked_up = {fid: asyncio.create_task(_stored_flow(client, fid)) for fid in (options.flow_id,) if fid}
     try:
+        loaded_at = asyncio.get_running_loop().time()
+        playlist = await load_playlist(options.hls, variant=options.variant, session=session)
+        feed = hls_live.SegmentFeed()
+        window = await _checked_window(playlist, options, feed, session)
         first_data = await _segment_bytes(window[0], session)
         fragmented = window[0].init is not None  # fMP4: each object needs its init object (TAMS init_segments)
         _check_form(window[0], first_data)
@@ -994,21 +1002,28 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         ))
     prepare_ahead = options.concurrency
     frame_rate = props.video.frame_rate if props.video is not None and "video" in kinds else None
+    # One thread reads and times the segments, in playlist order: the first one is ready first,
+    # rather than all those read ahead sharing the CPU (two cores serve this and the store).
+    media_worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-media")
     pending: deque[tuple[hls_live.FeedEntry, asyncio.Task[_Prepared]]] = deque()
     uploads: set[asyncio.Task[None]] = set()
     bit_rates: asyncio.Task[None] | None = None
     slots = asyncio.Semaphore(options.concurrency)
-    bar = tqdm(total=None if options.follow else len(window), unit="seg", file=sys.stderr,
-               disable=not options.progress, leave=False)
+    bar = _progress_bar(None if options.follow else len(window), options.progress)
 
     async def prepare(ref: SegmentRef) -> _Prepared:
         if (ref.init is not None) != fragmented:
             raise IngestError(f"segment {ref.shown} {'has no' if fragmented else 'has an'} EXT-X-MAP init section, "
                               f"unlike the Flow's first segment: a Flow's objects all have init objects or none")
-        data = first_data if ref is window[0] else await _segment_bytes(ref, session)
+        data: bytes | None = None  # a local file: read by the media worker, then timed
+        if ref is window[0]:
+            data = first_data
+        elif _is_url(ref.uri):
+            data = await _segment_bytes(ref, session)
         init = await inits.data(ref.init) if ref.init is not None else None
         try:
-            prepared = await asyncio.to_thread(_prepare_sync, ref, data, kinds, split, init, frame_rate)
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                media_worker, _prepare_sync, ref, data, kinds, split, init, frame_rate)
         except media.MediaError as exc:
             raise IngestError(str(exc)) from exc
         _check_container(ref, prepared.timing.format_name, (window[0].uri, props.format_name))
@@ -1072,7 +1087,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
             task.result()  # re-raises the first failure
 
     try:
-        with logging_redirect_tqdm(loggers=[logging.getLogger()]) if options.progress else contextlib.nullcontext():
+        with _logging_beside_the_bar() if options.progress else contextlib.nullcontext():
             entered = await next_prepared()
             while entered is not None and entered[0].register:
                 current = entered[1]
@@ -1119,6 +1134,8 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
             for _ in range(options.concurrency):
                 await slots.acquire()
             reap()
+            for registrar in registrars.values():
+                registrar.last_submitted()
             bit_rates = asyncio.create_task(_update_bit_rates(client, flow_ids, sizes, existing_counts, result, playlist))
             if uploads:
                 await asyncio.gather(*uploads)
@@ -1137,6 +1154,7 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     finally:
+        media_worker.shutdown(wait=False, cancel_futures=True)
         bar.close()
         for target_source in targets.values():
             await target_source.close()
@@ -1145,6 +1163,33 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
 
     result.seconds = time.perf_counter() - started
     return result
+
+
+class _NoProgress:
+    """The progress bar's calls, where none is shown."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int | None, shown: bool) -> Any:
+    """A tqdm bar of segments (tqdm is imported only then: a quiet run's start-up needs none of it)."""
+    if not shown:
+        return _NoProgress()
+    from tqdm import tqdm  # type: ignore[import-untyped]
+    return tqdm(total=total, unit="seg", file=sys.stderr, leave=False)
+
+
+def _logging_beside_the_bar() -> contextlib.AbstractContextManager[None]:
+    """Log lines written above the progress bar rather than through it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
+    return logging_redirect_tqdm(loggers=[logging.getLogger()])
 
 
 async def _flow_property(client: TAMSClient, flow_id: str, name: str) -> Any:
@@ -1250,7 +1295,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=_positive_int, default=8, help="segments uploaded at once")
     parser.add_argument("--storage-batch", type=_positive_int, default=None,
                         help="upload URLs asked for per storage request "
-                        "(default: the concurrency, at least 4 and at most 32)")
+                        "(default: twice the concurrency, at least 8 and at most 32)")
     parser.add_argument("--retries", type=int, default=RetryPolicy().attempts - 1,
                         help="times a failed request is sent again (with exponential backoff)")
     parser.add_argument("--video-only", action="store_true", help="one video flow even if the segments carry audio")

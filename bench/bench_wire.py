@@ -15,7 +15,9 @@ Each figure is the median of ``runs`` runs (ours and the plain transfer take tur
 shared machine falls on both), as MB/s of the playlist's bytes over wall-clock seconds; ratio =
 ours / plain (the issue's target is 0.8 or more). Peak RSS of ingest and outgest (``wait4``'s
 ``ru_maxrss`` of each process) is reported at 1x and at 10x the playlist's length (600 segments),
-at latency 0: flat memory means a ratio near 1. ``quick`` makes a small version (640x360,
+at latency 0: flat memory means a ratio near 1. Last, each script's start-up (``--help``: the
+interpreter and the imports) against the plain transfer's, the part of the 0 ms figures that no
+transfer can win back. ``quick`` makes a small version (640x360,
 6 segments, 10x = 60, one run) for a smoke test. Figures only; nothing here asserts a time.
 """
 
@@ -151,6 +153,19 @@ def _measure_latency(latency_ms: int, playlist: Path, runs: int, work: Path) -> 
     return results
 
 
+def _start_up(runs: int, work: Path) -> dict[str, float]:
+    """Median seconds of ``--help`` (the interpreter, the imports and the argument parser: what a
+    process pays before its first request) of each script and of the plain transfer, in turns."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    scripts = {"ingest": REPO_ROOT / "ingest_hls.py", "outgest": REPO_ROOT / "outgest_file.py",
+               "plain": BENCH_DIR / "plain_transfer.py"}
+    seconds: dict[str, list[float]] = {name: [] for name in scripts}
+    for _ in range(max(3, 2 * runs)):
+        for name, script in scripts.items():
+            seconds[name].append(timed_process([sys.executable, str(script), "--help"], env, work).seconds)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def _peak_rss(playlist: Path, work: Path) -> tuple[float, float]:
     """Peak RSS (MB) of one ingest and one outgest of ``playlist`` at latency 0."""
     with bench_store(latency_ms=0) as store:
@@ -187,10 +202,15 @@ def run(quick: bool = False, runs: int | None = None) -> list[dict[str, Any]]:
                     "ratio": round(plain_s / ours_s, 2),
                 })
         ingest_10x, outgest_10x = _peak_rss(long_playlist, work)
+        start_up = _start_up(runs, work)
     for job, long in (("ingest", ingest_10x), ("outgest", outgest_10x)):
         rows.append({"figure": f"{job} peak RSS, {LENGTH_FACTOR}x length ({segments * LENGTH_FACTOR} segments) "
                                f"vs 1x", "value": round(long, 1), "unit": "MB", "baseline": round(rss_1x[job], 1),
                      "ratio": round(long / rss_1x[job], 2)})
+    for job in ("ingest", "outgest"):
+        rows.append({"figure": f"{job} start-up (--help: python, imports) vs the plain transfer's",
+                     "value": round(start_up[job], 3), "unit": "s", "baseline": round(start_up["plain"], 3),
+                     "ratio": round(start_up["plain"] / start_up[job], 2)})
     return rows
 
 

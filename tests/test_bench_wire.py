@@ -22,6 +22,8 @@ ROWS = [
     r"outgest x8 vs plain download x8, 50 ms \(",
     r"ingest peak RSS, 10x length \(60 segments\) vs 1x",
     r"outgest peak RSS, 10x length \(60 segments\) vs 1x",
+    r"ingest start-up \(--help: python, imports\) vs the plain transfer's",
+    r"outgest start-up \(--help: python, imports\) vs the plain transfer's",
 ]
 NUMBER = r"\d+(\.\d+)?"
 
@@ -38,7 +40,7 @@ def test_quick_mode_reports_every_row(tmp_path: Path) -> None:
         matching = [line for line in lines if re.match(row, line)]
         assert len(matching) == 1, (row, proc.stdout)
         # value, unit, baseline and ratio at the end of the row
-        assert re.search(rf"\s{NUMBER}\s+(MB/s|MB)\s+{NUMBER}\s+{NUMBER}$", matching[0]), matching[0]
+        assert re.search(rf"\s{NUMBER}\s+(MB/s|MB|s)\s+{NUMBER}\s+{NUMBER}$", matching[0]), matching[0]
     figures = json.loads(results.read_text())["figures"]
     assert len(figures) == len(ROWS)
     for figure, row in zip(figures, ROWS):

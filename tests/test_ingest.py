@@ -192,6 +192,17 @@ def _access_log(store: RunningStore) -> list[_Request]:
     return requests
 
 
+async def _logged_through(store: RunningStore, flow_id: str) -> list[_Request]:
+    """The access log once it holds every request made so far: the store logs a request after
+    answering it, so once a GET of the Flow sent now is there, all before it are."""
+    await _flow(store, flow_id)
+    deadline = time.monotonic() + 10
+    while ("GET", f"/flows/{flow_id}") not in [(r.method, r.path) for r in _access_log(store)]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    return _access_log(store)
+
+
 async def test_storage_is_allocated_in_batches_as_uploads_use_it_with_at_most_concurrency_uploads_at_once(
     store_factory: Callable[..., RunningStore], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -237,12 +248,7 @@ async def test_bit_rates_are_set_while_the_last_registrations_are_out(
     result = await _ingest(store, content, concurrency=2)
     flow_id = result.flow_ids["video"]
     flow = await _flow(store, flow_id)
-    deadline = time.monotonic() + 10
-    # the store logs a request after answering it: once this GET is logged, so is all before it
-    while ("GET", f"/flows/{flow_id}") not in [(r.method, r.path) for r in _access_log(store)]:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
-    log = _access_log(store)
+    log = await _logged_through(store, flow_id)
     objects = [r for r in log if r.method == "PUT" and r.path.startswith("/objects-data/")]
     posts = [r for r in log if (r.method, r.path) == ("POST", f"/flows/{flow_id}/segments")]
     rates = [r for r in log if r.method == "PUT" and r.path in (f"/flows/{flow_id}/avg_bit_rate",
@@ -252,6 +258,43 @@ async def test_bit_rates_are_set_while_the_last_registrations_are_out(
     assert min(r.start for r in rates) > max(r.end for r in objects) - slack  # after every object is stored
     assert min(r.start for r in rates) < max(r.end for r in posts) - 0.025  # while the last POST is out
     assert flow["avg_bit_rate"] > 0 and flow["max_bit_rate"] >= flow["avg_bit_rate"]
+
+
+async def test_the_last_registrations_go_out_beside_the_posts_already_out(
+    store_factory: Callable[..., RunningStore]
+) -> None:
+    """Two segment POSTs are out at once, and a registration arriving meanwhile waits for one to
+    come back, to go with others; but once the last one is submitted it goes out at once (at the
+    end of an ingest, a round trip sooner)."""
+    store = store_factory(latency_ms=200, extra_args=["--access-log"])  # far more than the sleeps below
+    flow_id = str(uuid.uuid4())
+    async with _client(store) as client:
+        await client.put_flow(flow_id, {
+            "id": flow_id, "source_id": str(uuid.uuid4()), "format": "urn:x-nmos:format:video",
+            "codec": "video/h264", "container": "video/mp2t",
+            "essence_parameters": {"frame_width": 320, "frame_height": 180, "frame_rate": {"numerator": 25}},
+        })  # fmt: skip
+        targets = client.allocate_storage(flow_id, batch=3)
+        registrations = []
+        for k in range(3):
+            target = await anext(targets)
+            await client.upload_object(target, b"\x47" + bytes(187))
+            timerange = TimeRange.from_str(f"[{k}:0_{k + 1}:0)")
+            segment = {"object_id": target.object_id, "timerange": str(timerange)}
+            registrations.append(ingest_hls._Registration("video", segment, timerange, b"", 188))
+        registrar = ingest_hls._Registrar(client, flow_id, "video")
+        done = []
+        for reg in registrations:  # each its own POST: the first two go out, the third waits
+            done.append(registrar.submit(reg))
+            await asyncio.sleep(0.01)
+        registrar.last_submitted()
+        await asyncio.gather(*done)
+        await registrar.close()
+    log = await _logged_through(store, flow_id)
+    posts = sorted((r for r in log if (r.method, r.path) == ("POST", f"/flows/{flow_id}/segments")), key=lambda r: r.start)
+    assert len(posts) == 3
+    assert posts[2].start < posts[0].end - 0.1  # it did not wait for the first to come back
+    assert [s["timerange"] for s in await _segments(store, flow_id)] == [str(r.timerange) for r in registrations]
 
 
 # -- resume and faults -------------------------------------------------------------------------
