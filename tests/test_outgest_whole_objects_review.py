@@ -107,15 +107,37 @@ def _section_at(data: bytes | bytearray, offset: int) -> tuple[int, int] | None:
     return start, start + 3 + (((data[start + 1] & 0x0F) << 8) | data[start + 2])
 
 
-def _set_pcr_pid(path: Path, pmt_pid: int, pcr_pid: int) -> None:
-    """Give every PMT of the object at ``path`` another PCR_PID (a PMT that differs from the
-    one a muxer writes for the same stream, as another packager's would), its CRC made anew."""
+def _section_with(section: bytes, *, stream_types: set[int] | None = None, version: int | None = None,
+                  pcr_pid: int | None = None) -> bytes:
+    """A PMT ``section`` keeping only the elementary streams of ``stream_types``, or with
+    another ``version`` or PCR_PID, its length and CRC made anew."""
+    body = bytearray(section[3:-4])
+    if version is not None:
+        body[2] = (body[2] & 0xC1) | (version << 1)
+    if pcr_pid is not None:
+        body[5:7] = (0xE000 | pcr_pid).to_bytes(2, "big")
+    if stream_types is not None:
+        info = ((section[10] & 0x0F) << 8) | section[11]
+        at, kept = 12 + info, bytearray()
+        while at + 5 <= len(section) - 4:
+            end = at + 5 + (((section[at + 3] & 0x0F) << 8) | section[at + 4])
+            if section[at] in stream_types:
+                kept += section[at:end]
+            at = end
+        body = body[:9 + info] + kept
+    head = bytes([section[0], (section[1] & 0xF0) | ((len(body) + 4) >> 8), (len(body) + 4) & 0xFF]) + body
+    return head + _crc_mpeg2(head).to_bytes(4, "big")
+
+def _rewrite_pmts(path: Path, pmt_pid: int, change: Callable[[bytes, int], bytes]) -> None:
+    """Replace the n-th PMT section of the object at ``path`` by ``change(section, n)`` (stuffing
+    after a shorter one)."""
     data = bytearray(path.read_bytes())
+    count = 0
     for offset in range(0, len(data), 188):
         if ((data[offset + 1] & 0x1F) << 8 | data[offset + 2]) == pmt_pid and (found := _section_at(data, offset)):
             start, end = found
-            data[start + 8:start + 10] = (0xE000 | pcr_pid).to_bytes(2, "big")
-            data[end - 4:end] = _crc_mpeg2(bytes(data[start:end - 4])).to_bytes(4, "big")
+            data[start:end] = change(bytes(data[start:end]), count).ljust(end - start, b"\xff")
+            count += 1
     path.write_bytes(bytes(data))
 
 
@@ -145,7 +167,8 @@ async def test_a_first_muxer_gives_its_tables_a_version_the_objects_after_it_do_
     first = ts_scan.scan(objects[0].read_bytes())
     assert not isinstance(first, str)
     for path in objects:
-        _set_pcr_pid(path, first.layout.pmt_pid, 0x1FFF)
+        # another PCR_PID: a PMT that differs from the one a muxer writes, as another packager's would
+        _rewrite_pmts(path, first.layout.pmt_pid, lambda section, _: _section_with(section, pcr_pid=0x1FFF))
     changed = ts_scan.scan(objects[0].read_bytes())
     assert not isinstance(changed, str) and changed.layout.pmt != first.layout.pmt
     ingested = await _ingest(store, playlist)
@@ -158,38 +181,28 @@ async def test_a_first_muxer_gives_its_tables_a_version_the_objects_after_it_do_
     _assert_one_clean_stream(out)
 
 
-def _section_with(section: bytes, *, stream_types: set[int] | None = None, version: int | None = None) -> bytes:
-    """A PMT ``section`` keeping only the elementary streams of ``stream_types``, or with
-    another ``version``, its length and CRC made anew."""
-    body = bytearray(section[3:-4])
-    if version is not None:
-        body[2] = (body[2] & 0xC1) | (version << 1)
-    if stream_types is not None:
-        info = ((section[10] & 0x0F) << 8) | section[11]
-        at, kept = 12 + info, bytearray()
-        while at + 5 <= len(section) - 4:
-            end = at + 5 + (((section[at + 3] & 0x0F) << 8) | section[at + 4])
-            if section[at] in stream_types:
-                kept += section[at:end]
-            at = end
-        body = body[:9 + info] + kept
-    head = bytes([section[0], (section[1] & 0xF0) | ((len(body) + 4) >> 8), (len(body) + 4) & 0xFF]) + body
-    return head + _crc_mpeg2(head).to_bytes(4, "big")
-
-
 def _audio_announced_later(path: Path, pmt_pid: int) -> None:
     """The object's first PMT lists only its video; the later ones list its audio too (as a
     new version): a demuxer finds the audio stream part way through."""
-    data = bytearray(path.read_bytes())
-    first = True
-    for offset in range(0, len(data), 188):
-        if ((data[offset + 1] & 0x1F) << 8 | data[offset + 2]) == pmt_pid and (found := _section_at(data, offset)):
-            start, end = found
-            section = bytes(data[start:end])
-            changed = _section_with(section, stream_types={0x1B}) if first else _section_with(section, version=1)
-            data[start:end] = changed.ljust(end - start, b"\xff")  # stuffing after a shorter section
-            first = False
-    path.write_bytes(bytes(data))
+    _rewrite_pmts(path, pmt_pid, lambda section, n: _section_with(section, stream_types={0x1B}) if n == 0
+                  else _section_with(section, version=1))
+
+
+def _assert_refused_with_audio(path: Path, reason: str) -> None:
+    """A demuxer finds the object's audio and video; ``ts_scan`` refuses it for ``reason``."""
+    with av.open(str(path)) as container:
+        assert sorted(s.type for s in container.streams) == ["audio", "video"]
+    assert ts_scan.scan(path.read_bytes()) == reason
+
+
+async def _assert_exports_its_video_only(store: RunningStore, playlist: Path, out: Path) -> None:
+    """The playlist's 4 s of 30 fps video ingested and exported whole to ``out``: its frames, and
+    no other stream."""
+    ingested = await _ingest(store, playlist)
+    await _export(store, ingested.flow_id, out)
+    with av.open(str(out)) as container:
+        assert [s.type for s in container.streams] == ["video"]
+    assert read_frame_numbers(out) == list(range(120))
 
 
 async def test_an_object_whose_later_pmt_adds_audio_is_demuxed_for_its_video(
@@ -200,15 +213,8 @@ async def test_an_object_whose_later_pmt_adds_audio_is_demuxed_for_its_video(
     objects = sorted(playlist.parent.glob("hls_output_*.ts"))
     for path in objects:
         _audio_announced_later(path, 0x1000)  # libavformat's PMT PID
-        with av.open(str(path)) as container:
-            assert sorted(s.type for s in container.streams) == ["audio", "video"]
-        assert ts_scan.scan(path.read_bytes()) == "its PAT or PMT changes within it"
-    ingested = await _ingest(store, playlist)
-    out = tmp_path / "later_pmt.ts"
-    await _export(store, ingested.flow_id, out)
-    with av.open(str(out)) as container:
-        assert [s.type for s in container.streams] == ["video"]
-    assert read_frame_numbers(out) == list(range(120))
+        _assert_refused_with_audio(path, "its PAT or PMT changes within it")
+    await _assert_exports_its_video_only(store, playlist, tmp_path / "later_pmt.ts")
 
 
 async def test_an_object_with_audio_its_pmt_does_not_list_is_demuxed_for_its_video(
@@ -219,21 +225,9 @@ async def test_an_object_with_audio_its_pmt_does_not_list_is_demuxed_for_its_vid
     playlist = synthesize(tmp_path / "unlisted", duration=4, segment_seconds=2, gop_seconds=1, audio=True)
     objects = sorted(playlist.parent.glob("hls_output_*.ts"))
     for path in objects:
-        data = bytearray(path.read_bytes())
-        for offset in range(0, len(data), 188):
-            if ((data[offset + 1] & 0x1F) << 8 | data[offset + 2]) == 0x1000 and (found := _section_at(data, offset)):
-                start, end = found
-                data[start:end] = _section_with(bytes(data[start:end]), stream_types={0x1B}).ljust(end - start, b"\xff")
-        path.write_bytes(bytes(data))
-        with av.open(str(path)) as container:
-            assert sorted(s.type for s in container.streams) == ["audio", "video"]
-        assert ts_scan.scan(path.read_bytes()) == "it holds PES packets on PID 0x101, which its PMT does not list"
-    ingested = await _ingest(store, playlist)
-    out = tmp_path / "unlisted.ts"
-    await _export(store, ingested.flow_id, out)
-    with av.open(str(out)) as container:
-        assert [s.type for s in container.streams] == ["video"]
-    assert read_frame_numbers(out) == list(range(120))
+        _rewrite_pmts(path, 0x1000, lambda section, _: _section_with(section, stream_types={0x1B}))
+        _assert_refused_with_audio(path, "it holds PES packets on PID 0x101, which its PMT does not list")
+    await _assert_exports_its_video_only(store, playlist, tmp_path / "unlisted.ts")
 
 
 def _pcrs(data: bytes) -> list[int]:
