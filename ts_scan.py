@@ -15,8 +15,9 @@ the object with PyAV as usual. That covers: not 188-byte packets; scrambled or e
 more than one program; a program holding anything but one H.264 or HEVC video stream (a muxed
 object's audio would come along), or a later PAT or PMT saying otherwise, or PES packets on a
 PID the PMT does not list (a demuxer finds those streams too); a PAT, PMT or PES header not
-within one packet; an access unit without a pts; video packets before the first access unit
-starts (the tail of one cut off). It also reads how far the first PCR runs behind the decode
+within one packet; PIDs or a transport_stream_id that libavformat's muxer cannot carry on; an
+access unit without a pts; video packets before the first access unit starts (the tail of one
+cut off). It also reads how far the first PCR runs behind the decode
 times, for a muxer that continues the stream to keep its PCRs as far behind.
 
 ``Continuity`` renumbers the 4-bit continuity counter of each packet written, so that every PID
@@ -179,6 +180,8 @@ def _layout(data: bytes | bytearray, count: int) -> TsLayout | str:
     assert pmt_pid is not None
     if pmt_pid not in MUXER_PIDS or video_pid not in MUXER_PIDS or pmt_pid == video_pid:
         return "its PIDs are outside the range a muxer can continue"
+    if not int.from_bytes(pat[3:5], "big"):  # libavformat's muxer takes 1-65535
+        return "its transport_stream_id is outside the range a muxer can continue"
     return TsLayout(pat=pat, pmt=pmt, transport_stream_id=int.from_bytes(pat[3:5], "big"),
                     program=int.from_bytes(pmt[3:5], "big"), pmt_pid=pmt_pid, video_pid=video_pid,
                     codec=VIDEO_STREAM_TYPES[streams[0][0]], version=(pmt[5] >> 1) & 0x1F)

@@ -128,13 +128,13 @@ def _section_with(section: bytes, *, stream_types: set[int] | None = None, versi
     head = bytes([section[0], (section[1] & 0xF0) | ((len(body) + 4) >> 8), (len(body) + 4) & 0xFF]) + body
     return head + _crc_mpeg2(head).to_bytes(4, "big")
 
-def _rewrite_pmts(path: Path, pmt_pid: int, change: Callable[[bytes, int], bytes]) -> None:
-    """Replace the n-th PMT section of the object at ``path`` by ``change(section, n)`` (stuffing
-    after a shorter one)."""
+def _rewrite_sections(path: Path, pid: int, change: Callable[[bytes, int], bytes]) -> None:
+    """Replace the n-th PSI section on ``pid`` (each within its packet) of the object at ``path``
+    by ``change(section, n)`` (stuffing after a shorter one)."""
     data = bytearray(path.read_bytes())
     count = 0
     for offset in range(0, len(data), 188):
-        if ((data[offset + 1] & 0x1F) << 8 | data[offset + 2]) == pmt_pid and (found := _section_at(data, offset)):
+        if ((data[offset + 1] & 0x1F) << 8 | data[offset + 2]) == pid and (found := _section_at(data, offset)):
             start, end = found
             data[start:end] = change(bytes(data[start:end]), count).ljust(end - start, b"\xff")
             count += 1
@@ -168,7 +168,7 @@ async def test_a_first_muxer_gives_its_tables_a_version_the_objects_after_it_do_
     assert not isinstance(first, str)
     for path in objects:
         # another PCR_PID: a PMT that differs from the one a muxer writes, as another packager's would
-        _rewrite_pmts(path, first.layout.pmt_pid, lambda section, _: _section_with(section, pcr_pid=0x1FFF))
+        _rewrite_sections(path, first.layout.pmt_pid, lambda section, _: _section_with(section, pcr_pid=0x1FFF))
     changed = ts_scan.scan(objects[0].read_bytes())
     assert not isinstance(changed, str) and changed.layout.pmt != first.layout.pmt
     ingested = await _ingest(store, playlist)
@@ -184,7 +184,7 @@ async def test_a_first_muxer_gives_its_tables_a_version_the_objects_after_it_do_
 def _audio_announced_later(path: Path, pmt_pid: int) -> None:
     """The object's first PMT lists only its video; the later ones list its audio too (as a
     new version): a demuxer finds the audio stream part way through."""
-    _rewrite_pmts(path, pmt_pid, lambda section, n: _section_with(section, stream_types={0x1B}) if n == 0
+    _rewrite_sections(path, pmt_pid, lambda section, n: _section_with(section, stream_types={0x1B}) if n == 0
                   else _section_with(section, version=1))
 
 
@@ -225,7 +225,7 @@ async def test_an_object_with_audio_its_pmt_does_not_list_is_demuxed_for_its_vid
     playlist = synthesize(tmp_path / "unlisted", duration=4, segment_seconds=2, gop_seconds=1, audio=True)
     objects = sorted(playlist.parent.glob("hls_output_*.ts"))
     for path in objects:
-        _rewrite_pmts(path, 0x1000, lambda section, _: _section_with(section, stream_types={0x1B}))
+        _rewrite_sections(path, 0x1000, lambda section, _: _section_with(section, stream_types={0x1B}))
         _assert_refused_with_audio(path, "it holds PES packets on PID 0x101, which its PMT does not list")
     await _assert_exports_its_video_only(store, playlist, tmp_path / "unlisted.ts")
 
@@ -329,3 +329,25 @@ async def test_a_deeper_reordering_encode_after_a_muxed_cut_is_muxed_until_its_d
     _assert_one_clean_stream(out)
     # the last segment, once the pyramid's delay is taken on, as it is
     assert _counters_blanked(out.read_bytes()).find(_counters_blanked(last_object)) > 0
+
+
+async def test_objects_of_transport_stream_id_0_are_muxed_when_a_cut_needs_the_muxer(
+    store: RunningStore, tmp_path: Path
+) -> None:
+    # transport_stream_id 0 is a valid PAT's, but libavformat's muxer takes only 1-65535: the
+    # muxer, told to carry the objects' id on, could not even open, and a cut export failed.
+    playlist = synthesize(tmp_path / "tsid", duration=4, segment_seconds=2, gop_seconds=1)
+    objects = sorted(playlist.parent.glob("hls_output_*.ts"))
+
+    def transport_stream_id_0(section: bytes, _: int) -> bytes:
+        changed = section[:3] + b"\0\0" + section[5:-4]
+        return changed + _crc_mpeg2(changed).to_bytes(4, "big")
+
+    for path in objects:
+        _rewrite_sections(path, ts_scan.PAT_PID, transport_stream_id_0)
+        assert ts_scan.scan(path.read_bytes()) == "its transport_stream_id is outside the range a muxer can continue"
+    ingested = await _ingest(store, playlist)
+    out = tmp_path / "tsid.ts"
+    await _export(store, ingested.flow_id, out, timerange=_window(10, 120), exact=True)
+    assert read_frame_numbers(out) == list(range(10, 120))
+    _assert_one_clean_stream(out)
