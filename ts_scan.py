@@ -17,8 +17,8 @@ object's audio would come along), or a later PAT or PMT saying otherwise, or PES
 PID the PMT does not list (a demuxer finds those streams too); a PAT, PMT or PES header not
 within one packet; PIDs or a transport_stream_id that libavformat's muxer cannot carry on; an
 access unit without a pts; video packets before the first access unit starts (the tail of one
-cut off). It also reads how far the first PCR runs behind the decode
-times, for a muxer that continues the stream to keep its PCRs as far behind.
+cut off). It also reads how far the first PCR runs behind the decode times, for a muxer that
+continues the stream to keep its PCRs as far behind.
 
 ``Continuity`` renumbers the 4-bit continuity counter of each packet written, so that every PID
 counts on across the joins between objects (each object's own counters usually start afresh,
@@ -93,6 +93,8 @@ def _table(kind: str, value: int) -> bytes:
         return bytes(int(b != value) for b in range(256))
     if kind == "start":  # byte 1: payload_unit_start_indicator set
         return bytes(int(not b & 0x40) for b in range(256))
+    if kind == "flip":  # a 0/1 mask inverted
+        return bytes(int(b == 0) for b in range(256))
     if kind == "bad":  # byte 1: transport_error_indicator; byte 3: transport_scrambling_control
         return bytes(int(bool(b & value)) for b in range(256))
     raise ValueError(kind)
@@ -217,18 +219,18 @@ def _first_is_key(data: bytes | bytearray, video: list[int], codec: str) -> bool
     return False
 
 
-def _pcr_lag(data: bytes | bytearray, layout: TsLayout, other: bytes, starts: list[int], dts: list[int]) -> int | None:
+def _pcr_lag(data: bytes | bytearray, layout: TsLayout, heads: tuple[bytes | bytearray, bytes | bytearray],
+             starts: list[int], dts: list[int]) -> int | None:
     """How far the object's first PCR (on the PMT's PCR_PID, looked for in the first
     ``PCR_SEARCH`` packets there) runs behind the dts of the access unit starting with or after
     it: the delay a muxer continuing the stream must give its PCRs, else they step back (None
     when not found)."""
     pcr_pid = int.from_bytes(layout.pmt[8:10], "big") & 0x1FFF
-    if pcr_pid == layout.video_pid:
-        candidates = _where(other, 0)[:PCR_SEARCH]
-    else:
-        candidates = [i for i in range(len(data) // PACKET_SIZE)
-                      if ((data[i * PACKET_SIZE + 1] & 0x1F) << 8 | data[i * PACKET_SIZE + 2]) == pcr_pid][:PCR_SEARCH]
-    for index in candidates:
+    others = _or(heads[0].translate(_table("pid_high", pcr_pid >> 8)), heads[1].translate(_table("pid_low", pcr_pid & 0xFF)))
+    index = others.find(0)
+    for _ in range(PCR_SEARCH):
+        if index == -1:
+            return None
         offset = index * PACKET_SIZE
         if data[offset + 3] & 0x20 and data[offset + 4] >= 7 and data[offset + 5] & 0x10:
             base = int.from_bytes(data[offset + 6:offset + 11], "big") >> 7  # the 33-bit 90 kHz part
@@ -237,6 +239,7 @@ def _pcr_lag(data: bytes | bytearray, layout: TsLayout, other: bytes, starts: li
                 return None
             lag = (dts[following] - base) % (1 << 33)
             return lag if lag < 1 << 32 else None
+        index = others.find(0, index + 1)
     return None
 
 
@@ -272,24 +275,26 @@ def scan(data: bytes | bytearray) -> TsScan | str:
             return "an access unit has no pts"
         pts.append(_timestamp(data, at + 9))
         dts.append(_timestamp(data, at + 14) if flags == 3 else pts[-1])
-    others = _where(other, 1)
-    for index in others:  # a later PMT could add a stream (audio, say) that a demuxer then finds
-        offset = index * PACKET_SIZE
-        pid = ((data[offset + 1] & 0x1F) << 8) | data[offset + 2]
-        if pid in (PAT_PID, layout.pmt_pid) and (not data[offset + 1] & 0x40 or _section(data, index) != (
-                layout.pat if pid == PAT_PID else layout.pmt)):
+    # The other packets that start a section or PES: a later PMT could add a stream (audio, say),
+    # and a demuxer finds a PES stream even on a PID no PMT lists. (A section running on over
+    # packets starts with one whose section does not end there: not the first PAT or PMT either.)
+    others_starting = _where(_or(other.translate(_table("flip", 0)), head1.translate(_table("start", 0))), 0)
+    tables = {PAT_PID: layout.pat, layout.pmt_pid: layout.pmt}
+    for index in others_starting:
+        pid = ((data[index * PACKET_SIZE + 1] & 0x1F) << 8) | data[index * PACKET_SIZE + 2]
+        if pid in tables and _section(data, index) != tables[pid]:
             return "its PAT or PMT changes within it"
-    for index in others:
-        at = _payload(data, index) if data[index * PACKET_SIZE + 1] & 0x40 else None
-        if at is not None and data[at:at + 3] == b"\0\0\1":  # a demuxer finds a stream there all the same
+    for index in others_starting:
+        at = _payload(data, index)
+        if at is not None and data[at:at + 3] == b"\0\0\1":
             pid = ((data[index * PACKET_SIZE + 1] & 0x1F) << 8) | data[index * PACKET_SIZE + 2]
             return f"it holds PES packets on PID {pid:#x}, which its PMT does not list"
     video = [first_video, *(i for i in range(first_video + 1, min(count, first_video + FIRST_NAL_SEARCH))
                             if not other[i])]
     return TsScan(layout=layout, pts=tuple(pts), dts=tuple(dts),
                   first_is_key=_first_is_key(data, video, layout.codec),
-                  others=tuple(others), first_video=first_video, last_video=other.rfind(0),
-                  pcr_lag=_pcr_lag(data, layout, other, starts, dts))
+                  others=tuple(_where(other, 1)), first_video=first_video, last_video=other.rfind(0),
+                  pcr_lag=_pcr_lag(data, layout, (head1, head2), starts, dts))
 
 
 @cache
