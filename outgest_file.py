@@ -1229,10 +1229,15 @@ def _copies_whole_objects(flow: Mapping[str, Any], output: Path, check_timing: b
             and kind == "video" and codec in ("h264", "hevc") and frame_rate is not None and not check_timing)
 
 
+# An object downloaded into memory (fetch_in_order's ``memory``) larger than this goes to its file
+# instead, so that ``--concurrency`` objects held stay within a few hundred MB whatever they hold.
+MEMORY_OBJECT_LIMIT = 32 << 20
+
+
 async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path, head: bytes = b"",
                     memory: dict[Path, bytearray] | None = None) -> int:
     """Stream the object at ``url`` into ``path`` after ``head`` (or, given ``memory``, into
-    ``memory[path]``); return the object's size."""
+    ``memory[path]``, up to MEMORY_OBJECT_LIMIT bytes); return the object's size."""
     size = 0
     async with client.stream_object(url) as chunks:
         if memory is not None:
@@ -1240,10 +1245,13 @@ async def _download(client: TAMSClient, url: Mapping[str, Any], path: Path, head
             async for chunk in chunks:
                 data += chunk
                 size += len(chunk)
-            memory[path] = data
-            return size
+                if len(data) > MEMORY_OBJECT_LIMIT:
+                    break  # the rest goes to the file
+            else:
+                memory[path] = data
+                return size
         with path.open("wb") as out:
-            out.write(head)
+            out.write(head if memory is None else data)
             async for chunk in chunks:
                 out.write(chunk)
                 size += len(chunk)

@@ -23,6 +23,7 @@ import av
 import pytest
 from mediatimestamp.immutable import TimeRange, Timestamp
 
+import outgest_file
 import ts_scan
 from client import TAMSClient
 from credentials import BasicCredentials
@@ -136,6 +137,19 @@ async def test_a_whole_ts_flow_is_its_objects_with_counters_counting_on(
     assert sorted(p for p, _, _ in _video_packets(out)) == [FIRST_PTS + FRAME * n for n in range(FRAMES)]
     _assert_one_clean_stream(out)
     assert (summary.segments, summary.frames, summary.reencoded, summary.bytes) == (SEGMENTS, FRAMES, 0, len(data))
+
+
+async def test_objects_over_the_memory_limit_go_through_files_alike(
+    store: RunningStore, video: Ingested, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outgest_file, "MEMORY_OBJECT_LIMIT", min(len(o) for o in video.objects) // 3)
+    whole, cut = tmp_path / "whole.ts", tmp_path / "cut.ts"
+    await _export(store, video.flow_id, whole)
+    assert _counters_blanked(whole.read_bytes()) == _counters_blanked(b"".join(video.objects))
+    data = await _cut(store, video.flow_id, cut, 10, 200)
+    assert _counters_blanked(data).find(_counters_blanked(video.objects[1])) > 0  # copied between the cuts
+    _assert_one_clean_stream(whole)
+    _assert_one_clean_stream(cut)
 
 
 async def _cut(store: RunningStore, flow_id: str, out: Path, first: int, stop: int) -> bytes:
