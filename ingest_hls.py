@@ -112,6 +112,7 @@ class IngestOptions:
     follow: bool = False  # reload a live playlist until EXT-X-ENDLIST or a stop signal
     reload_attempts: int = 6  # failed reloads in a row before giving up
     stop: asyncio.Event | None = None  # set to stop following (finish what was read)
+    created_flows: frozenset[str] = frozenset()  # made by the caller just now (a rendition's): nothing to ask
 
 
 @dataclass
@@ -126,6 +127,7 @@ class IngestResult:
     left: int = 0  # segments of the playlist after the last one this run took (a part asked for)
     next_sequence: int = 0  # the media sequence of the first one left
     timeranges: dict[str, list[TimeRange]] = field(default_factory=dict)  # per essence, window order
+    by_rendition: dict[str, int] = field(default_factory=dict)  # registered per playlist, with renditions
 
     def summary(self) -> str:
         megabytes = self.bytes / 1e6
@@ -134,8 +136,10 @@ class IngestResult:
         gaps = f", {self.gaps} missed (gone from the playlist)" if self.gaps else ""
         left = (f"; {self.left} segments of the playlist left (--hls-start-segment {self.next_sequence} goes on)"
                 if self.left else "")
+        counted = " + ".join(f"{n} {kind}" for kind, n in self.by_rendition.items()) if self.by_rendition else ""
         return (
-            f"ingested {self.registered} segments ({self.skipped} already present{gaps}) into {flows}: "
+            f"ingested {self.registered} segments{f' ({counted})' if counted else ''} "
+            f"({self.skipped} already present{gaps}) into {flows}: "
             f"{megabytes:.2f} MB in {self.seconds:.2f} s, {rate:.2f} MB/s{left}"
         )
 
@@ -869,7 +873,8 @@ async def _ingest_renditions(client: TAMSClient, options: IngestOptions, session
             logger.info("created %s flow %s (source %s)", plan.kind, plan.flow_id, plan.body["source_id"])
     # each its own playlist, and one Flow each: the ids of the others are decided here
     each: dict[str, Any] = {"variant": None, "audio_flow_id": None, "audio_source_id": None,
-                            "multi_flow_id": None, "multi_source_id": None}
+                            "multi_flow_id": None, "multi_source_id": None,
+                            "created_flows": frozenset(plan.flow_id for plan in plans if not plan.exists)}
     video_options = replace(options, **each, hls=video_uri, video_only=True, flow_id=video_plan.flow_id,
                             source_id=video_plan.body["source_id"])
     audio_options = replace(options, **each, hls=audio_uri, audio_only=True, flow_id=audio_plan.flow_id,
@@ -887,6 +892,7 @@ async def _ingest_renditions(client: TAMSClient, options: IngestOptions, session
         left=video.left + audio.left,
         next_sequence=video.next_sequence,
         timeranges={**video.timeranges, **audio.timeranges},
+        by_rendition={"video": video.registered, "audio": audio.registered},
     )
 
 
@@ -938,7 +944,8 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         raise IngestError("the segment count must be at least 1 (None: to the end of the playlist)")
     # The Flow named on the command line is looked up while the playlist and the first segment are
     # read and the segment is probed.
-    looked_up = {fid: asyncio.create_task(_stored_flow(client, fid)) for fid in (options.flow_id,) if fid}
+    looked_up = {fid: asyncio.create_task(_stored_flow(client, fid)) for fid in (options.flow_id,)
+                 if fid and fid not in options.created_flows}
     try:
         loaded_at = asyncio.get_running_loop().time()
         playlist = await load_playlist(options.hls, variant=options.variant, session=session)
@@ -955,7 +962,9 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         _check_container(window[0], props.format_name)
         plans = _plan_flows(options, props, playlist, fragmented)
         for plan in plans:
-            if plan.flow_id not in _fresh_ids(options, plans):
+            if plan.flow_id in options.created_flows:
+                plan.exists = True  # as the caller made it, with no segments yet
+            elif plan.flow_id not in _fresh_ids(options, plans):
                 await _check_flow(client, plan, looked_up)
     finally:
         for task in looked_up.values():
@@ -984,8 +993,8 @@ async def _ingest(client: TAMSClient, options: IngestOptions, session: aiohttp.C
         target_source.start()
     timeline = hls_live.Timeline()  # 33-bit wraps and timestamp bases
     # A Flow this run created has no segments yet: no need to list them.
-    existing = {p.kind: await _existing(client, p.flow_id, timeline, p.kind) if p.exists else _ExistingSegments([])
-                for p in essences}
+    existing = {p.kind: await _existing(client, p.flow_id, timeline, p.kind)
+                if p.exists and p.flow_id not in options.created_flows else _ExistingSegments([]) for p in essences}
     existing_counts = {kind: len(segs) for kind, segs in existing.items()}
     registrars = {p.kind: _Registrar(client, p.flow_id, p.kind) for p in essences}
     rates: dict[str, Fraction | None] = {"video": props.video.frame_rate if props.video else None}

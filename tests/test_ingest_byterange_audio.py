@@ -14,6 +14,7 @@ each segment must hold).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -240,6 +241,9 @@ async def test_an_audio_only_playlist_is_an_audio_flow_that_exports_its_samples(
 @pytest.fixture(scope="module")
 def rendition_flows(shared_store: RunningStore, rendition_content: SynthesizedHLS) -> dict[str, str]:
     result = asyncio.run(_ingest(shared_store, str(rendition_content.playlist), flow_id=str(uuid.uuid4())))
+    video, audio = result.by_rendition["video"], result.by_rendition["audio"]
+    assert (video, audio) == (3, result.registered - 3) and audio > video  # the audio playlist is cut on its own
+    assert result.summary().startswith(f"ingested {video + audio} segments ({video} video + {audio} audio) (0 already")
     return result.flow_ids
 
 
@@ -268,6 +272,18 @@ async def test_an_audio_rendition_is_an_audio_flow_collected_with_the_video_as_m
     again = await _ingest(shared_store, str(content.playlist), flow_id=ids["video"])
     assert (again.registered, again.flow_ids) == (0, ids)
     assert again.skipped == len(video_segments) + len(audio_segments)
+    assert again.summary().startswith(f"ingested 0 segments (0 video + 0 audio) ({again.skipped} already present)")
+
+
+async def test_a_rendition_ingest_asks_nothing_of_the_flows_it_just_made(
+    shared_store: RunningStore, rendition_content: SynthesizedHLS, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="ingest_hls"):
+        result = await _ingest(shared_store, str(rendition_content.playlist), flow_id=str(uuid.uuid4()))
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("created" in line for line in said) == 3
+    assert not [line for line in said if "resuming" in line or "already" in line.split(":")[0]]
+    assert result.skipped == 0 and result.registered == sum(result.by_rendition.values())
 
 
 @pytest.mark.parametrize("suffix", [".ts", ".mp4"])
