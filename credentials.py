@@ -33,7 +33,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
-from dotenv import dotenv_values
 
 __all__ = [
     "DEFAULT_SCOPE",
@@ -256,7 +255,11 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
     (which never overrides a variable that is really set)."""
     environ = os.environ if environ is None else environ
     env_file = Path.cwd() / ".env" if env_file is None else env_file
-    file_values = {k: v for k, v in dotenv_values(env_file).items() if v} if env_file.is_file() else {}
+    file_values: dict[str, str] = {}
+    if env_file.is_file():
+        from dotenv import dotenv_values  # only then: its import is a few ms of every script's start-up
+
+        file_values = {k: v for k, v in dotenv_values(env_file).items() if v}
     settings: dict[str, str] = {}
     for dest, env, _ in _SETTINGS:
         value = getattr(args, dest, None) or environ.get(env) or file_values.get(env)
