@@ -1535,6 +1535,11 @@ class VideoSequence:
     ``--exact`` fails with one line and a whole-segment export leaves those frames out with a
     warning naming them. ``run(segment, path, context, chain, lose_prior)`` writes one segment
     (``write_segment`` in the writer's thread); ``inits`` are the export's fMP4 init objects.
+
+    With ``raw`` (a ``RawJoin``), objects arrive in ``memory`` and each one that qualifies is held
+    to be copied as it is; the held one is the kept previous object, given a file only if it is
+    muxed after all. ``offload`` runs a function in the writer's thread. Call ``finish`` once the
+    last segment is written.
     """
 
     def __init__(self, client: TAMSClient, flow_id: str, scratch: Path, frame_rate: Fraction | None,
