@@ -406,7 +406,7 @@ def read_timing(source: Source, *, kinds: Iterable[str] = ("video", "audio"), na
         container, label, size = _open(source, name, TIMING_OPTIONS)
     else:  # a stream that starts later in the file needs all of it probed
         container, label, size = _open_enough(source, name, QUICK_TIMING_OPTIONS, TIMING_OPTIONS,
-                                              lambda opened: len(_first_streams(opened, kinds)) == len(kinds))
+                                              lambda opened: _quick_probe_enough(opened, kinds))
     with container:
         streams = _first_streams(container, kinds)
         if not streams:
@@ -418,6 +418,14 @@ def read_timing(source: Source, *, kinds: Iterable[str] = ("video", "audio"), na
         if len(result) < len(streams):
             result = _timing_from_packets(container, streams, wraps=fmt == "mpegts", label=label, frame_rate=frame_rate)
     return MediaTiming(format_name=fmt, size=size, streams=result)
+
+
+def _quick_probe_enough(container: Any, kinds: tuple[str, ...]) -> bool:
+    """A stream of each kind, and the audio's sample rate: without it (a PMT lists the audio, but
+    its first packet lies past the quick probe) libavformat gives its packets no duration."""
+    streams = _first_streams(container, kinds)
+    audio = streams.get("audio")
+    return len(streams) == len(kinds) and (audio is None or bool(audio.codec_context.sample_rate))
 
 
 def _timing_from_index(streams: dict[str, Any], frame_rate: Fraction | None = None) -> dict[str, StreamTiming]:

@@ -370,3 +370,48 @@ def test_probe_decodes_only_key_frames_and_reads_what_a_full_probe_reads(
         media.PROBE_OPTIONS = saved
     assert media.probe(data) == full
     assert full.video is not None and full.video.component_type == "YCbCr" and full.video.bit_depth == 8
+
+
+def _ts_with_audio_after_a_large_picture() -> bytes:
+    """Muxed H.264 + AAC MPEG-TS whose first audio packet lies past the first 32 KiB: the audio
+    starts with the third picture, after a large first one (lossless noise), as 1080p pictures come
+    before a muxer's first audio PES."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts", container_options={"mpegts_copyts": "1"}) as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 320, 180, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 90000)
+        video.options = {"preset": "ultrafast", "crf": "0"}
+        audio = out.add_stream("aac", rate=48000, layout="mono")
+        noise = random.Random(16)
+        audio_pts = 7040  # 48 kHz: with the third picture, at 13200 ticks
+        for n in range(12):
+            frame = av.VideoFrame(320, 180, "yuv420p")
+            for plane in frame.planes:
+                plane.update(noise.randbytes(plane.buffer_size) if n == 0 else bytes([n * 9]) * plane.buffer_size)
+            frame.pts, frame.time_base = 6000 + n * 3600, Fraction(1, 90000)
+            out.mux(video.encode(frame))
+            while audio_pts * 15 < (n + 1) * 3600 * 8:  # to the end of this picture (90 kHz = 48 kHz * 15/8)
+                samples = av.AudioFrame(format="fltp", layout="mono", samples=1024)
+                samples.planes[0].update(bytes(samples.planes[0].buffer_size))
+                samples.sample_rate, samples.pts, samples.time_base = 48000, audio_pts, Fraction(1, 48000)
+                out.mux(audio.encode(samples))
+                audio_pts += 1024
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    return buffer.getvalue()
+
+
+def test_a_quick_timing_read_of_audio_that_starts_past_the_probe_still_times_its_last_frame() -> None:
+    """The quick probe (32 KiB) of a muxed segment whose first audio packet comes later sees the
+    audio stream in the PMT but not its sample rate; the timing read probes the whole file then,
+    so the audio's last frame lasts its 1024 samples (1920 ticks), as with a full probe."""
+    data = _ts_with_audio_after_a_large_picture()
+    with av.open(io.BytesIO(data)) as container:
+        first_audio = next(p for p in container.demux() if p.stream.type == "audio")
+        assert first_audio.pos > 32768
+    with av.open(io.BytesIO(data), options=media.QUICK_TIMING_OPTIONS) as container:
+        assert container.streams.audio[0].codec_context.sample_rate == 0  # the quick probe did not get to it
+    full = media.read_timing(data)
+    assert full.audio is not None and full.audio.last_duration == 1920
+    assert media.read_timing(data, frame_rate=Fraction(25)) == full
