@@ -24,6 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import av
 import pytest
 from mediatimestamp.immutable import TimeRange
 
@@ -201,6 +202,41 @@ async def test_follow_ingests_a_live_window_across_the_wrap_every_frame_once_in_
     assert [r.start.to_nanosec() for r in ranges if r.start] == [ticks_to_ns(wrapped.video_ticks(k)[0]) for k in range(8)]
     assert ranges[-1].start.to_nanosec() > ticks_to_ns(WRAP)  # type: ignore[union-attr]
     assert await _exported_frames(shared_store, flow_id, tmp_path / "out.ts") == list(range(80))
+
+
+async def test_follow_on_a_master_playlist_follows_the_video_and_its_audio_rendition_to_the_end(
+    shared_store: RunningStore, tmp_path: Path
+) -> None:
+    vod = sample_content.synthesize(tmp_path / "vod", fps=FPS, duration=6, segment_seconds=1, audio_form="rendition")
+    lives = {}
+    for kind, media_playlist in (("video", "hls_output_0.m3u8"), ("audio", "hls_output_1.m3u8")):
+        lives[kind] = _live(tmp_path / "live" / kind, vod.parent / media_playlist, window=4)
+        lives[kind].publish(2)
+    master = tmp_path / "live" / "master.m3u8"
+    master.write_text(vod.read_text().replace("hls_output_0.m3u8", "video/live.m3u8")
+                      .replace("hls_output_1.m3u8", "audio/live.m3u8"))
+    flow_id = str(uuid.uuid4())
+    run = await _start(shared_store, master, flow_id, "--follow", cwd=tmp_path, video_only=False)
+    await _wait_for_segments(shared_store, flow_id, 1)
+    while any(live.published < len(live.segments) for live in lives.values()):
+        await asyncio.sleep(0.5)  # half the target duration: none is missed
+        for live in lives.values():
+            if live.published < len(live.segments):
+                live.publish(1)
+    for live in lives.values():
+        live.end()
+    code, stdout, stderr = await run.finish()
+    assert code == 0, stderr
+    video, audio = (len(live.segments) for live in lives.values())
+    assert stdout.startswith(f"ingested {video + audio} segments ({video} video + {audio} audio) (0 already"), stdout
+    ids = dict(re.findall(r"(video|audio|multi) ([0-9a-f-]{36})", stdout))
+    assert ids["video"] == flow_id and set(ids) == {"video", "audio", "multi"}
+    assert len(_contiguous(await _segments(shared_store, ids["video"]))) == video
+    assert len(_contiguous(await _segments(shared_store, ids["audio"]))) == audio
+    out = tmp_path / "muxed.ts"
+    assert await _exported_frames(shared_store, ids["multi"], out) == list(range(6 * FPS))
+    with av.open(str(out)) as container:
+        assert sorted(s.type for s in container.streams) == ["audio", "video"]
 
 
 async def test_on_a_terminal_follow_shows_a_live_status_line(
