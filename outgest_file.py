@@ -1469,12 +1469,6 @@ class RawJoin:
 
     def admit(self, segment: SegmentRef, path: Path, context: bool, data: bytearray | None = None) -> RawObject | None:
         """``segment``'s object (``data``, or at ``path``) if it qualifies, else None."""
-        offset = _to_fraction(segment.ts_offset) * TS_CLOCK
-        shift = round(offset)  # the ticks a muxed frame's time moves by, as FlowFileWriter rounds it
-        start, end = segment.timerange.start, segment.timerange.end
-        if abs(offset - shift) >= Fraction(1, 2) or shift % MPEGTS_WRAP or start is None or end is None:
-            return None
-        duration = (_to_fraction(end) - _to_fraction(start)) * self.frame_rate
         if data is None:
             try:
                 data = bytearray(path.read_bytes())
@@ -1484,7 +1478,15 @@ class RawJoin:
         if isinstance(found, str):
             logger.debug("segment %s (object %s) is muxed: %s", segment.timerange, segment.object_id, found)
             return None
+        # Even a segment muxed for what follows gives a first muxer the objects' PIDs, so that
+        # whole objects can follow it.
         self.writer.expect_layout(found.layout, found.pcr_lag)
+        offset = _to_fraction(segment.ts_offset) * TS_CLOCK
+        shift = round(offset)  # the ticks a muxed frame's time moves by, as FlowFileWriter rounds it
+        start, end = segment.timerange.start, segment.timerange.end
+        if abs(offset - shift) >= Fraction(1, 2) or shift % MPEGTS_WRAP or start is None or end is None:
+            return None
+        duration = (_to_fraction(end) - _to_fraction(start)) * self.frame_rate
         if found.layout.codec != self.codec or abs(duration - len(found.pts)) >= Fraction(1, 2):
             return None
         anchor = segment.media_timerange.start

@@ -223,6 +223,33 @@ async def test_hevc_open_gop_objects_are_copied_after_the_object_before(store: R
     _assert_one_clean_stream(out)
 
 
+async def test_whole_objects_follow_a_first_segment_muxed_for_its_ts_offset(
+    store: RunningStore, video: Ingested, tmp_path: Path
+) -> None:
+    # A new Flow by reference: the last object first, moved 8 s back by its ts_offset (so muxed),
+    # then the first three objects where they were: copied after it, on the objects' own PIDs.
+    async with connect(store) as client:
+        flow = await client.get_flow(video.flow_id)
+        stored = [item async for item in client.segments(video.flow_id)]
+        flow_id = str(uuid.uuid4())
+        await client.put_flow(flow_id, {**{k: v for k, v in flow.items() if k not in ("id", "timerange", "collected_by")},
+                                        "id": flow_id})
+        moved = TimeRange.from_str(stored[3]["timerange"])
+        back = Timestamp(8, 0)
+        assert moved.start is not None and moved.end is not None
+        body = [{"object_id": stored[3]["object_id"], "ts_offset": str(Timestamp() - back),
+                 "timerange": str(TimeRange(moved.start - back, moved.end - back, TimeRange.INCLUDE_START))}]
+        body += [{"object_id": item["object_id"], "timerange": item["timerange"]} for item in stored[:3]]
+        assert await client.post_segments(flow_id, body) == []
+    out = tmp_path / "moved.ts"
+    await _export(store, flow_id, out)
+    assert read_frame_numbers(out) == list(range(180, 240)) + list(range(180))
+    blanked = _counters_blanked(out.read_bytes())
+    assert blanked.find(_counters_blanked(video.objects[1])) > 0  # copied after the muxed segment
+    assert _pids(out.read_bytes()) == _pids(video.objects[0])
+    _assert_one_clean_stream(out)
+
+
 async def test_objects_holding_audio_are_demuxed_for_their_video(store: RunningStore, tmp_path: Path) -> None:
     playlist = synthesize(tmp_path / "muxed", duration=4, segment_seconds=2, gop_seconds=1, audio=True)
     ingested = await _ingest(store, playlist)
