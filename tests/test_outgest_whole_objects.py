@@ -15,7 +15,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,18 +24,25 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 import outgest_file
 import ts_scan
-from client import TAMSClient
-from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
 from media import PTS_WRAP
-from outgest_file import outgest
 from sample_content import read_frame_numbers, synthesize
 from tests.conftest import REPO_ROOT, RunningStore, start_store
 from tests.gop_media import make_hls
+from tests.whole_objects_support import (
+    FIRST_PTS,
+    FRAME,
+    Ingested,
+    assert_one_clean_stream,
+    connect,
+    counter_breaks,
+    counters_blanked,
+    export,
+    ingest_video,
+    pids,
+    video_packets,
+    window,
+)
 
-FPS = 30
-FRAME = 3000  # ticks per frame
-FIRST_PTS = 6000
 SEGMENTS = 4
 FRAMES = 60 * SEGMENTS
 
@@ -48,94 +54,26 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStore]:
     running.stop()
 
 
-def connect(store: RunningStore) -> TAMSClient:
-    return TAMSClient(store.url, BasicCredentials(store.username, store.password))
-
-
-@dataclass(frozen=True)
-class Ingested:
-    flow_id: str
-    objects: list[bytes]  # the stored objects, in timeline order
-
-
-async def _ingest(store: RunningStore, playlist: Path) -> Ingested:
-    async with connect(store) as client:
-        result = await ingest(client, IngestOptions(hls=str(playlist), segment_count=None,
-                                                    flow_id=str(uuid.uuid4()), video_only=True))
-        flow_id = result.flow_ids["video"]
-        objects = [await client.download_object(item["get_urls"][0]) async for item in client.segments(flow_id)]
-    return Ingested(flow_id, objects)
-
-
 @pytest.fixture(scope="module")
 def video(store: RunningStore, tmp_path_factory: pytest.TempPathFactory) -> Ingested:
     """Four 2 s segments of numbered 30 fps H.264 (1 s GOPs, B-frames), video only."""
     playlist = synthesize(tmp_path_factory.mktemp("whole_video"), duration=8, segment_seconds=2, gop_seconds=1)
-    return asyncio.run(_ingest(store, playlist))
-
-
-def _counters_blanked(data: bytes) -> bytes:
-    """``data`` with every packet's continuity counter set to 0."""
-    out = bytearray(data)
-    out[3::188] = bytes(b & 0xF0 for b in out[3::188])
-    return bytes(out)
-
-
-def _counter_breaks(data: bytes) -> list[tuple[int, int]]:
-    """(packet index, PID) of every packet whose continuity counter does not count on."""
-    last: dict[int, int] = {}
-    breaks = []
-    for index in range(len(data) // 188):
-        offset = index * 188
-        pid = ((data[offset + 1] & 0x1F) << 8) | data[offset + 2]
-        count, payload = data[offset + 3] & 0x0F, data[offset + 3] & 0x10
-        if pid in last and pid != 0x1FFF and count != ((last[pid] + 1) & 0x0F if payload else last[pid]):
-            breaks.append((index, pid))
-        last[pid] = count
-    return breaks
-
-
-def _pids(data: bytes) -> set[int]:
-    return {((data[i + 1] & 0x1F) << 8) | data[i + 2] for i in range(0, len(data), 188)}
-
-
-def _video_packets(path: Path) -> list[tuple[int, int, bool]]:
-    with av.open(str(path)) as container:
-        return [(p.pts, p.dts, p.is_corrupt) for p in container.demux(container.streams.video[0]) if p.size]
-
-
-def _assert_one_clean_stream(out: Path) -> None:
-    """Every PID counts on, no packet reads as corrupt, decode times rise throughout."""
-    assert _counter_breaks(out.read_bytes()) == []
-    packets = _video_packets(out)
-    assert not any(corrupt for _, _, corrupt in packets)
-    assert all(b[1] > a[1] for a, b in zip(packets, packets[1:]))
-
-
-def _window(first: int, stop: int) -> TimeRange:
-    def at(frame: int) -> Timestamp:
-        return Timestamp.from_count(FIRST_PTS + FRAME * frame, 90000)
-    return TimeRange(at(first), at(stop), TimeRange.INCLUDE_START)
-
-
-async def _export(store: RunningStore, flow_id: str, out: Path, **options: object):  # type: ignore[no-untyped-def]
-    async with connect(store) as client:
-        return await outgest(client, flow_id, out, **options)  # type: ignore[arg-type]
+    return asyncio.run(ingest_video(store, playlist))
 
 
 async def test_a_whole_ts_flow_is_its_objects_with_counters_counting_on(
     store: RunningStore, video: Ingested, tmp_path: Path
 ) -> None:
     out = tmp_path / "whole.ts"
-    summary = await _export(store, video.flow_id, out)
+    summary = await export(store, video.flow_id, out)
     data = out.read_bytes()
     joined = b"".join(video.objects)
     assert data != joined  # each object's counters start afresh: renumbered
-    assert _counters_blanked(data) == _counters_blanked(joined)
-    assert _counter_breaks(joined) and _counter_breaks(data) == []
+    assert counters_blanked(data) == counters_blanked(joined)
+    assert counter_breaks(joined) and counter_breaks(data) == []
     assert read_frame_numbers(out) == list(range(FRAMES))
-    assert sorted(p for p, _, _ in _video_packets(out)) == [FIRST_PTS + FRAME * n for n in range(FRAMES)]
-    _assert_one_clean_stream(out)
+    assert sorted(p for p, _, _ in video_packets(out)) == [FIRST_PTS + FRAME * n for n in range(FRAMES)]
+    assert_one_clean_stream(out)
     assert (summary.segments, summary.frames, summary.reencoded, summary.bytes) == (SEGMENTS, FRAMES, 0, len(data))
 
 
@@ -144,17 +82,17 @@ async def test_objects_over_the_memory_limit_go_through_files_alike(
 ) -> None:
     monkeypatch.setattr(outgest_file, "MEMORY_OBJECT_LIMIT", min(len(o) for o in video.objects) // 3)
     whole, cut = tmp_path / "whole.ts", tmp_path / "cut.ts"
-    await _export(store, video.flow_id, whole)
-    assert _counters_blanked(whole.read_bytes()) == _counters_blanked(b"".join(video.objects))
+    await export(store, video.flow_id, whole)
+    assert counters_blanked(whole.read_bytes()) == counters_blanked(b"".join(video.objects))
     data = await _cut(store, video.flow_id, cut, 10, 200)
-    assert _counters_blanked(data).find(_counters_blanked(video.objects[1])) > 0  # copied between the cuts
-    _assert_one_clean_stream(whole)
-    _assert_one_clean_stream(cut)
+    assert counters_blanked(data).find(counters_blanked(video.objects[1])) > 0  # copied between the cuts
+    assert_one_clean_stream(whole)
+    assert_one_clean_stream(cut)
 
 
 async def _cut(store: RunningStore, flow_id: str, out: Path, first: int, stop: int) -> bytes:
     """Export frames [first, stop) with ``exact``, check them, and return the file's bytes."""
-    await _export(store, flow_id, out, timerange=_window(first, stop), exact=True)
+    await export(store, flow_id, out, timerange=window(first, stop), exact=True)
     assert read_frame_numbers(out) == list(range(first, stop))
     return out.read_bytes()
 
@@ -166,15 +104,15 @@ async def test_a_cut_inside_the_last_segment_muxes_from_the_segment_before_and_c
     data = await _cut(store, video.flow_id, out, 0, 200)
     # Segments 0 and 1 as they are; segment 2 (held back) and the cut segment 3 through the muxer.
     as_is = b"".join(video.objects[:2])
-    assert _counters_blanked(data[:len(as_is)]) == _counters_blanked(as_is)
-    assert _counters_blanked(data[len(as_is):len(as_is) + 188 * 50]) != _counters_blanked(video.objects[2][:188 * 50])
-    assert _pids(data) == _pids(as_is)  # the muxer carried on the objects' PIDs
+    assert counters_blanked(data[:len(as_is)]) == counters_blanked(as_is)
+    assert counters_blanked(data[len(as_is):len(as_is) + 188 * 50]) != counters_blanked(video.objects[2][:188 * 50])
+    assert pids(data) == pids(as_is)  # the muxer carried on the objects' PIDs
     first, later = ts_scan.scan(as_is[:len(video.objects[0])]), ts_scan.scan(data[len(as_is):][:188 * 400])
     assert not isinstance(first, str) and not isinstance(later, str)
     assert later.layout.version == (first.layout.version + 1) % 32  # so demuxers read the muxer's PMT
     assert (later.layout.pmt_pid, later.layout.video_pid, later.layout.program) == \
         (first.layout.pmt_pid, first.layout.video_pid, first.layout.program)
-    _assert_one_clean_stream(out)
+    assert_one_clean_stream(out)
 
 
 async def test_a_cut_at_both_ends_copies_the_whole_segments_between_as_they_are(
@@ -184,43 +122,43 @@ async def test_a_cut_at_both_ends_copies_the_whole_segments_between_as_they_are(
     data = await _cut(store, video.flow_id, out, 10, 200)
     # Segment 0 (cut) muxed, segment 1 as it is, segment 2 (held back when 3 needed the muxer)
     # and the cut segment 3 muxed again: three parts, one stream.
-    blanked = _counters_blanked(data)
-    at = blanked.find(_counters_blanked(video.objects[1]))
+    blanked = counters_blanked(data)
+    at = blanked.find(counters_blanked(video.objects[1]))
     assert at > 0 and at % 188 == 0
-    assert blanked.find(_counters_blanked(video.objects[2])) == -1
-    assert _pids(data) == _pids(video.objects[1])
+    assert blanked.find(counters_blanked(video.objects[2])) == -1
+    assert pids(data) == pids(video.objects[1])
     versions = []
     for part in (data[:at], data[at:at + len(video.objects[1])], data[at + len(video.objects[1]):]):
         found = ts_scan.scan(part[:188 * 400])
         assert not isinstance(found, str)
         versions.append(found.layout.version)
     assert versions[2] == (versions[1] + 1) % 32  # the second muxer's tables are read anew
-    _assert_one_clean_stream(out)
+    assert_one_clean_stream(out)
 
 
 async def test_a_flow_across_the_2_33_wrap_is_copied_as_it_is(store: RunningStore, tmp_path: Path) -> None:
     first_pts = PTS_WRAP - 90000  # the wrap one second in
     playlist = synthesize(tmp_path / "wrap", duration=4, segment_seconds=2, gop_seconds=1, start_pts=first_pts)
-    ingested = await _ingest(store, playlist)
+    ingested = await ingest_video(store, playlist)
     out = tmp_path / "wrap.ts"
-    await _export(store, ingested.flow_id, out)
-    assert _counters_blanked(out.read_bytes()) == _counters_blanked(b"".join(ingested.objects))
+    await export(store, ingested.flow_id, out)
+    assert counters_blanked(out.read_bytes()) == counters_blanked(b"".join(ingested.objects))
     assert read_frame_numbers(out) == list(range(120))
-    shown = sorted((p - first_pts) % PTS_WRAP for p, _, _ in _video_packets(out))
+    shown = sorted((p - first_pts) % PTS_WRAP for p, _, _ in video_packets(out))
     assert shown == [FRAME * n for n in range(120)]
-    _assert_one_clean_stream(out)
+    assert_one_clean_stream(out)
 
 
 async def test_hevc_open_gop_objects_are_copied_after_the_object_before(store: RunningStore, tmp_path: Path) -> None:
     # x265's CRA keyframes: each segment's leading pictures reference the segment before.
     playlist = make_hls(tmp_path / "x265", encoder="x265", fps=Fraction(25), frames=100,
                         segment_seconds=Fraction(1), gop_frames=25)
-    ingested = await _ingest(store, playlist)
+    ingested = await ingest_video(store, playlist)
     out = tmp_path / "x265.ts"
-    await _export(store, ingested.flow_id, out)
-    assert _counters_blanked(out.read_bytes()) == _counters_blanked(b"".join(ingested.objects))
+    await export(store, ingested.flow_id, out)
+    assert counters_blanked(out.read_bytes()) == counters_blanked(b"".join(ingested.objects))
     assert read_frame_numbers(out) == list(range(100))
-    _assert_one_clean_stream(out)
+    assert_one_clean_stream(out)
 
 
 async def test_whole_objects_follow_a_first_segment_muxed_for_its_ts_offset(
@@ -242,19 +180,19 @@ async def test_whole_objects_follow_a_first_segment_muxed_for_its_ts_offset(
         body += [{"object_id": item["object_id"], "timerange": item["timerange"]} for item in stored[:3]]
         assert await client.post_segments(flow_id, body) == []
     out = tmp_path / "moved.ts"
-    await _export(store, flow_id, out)
+    await export(store, flow_id, out)
     assert read_frame_numbers(out) == list(range(180, 240)) + list(range(180))
-    blanked = _counters_blanked(out.read_bytes())
-    assert blanked.find(_counters_blanked(video.objects[1])) > 0  # copied after the muxed segment
-    assert _pids(out.read_bytes()) == _pids(video.objects[0])
-    _assert_one_clean_stream(out)
+    blanked = counters_blanked(out.read_bytes())
+    assert blanked.find(counters_blanked(video.objects[1])) > 0  # copied after the muxed segment
+    assert pids(out.read_bytes()) == pids(video.objects[0])
+    assert_one_clean_stream(out)
 
 
 async def test_objects_holding_audio_are_demuxed_for_their_video(store: RunningStore, tmp_path: Path) -> None:
     playlist = synthesize(tmp_path / "muxed", duration=4, segment_seconds=2, gop_seconds=1, audio=True)
-    ingested = await _ingest(store, playlist)
+    ingested = await ingest_video(store, playlist)
     out = tmp_path / "video.ts"
-    await _export(store, ingested.flow_id, out)
+    await export(store, ingested.flow_id, out)
     with av.open(str(out)) as container:
         assert [s.type for s in container.streams] == ["video"]
     assert read_frame_numbers(out) == list(range(120))
@@ -338,5 +276,5 @@ def test_continuity_counts_on_across_objects_and_touches_nothing_else(tmp_path: 
         counting.join(piece, found)
         pieces.append(bytes(piece))
     joined = b"".join(pieces)
-    assert _counter_breaks(data * 3) and _counter_breaks(joined) == []
-    assert _counters_blanked(joined) == _counters_blanked(data * 3)
+    assert counter_breaks(data * 3) and counter_breaks(joined) == []
+    assert counters_blanked(joined) == counters_blanked(data * 3)

@@ -24,15 +24,15 @@ from ingest_hls import IngestOptions, ingest
 from sample_content import TS_MUX_OPTIONS, read_frame_numbers, synthesize
 from tests.conftest import REPO_ROOT, RunningStore, start_store
 from tests.gop_media import make_hls
-from tests.test_outgest_whole_objects import (
-    _assert_one_clean_stream,
-    _counters_blanked,
-    _export,
-    _ingest,
-    _pids,
-    _video_packets,
-    _window,
+from tests.whole_objects_support import (
+    assert_one_clean_stream,
     connect,
+    counters_blanked,
+    export,
+    ingest_video,
+    pids,
+    video_packets,
+    window,
 )
 
 
@@ -78,14 +78,14 @@ async def test_objects_with_their_own_pids_after_a_muxed_first_object_that_scan_
     _mark_errored(objects[0], ts_scan.SDT_PID)
     assert ts_scan.scan(objects[0].read_bytes()) == "a packet is marked errored or scrambled"
     assert all(not isinstance(ts_scan.scan(path.read_bytes()), str) for path in objects[1:])
-    ingested = await _ingest(store, playlist)
+    ingested = await ingest_video(store, playlist)
     out = tmp_path / "pids.ts"
-    await _export(store, ingested.flow_id, out)
+    await export(store, ingested.flow_id, out)
     assert read_frame_numbers(out) == list(range(180))
     with av.open(str(out)) as container:
         assert len(container.streams.video) == 1
-    assert len(_pids(out.read_bytes()) - {ts_scan.PAT_PID, ts_scan.SDT_PID}) == 2  # one PMT, one video PID
-    _assert_one_clean_stream(out)
+    assert len(pids(out.read_bytes()) - {ts_scan.PAT_PID, ts_scan.SDT_PID}) == 2  # one PMT, one video PID
+    assert_one_clean_stream(out)
 
 
 def _crc_mpeg2(data: bytes) -> int:
@@ -171,14 +171,14 @@ async def test_a_first_muxer_gives_its_tables_a_version_the_objects_after_it_do_
         _rewrite_sections(path, first.layout.pmt_pid, lambda section, _: _section_with(section, pcr_pid=0x1FFF))
     changed = ts_scan.scan(objects[0].read_bytes())
     assert not isinstance(changed, str) and changed.layout.pmt != first.layout.pmt
-    ingested = await _ingest(store, playlist)
+    ingested = await ingest_video(store, playlist)
     out = tmp_path / "tables.ts"
-    await _export(store, ingested.flow_id, out, timerange=_window(10, 180), exact=True)
+    await export(store, ingested.flow_id, out, timerange=window(10, 180), exact=True)
     assert read_frame_numbers(out) == list(range(10, 180))
     data = out.read_bytes()
     assert data.find(changed.layout.pmt) > 0  # the copied objects' own PMT, after the muxer's
     assert _unsignalled_table_changes(data, {ts_scan.PAT_PID, ts_scan.SDT_PID, first.layout.pmt_pid}) == []
-    _assert_one_clean_stream(out)
+    assert_one_clean_stream(out)
 
 
 def _audio_announced_later(path: Path, pmt_pid: int) -> None:
@@ -198,8 +198,8 @@ def _assert_refused_with_audio(path: Path, reason: str) -> None:
 async def _assert_exports_its_video_only(store: RunningStore, playlist: Path, out: Path) -> None:
     """The playlist's 4 s of 30 fps video ingested and exported whole to ``out``: its frames, and
     no other stream."""
-    ingested = await _ingest(store, playlist)
-    await _export(store, ingested.flow_id, out)
+    ingested = await ingest_video(store, playlist)
+    await export(store, ingested.flow_id, out)
     with av.open(str(out)) as container:
         assert [s.type for s in container.streams] == ["video"]
     assert read_frame_numbers(out) == list(range(120))
@@ -250,18 +250,18 @@ async def test_muxed_parts_keep_the_pcr_as_far_behind_as_the_objects_do(store: R
         _remux(path, max_delay="700000")
         found = ts_scan.scan(path.read_bytes())
         assert not isinstance(found, str) and found.pcr_lag == 63000
-    ingested = await _ingest(store, playlist)
+    ingested = await ingest_video(store, playlist)
     out = tmp_path / "pcr.ts"
     window = TimeRange(Timestamp.from_count(first_pts + 3000 * 10, 90000),
                        Timestamp.from_count(first_pts + 3000 * 230, 90000), TimeRange.INCLUDE_START)
     # Segment 0 (cut) muxed, segment 1 as it is, segments 2 (held back) and 3 (cut) muxed.
-    await _export(store, ingested.flow_id, out, timerange=window, exact=True)
-    assert _counters_blanked(out.read_bytes()).find(_counters_blanked(ingested.objects[1])) > 0
+    await export(store, ingested.flow_id, out, timerange=window, exact=True)
+    assert counters_blanked(out.read_bytes()).find(counters_blanked(ingested.objects[1])) > 0
     assert read_frame_numbers(out) == list(range(10, 230))
-    assert sorted(p for p, _, _ in _video_packets(out)) == [first_pts + 3000 * n for n in range(10, 230)]
+    assert sorted(p for p, _, _ in video_packets(out)) == [first_pts + 3000 * n for n in range(10, 230)]
     pcrs = _pcrs(out.read_bytes())
     assert len(pcrs) > 30 and all(b > a for a, b in zip(pcrs, pcrs[1:]))
-    _assert_one_clean_stream(out)
+    assert_one_clean_stream(out)
 
 
 def _file_size_limit(limit: int) -> Callable[[], None]:
@@ -278,7 +278,7 @@ def test_a_write_failing_in_a_muxed_part_after_whole_objects_is_one_line(store: 
     # the file object that renumbers its counters. The output may not grow past half an object more
     # than the two whole ones: a write of the muxer's fails, as when the disk fills.
     playlist = synthesize(tmp_path / "full", duration=8, segment_seconds=2, gop_seconds=1)
-    ingested = asyncio.run(_ingest(store, playlist))
+    ingested = asyncio.run(ingest_video(store, playlist))
     sizes = [len(o) for o in ingested.objects]
     out = tmp_path / "out" / "full.ts"
     out.parent.mkdir()
@@ -321,14 +321,14 @@ async def test_a_deeper_reordering_encode_after_a_muxed_cut_is_muxed_until_its_d
     out = tmp_path / "deeper.ts"
     window = TimeRange(start + Timestamp.from_count(13, fps), start + Timestamp.from_count(75, fps),
                        TimeRange.INCLUDE_START)
-    summary = await _export(store, flow_id, out, timerange=window, exact=True)
+    summary = await export(store, flow_id, out, timerange=window, exact=True)
     assert read_frame_numbers(out) == list(range(13, 75))
     assert summary.nudged == 0
-    packets = _video_packets(out)
+    packets = video_packets(out)
     assert all(d <= p for p, d, _ in packets)
-    _assert_one_clean_stream(out)
+    assert_one_clean_stream(out)
     # the last segment, once the pyramid's delay is taken on, as it is
-    assert _counters_blanked(out.read_bytes()).find(_counters_blanked(last_object)) > 0
+    assert counters_blanked(out.read_bytes()).find(counters_blanked(last_object)) > 0
 
 
 async def test_objects_of_transport_stream_id_0_are_muxed_when_a_cut_needs_the_muxer(
@@ -346,8 +346,8 @@ async def test_objects_of_transport_stream_id_0_are_muxed_when_a_cut_needs_the_m
     for path in objects:
         _rewrite_sections(path, ts_scan.PAT_PID, transport_stream_id_0)
         assert ts_scan.scan(path.read_bytes()) == "its transport_stream_id is outside the range a muxer can continue"
-    ingested = await _ingest(store, playlist)
+    ingested = await ingest_video(store, playlist)
     out = tmp_path / "tsid.ts"
-    await _export(store, ingested.flow_id, out, timerange=_window(10, 120), exact=True)
+    await export(store, ingested.flow_id, out, timerange=window(10, 120), exact=True)
     assert read_frame_numbers(out) == list(range(10, 120))
-    _assert_one_clean_stream(out)
+    assert_one_clean_stream(out)
