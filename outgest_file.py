@@ -1943,4 +1943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # outgest_audio imports this module by its name: that must be this run of it, not a second
+    # copy whose OutgestError main() would not catch (a traceback instead of one line)
+    sys.modules.setdefault("outgest_file", sys.modules[__name__])
     sys.exit(main())

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
 import uuid
 from array import array
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from credentials import BasicCredentials
 from ingest_hls import IngestOptions, ingest
 from outgest_file import main, outgest
 from sample_content import read_frame_numbers
-from tests.conftest import RunningStore
+from tests.conftest import REPO_ROOT, RunningStore
 from tests.synthetic_media import SynthesizedHLS, synthesized, ticks_to_ns
 
 RATE = 48000
@@ -131,6 +133,19 @@ def ingested(shared_store: RunningStore, tmp_path_factory: pytest.TempPathFactor
     return asyncio.run(run())
 
 
+def run_outgest(args: list[str], as_script: bool, cwd: Path, capsys: pytest.CaptureFixture[str],
+                stream: str = "out") -> tuple[int, str]:
+    """outgest_file's exit code and its stdout (or stderr): through ``main`` in this process, or
+    as a user runs it, where outgest_file.py is ``__main__`` and outgest_audio imports it by name."""
+    if as_script:
+        done = subprocess.run([sys.executable, str(REPO_ROOT / "outgest_file.py"), *args], capture_output=True,
+                              text=True, cwd=cwd, timeout=120)
+        return done.returncode, done.stdout if stream == "out" else done.stderr
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out if stream == "out" else captured.err
+
+
 def connect(store: RunningStore) -> TAMSClient:
     return TAMSClient(store.url, BasicCredentials(store.username, store.password))
 
@@ -219,17 +234,18 @@ async def test_exact_cut_holds_the_frames_and_samples_of_the_timerange(
         assert video_start == Fraction(content.frame_pts(first), 90000)
 
 
+@pytest.mark.parametrize("as_script", [False, True], ids=["main", "script"])
 def test_video_flow_with_audio_flow_id_on_the_command_line(
     shared_store: RunningStore, ingested: dict[Fraction, Ingested], tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], as_script: bool,
 ) -> None:
     flows = ingested[Fraction(25)]
     out = tmp_path / "av.mp4"
-    code = main(["--tams-url", shared_store.url, "--username", shared_store.username,
-                 "--password", shared_store.password, "--flow-id", flows.video, "--audio-flow-id", flows.audio,
-                 "--output", str(out), "--timerange", "[1:500000000_4:0)", "--exact"])
+    code, printed = run_outgest(["--tams-url", shared_store.url, "--username", shared_store.username,
+                                 "--password", shared_store.password, "--flow-id", flows.video, "--audio-flow-id",
+                                 flows.audio, "--output", str(out), "--timerange", "[1:500000000_4:0)", "--exact"],
+                                as_script, tmp_path, capsys)
     assert code == 0
-    printed = capsys.readouterr().out
     assert "120000 audio samples (2.500000 s at 48000 Hz)" in printed
     decoded = decode_audio(out)
     assert decoded.declared == 120000 and decoded.first_pts == 0
@@ -242,9 +258,10 @@ def test_video_flow_with_audio_flow_id_on_the_command_line(
     ("case", "message"),
     [("codec", "codec audio/x-mystery"), ("not_audio", "is not an audio Flow"), ("missing", "not found")],
 )
+@pytest.mark.parametrize("as_script", [False, True], ids=["main", "script"])
 def test_bad_audio_input_gives_one_line_and_no_output(
     shared_store: RunningStore, ingested: dict[Fraction, Ingested], tmp_path: Path,
-    capsys: pytest.CaptureFixture[str], case: str, message: str,
+    capsys: pytest.CaptureFixture[str], case: str, message: str, as_script: bool,
 ) -> None:
     flows = ingested[Fraction(25)]
     audio_id = str(uuid.uuid4())
@@ -261,11 +278,12 @@ def test_bad_audio_input_gives_one_line_and_no_output(
     elif case == "not_audio":
         audio_id = flows.video
     out = tmp_path / "out.ts"
-    code = main(["--tams-url", shared_store.url, "--username", shared_store.username,
-                 "--password", shared_store.password, "--flow-id", flows.video, "--audio-flow-id", audio_id,
-                 "--output", str(out), "--quiet"])
+    args = ["--tams-url", shared_store.url, "--username", shared_store.username, "--password",
+            shared_store.password, "--flow-id", flows.video, "--audio-flow-id", audio_id, "--output", str(out),
+            "--quiet"]
+    code, err = run_outgest(args, as_script, tmp_path, capsys, stream="err")
     assert code == 1
-    lines = capsys.readouterr().err.strip().splitlines()
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
     assert list(tmp_path.iterdir()) == []
 
