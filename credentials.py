@@ -13,7 +13,8 @@ shortly before the token expires; one token request however many tasks ask).
 ``add_credential_args(parser)`` and ``connection_from_args(args)`` give every
 script the same ``--tams-url --oauth2-url --client-id --client-secret --username
 --password`` options, falling back to environment variables and then to a
-``.env`` file in the working directory.
+``.env`` file in the working directory. ``exit_now(status)`` ends a script's process once its
+work is done, without the interpreter's teardown.
 
 Nothing here logs a secret: not a password, a client secret or a token.
 """
@@ -27,9 +28,11 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -44,6 +47,7 @@ __all__ = [
     "OAuth2ClientCredentials",
     "add_credential_args",
     "connection_from_args",
+    "exit_now",
     "resolve_settings",
 ]
 
@@ -310,3 +314,27 @@ def connection_from_args(args: argparse.Namespace) -> tuple[str, Credentials]:
         + " (as arguments, environment variables or in ./.env)"
     )
     raise AssertionError("unreachable")
+
+
+def exit_now(status: int) -> NoReturn:
+    """End the process with ``status``, a script's last step (its ``__main__`` block).
+
+    Python's own exit then frees every module and object one by one: after aiohttp and PyAV
+    that takes 25-55 ms, which a user waits for and which changes nothing on disk. This does what
+    of it matters (the ``atexit`` handlers, such as logging's, which flush and close its handlers,
+    then stdout and stderr flushed) and ends the process there. Every file a script writes is
+    closed before its ``main()`` returns. While a thread other than the main one still runs, the
+    exit is Python's usual one, which waits for it.
+    """
+    if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+           if thread is not threading.main_thread()):
+        sys.exit(status)
+    import atexit  # noqa: PLC0415  (only here; most processes never reach it)
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: as Python's exit, which reports 120
+            status = status or 120
+    os._exit(status)

@@ -74,7 +74,7 @@ from client import (
     TAMSResponseError,
     UploadTarget,
 )
-from credentials import HelpFormatter, add_credential_args, connection_from_args
+from credentials import HelpFormatter, add_credential_args, connection_from_args, exit_now
 
 __all__ = ["IngestError", "IngestOptions", "IngestResult", "ingest", "load_playlist", "main", "run"]
 
@@ -1399,4 +1399,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -61,7 +61,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 import ts_scan
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
-from credentials import HelpFormatter, add_credential_args, connection_from_args
+from credentials import HelpFormatter, add_credential_args, connection_from_args, exit_now
 from gop_cuts import ENCODER_OPTIONS, ENCODERS, NeedPrecharge, ReencodeError, needs_prior, plan_pieces, reencode, set_verbose
 from media import (
     PTS_WRAP,
@@ -1946,4 +1946,4 @@ if __name__ == "__main__":
     # outgest_audio imports this module by its name: that must be this run of it, not a second
     # copy whose OutgestError main() would not catch (a traceback instead of one line)
     sys.modules.setdefault("outgest_file", sys.modules[__name__])
-    sys.exit(main())
+    exit_now(main())

@@ -20,6 +20,13 @@ access unit without a pts; video packets before the first access unit starts (th
 cut off). It also reads how far the first PCR runs behind the decode times, for a muxer that
 continues the stream to keep its PCRs as far behind.
 
+``access_units`` goes on from a scan to what libavformat's H.264 and HEVC parsers make of the video
+PES packets: one access unit in each (checked on the NAL unit headers), its size, and whether the
+demuxer marks it a key frame. With it ``media.read_timing`` gives an ingested segment's timing
+(every pts, the frame and key frame counts) without PyAV: about 1 ms for a 0.9 MB 1080p object,
+against 1.5-3 ms demuxing it. Anything the check does not cover gives a reason, and the segment is
+demuxed as before.
+
 ``Continuity`` renumbers the 4-bit continuity counter of each packet written, so that every PID
 counts on across the joins between objects (each object's own counters usually start afresh,
 which a demuxer reports as lost packets), and likewise for the bytes a muxer writes after them.
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -82,6 +90,7 @@ class TsScan:
     first_video: int  # index of the first and last packet on the video PID
     last_video: int
     pcr_lag: int | None = None  # 90 kHz ticks the first PCR runs behind the next access unit's dts
+    starts: tuple[int, ...] = ()  # indices of the video packets that start a PES
 
 
 @cache
@@ -95,6 +104,8 @@ def _table(kind: str, value: int) -> bytes:
         return bytes(int(not b & 0x40) for b in range(256))
     if kind == "flip":  # a 0/1 mask inverted
         return bytes(int(b == 0) for b in range(256))
+    if kind == "clear":  # 1 where none of the bits of ``value`` is set
+        return bytes(int(not b & value) for b in range(256))
     if kind == "bad":  # byte 1: transport_error_indicator; byte 3: transport_scrambling_control
         return bytes(int(bool(b & value)) for b in range(256))
     raise ValueError(kind)
@@ -294,7 +305,7 @@ def scan(data: bytes | bytearray) -> TsScan | str:
     return TsScan(layout=layout, pts=tuple(pts), dts=tuple(dts),
                   first_is_key=_first_is_key(data, video, layout.codec),
                   others=tuple(_where(other, 1)), first_video=first_video, last_video=other.rfind(0),
-                  pcr_lag=_pcr_lag(data, layout, (head1, head2), starts, dts))
+                  pcr_lag=_pcr_lag(data, layout, (head1, head2), starts, dts), starts=tuple(starts))
 
 
 @cache
@@ -362,3 +373,200 @@ class Continuity:
         for index in range(len(data) // PACKET_SIZE):
             offset = index * PACKET_SIZE
             self._next(data, index, ((data[offset + 1] & 0x1F) << 8) | data[offset + 2])
+
+
+# --------------------------------------------------------------------------------------------
+# Access units: what libavformat's H.264 and HEVC parsers make of the video PES packets
+
+H264_AUD, H264_SEI, H264_IDR, H264_FILLER = 9, 6, 5, 12
+H264_PARAMETER_SETS = (7, 8)  # SPS, PPS
+H264_RECOVERY_POINT = 6  # SEI payloadType
+HEVC_AUD, HEVC_FILLER, HEVC_SEI_SUFFIX = 35, 38, 40
+HEVC_BEFORE_SLICES = (32, 33, 34, 39)  # VPS, SPS, PPS, prefix SEI
+HEVC_SLICES = (*range(0, 10), *range(16, 22))  # the types libavcodec's HEVC parser reads as slices
+HEVC_IRAP = range(16, 24)
+START_CODE = b"\0\0\1"
+_START_CODES = re.compile(re.escape(START_CODE))
+
+
+@dataclass(frozen=True)
+class AccessUnits:
+    """The video access units of a scanned object, one per PES packet, in decode order."""
+
+    sizes: tuple[int, ...]  # elementary stream bytes of each (its PES payload)
+    key: tuple[bool, ...]  # whether the demuxer marks it a key frame (see ``access_units``)
+
+
+def _elementary_stream(data: bytes | bytearray, found: TsScan) -> tuple[bytes, list[int]] | str:
+    """The video PID's payload bytes joined, PES headers left out, and where each PES's payload
+    starts in them. Most video packets are a 4-byte header and 184 payload bytes: every packet is
+    stripped of its first four bytes at once, and only the others (other PIDs, adaptation fields,
+    PES starts) are sliced one by one."""
+    pid = found.layout.video_pid
+    head1, head2, head3 = data[1::PACKET_SIZE], data[2::PACKET_SIZE], data[3::PACKET_SIZE]
+    irregular = _or(head1.translate(_table("pid_high", pid >> 8)), head2.translate(_table("pid_low", pid & 0xFF)),
+                    head1.translate(_table("bad", 0x40)), head3.translate(_table("bad", 0x20)),
+                    head3.translate(_table("clear", 0x10)))
+    stripped = bytearray(data)
+    for step in range(PACKET_SIZE, PACKET_SIZE - 4, -1):  # the header bytes, one column at a time
+        del stripped[0::step]
+    body = PACKET_SIZE - 4
+    view = memoryview(stripped)
+    pieces: list[bytes | memoryview] = []
+    size = 0
+    pes: list[int] = []
+    previous = found.first_video - 1  # nothing of the video PID comes before its first PES start
+    starting = set(found.starts)
+    for index in _where(irregular, 1):
+        if index <= previous:
+            continue
+        if index > previous + 1:
+            pieces.append(view[(previous + 1) * body:index * body])
+            size += (index - previous - 1) * body
+        previous = index
+        offset = index * PACKET_SIZE
+        if ((data[offset + 1] & 0x1F) << 8 | data[offset + 2]) != pid:
+            continue
+        start = _payload(data, index)
+        if start is None:
+            continue
+        if index in starting:
+            start += 9 + data[start + 8]  # scan checked the PES header lies within the packet
+            pes.append(size)
+        pieces.append(data[start:offset + PACKET_SIZE])
+        size += offset + PACKET_SIZE - start
+    if found.last_video > previous:
+        pieces.append(view[(previous + 1) * body:(found.last_video + 1) * body])
+    joined = b"".join(pieces)
+    view.release()
+    if len(pes) != len(found.starts):
+        return "a PES header is not where its packet starts"
+    return joined, pes
+
+
+def _ue(data: bytes, at: int) -> tuple[int, int] | None:
+    """An Exp-Golomb ue(v) starting at byte ``at`` (bit 0): (value, bits read), or None."""
+    bits = int.from_bytes(data[at:at + 8], "big")
+    width = 8 * len(data[at:at + 8])
+    zeros = 0
+    while zeros < 32 and zeros < width and not bits >> (width - 1 - zeros) & 1:
+        zeros += 1
+    if 2 * zeros + 1 > width or zeros == 32:
+        return None
+    value = (bits >> (width - 2 * zeros - 1)) & ((1 << (zeros + 1)) - 1)
+    return value - 1, 2 * zeros + 1
+
+
+def _sei_recovery(nal: bytes) -> bool | str:
+    """Whether an H.264 SEI NAL unit (header byte first) starts with a recovery point message, as
+    libavcodec's parser reads it; a string for what it might read otherwise."""
+    rbsp = nal[1:].replace(b"\0\0\3", b"\0\0")
+    at, first = 0, True
+    while at < len(rbsp) and rbsp[at:].rstrip(b"\0") not in (b"\x80", b""):
+        values = []
+        for _ in range(2):  # payloadType, payloadSize
+            value = 0
+            while at < len(rbsp) and rbsp[at] == 0xFF:
+                value += 255
+                at += 1
+            if at >= len(rbsp):
+                return "an SEI message header runs past its NAL unit"
+            values.append(value + rbsp[at])
+            at += 1
+        kind, size = values
+        if at + size > len(rbsp):
+            return "an SEI message runs past its NAL unit"
+        if kind == H264_RECOVERY_POINT:
+            count = _ue(rbsp, at)
+            if not first or count is None or count[0] > 0xFFFF or 8 * size < count[1]:
+                return "a recovery point SEI message that is not the first of its NAL unit, or not readable"
+            return True
+        first = False
+        at += size
+    return False
+
+
+def _unit_h264(es: bytes, nals: list[int], end: int) -> bool | str:
+    key = seen_slice = False
+    for number, at in enumerate(nals):
+        header, after = es[at], es[at + 1] if at + 1 < end else 0
+        kind = header & 0x1F
+        if header & 0x80:
+            return "a NAL unit has its forbidden bit set"
+        if number == 0:
+            if kind != H264_AUD:
+                return "a PES packet does not start with an access unit delimiter"
+        elif kind in (1, H264_IDR):  # a slice: the first of a picture has first_mb_in_slice 0
+            if seen_slice == bool(after & 0x80):
+                return "a PES packet does not hold exactly one picture"
+            if not seen_slice:
+                key = key or kind == H264_IDR
+                seen_slice = True
+        elif seen_slice and kind != H264_FILLER:
+            return "a PES packet holds NAL units that start another access unit"
+        elif kind == H264_SEI:
+            recovery = _sei_recovery(es[at:nals[number + 1] - len(START_CODE) if number + 1 < len(nals) else end])
+            if isinstance(recovery, str):
+                return recovery
+            key = key or recovery
+        elif kind not in H264_PARAMETER_SETS:
+            return f"an access unit holds a NAL unit of type {kind}"
+    return key if seen_slice else "an access unit has no picture"
+
+
+def _unit_hevc(es: bytes, nals: list[int], end: int) -> bool | str:
+    key = seen_slice = False
+    for number, at in enumerate(nals):
+        if at + 2 >= end:
+            return "a NAL unit header is cut off"
+        kind, layer = (es[at] >> 1) & 0x3F, ((es[at] & 1) << 5) | es[at + 1] >> 3
+        if es[at] & 0x80 or layer:
+            return "a NAL unit has its forbidden bit or a layer id set"
+        if number == 0:
+            if kind != HEVC_AUD:
+                return "a PES packet does not start with an access unit delimiter"
+        elif kind in HEVC_SLICES:  # the first of a picture has first_slice_segment_in_pic_flag
+            if seen_slice == bool(es[at + 2] & 0x80):
+                return "a PES packet does not hold exactly one picture"
+            if not seen_slice:
+                key = kind in HEVC_IRAP
+                seen_slice = True
+        elif seen_slice and kind not in (HEVC_FILLER, HEVC_SEI_SUFFIX):
+            return "a PES packet holds NAL units that start another access unit"
+        elif not seen_slice and kind not in HEVC_BEFORE_SLICES:
+            return f"an access unit holds a NAL unit of type {kind}"
+    return key if seen_slice else "an access unit has no picture"
+
+
+def access_units(data: bytes | bytearray, found: TsScan) -> AccessUnits | str:
+    """The access units of the object ``data`` that ``scan`` gave ``found``: what libavformat's
+    demuxer gives as packets, when each PES packet holds exactly one access unit.
+
+    That is checked, as the parsers find access units: each PES payload starts with an access unit
+    delimiter and holds one picture (one slice that starts a picture, H.264 ``first_mb_in_slice``
+    0 or HEVC ``first_slice_segment_in_pic_flag``) and after it only more of its slices, filler
+    (and HEVC suffix SEI). A key frame is what the parsers mark as one: H.264, an IDR picture or
+    one whose access unit carries a recovery point SEI message before its first slice; HEVC, an
+    IRAP picture. Anything else (a NAL unit type not listed, an SEI message that does not read
+    plainly, a layer id) gives the reason, a string.
+    """
+    joined = _elementary_stream(data, found)
+    if isinstance(joined, str):
+        return joined
+    es, pes = joined
+    unit = _unit_h264 if found.layout.codec == "h264" else _unit_hevc
+    nals = [match.end() for match in _START_CODES.finditer(es)]  # where each NAL unit's header is
+    sizes, keys = [], []
+    first = 0
+    for number, begin in enumerate(pes):
+        end = pes[number + 1] if number + 1 < len(pes) else len(es)
+        if es[begin:begin + 3] != START_CODE and es[begin:begin + 4] != b"\0" + START_CODE:
+            return "a PES payload does not start with a NAL unit"
+        last = bisect.bisect_left(nals, end + len(START_CODE), first)  # a start code may not run past the PES
+        key = unit(es, nals[first:last], end)
+        if isinstance(key, str):
+            return key
+        first = last
+        sizes.append(end - begin)
+        keys.append(key)
+    return AccessUnits(sizes=tuple(sizes), key=tuple(keys))

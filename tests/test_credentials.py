@@ -254,3 +254,40 @@ async def test_oauth2_scope_is_sent(shared_store: RunningStore) -> None:
         with pytest.raises(CredentialsError) as caught:
             await too_much.auth_headers(session)
     assert caught.value.status == 400
+
+
+# --------------------------------------------------------------------------------------------
+# exit_now: a script's process ends without the interpreter's teardown, and loses no output
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _ended(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LOG_FILE": str(tmp_path / "log.txt")})
+
+
+def test_exit_now_gives_the_status_and_flushes_output_logs_and_atexit_handlers(tmp_path: Path) -> None:
+    done = _ended(
+        "import atexit, logging, os, sys\n"
+        "from credentials import exit_now\n"
+        "logging.basicConfig(filename=os.environ['LOG_FILE'], level=logging.INFO)\n"
+        "logging.info('logged last')\n"
+        "atexit.register(print, 'atexit ran')\n"
+        "sys.stdout.write('x' * 200000)\n"  # more than a pipe holds at once: still buffered here
+        "print('end', file=sys.stderr, end='')\n"
+        "exit_now(3)\n"
+        "print('not reached')\n", tmp_path)
+    assert done.returncode == 3
+    assert done.stdout == "x" * 200000 + "atexit ran\n"
+    assert done.stderr == "end"
+    assert (tmp_path / "log.txt").read_text() == "INFO:root:logged last\n"
+
+
+def test_exit_now_waits_for_a_thread_still_running(tmp_path: Path) -> None:
+    done = _ended(
+        "import threading, time\n"
+        "from credentials import exit_now\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "exit_now(0)\n", tmp_path)
+    assert (done.returncode, done.stdout) == (0, "thread done\n")
