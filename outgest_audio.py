@@ -55,7 +55,7 @@ import av.bitstream
 import av.error
 from mediatimestamp.immutable import TimeRange
 
-import outgest_file as of
+import outgest_core as of
 from client import NotFound, TAMSClient
 from media import in_timerange
 
@@ -651,7 +651,7 @@ async def outgest_av(
     def process(kind: str, segment: of.SegmentRef, path: Path, context: bool = False,
                 chain: Sequence[tuple[of.SegmentRef, Path]] = (), lose_prior: bool = False) -> of.SegmentResult | None:
         """Write one segment; for video, with ``write_segment``'s context and precharge ``chain``
-        (see ``outgest_file.VideoSequence``), returning its result."""
+        (see ``outgest_core.VideoSequence``), returning its result."""
         flow_id, flow, codec, frame_rate, options = details[kind]
         try:
             with contextlib.ExitStack() as stack:
@@ -721,7 +721,7 @@ async def outgest_av(
                 raise of.OutgestError(f"Flow {details['video'][0]} has no frames in {timerange.to_sec_nsec_range()}")
             if "audio" in kinds and summary.audio_samples == 0:
                 raise of.OutgestError(f"Flow {details['audio'][0]} has no samples in {timerange.to_sec_nsec_range()}")
-            scratch_dir.cleanup()  # before the output is renamed (see outgest_file._outgest_flow)
+            scratch_dir.cleanup()  # before the output is renamed (see outgest_core._outgest_flow)
             summary.bytes = await loop.run_in_executor(muxer, finish)
     except BaseException:
         writer.discard()

@@ -38,7 +38,7 @@ from common import bench_store, content_parser, print_table
 import media
 from client import TAMSClient
 from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
+from ingest_core import IngestOptions, ingest
 from sample_content import synthesize
 
 LATENCY_MS = 20

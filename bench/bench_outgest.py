@@ -34,8 +34,8 @@ from common import bench_store, content_parser, print_table
 
 from client import TAMSClient
 from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
-from outgest_file import OutgestSummary, outgest
+from ingest_core import IngestOptions, ingest
+from outgest_core import OutgestSummary, outgest
 from sample_content import read_frame_numbers, synthesize
 
 LATENCY_MS = 20

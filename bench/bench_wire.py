@@ -89,7 +89,7 @@ class Jobs:
         skipped = ("OAUTH2_URL", "CLIENT_ID", "CLIENT_SECRET", "PYTHONDONTWRITEBYTECODE")
         self.env = {k: v for k, v in os.environ.items() if k not in skipped}
         self.env.update(TAMS_URL=store.url, USERNAME=store.username, PASSWORD=store.password)
-        subprocess.run([sys.executable, "-c", "import ingest_hls, outgest_file"], env=self.env, cwd=REPO_ROOT,
+        subprocess.run([sys.executable, "-c", "import ingest_core, outgest_core"], env=self.env, cwd=REPO_ROOT,
                        check=True)  # the bytecode cache, as after a first run
 
     def _run(self, script: str, *args: str) -> Measured:

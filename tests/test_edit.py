@@ -30,8 +30,8 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 import sample_content
 from client import NotFound, TAMSClient
 from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
-from outgest_file import outgest
+from ingest_core import IngestOptions, ingest
+from outgest_core import outgest
 from simple_edit import (
     EditError,
     EditRequest,

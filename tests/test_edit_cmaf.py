@@ -26,7 +26,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import TAMSClient
 from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
+from ingest_core import IngestOptions, ingest
 from sample_content import interval_edit_frames
 from simple_edit import EditError, EditRequest, edit
 from tests.conftest import REPO_ROOT, RunningStore, start_store

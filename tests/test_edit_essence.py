@@ -27,8 +27,8 @@ from store_http import ELSEWHERE
 import sample_content
 from client import NotFound, TAMSClient
 from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
-from outgest_file import outgest
+from ingest_core import IngestOptions, ingest
+from outgest_core import outgest
 from simple_edit import EditError, EditRequest, edit
 from tests.conftest import REPO_ROOT, RunningStore
 

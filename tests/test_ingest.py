@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from mediatimestamp.immutable import TimeRange, Timestamp
 
-import ingest_hls
+import ingest_core
 import media
 import sample_content
 from client import TAMSClient
@@ -36,7 +36,7 @@ pytest_plugins = ["tests.media_fixtures"]
 if TYPE_CHECKING:
     from tests.conftest import RunningStore
 
-SCRIPT = Path(ingest_hls.__file__).resolve()
+SCRIPT = Path(ingest_core.__file__).with_name("ingest_hls.py").resolve()
 
 
 def _client(store: RunningStore) -> TAMSClient:
@@ -44,11 +44,11 @@ def _client(store: RunningStore) -> TAMSClient:
     return TAMSClient(store.url, credentials)
 
 
-async def _ingest(store: RunningStore, content: SynthesizedHLS | str, **options: Any) -> ingest_hls.IngestResult:
+async def _ingest(store: RunningStore, content: SynthesizedHLS | str, **options: Any) -> ingest_core.IngestResult:
     hls = content if isinstance(content, str) else str(content.playlist)
     options.setdefault("segment_count", None)
     async with _client(store) as client:
-        return await ingest_hls.ingest(client, ingest_hls.IngestOptions(hls=hls, **options))
+        return await ingest_core.ingest(client, ingest_core.IngestOptions(hls=hls, **options))
 
 
 async def _segments(store: RunningStore, flow_id: str) -> list[dict[str, Any]]:
@@ -281,8 +281,8 @@ async def test_the_last_registrations_go_out_beside_the_posts_already_out(
             await client.upload_object(target, b"\x47" + bytes(187))
             timerange = TimeRange.from_str(f"[{k}:0_{k + 1}:0)")
             segment = {"object_id": target.object_id, "timerange": str(timerange)}
-            registrations.append(ingest_hls._Registration("video", segment, timerange, b"", 188))
-        registrar = ingest_hls._Registrar(client, flow_id, "video")
+            registrations.append(ingest_core._Registration("video", segment, timerange, b"", 188))
+        registrar = ingest_core._Registrar(client, flow_id, "video")
         done = []
         for reg in registrations:  # each its own POST: the first two go out, the third waits
             done.append(registrar.submit(reg))

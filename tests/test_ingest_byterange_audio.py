@@ -28,11 +28,11 @@ import pytest
 from aiohttp import web
 from mediatimestamp.immutable import TimeRange
 
-import ingest_hls
+import ingest_core
 import sample_content
 from client import TAMSClient
 from credentials import BasicCredentials
-from outgest_file import outgest
+from outgest_core import outgest
 from tests.synthetic_media import AUDIO_PACKET_TICKS, SynthesizedHLS, ticks_to_ns
 from tests.test_ingest import _one_error_line
 from tests.test_outgest_av import RATE, WINDOW, assert_samples_are, decode_audio, flow_samples
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["tests.media_fixtures"]
 
-SCRIPT = Path(ingest_hls.__file__).resolve()
+SCRIPT = Path(ingest_core.__file__).with_name("ingest_hls.py").resolve()
 DURATION = 6
 
 
@@ -72,9 +72,9 @@ def _connect(store: RunningStore) -> TAMSClient:
     return TAMSClient(store.url, BasicCredentials(store.username, store.password))
 
 
-async def _ingest(store: RunningStore, hls: str, **options: Any) -> ingest_hls.IngestResult:
+async def _ingest(store: RunningStore, hls: str, **options: Any) -> ingest_core.IngestResult:
     async with _connect(store) as client:
-        return await ingest_hls.ingest(client, ingest_hls.IngestOptions(hls=hls, **options))
+        return await ingest_core.ingest(client, ingest_core.IngestOptions(hls=hls, **options))
 
 
 async def _segments(store: RunningStore, flow_id: str) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ import av
 import pytest
 from mediatimestamp.immutable import TimeRange, Timestamp
 
-import ingest_hls
+import ingest_core
 import sample_content
 from client import TAMSClient
 from credentials import OAuth2ClientCredentials
@@ -91,7 +91,7 @@ def _client(store: RunningStore) -> TAMSClient:
 
 
 def _run(store: RunningStore, script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(Path(ingest_hls.__file__).parent / script), *args], capture_output=True,
+    return subprocess.run([sys.executable, str(Path(ingest_core.__file__).parent / script), *args], capture_output=True,
                           text=True, check=False, timeout=180, cwd=cwd, env={**os.environ, **store.env})
 
 
@@ -329,7 +329,8 @@ def test_mp4_exports_of_an_fmp4_flow_hold_length_prefixed_samples_as_mp4_players
 async def _follow(store: RunningStore, live: sample_content.LiveWindow, flow_id: str, cwd: Path,
                   until: int) -> subprocess.CompletedProcess[str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(ingest_hls.__file__)), "--hls-filename", str(live.playlist), "--flow-id", flow_id,
+        sys.executable, str(Path(ingest_core.__file__).with_name("ingest_hls.py")), "--hls-filename", str(live.playlist),
+        "--flow-id", flow_id,
         "--follow", "--quiet", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd,
         env={**os.environ, **store.env},
     )
@@ -417,7 +418,7 @@ def test_a_corrupt_fmp4_sample_is_one_line_and_leaves_no_output(
 def test_only_an_object_with_the_same_init_counts_as_the_media_before_a_fragment() -> None:
     # Precharge decodes the object before with the later object's parameter sets: after a new
     # EXT-X-MAP (new SPS/PPS) the one before is not the same media, however its times join.
-    from outgest_file import InitRef, SegmentRef, follows
+    from outgest_core import InitRef, SegmentRef, follows
 
     def segment(name: str, start: int, init: str | None) -> SegmentRef:
         return SegmentRef(name, TimeRange(_timestamp(Fraction(start)), _timestamp(Fraction(start + 2)),
@@ -461,18 +462,18 @@ def test_signed_segment_urls_keep_their_signatures_out_of_errors_and_logs(
 async def test_an_expired_init_object_url_is_asked_for_again_like_a_media_url(
     store_factory: Any, fmp4: Fmp4, tmp_path: Path
 ) -> None:
-    import outgest_file
+    import outgest_core
 
     short = store_factory(extra_args=["--presigned-url-ttl", "1"])
     flow_id = _ingested(short, fmp4.playlist, tmp_path, "--quiet")
     async with _client(short) as client:
-        listed = [outgest_file.SegmentRef.from_json(s) async for s in client.segments(flow_id, presigned=True)]
+        listed = [outgest_core.SegmentRef.from_json(s) async for s in client.segments(flow_id, presigned=True)]
         assert listed[0].init is not None and "?" in str(listed[0].init.get_urls[0]["url"])  # presigned
         await asyncio.sleep(2.1)  # every URL listed has expired
-        inits = outgest_file.InitObjects(client)
+        inits = outgest_core.InitObjects(client)
         try:
             path = tmp_path / "object.mp4"
-            size = await outgest_file._fetch(client, flow_id, listed[1], path, inits)
+            size = await outgest_core._fetch(client, flow_id, listed[1], path, inits)
         finally:
             await inits.close()
     assert size == len(fmp4.segments[1].read_bytes())

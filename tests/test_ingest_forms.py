@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from mediatimestamp.immutable import TimeRange
 
-import ingest_hls
+import ingest_core
 import sample_content
 from tests.synthetic_media import SynthesizedHLS
 from tests.test_ingest_cmaf import _exported, _flow_and_segments
@@ -25,17 +25,17 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["tests.media_fixtures"]
 
-SCRIPT = Path(ingest_hls.__file__).resolve()
+SCRIPT = Path(ingest_core.__file__).with_name("ingest_hls.py").resolve()
 
 
 def test_the_default_segment_count_is_every_segment() -> None:
-    options = ingest_hls._options(ingest_hls._parse_args(["--hls-filename", "p.m3u8"]))
+    options = ingest_core._options(ingest_core._parse_args(["--hls-filename", "p.m3u8"]))
     assert options.segment_count is None
-    assert ingest_hls.IngestOptions(hls="p.m3u8").segment_count is None
+    assert ingest_core.IngestOptions(hls="p.m3u8").segment_count is None
 
 
 def test_a_segment_count_takes_a_part() -> None:
-    options = ingest_hls._options(ingest_hls._parse_args(["--hls-filename", "p.m3u8", "--hls-segment-count", "4"]))
+    options = ingest_core._options(ingest_core._parse_args(["--hls-filename", "p.m3u8", "--hls-segment-count", "4"]))
     assert options.segment_count == 4
 
 

@@ -28,8 +28,8 @@ import av
 import pytest
 from mediatimestamp.immutable import TimeRange
 
-import ingest_hls
-import outgest_file
+import ingest_core
+import outgest_core
 import sample_content
 from client import TAMSClient
 from credentials import OAuth2ClientCredentials
@@ -38,7 +38,7 @@ from tests.synthetic_media import SynthesizedHLS, synthesized, ticks_to_ns
 if TYPE_CHECKING:
     from tests.conftest import RunningStore
 
-SCRIPT = Path(ingest_hls.__file__).resolve()
+SCRIPT = Path(ingest_core.__file__).with_name("ingest_hls.py").resolve()
 WRAP = 1 << 33
 FPS = 10
 FRAMES_PER_SEGMENT = FPS  # 1-second segments
@@ -125,7 +125,7 @@ async def _wait_for_segments(store: RunningStore, flow_id: str, count: int, time
 
 async def _exported_frames(store: RunningStore, flow_id: str, path: Path) -> list[int]:
     async with _client(store) as client:
-        await outgest_file.outgest(client, flow_id, path)
+        await outgest_core.outgest(client, flow_id, path)
     return sample_content.read_frame_numbers(path)
 
 

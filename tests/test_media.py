@@ -358,9 +358,10 @@ def test_a_timing_read_given_the_frame_rate_probes_only_the_start_and_times_the_
 
 def test_probe_decodes_only_key_frames_and_reads_what_a_full_probe_reads(
         hls_audio_content: SynthesizedHLS) -> None:
-    """media.probe skips the probe's decoding of all but key frames; the properties are the same as
-    with libavformat's full probe (picture format and field order included)."""
-    assert media.PROBE_OPTIONS == {"skip_frame": "nokey"}
+    """media.probe skips the probe's decoding of all but key frames, in one decoder thread; the
+    properties are the same as with libavformat's full probe (picture format and field order
+    included)."""
+    assert media.PROBE_OPTIONS == {"skip_frame": "nokey", "threads": "1"}
     data = hls_audio_content.segment_paths()[0].read_bytes()
     saved = media.PROBE_OPTIONS
     try:

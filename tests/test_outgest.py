@@ -29,9 +29,9 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import RetryPolicy, TAMSClient
 from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
+from ingest_core import IngestOptions, ingest
 from media import PTS_WRAP, TICK_TOLERANCE, in_timerange, media_timerange, pts_to_timestamp, split_essences
-from outgest_file import (
+from outgest_core import (
     FrameTiming,
     OutgestError,
     OutgestSummary,

@@ -31,8 +31,8 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import TAMSClient
 from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
-from outgest_file import main, outgest
+from ingest_core import IngestOptions, ingest
+from outgest_core import main, outgest
 from sample_content import read_frame_numbers
 from tests.conftest import REPO_ROOT, RunningStore
 from tests.synthetic_media import SynthesizedHLS, synthesized, ticks_to_ns

@@ -21,8 +21,8 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import TAMSClient
 from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
-from outgest_file import OutgestError, outgest
+from ingest_core import IngestOptions, ingest
+from outgest_core import OutgestError, outgest
 from sample_content import read_frame_numbers
 from tests.conftest import RunningStore
 from tests.gop_media import make_hls, top_level_boxes

@@ -20,8 +20,8 @@ import av
 import pytest
 from mediatimestamp.immutable import TimeRange, Timestamp
 
-from ingest_hls import IngestOptions, ingest
-from outgest_file import outgest
+from ingest_core import IngestOptions, ingest
+from outgest_core import outgest
 from sample_content import read_frame_numbers
 from tests.conftest import REPO_ROOT, RunningStore
 from tests.gop_media import make_hls, top_level_boxes

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 from media import av, bound_tolerance, in_timerange
-from outgest_file import FrameTiming, SegmentRef, _asked_ahead, flow_time, plan_segment, presentation_order, read_object
+from outgest_core import FrameTiming, SegmentRef, _asked_ahead, flow_time, plan_segment, presentation_order, read_object
 from tests.conftest import REPO_ROOT
 from tests.synthetic_media import SynthesizedHLS
 

@@ -1,4 +1,4 @@
-"""Whole MPEG-TS objects exported as they are (``outgest_file.RawJoin``, ``ts_scan``).
+"""Whole MPEG-TS objects exported as they are (``outgest_core.RawJoin``, ``ts_scan``).
 
 An export to ``.ts`` of segments that use their whole objects writes the objects' bytes, with
 only the continuity counters renumbered so that every PID counts on across the joins; the first
@@ -22,7 +22,7 @@ import av
 import pytest
 from mediatimestamp.immutable import TimeRange, Timestamp
 
-import outgest_file
+import outgest_core
 import ts_scan
 from media import PTS_WRAP
 from sample_content import read_frame_numbers, synthesize
@@ -80,7 +80,7 @@ async def test_a_whole_ts_flow_is_its_objects_with_counters_counting_on(
 async def test_objects_over_the_memory_limit_go_through_files_alike(
     store: RunningStore, video: Ingested, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(outgest_file, "MEMORY_OBJECT_LIMIT", min(len(o) for o in video.objects) // 3)
+    monkeypatch.setattr(outgest_core, "MEMORY_OBJECT_LIMIT", min(len(o) for o in video.objects) // 3)
     whole, cut = tmp_path / "whole.ts", tmp_path / "cut.ts"
     await export(store, video.flow_id, whole)
     assert counters_blanked(whole.read_bytes()) == counters_blanked(b"".join(video.objects))

@@ -1,4 +1,4 @@
-"""Whole MPEG-TS objects and muxed parts in one export (``outgest_file.RawJoin``): the cases a
+"""Whole MPEG-TS objects and muxed parts in one export (``outgest_core.RawJoin``): the cases a
 review found, where the parts did not make one stream.
 """
 
@@ -20,7 +20,7 @@ import pytest
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 import ts_scan
-from ingest_hls import IngestOptions, ingest
+from ingest_core import IngestOptions, ingest
 from sample_content import TS_MUX_OPTIONS, read_frame_numbers, synthesize
 from tests.conftest import REPO_ROOT, RunningStore, start_store
 from tests.gop_media import make_hls

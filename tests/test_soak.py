@@ -44,12 +44,12 @@ from typing import Any, cast
 
 import pytest
 
-import ingest_hls
+import ingest_core
 import sample_content
 from client import TAMSClient, TAMSError, UploadTarget
 from credentials import OAuth2ClientCredentials
-from ingest_hls import IngestOptions, ingest
-from outgest_file import outgest
+from ingest_core import IngestOptions, ingest
+from outgest_core import outgest
 from simple_edit import EditRequest, edit
 from tests.conftest import RunningStore
 from tests.synthetic_media import SynthesizedHLS, synthesized
@@ -72,7 +72,7 @@ EDIT_PAGE_LIMIT = 3  # the edits read their inputs a few segments a page: more r
 GC_GRACE_OPTION = "--gc-grace"
 GC_GRACE_SECONDS = 10  # well above the time an allocated batch waits for its uploads
 
-INGEST_SCRIPT = Path(ingest_hls.__file__).resolve()
+INGEST_SCRIPT = Path(ingest_core.__file__).with_name("ingest_hls.py").resolve()
 
 
 @pytest.fixture(scope="module")

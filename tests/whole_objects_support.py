@@ -16,8 +16,8 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import TAMSClient
 from credentials import BasicCredentials
-from ingest_hls import IngestOptions, ingest
-from outgest_file import OutgestSummary, outgest
+from ingest_core import IngestOptions, ingest
+from outgest_core import OutgestSummary, outgest
 from tests.conftest import RunningStore
 
 __all__ = ["FIRST_PTS", "FRAME", "Ingested", "assert_one_clean_stream", "connect", "counter_breaks",
