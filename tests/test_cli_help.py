@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,11 @@ def test_script_is_executable_and_help_gives_every_default(script: str) -> None:
             assert f"${CREDENTIAL_OPTIONS[name]}" in text, f"{script} {name}: {text!r}"
     if script not in ("sample_content.py", "demo.py"):
         assert set(CREDENTIAL_OPTIONS) <= set(options)
+
+
+@pytest.mark.parametrize("script", ["ingest_hls", "outgest_file"])
+def test_thin_script_leaves_the_collector_on_with_its_imports_frozen(script: str) -> None:
+    """The command holds the collector off only while it imports its code (``<script>.py``)."""
+    code = (f"import gc; import {script}; assert gc.isenabled(); assert gc.get_freeze_count() > 10000; "
+            f"import {script.split('_')[0]}_core as core; assert core.main is {script}.main")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
