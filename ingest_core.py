@@ -649,13 +649,17 @@ class _Targets:
 
 class _Registrar:
     """Registers uploaded segments of one Flow, several per POST when they arrive together:
-    while one POST is out, the segments whose uploads finish meanwhile wait for the next.
-    ``submit`` queues one and returns at once with a future of its registration, so an upload
-    slot is free again while the store registers it. Once the last has been submitted
-    (``last_submitted``), those still queued go out at once, beside the POSTs already out."""
+    while one POST is out, the segments whose uploads finish meanwhile wait for the next, and a
+    POST with fewer than ``GATHER`` waits up to ``GATHER_SECONDS`` for more (each POST costs the
+    store a transaction and an fsync, about a millisecond, whatever it holds). ``submit`` queues
+    one and returns at once with a future of its registration, so an upload slot is free again
+    while the store registers it. Once the last has been submitted (``last_submitted``), those
+    still queued go out at once, beside the POSTs already out."""
 
     MAX_BATCH = 32
     IN_FLIGHT = 2  # POSTs out at once (one more for the last registrations)
+    GATHER = 8
+    GATHER_SECONDS = 0.05  # a live segment is registered at most this much later
 
     def __init__(self, client: TAMSClient, flow_id: str, kind: str) -> None:
         self._client = client
@@ -665,9 +669,11 @@ class _Registrar:
         self._task: asyncio.Task[None] | None = None
         self._posts: set[asyncio.Task[None]] = set()
         self._free = asyncio.Semaphore(self.IN_FLIGHT)
+        self._last = asyncio.Event()
 
     def last_submitted(self) -> None:
         """No more will be submitted: the queued ones need not wait for a POST to come back."""
+        self._last.set()
         self._free.release()
 
     def submit(self, reg: _Registration) -> asyncio.Future[None]:
@@ -681,11 +687,31 @@ class _Registrar:
         while True:
             await self._free.acquire()
             batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < self.MAX_BATCH:
-                batch.append(self._queue.get_nowait())
+            await self._gather(batch)
             post = asyncio.create_task(self._post(batch))
             self._posts.add(post)
             post.add_done_callback(self._done)
+
+    async def _gather(self, batch: list[tuple[_Registration, asyncio.Future[None]]]) -> None:
+        """Add the queued registrations to ``batch``, waiting a little for more while it is small."""
+        deadline = asyncio.get_running_loop().time() + self.GATHER_SECONDS
+        while len(batch) < self.MAX_BATCH:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            wait = deadline - asyncio.get_running_loop().time()
+            if len(batch) >= self.GATHER or self._last.is_set() or wait <= 0:
+                return
+            more = asyncio.ensure_future(self._queue.get())
+            last = asyncio.ensure_future(self._last.wait())
+            try:
+                await asyncio.wait({more, last}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                last.cancel()
+                if not more.done():
+                    more.cancel()
+            if more.done() and not more.cancelled():
+                batch.append(more.result())
 
     def _done(self, post: asyncio.Task[None]) -> None:
         self._posts.discard(post)

@@ -283,6 +283,7 @@ async def test_the_last_registrations_go_out_beside_the_posts_already_out(
             segment = {"object_id": target.object_id, "timerange": str(timerange)}
             registrations.append(ingest_core._Registration("video", segment, timerange, b"", 188))
         registrar = ingest_core._Registrar(client, flow_id, "video")
+        registrar.GATHER_SECONDS = 0  # no wait for more (see the next test)
         done = []
         for reg in registrations:  # each its own POST: the first two go out, the third waits
             done.append(registrar.submit(reg))
@@ -295,6 +296,60 @@ async def test_the_last_registrations_go_out_beside_the_posts_already_out(
     assert len(posts) == 3
     assert posts[2].start < posts[0].end - 0.1  # it did not wait for the first to come back
     assert [s["timerange"] for s in await _segments(store, flow_id)] == [str(r.timerange) for r in registrations]
+
+
+async def _registered(store: RunningStore, count: int, gap: float, last: bool,
+                      gather_seconds: float = ingest_core._Registrar.GATHER_SECONDS) -> tuple[int, float]:
+    """Submit ``count`` registrations ``gap`` seconds apart (then ``last_submitted`` if ``last``);
+    the segment POSTs the store logged, and the seconds from the first submit to the last done."""
+    flow_id = str(uuid.uuid4())
+    async with _client(store) as client:
+        await client.put_flow(flow_id, {
+            "id": flow_id, "source_id": str(uuid.uuid4()), "format": "urn:x-nmos:format:video",
+            "codec": "video/h264", "container": "video/mp2t",
+            "essence_parameters": {"frame_width": 320, "frame_height": 180, "frame_rate": {"numerator": 25}},
+        })  # fmt: skip
+        targets = client.allocate_storage(flow_id, batch=count)
+        registrations = []
+        for k in range(count):
+            target = await anext(targets)
+            await client.upload_object(target, b"\x47" + bytes(187))
+            timerange = TimeRange.from_str(f"[{k}:0_{k + 1}:0)")
+            registrations.append(ingest_core._Registration(
+                "video", {"object_id": target.object_id, "timerange": str(timerange)}, timerange, b"", 188))
+        registrar = ingest_core._Registrar(client, flow_id, "video")
+        registrar.GATHER_SECONDS = gather_seconds
+        started = time.monotonic()
+        done = []
+        for reg in registrations:
+            done.append(registrar.submit(reg))
+            await asyncio.sleep(gap)
+        if last:
+            registrar.last_submitted()
+        await asyncio.gather(*done)
+        took = time.monotonic() - started
+        await registrar.close()
+        assert len(await _segments(store, flow_id)) == count
+    log = await _logged_through(store, flow_id)
+    return len([r for r in log if (r.method, r.path) == ("POST", f"/flows/{flow_id}/segments")]), took
+
+
+async def test_registrations_arriving_close_together_share_a_post(store_factory: Callable[..., RunningStore]) -> None:
+    """A POST of fewer than GATHER waits up to GATHER_SECONDS for more: five uploads finishing
+    5 ms apart are one POST (one transaction and fsync in the store), not five."""
+    store = store_factory(extra_args=["--access-log"])
+    posts, _ = await _registered(store, 5, 0.005, last=False)
+    assert posts == 1
+
+
+async def test_a_lone_registration_waits_no_longer_than_gather_seconds(store_factory: Callable[..., RunningStore]) -> None:
+    """A live segment, the only one for seconds, is registered GATHER_SECONDS after its upload at
+    most; the last of an ingest is not held at all."""
+    store = store_factory(extra_args=["--access-log"])
+    posts, took = await _registered(store, 1, 0, last=False)
+    assert posts == 1 and ingest_core._Registrar.GATHER_SECONDS <= took < 5
+    posts, took = await _registered(store, 1, 0, last=True, gather_seconds=30)
+    assert posts == 1 and took < 5
 
 
 # -- resume and faults -------------------------------------------------------------------------
