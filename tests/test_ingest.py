@@ -260,6 +260,24 @@ async def test_bit_rates_are_set_while_the_last_registrations_are_out(
     assert flow["avg_bit_rate"] > 0 and flow["max_bit_rate"] >= flow["avg_bit_rate"]
 
 
+async def _uploaded(client: TAMSClient, flow_id: str, count: int) -> list[ingest_core._Registration]:
+    """A new video Flow with ``count`` one-packet objects uploaded: their registrations, one a second."""
+    await client.put_flow(flow_id, {
+        "id": flow_id, "source_id": str(uuid.uuid4()), "format": "urn:x-nmos:format:video",
+        "codec": "video/h264", "container": "video/mp2t",
+        "essence_parameters": {"frame_width": 320, "frame_height": 180, "frame_rate": {"numerator": 25}},
+    })  # fmt: skip
+    targets = client.allocate_storage(flow_id, batch=count)
+    registrations = []
+    for k in range(count):
+        target = await anext(targets)
+        await client.upload_object(target, b"\x47" + bytes(187))
+        timerange = TimeRange.from_str(f"[{k}:0_{k + 1}:0)")
+        segment = {"object_id": target.object_id, "timerange": str(timerange)}
+        registrations.append(ingest_core._Registration("video", segment, timerange, b"", 188))
+    return registrations
+
+
 async def test_the_last_registrations_go_out_beside_the_posts_already_out(
     store_factory: Callable[..., RunningStore]
 ) -> None:
@@ -269,19 +287,7 @@ async def test_the_last_registrations_go_out_beside_the_posts_already_out(
     store = store_factory(latency_ms=200, extra_args=["--access-log"])  # far more than the sleeps below
     flow_id = str(uuid.uuid4())
     async with _client(store) as client:
-        await client.put_flow(flow_id, {
-            "id": flow_id, "source_id": str(uuid.uuid4()), "format": "urn:x-nmos:format:video",
-            "codec": "video/h264", "container": "video/mp2t",
-            "essence_parameters": {"frame_width": 320, "frame_height": 180, "frame_rate": {"numerator": 25}},
-        })  # fmt: skip
-        targets = client.allocate_storage(flow_id, batch=3)
-        registrations = []
-        for k in range(3):
-            target = await anext(targets)
-            await client.upload_object(target, b"\x47" + bytes(187))
-            timerange = TimeRange.from_str(f"[{k}:0_{k + 1}:0)")
-            segment = {"object_id": target.object_id, "timerange": str(timerange)}
-            registrations.append(ingest_core._Registration("video", segment, timerange, b"", 188))
+        registrations = await _uploaded(client, flow_id, 3)
         registrar = ingest_core._Registrar(client, flow_id, "video")
         registrar.GATHER_SECONDS = 0  # no wait for more (see the next test)
         done = []
@@ -304,19 +310,7 @@ async def _registered(store: RunningStore, count: int, gap: float, last: bool,
     the segment POSTs the store logged, and the seconds from the first submit to the last done."""
     flow_id = str(uuid.uuid4())
     async with _client(store) as client:
-        await client.put_flow(flow_id, {
-            "id": flow_id, "source_id": str(uuid.uuid4()), "format": "urn:x-nmos:format:video",
-            "codec": "video/h264", "container": "video/mp2t",
-            "essence_parameters": {"frame_width": 320, "frame_height": 180, "frame_rate": {"numerator": 25}},
-        })  # fmt: skip
-        targets = client.allocate_storage(flow_id, batch=count)
-        registrations = []
-        for k in range(count):
-            target = await anext(targets)
-            await client.upload_object(target, b"\x47" + bytes(187))
-            timerange = TimeRange.from_str(f"[{k}:0_{k + 1}:0)")
-            registrations.append(ingest_core._Registration(
-                "video", {"object_id": target.object_id, "timerange": str(timerange)}, timerange, b"", 188))
+        registrations = await _uploaded(client, flow_id, count)
         registrar = ingest_core._Registrar(client, flow_id, "video")
         registrar.GATHER_SECONDS = gather_seconds
         started = time.monotonic()
