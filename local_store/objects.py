@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import time
@@ -54,8 +55,9 @@ class UrlSigner:
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def sign(self, method: str, object_id: str, content_type: str, now: float | None = None) -> str:
-        """The query string (without ``?``) that presigns ``method`` on ``object_id``."""
-        expires = int(now if now is not None else time.time()) + self.ttl_seconds
+        """The query string (without ``?``) that presigns ``method`` on ``object_id``, for at
+        least ``ttl_seconds`` (the expiry is a whole second: the next one up, plus the TTL)."""
+        expires = math.ceil(now if now is not None else time.time()) + self.ttl_seconds
         mac = self._mac(method, object_id, content_type, expires)
         return f"{EXPIRES_PARAM}={expires}&{SIGNATURE_PARAM}={mac}"
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from store_http import StoreHttp, basic_header, basic_http, new_flow
 
+from local_store.objects import EXPIRES_PARAM, UrlSigner
 from tests.conftest import RunningStore
 
 TS = {"Content-Type": "video/mp2t"}
@@ -117,6 +118,14 @@ async def test_expired_urls_are_refused(
         (fresh,) = (await api.segments(flow["id"], presigned="true")).body
         assert (await no_auth(api).call("GET", fresh["get_urls"][0]["url"], status=200)).raw == b"in time"
         assert not list((store.data_dir / "objects").rglob(hashlib.sha256(late["object_id"].encode()).hexdigest()))
+
+
+@pytest.mark.parametrize("now", [1000.0, 1000.01, 1000.99])
+def test_a_presigned_url_lasts_at_least_its_ttl(now: float) -> None:
+    """The expiry is a whole second: signed late in a second, a URL with a TTL of 1 s must not
+    expire a moment later (the store rounded down once, and such a URL could be refused at once)."""
+    query = dict(parse_qsl(UrlSigner(b"k" * 32, ttl_seconds=1).sign("GET", "object", "video/mp2t", now=now)))
+    assert now + 1 <= int(query[EXPIRES_PARAM]) < now + 2
 
 
 async def test_objects_are_never_overwritten(api: StoreHttp) -> None:
