@@ -415,6 +415,7 @@ def _elementary_stream(data: bytes | bytearray, found: TsScan) -> tuple[bytes, l
     pieces: list[bytes | memoryview] = []
     size = 0
     pes: list[int] = []
+    declared: list[int | None] = []  # each PES's elementary stream bytes by its PES_packet_length
     previous = found.first_video - 1  # nothing of the video PID comes before its first PES start
     starting = set(found.starts)
     for index in _where(irregular, 1):
@@ -431,7 +432,11 @@ def _elementary_stream(data: bytes | bytearray, found: TsScan) -> tuple[bytes, l
         if start is None:
             continue
         if index in starting:
-            start += 9 + data[start + 8]  # scan checked the PES header lies within the packet
+            # PES_packet_length, when not 0, must be what follows it here: the demuxer would cut
+            # the payload at it (scan checked the PES header lies within the packet)
+            length = int.from_bytes(data[start + 4:start + 6], "big")
+            declared.append(length - 3 - data[start + 8] if length else None)
+            start += 9 + data[start + 8]
             pes.append(size)
         pieces.append(data[start:offset + PACKET_SIZE])
         size += offset + PACKET_SIZE - start
@@ -441,6 +446,9 @@ def _elementary_stream(data: bytes | bytearray, found: TsScan) -> tuple[bytes, l
     view.release()
     if len(pes) != len(found.starts):
         return "a PES header is not where its packet starts"
+    ends = [*pes[1:], len(joined)]
+    if any(length is not None and length != end - begin for length, begin, end in zip(declared, pes, ends)):
+        return "a PES packet's length is not that of its payload"
     return joined, pes
 
 

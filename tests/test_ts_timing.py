@@ -148,3 +148,21 @@ def test_sei_emulation_prevention_bytes_are_not_counted_in_message_sizes() -> No
     payload = b"\x00\x00\x03\x01"  # two bytes of payload, 0x000001 escaped as 0x00000301
     assert ts_scan._sei_recovery(b"\x06\x05\x03" + payload + TRAILING) is False
     assert isinstance(ts_scan._sei_recovery(b"\x06\x05\x05" + payload + TRAILING), str)
+
+
+def test_a_pes_length_short_of_its_payload_is_demuxed_instead(encoded: dict[tuple[str, bool], list[bytes]]) -> None:
+    """A PES_packet_length that ends the packet before its payload does: the demuxer cuts the
+    payload there, so the scan gives no timing of its own; the exact length is read as usual."""
+    source = encoded["x264-ip", False][0]
+    found = ts_scan.scan(source)
+    assert isinstance(found, ts_scan.TsScan)
+    units = ts_scan.access_units(source, found)
+    assert isinstance(units, ts_scan.AccessUnits)
+    at = ts_scan._payload(source, found.starts[2])
+    assert at is not None and not int.from_bytes(source[at + 4:at + 6], "big")  # the muxer wrote 0: unbounded
+    exact = units.sizes[2] + 3 + source[at + 8]
+    for length, scanned in ((exact, True), (exact - 50, False)):
+        data = bytearray(source)
+        data[at + 4:at + 6] = length.to_bytes(2, "big")
+        assert (media._scanned_timing(bytes(data), RATE) is not None) == scanned
+        assert media.read_timing(bytes(data), kinds=("video",), frame_rate=RATE) == _demuxed(bytes(data), RATE)
