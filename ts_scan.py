@@ -496,6 +496,7 @@ def _sei_recovery(nal: bytes) -> bool | str:
 
 def _unit_h264(es: bytes, nals: list[int], end: int) -> bool | str:
     key = seen_slice = False
+    last_mb = -1
     for number, at in enumerate(nals):
         header, after = es[at], es[at + 1] if at + 1 < end else 0
         kind = header & 0x1F
@@ -507,6 +508,12 @@ def _unit_h264(es: bytes, nals: list[int], end: int) -> bool | str:
         elif kind in (1, H264_IDR):  # a slice: the first of a picture has first_mb_in_slice 0
             if seen_slice == bool(after & 0x80):
                 return "a PES packet does not hold exactly one picture"
+            # the parser starts a picture at any slice not after the one before (slices out of order)
+            head = es[at + 1:min(at + 9, end)]
+            first_mb = _ue(head, 0) if b"\0\0\3" not in head else None
+            if first_mb is None or first_mb[0] <= last_mb:
+                return "a PES packet's slices are not in picture order"
+            last_mb = first_mb[0]
             if not seen_slice:
                 key = key or kind == H264_IDR
                 seen_slice = True

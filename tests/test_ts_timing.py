@@ -166,3 +166,14 @@ def test_a_pes_length_short_of_its_payload_is_demuxed_instead(encoded: dict[tupl
         data[at + 4:at + 6] = length.to_bytes(2, "big")
         assert (media._scanned_timing(bytes(data), RATE) is not None) == scanned
         assert media.read_timing(bytes(data), kinds=("video",), frame_rate=RATE) == _demuxed(bytes(data), RATE)
+
+
+@pytest.mark.parametrize(("first_mbs", "expected"), [((0, 20, 40), False), ((0, 40, 20), None), ((0, 40, 40), None)])
+def test_slices_out_of_picture_order_are_refused(first_mbs: tuple[int, ...], expected: bool | None) -> None:
+    """libavcodec's parser starts a new picture at a slice whose first_mb_in_slice is not past the
+    one before (arbitrary slice order, redundant slices): such a PES is not vouched for."""
+    coded = {0: b"\x80\x00", 20: b"\x0a\x80", 40: b"\x05\x20"}  # ue(v) first_mb_in_slice, then zero bits
+    es = b"\0\0\1\x09\xf0" + b"".join(b"\0\0\1\x41" + coded[mb] + b"\xff" for mb in first_mbs)
+    nals = [at + 3 for at in range(len(es)) if es[at:at + 3] == b"\0\0\1"]
+    found = ts_scan._unit_h264(es, nals, len(es))
+    assert (None if isinstance(found, str) else found) == expected
