@@ -333,6 +333,8 @@ def exit_now(status: int) -> NoReturn:
 
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed (``cmd >&-``)
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: as Python's exit, which reports 120

@@ -262,16 +262,24 @@ async def test_oauth2_scope_is_sent(shared_store: RunningStore) -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _ended(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "LOG_FILE": str(tmp_path / "log.txt")})
+def _ended(code: str, tmp_path: Path, shell_redirect: str = "") -> subprocess.CompletedProcess[str]:
+    # PYTHONUNBUFFERED would hide a missing flush: the child's streams are buffered, as a user's are
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    command = [sys.executable, "-c", code]
+    if shell_redirect:
+        command = ["sh", "-c", f'exec "$0" -c "$1" {shell_redirect}', sys.executable, code]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**env, "LOG_FILE": str(tmp_path / "log.txt")})
 
 
 def test_exit_now_gives_the_status_and_flushes_output_logs_and_atexit_handlers(tmp_path: Path) -> None:
     done = _ended(
         "import atexit, logging, os, sys\n"
         "from credentials import exit_now\n"
-        "logging.basicConfig(filename=os.environ['LOG_FILE'], level=logging.INFO)\n"
+        "import logging.handlers\n"
+        # records held in memory reach the file only when logging's atexit handler flushes them
+        "held = logging.handlers.MemoryHandler(100, target=logging.FileHandler(os.environ['LOG_FILE']))\n"
+        "logging.basicConfig(handlers=[held], level=logging.INFO)\n"
         "logging.info('logged last')\n"
         "atexit.register(print, 'atexit ran')\n"
         "sys.stdout.write('x' * 200000)\n"  # more than a pipe holds at once: still buffered here
@@ -281,7 +289,7 @@ def test_exit_now_gives_the_status_and_flushes_output_logs_and_atexit_handlers(t
     assert done.returncode == 3
     assert done.stdout == "x" * 200000 + "atexit ran\n"
     assert done.stderr == "end"
-    assert (tmp_path / "log.txt").read_text() == "INFO:root:logged last\n"
+    assert (tmp_path / "log.txt").read_text() == "logged last\n"
 
 
 def test_exit_now_waits_for_a_thread_still_running(tmp_path: Path) -> None:
@@ -291,3 +299,13 @@ def test_exit_now_waits_for_a_thread_still_running(tmp_path: Path) -> None:
         "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
         "exit_now(0)\n", tmp_path)
     assert (done.returncode, done.stdout) == (0, "thread done\n")
+
+
+def test_exit_now_with_stdout_closed_ends_cleanly(tmp_path: Path) -> None:
+    done = _ended(
+        "import sys\n"
+        "from credentials import exit_now\n"
+        "assert sys.stdout is None\n"
+        "print('to stderr', file=sys.stderr, end='')\n"
+        "exit_now(0)\n", tmp_path, shell_redirect=">&-")
+    assert (done.returncode, done.stderr) == (0, "to stderr")
