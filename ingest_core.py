@@ -687,7 +687,12 @@ class _Registrar:
         while True:
             await self._free.acquire()
             batch = [await self._queue.get()]
-            await self._gather(batch)
+            try:
+                await self._gather(batch)
+            except asyncio.CancelledError:  # closed: these were never sent
+                for _, done in batch:
+                    done.cancel()
+                raise
             post = asyncio.create_task(self._post(batch))
             self._posts.add(post)
             post.add_done_callback(self._done)
@@ -706,12 +711,12 @@ class _Registrar:
             last = asyncio.ensure_future(self._last.wait())
             try:
                 await asyncio.wait({more, last}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            finally:
+            finally:  # also when cancelled: one taken off the queue is in the batch, not lost
                 last.cancel()
-                if not more.done():
+                if more.done() and not more.cancelled():
+                    batch.append(more.result())
+                else:
                     more.cancel()
-            if more.done() and not more.cancelled():
-                batch.append(more.result())
 
     def _done(self, post: asyncio.Task[None]) -> None:
         self._posts.discard(post)
@@ -748,6 +753,8 @@ class _Registrar:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        while not self._queue.empty():  # submitted, never sent: nobody is left to wait on them
+            self._queue.get_nowait()[1].cancel()
 
 
 def _check_form(ref: SegmentRef, data: bytes) -> None:

@@ -340,10 +340,37 @@ async def test_a_lone_registration_waits_no_longer_than_gather_seconds(store_fac
     """A live segment, the only one for seconds, is registered GATHER_SECONDS after its upload at
     most; the last of an ingest is not held at all."""
     store = store_factory(extra_args=["--access-log"])
-    posts, took = await _registered(store, 1, 0, last=False)
-    assert posts == 1 and ingest_core._Registrar.GATHER_SECONDS <= took < 5
+    posts, took = await _registered(store, 1, 0, last=False, gather_seconds=0.3)
+    assert posts == 1 and 0.3 <= took < 1.0
     posts, took = await _registered(store, 1, 0, last=True, gather_seconds=30)
     assert posts == 1 and took < 5
+
+
+async def test_gather_registrations_go_out_at_once(store_factory: Callable[..., RunningStore]) -> None:
+    """GATHER registrations queued together are a POST at once; one fewer waits for more."""
+    store = store_factory(extra_args=["--access-log"])
+    gather = ingest_core._Registrar.GATHER
+    posts, took = await _registered(store, gather, 0, last=False, gather_seconds=30)
+    assert posts == 1 and took < 5
+    posts, took = await _registered(store, gather - 1, 0, last=False, gather_seconds=0.3)
+    assert posts == 1 and 0.3 <= took < 1.0
+
+
+async def test_closing_the_registrar_cancels_what_it_never_sent(store_factory: Callable[..., RunningStore]) -> None:
+    """Closed while it gathers (an ingest interrupted): the registrations waiting in it end
+    cancelled, not pending for ever, and none reaches the store."""
+    store = store_factory()
+    flow_id = str(uuid.uuid4())
+    async with _client(store) as client:
+        registrations = await _uploaded(client, flow_id, 3)
+        registrar = ingest_core._Registrar(client, flow_id, "video")
+        registrar.GATHER_SECONDS = 30
+        gathering = registrar.submit(registrations[0])
+        await asyncio.sleep(0.1)  # taken off the queue: it is in the batch being gathered
+        queued = [registrar.submit(reg) for reg in registrations[1:]]
+        await registrar.close()
+        assert [done.cancelled() for done in [gathering, *queued]] == [True] * 3, [gathering, *queued]
+        assert await _segments(store, flow_id) == []
 
 
 # -- resume and faults -------------------------------------------------------------------------
