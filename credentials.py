@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -316,6 +318,88 @@ def connection_from_args(args: argparse.Namespace) -> tuple[str, Credentials]:
     raise AssertionError("unreachable")
 
 
+T = TypeVar("T")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP ended the run as Ctrl-C would: its task was cancelled, and what it
+    cleans up on the way out (a partial output file, scratch space) was cleaned up."""
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(signum.name)
+        self.signum = signum
+        self.status = 128 + signum  # as a shell reports a process the signal ended
+
+
+def interruption(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What ended a run, Ctrl-C or :class:`Terminated`, in words for its error line, and its exit status."""
+    if isinstance(exc, Terminated):
+        return f"stopped by {exc.signum.name}", exc.status
+    return "interrupted", 128 + signal.SIGINT
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where SIGTERM and SIGHUP (``kill``, a closed terminal, a service
+    manager stopping it) cancel ``main`` as Ctrl-C does, instead of killing the process where it
+    stands; then :class:`Terminated` is raised. A signal the process was started ignoring (as
+    ``nohup`` starts it for SIGHUP) stays ignored; handlers ``main`` installs for these signals
+    take over while they are installed."""
+
+    async def guarded() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        received: list[signal.Signals] = []
+
+        def stop(signum: signal.Signals) -> None:
+            received.append(signum)
+            task.cancel()
+
+        installed = []
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is None or signal.getsignal(signum) is signal.SIG_IGN:  # none here, or nohup's
+                continue
+            try:
+                loop.add_signal_handler(signum, stop, signum)
+            except (NotImplementedError, RuntimeError):  # no handlers on this platform's loop
+                continue
+            installed.append(signum)
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if received:
+                raise Terminated(received[0]) from None
+            raise
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(guarded())
+
+
+_output_lost = False
+
+
+def print_result(*lines: str) -> None:
+    """Print a script's result lines on stdout. When nothing reads them any more (a pipe into
+    ``head -1``), the rest are dropped without a traceback, and the exit status becomes 120, as
+    Python's own exit reports output it could not write: the work itself is done."""
+    global _output_lost  # noqa: PLW0603  (one process, one stdout)
+    if _output_lost or sys.stdout is None:
+        return
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _output_lost = True
+        with contextlib.suppress(OSError, ValueError):  # what is still buffered goes nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
 def exit_now(status: int) -> NoReturn:
     """End the process with ``status``, a script's last step (its ``__main__`` block).
 
@@ -332,6 +416,8 @@ def exit_now(status: int) -> NoReturn:
     import atexit  # noqa: PLC0415  (only here; most processes never reach it)
 
     atexit._run_exitfuncs()
+    if _output_lost:
+        status = status or 120
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with that descriptor closed (``cmd >&-``)
             continue

@@ -73,7 +73,7 @@ from client import (
     TAMSResponseError,
     UploadTarget,
 )
-from credentials import HelpFormatter, add_credential_args, connection_from_args
+from credentials import HelpFormatter, add_credential_args, connection_from_args, interruption, print_result, run_async
 
 __all__ = ["IngestError", "IngestOptions", "IngestResult", "ingest", "load_playlist", "main", "run"]
 
@@ -1412,7 +1412,7 @@ async def run(args: argparse.Namespace) -> int:
     except (IngestError, TAMSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(result.summary())
+    print_result(result.summary())
     if signals.received is not None:
         print(f"stopped by {signals.received.name}; run again with the same --flow-id to go on", file=sys.stderr)
     return signals.exit_code
@@ -1424,7 +1424,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
     try:
-        return asyncio.run(run(args))
-    except KeyboardInterrupt:
-        print("error: interrupted; run again with the same --flow-id to resume", file=sys.stderr)
-        return 130
+        return run_async(run(args))
+    except KeyboardInterrupt as exc:
+        what, status = interruption(exc)
+        print(f"error: {what}; run again with the same --flow-id to resume", file=sys.stderr)
+        return status

@@ -60,7 +60,7 @@ from mediatimestamp.immutable import TimeRange, Timestamp
 
 import ts_scan
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
-from credentials import HelpFormatter, add_credential_args, connection_from_args
+from credentials import HelpFormatter, add_credential_args, connection_from_args, interruption, print_result, run_async
 from gop_cuts import ENCODER_OPTIONS, ENCODERS, NeedPrecharge, ReencodeError, needs_prior, plan_pieces, reencode, set_verbose
 from media import (
     PTS_WRAP,
@@ -1924,18 +1924,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_verbose(args.verbose)
     try:
         if args.quiet or not sys.stderr.isatty():
-            summary = asyncio.run(run(args))
+            summary = run_async(run(args))
         else:
             from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
             with logging_redirect_tqdm():
-                summary = asyncio.run(run(args))
+                summary = run_async(run(args))
     except (OutgestError, TAMSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what, status = interruption(exc)
+        print(f"error: {what}; nothing written", file=sys.stderr)
+        return status
     if not args.quiet:
-        print(summary.line())
+        print_result(summary.line())
     return 0

@@ -33,7 +33,6 @@ in :func:`edit`, which takes a :class:`TAMSClient`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
 import re
@@ -47,7 +46,16 @@ from typing import Any, NoReturn
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 from client import NotFound, TAMSClient, TAMSError, TAMSResponseError
-from credentials import Credentials, HelpFormatter, add_credential_args, connection_from_args
+from credentials import (
+    Credentials,
+    HelpFormatter,
+    add_credential_args,
+    connection_from_args,
+    exit_now,
+    interruption,
+    print_result,
+    run_async,
+)
 from media import FRAME_TOLERANCE
 
 __all__ = [
@@ -1059,13 +1067,12 @@ def _count(n: int, noun: str) -> str:
 def report(result: EditResult) -> None:
     """The script's output: the planned segments (dry run) or a summary."""
     if not result.written:
-        print(f"dry run: would create flow {result.output_flow_id} with {_count(len(result.segments), 'segment')}, "
-              f"{result.frames} frames, timerange {result.timerange!s}")
-        for p in result.segments:
-            print(p.describe())
+        print_result(f"dry run: would create flow {result.output_flow_id} with "
+                     f"{_count(len(result.segments), 'segment')}, {result.frames} frames, timerange {result.timerange!s}",
+                     *(p.describe() for p in result.segments))
         return
     per_input = {n: [p for p in result.segments if p.input_number == n] for n in (1, 2)}
-    print(
+    print_result(
         f"output flow {result.output_flow_id}: {_count(len(result.segments), 'segment')}, {result.frames} frames, "
         f"timerange {result.timerange!s}; "
         + "; ".join(f"input {n}: {sum(p.sample_count for p in ps)} frames from {_count(len(ps), 'segment')}"
@@ -1097,11 +1104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     tams_url, credentials = connection_from_args(args)
     try:
-        return asyncio.run(run(request, tams_url, credentials))
-    except KeyboardInterrupt:
-        print("simple_edit.py: interrupted", file=sys.stderr)
-        return 130
+        return run_async(run(request, tams_url, credentials))
+    except KeyboardInterrupt as exc:
+        what, status = interruption(exc)
+        print(f"simple_edit.py: {what}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

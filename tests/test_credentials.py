@@ -309,3 +309,33 @@ def test_exit_now_with_stdout_closed_ends_cleanly(tmp_path: Path) -> None:
         "print('to stderr', file=sys.stderr, end='')\n"
         "exit_now(0)\n", tmp_path, shell_redirect=">&-")
     assert (done.returncode, done.stderr) == (0, "to stderr")
+
+
+def test_run_async_turns_sigterm_into_a_cancellation_whose_cleanup_runs(tmp_path: Path) -> None:
+    done = _ended(
+        "import asyncio, os, signal\n"
+        "from credentials import Terminated, run_async\n"
+        "async def work():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        await asyncio.sleep(30)\n"
+        "    finally:\n"
+        "        print('cleaned up')\n"
+        "try:\n"
+        "    run_async(work())\n"
+        "except Terminated as exc:\n"
+        "    print(exc.signum.name, exc.status)\n", tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "cleaned up\nSIGTERM 143\n", "")
+
+
+def test_run_async_leaves_a_signal_ignored_as_nohup_ignores_sighup(tmp_path: Path) -> None:
+    done = _ended(
+        "import asyncio, os, signal\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "from credentials import run_async\n"
+        "async def work():\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    return 'finished'\n"
+        "print(run_async(work()))\n", tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "finished\n", "")

@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import math
 import os
+import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
@@ -213,6 +214,8 @@ class Behaviour:
     refuse_lists: bool = False
     fail_after: int | None = None   # single-segment POSTs allowed before the rest get 400
     posts: int = 0
+    hold_posts: asyncio.Event | None = None  # segment POSTs set this, then wait for ``release`` (refused then)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def forwarding_store(target: str, behaviour: Behaviour) -> tuple[web.AppRunner, str]:
@@ -221,6 +224,11 @@ async def forwarding_store(target: str, behaviour: Behaviour) -> tuple[web.AppRu
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if request.method == "POST" and request.path.endswith("/segments"):
+            if behaviour.hold_posts is not None:
+                behaviour.hold_posts.set()
+                await behaviour.release.wait()
+                return web.json_response({"type": "BadRequest", "summary": "released",
+                                          "time": "2025-01-01T00:00:00Z"}, status=400)
             listed = body.lstrip().startswith(b"[")
             if listed and behaviour.refuse_lists:
                 return web.json_response({"type": "BadRequest", "summary": "lists not supported here",
@@ -293,11 +301,11 @@ def test_a_failure_part_way_leaves_no_output_flow(inputs: Inputs) -> None:
 # The command line
 
 
-def cli(inputs: Inputs, *args: str) -> subprocess.Popen[str]:
+def cli(inputs: Inputs, *args: str, url: str | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("TAMS_URL", "USERNAME", "PASSWORD", "OAUTH2_URL",
                                                              "CLIENT_ID", "CLIENT_SECRET")}
     return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "simple_edit.py"), "--tams-url", inputs.store.url,
+        [sys.executable, str(REPO_ROOT / "simple_edit.py"), "--tams-url", url or inputs.store.url,
          "--username", inputs.store.username, "--password", inputs.store.password, *args],
         cwd=inputs.export_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -381,6 +389,30 @@ def test_command_line_dry_run_and_edit(inputs: Inputs) -> None:
     async def label(client: TAMSClient) -> Any:
         return (await client.get_flow(output))["label"]
     assert run(label, inputs) == "cli"
+
+
+async def test_sigterm_while_writing_segments_deletes_the_unfinished_output_flow(inputs: Inputs) -> None:
+    """``kill`` while the segments are being written: the edit is cancelled as Ctrl-C cancels
+    it, so the output Flow it made is deleted, and the status is 143 with one line."""
+    behaviour = Behaviour(hold_posts=asyncio.Event())
+    runner, url = await forwarding_store(inputs.store.url, behaviour)
+    output = str(uuid.uuid4())
+    try:
+        process = cli(inputs, "--input1-flow-id", inputs.flow_a, "--input2-flow-id", inputs.flow_b,
+                      "--output-flow-id", output, url=url)
+        await asyncio.wait_for(behaviour.hold_posts.wait(), 60)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        behaviour.release.set()
+        await runner.cleanup()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1] == "simple_edit.py: stopped by SIGTERM" and "Traceback" not in stderr
+    assert any(f"deleting the unfinished output flow {output}" in line for line in stderr.splitlines())
+    assert stdout == ""
+    async with inputs.client(inputs.store.url) as client:
+        with pytest.raises(NotFound):
+            await client.get_flow(output)
 
 
 def test_help_lists_every_option_with_its_default() -> None:

@@ -15,10 +15,12 @@ import asyncio
 import itertools
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -546,6 +548,26 @@ def test_cli_writes_summary_line(store: RunningStore, flows: Flows, tmp_path: Pa
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
 
 
+def test_a_reader_gone_from_stdout_is_no_traceback_and_the_export_is_whole(
+    store: RunningStore, flows: Flows, tmp_path: Path
+) -> None:
+    """``outgest_file.py ... | head -0``, unbuffered as in many containers: the summary line has
+    nowhere to go, so it is dropped; the file is written all the same, and the status is 120."""
+    out = tmp_path / "piped.ts"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "outgest_file.py"), "--flow-id", flows.ids["plain"], "--output", str(out)],
+            cwd=tmp_path, env={**os.environ, **store.env, "PYTHONUNBUFFERED": "1"}, stdout=write_end,
+            stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (120, "")
+    assert read_frame_numbers(out) == list(range(FRAMES))
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -580,6 +602,45 @@ def test_bad_input_gives_one_line_and_no_output(
     assert "Traceback" not in result.stderr
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == (["a_file"] if case == "unwritable" else [])
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_mid_export_leaves_no_output_and_no_scratch(
+    store_factory: Callable[..., RunningStore], content: Content, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """``kill``, a closed terminal or Ctrl-C while an export downloads: the partial output and the
+    scratch directory are removed, one line says so, and the status is the shell's 128 + signal."""
+    slow = store_factory(latency_ms=400)  # each request 0.4 s later: the export is still running when stopped
+
+    async def setup() -> str:
+        async with connect(slow) as client:
+            flow_id = await put_flow(client)
+            ids = await upload(client, flow_id, content.video)
+            await post(client, flow_id, [{"object_id": oid, "timerange": media_timerange(path)}
+                                         for oid, path in zip(ids, content.video)])
+            return flow_id
+
+    flow_id = asyncio.run(setup())
+    out_dir, scratch = tmp_path / "out", tmp_path / "tmp"
+    out_dir.mkdir()
+    scratch.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "outgest_file.py"), "--flow-id", flow_id,
+         "--output", str(out_dir / "stopped.ts"), "--concurrency", "1"],
+        cwd=tmp_path, env={**os.environ, **slow.env, "TMPDIR": str(scratch)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (list(out_dir.iterdir()) and list(scratch.iterdir())):  # downloading into both
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(stop)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + stop, stderr
+    what = "interrupted" if stop == signal.SIGINT else f"stopped by {stop.name}"
+    assert stderr.strip().splitlines() == [f"error: {what}; nothing written"], stderr
+    assert stdout == ""
+    assert list(out_dir.iterdir()) == [] and list(scratch.iterdir()) == []
 
 
 async def test_unreachable_object_fails_after_retries(store: RunningStore, tmp_path: Path, content: Content) -> None:
