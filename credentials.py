@@ -32,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -242,8 +242,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+EXIT_STATUSES = ("Exit status: 0 when done; 128 + N when stopped by signal N (Ctrl-C 130, SIGHUP 129, SIGTERM 143), "
+                 "after cleaning up; 120 when done but stdout could not be written; another non-zero status "
+                 "on an error, with one line saying what.")
+
+
 def add_credential_args(parser: argparse.ArgumentParser) -> None:
-    """Add the TAMS connection options; each falls back to an environment variable."""
+    """Add the TAMS connection options, each falling back to an environment variable, and the
+    scripts' exit statuses (``EXIT_STATUSES``) as the help's epilog."""
+    if parser.epilog is None:
+        parser.epilog = EXIT_STATUSES
     group = parser.add_argument_group("TAMS connection (each falls back to an environment variable, then ./.env)")
     for dest, env, text in _SETTINGS:
         group.add_argument(
@@ -322,8 +330,9 @@ T = TypeVar("T")
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP ended the run as Ctrl-C would: its task was cancelled, and what it
-    cleans up on the way out (a partial output file, scratch space) was cleaned up."""
+    """A stop signal (Ctrl-C's SIGINT, SIGTERM, SIGHUP) ended the run: its task was cancelled,
+    and what it cleans up on the way out (a partial output file, scratch space, an unfinished
+    Flow) was cleaned up."""
 
     def __init__(self, signum: signal.Signals) -> None:
         super().__init__(signum.name)
@@ -332,39 +341,65 @@ class Terminated(KeyboardInterrupt):
 
 
 def interruption(exc: KeyboardInterrupt) -> tuple[str, int]:
-    """What ended a run, Ctrl-C or :class:`Terminated`, in words for its error line, and its exit status."""
-    if isinstance(exc, Terminated):
-        return f"stopped by {exc.signum.name}", exc.status
-    return "interrupted", 128 + signal.SIGINT
+    """What ended a run, in words for its error line, and its exit status: 128 + the signal."""
+    signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+    return ("interrupted" if signum == signal.SIGINT else f"stopped by {signum.name}"), 128 + signum
+
+
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+_stop_hooks: list[Callable[[signal.Signals], None]] = []
+
+
+@contextlib.contextmanager
+def stop_hook(hook: Callable[[signal.Signals], None]) -> Iterator[None]:
+    """Within ``run_async``, while the block runs, a stop signal calls ``hook(signum)`` instead of
+    cancelling the run (a live ingest finishes the segments it has read first)."""
+    _stop_hooks.append(hook)
+    try:
+        yield
+    finally:
+        _stop_hooks.remove(hook)
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)``, where SIGTERM and SIGHUP (``kill``, a closed terminal, a service
-    manager stopping it) cancel ``main`` as Ctrl-C does, instead of killing the process where it
-    stands; then :class:`Terminated` is raised. A signal the process was started ignoring (as
-    ``nohup`` starts it for SIGHUP) stays ignored; handlers ``main`` installs for these signals
-    take over while they are installed."""
+    """``asyncio.run(main)``, where a stop signal (Ctrl-C, ``kill``'s SIGTERM, SIGHUP from a closed
+    terminal or a service manager) cancels ``main`` instead of killing the process where it
+    stands, so that its clean-up runs; then :class:`Terminated` is raised. Signals after the
+    first do not interrupt that clean-up (``kill -9`` abandons it). A signal the process was
+    started ignoring (as ``nohup`` starts it for SIGHUP) stays ignored, and the handlers found
+    at the start are put back at the end."""
 
     async def guarded() -> T:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        received: list[signal.Signals] = []
+        received: list[signal.Signals] = []  # the signals that cancelled the run come first
+        cancelled = False
 
         def stop(signum: signal.Signals) -> None:
-            received.append(signum)
-            task.cancel()
+            nonlocal cancelled
+            if _stop_hooks:
+                received.append(signum)
+                _stop_hooks[-1](signum)
+            elif not cancelled:
+                cancelled = True
+                received.insert(0, signum)
+                task.cancel()
+            else:
+                logging.getLogger(__name__).warning("%s: already stopping; cleaning up first (kill -9 abandons it)",
+                                                    signum.name)
 
-        installed = []
-        for name in ("SIGTERM", "SIGHUP"):
+        previous: dict[signal.Signals, Any] = {}
+        for name in _STOP_SIGNALS:
             signum = getattr(signal, name, None)
             if signum is None or signal.getsignal(signum) is signal.SIG_IGN:  # none here, or nohup's
                 continue
+            handler = signal.getsignal(signum)
             try:
                 loop.add_signal_handler(signum, stop, signum)
             except (NotImplementedError, RuntimeError):  # no handlers on this platform's loop
                 continue
-            installed.append(signum)
+            previous[signum] = handler
         try:
             return await main
         except asyncio.CancelledError:
@@ -372,8 +407,10 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
                 raise Terminated(received[0]) from None
             raise
         finally:
-            for signum in installed:
+            for signum, handler in previous.items():
                 loop.remove_signal_handler(signum)
+                if handler is not None:
+                    signal.signal(signum, handler)
 
     return asyncio.run(guarded())
 
@@ -410,14 +447,14 @@ def exit_now(status: int) -> NoReturn:
     closed before its ``main()`` returns. While a thread other than the main one still runs, the
     exit is Python's usual one, which waits for it.
     """
+    if _output_lost:
+        status = status or 120
     if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
            if thread is not threading.main_thread()):
         sys.exit(status)
     import atexit  # noqa: PLC0415  (only here; most processes never reach it)
 
     atexit._run_exitfuncs()
-    if _output_lost:
-        status = status or 120
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with that descriptor closed (``cmd >&-``)
             continue

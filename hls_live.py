@@ -17,8 +17,9 @@ where each segment goes on the Flow's timeline.
   ``EXT-X-DISCONTINUITY`` whose media starts a new timestamp base, the segment is placed where
   the playlist says it belongs (``EXT-X-PROGRAM-DATE-TIME`` when both sides have one, else right
   after the segment before, plus the listed length of any segments missed in between).
-- ``StopSignals`` turns SIGINT and SIGTERM into a request to stop reading the playlist: the
-  segments already read are finished, none is registered in part. A second signal abandons them.
+- ``StopSignals`` turns a stop signal (SIGINT, SIGTERM, SIGHUP) into a request to stop reading the
+  playlist: the segments already read are finished, none is registered in part. A second signal
+  abandons them.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from typing import Any, Protocol
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 import media
+from credentials import stop_hook
 
 __all__ = [
-    "EXIT_SIGNALLED",
     "FeedEntry",
     "LiveError",
     "SegmentFeed",
@@ -54,8 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# A run stopped by a signal exits with 128 + the signal number, as a shell reports it.
-EXIT_SIGNALLED = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
 _FIRST_RETRY = Fraction(1, 2)  # seconds before the first retry of a failed reload, doubling after
 
 
@@ -459,13 +458,16 @@ class Timeline:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM while following: the first sets ``event`` (stop reading the playlist, finish
-    what was read); the second cancels ``task`` (abandon it; nothing half-registered either way)."""
+    """A stop signal while following (through ``credentials.stop_hook``, under
+    ``credentials.run_async``): the first sets ``event`` (stop reading the playlist, finish what
+    was read); the second cancels ``task`` (abandon it; nothing half-registered either way);
+    later ones wait for that."""
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.received: signal.Signals | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._abandoned = False
 
     def _handle(self, signum: signal.Signals) -> None:
         if self.received is None:
@@ -473,24 +475,19 @@ class StopSignals:
             logger.warning("%s: finishing the segments already read, then stopping (again to abandon them)",
                            signum.name)
             self.event.set()
-        elif self._task is not None:
+        elif self._task is not None and not self._abandoned:
+            self._abandoned = True
             self._task.cancel()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopSignals]:
-        loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self._handle, signum)
-        try:
+        with stop_hook(self._handle):
             yield self
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_SIGNALLED[self.received] if self.received is not None else 0
+        return 128 + self.received if self.received is not None else 0
 
 
 def status_line(ingested: int, sequence: int | None, flow_end: Timestamp | None) -> str:

@@ -1342,8 +1342,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--video-only", action="store_true", help="one video flow even if the segments carry audio")
     parser.add_argument("--follow", action="store_true",
                         help="follow a live playlist: reload it about every target duration and ingest new "
-                        "segments as they appear, until EXT-X-ENDLIST (exit 0) or SIGINT/SIGTERM (the segments "
-                        "already read are finished; exit 130/143; run again with the same --flow-id to go on)")
+                        "segments as they appear, until EXT-X-ENDLIST (exit 0) or a stop signal (the segments "
+                        "already read are finished, a second signal abandons them; exit 128 + the signal; run again "
+                        "with the same --flow-id to go on)")
     parser.add_argument("--reload-attempts", type=_positive_int, default=6,
                         help="with --follow: failed playlist loads in a row (retried after 0.5, 1, 2, ... s) "
                         "before giving up")

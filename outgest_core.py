@@ -80,6 +80,7 @@ __all__ = [
     "MPEGTS_WRAP",
     "DecodeClock",
     "FlowFileWriter",
+    "finished",
     "FrameTiming",
     "ObjectMedia",
     "OutgestError",
@@ -1339,6 +1340,22 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 T = TypeVar("T")
 
 
+async def finished(commit: asyncio.Future[int]) -> int:
+    """The result of ``commit``, the muxer thread finishing the output and renaming it into place.
+    A stop (a cancellation) that comes meanwhile does not make the export fail: the thread would
+    go on to the rename all the same, and by then every frame is written, so the run waits for it
+    and ends as done."""
+    try:
+        return await asyncio.shield(commit)
+    except asyncio.CancelledError:
+        size = await commit  # the commit's own failure, if any, is the run's
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        logger.warning("stopped as the output was being finished: it is complete")
+        return size
+
+
 async def fetch_in_order(
     client: TAMSClient,
     segments: AsyncIterable[tuple[str, SegmentRef, T]],
@@ -1843,7 +1860,7 @@ async def _outgest_flow(
             # Gone before the output is renamed: a directory removed after that waits for the file
             # system to write the output's data out (its journal orders the two).
             scratch_dir.cleanup()
-            summary.bytes = await loop.run_in_executor(muxer, writer.commit)
+            summary.bytes = await finished(loop.run_in_executor(muxer, writer.commit))
     except BaseException:
         writer.discard()
         raise

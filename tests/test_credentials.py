@@ -339,3 +339,67 @@ def test_run_async_leaves_a_signal_ignored_as_nohup_ignores_sighup(tmp_path: Pat
         "    return 'finished'\n"
         "print(run_async(work()))\n", tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (0, "finished\n", "")
+
+
+def test_run_async_lets_the_clean_up_finish_when_more_signals_come(tmp_path: Path) -> None:
+    """A second SIGTERM, or a Ctrl-C, while the run cleans up after the first: the clean-up is
+    not cancelled, and the first signal is the one reported."""
+    done = _ended(
+        "import asyncio, os, signal\n"
+        "from credentials import Terminated, run_async\n"
+        "async def work():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        await asyncio.sleep(30)\n"
+        "    finally:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        await asyncio.sleep(0.3)\n"
+        "        print('cleaned up')\n"
+        "try:\n"
+        "    run_async(work())\n"
+        "except Terminated as exc:\n"
+        "    print(exc.signum.name, exc.status)\n", tmp_path)
+    assert (done.returncode, done.stdout) == (0, "cleaned up\nSIGTERM 143\n"), done.stderr
+    assert done.stderr.count("already stopping") == 2
+
+
+def test_run_async_calls_a_stop_hook_while_one_is_set_and_puts_handlers_back(tmp_path: Path) -> None:
+    """Within ``stop_hook`` a signal goes to the hook (the run goes on); after it, a signal
+    cancels the run again; at the end the handlers found at the start are back."""
+    done = _ended(
+        "import asyncio, os, signal\n"
+        "from credentials import Terminated, run_async, stop_hook\n"
+        "def own(signum, frame): pass\n"
+        "signal.signal(signal.SIGTERM, own)\n"
+        "async def work():\n"
+        "    with stop_hook(lambda signum: print('hook', signum.name)):\n"
+        "        os.kill(os.getpid(), signal.SIGHUP)\n"
+        "        await asyncio.sleep(0.2)\n"
+        "    print('went on')\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await asyncio.sleep(30)\n"
+        "try:\n"
+        "    run_async(work())\n"
+        "except Terminated as exc:\n"
+        "    print(exc.signum.name)\n"
+        "print(signal.getsignal(signal.SIGTERM) is own, signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n",
+        tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "hook SIGHUP\nwent on\nSIGTERM\nTrue True\n", "")
+
+
+def test_print_result_to_a_pipe_nobody_reads_gives_120_even_while_a_thread_still_runs() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import threading, time\n"
+             "from credentials import exit_now, print_result\n"
+             "threading.Thread(target=time.sleep, args=(0.3,)).start()\n"
+             "print_result('summary')\n"
+             "exit_now(0)\n"],
+            cwd=REPO, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (120, "")

@@ -216,6 +216,8 @@ class Behaviour:
     posts: int = 0
     hold_posts: asyncio.Event | None = None  # segment POSTs set this, then wait for ``release`` (refused then)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    hold_deletes: asyncio.Event | None = None  # DELETEs set this, then wait for ``release_deletes``
+    release_deletes: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def forwarding_store(target: str, behaviour: Behaviour) -> tuple[web.AppRunner, str]:
@@ -238,6 +240,11 @@ async def forwarding_store(target: str, behaviour: Behaviour) -> tuple[web.AppRu
                 if behaviour.fail_after is not None and behaviour.posts > behaviour.fail_after:
                     return web.json_response({"type": "BadRequest", "summary": "segment refused",
                                               "time": "2025-01-01T00:00:00Z"}, status=400)
+        if request.method == "DELETE" and behaviour.hold_deletes is not None:
+            behaviour.hold_deletes.set()
+            await behaviour.release_deletes.wait()
+            if request.transport is None or request.transport.is_closing():  # the client gave up on it
+                return web.Response(status=499)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         async with session.request(request.method, target + request.path_qs, headers=headers, data=body,
                                    allow_redirects=False) as reply:
@@ -391,10 +398,14 @@ def test_command_line_dry_run_and_edit(inputs: Inputs) -> None:
     assert run(label, inputs) == "cli"
 
 
-async def test_sigterm_while_writing_segments_deletes_the_unfinished_output_flow(inputs: Inputs) -> None:
+@pytest.mark.parametrize("again", [None, signal.SIGTERM, signal.SIGINT], ids=["once", "SIGTERM again", "Ctrl-C after"])
+async def test_sigterm_while_writing_segments_deletes_the_unfinished_output_flow(
+    inputs: Inputs, again: signal.Signals | None
+) -> None:
     """``kill`` while the segments are being written: the edit is cancelled as Ctrl-C cancels
-    it, so the output Flow it made is deleted, and the status is 143 with one line."""
-    behaviour = Behaviour(hold_posts=asyncio.Event())
+    it, so the output Flow it made is deleted, and the status is 143 with one line. Another
+    signal while the deletion is under way does not cut it short."""
+    behaviour = Behaviour(hold_posts=asyncio.Event(), hold_deletes=asyncio.Event())
     runner, url = await forwarding_store(inputs.store.url, behaviour)
     output = str(uuid.uuid4())
     try:
@@ -402,9 +413,15 @@ async def test_sigterm_while_writing_segments_deletes_the_unfinished_output_flow
                       "--output-flow-id", output, url=url)
         await asyncio.wait_for(behaviour.hold_posts.wait(), 60)
         process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(behaviour.hold_deletes.wait(), 60)
+        if again is not None:
+            process.send_signal(again)
+            await asyncio.sleep(0.3)  # time for the signal to reach the deletion, were it cancelled
+        behaviour.release_deletes.set()
         stdout, stderr = await asyncio.to_thread(process.communicate, timeout=60)
     finally:
         behaviour.release.set()
+        behaviour.release_deletes.set()
         await runner.cleanup()
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert stderr.strip().splitlines()[-1] == "simple_edit.py: stopped by SIGTERM" and "Traceback" not in stderr

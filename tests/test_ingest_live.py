@@ -437,15 +437,18 @@ async def test_a_playlist_gone_for_good_ends_the_run_in_one_line_with_whole_segm
     assert held == list(range(len(held))) and held
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 async def test_sigterm_finishes_what_was_read_and_a_resumed_run_completes_the_flow(
-    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path
+    shared_store: RunningStore, wrapped: SynthesizedHLS, tmp_path: Path, stop: signal.Signals
 ) -> None:
+    """SIGTERM (or SIGHUP, a closed terminal) while following: the segments already read are
+    finished, and the same command carries on later."""
     live, flow_id, run = await _following(shared_store, wrapped, tmp_path, window=4, published=4, args=["--concurrency", "1"])
-    run.process.send_signal(signal.SIGTERM)
+    run.process.send_signal(stop)
     code, stdout, stderr = await run.finish()
-    assert code == 128 + signal.SIGTERM, stderr
+    assert code == 128 + stop, stderr
     assert "Traceback" not in stderr
-    assert "stopped by SIGTERM" in stderr
+    assert f"stopped by {stop.name}; run again" in stderr
     found = re.match(r"ingested (\d+) segments", stdout)
     assert found is not None, stdout
     first_run = int(found[1])

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from credentials import BasicCredentials
 from ingest_core import IngestOptions, ingest
 from media import PTS_WRAP, TICK_TOLERANCE, in_timerange, media_timerange, pts_to_timestamp, split_essences
 from outgest_core import (
+    FlowFileWriter,
     FrameTiming,
     OutgestError,
     OutgestSummary,
@@ -641,6 +643,33 @@ def test_a_stop_signal_mid_export_leaves_no_output_and_no_scratch(
     assert stderr.strip().splitlines() == [f"error: {what}; nothing written"], stderr
     assert stdout == ""
     assert list(out_dir.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
+async def test_a_stop_as_the_output_is_being_finished_ends_with_the_whole_file(
+    store: RunningStore, flows: Flows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop (the task cancelled, as a signal cancels it) while the muxer thread finishes the
+    file and renames it into place: that thread cannot be stopped half-way, so the export waits
+    for it and ends as done. The file is whole, not deleted, and not reported as unwritten."""
+    committing = threading.Event()
+    commit = FlowFileWriter.commit
+
+    def slow_commit(writer: FlowFileWriter) -> int:  # the same commit, with a window to stop it in
+        committing.set()
+        time.sleep(0.3)
+        return commit(writer)
+
+    monkeypatch.setattr(FlowFileWriter, "commit", slow_commit)
+    out = tmp_path / "finished.ts"
+    export_task = asyncio.create_task(export(store, flows.ids["plain"], out))
+    while not committing.is_set():
+        assert not export_task.done()
+        await asyncio.sleep(0.01)
+    export_task.cancel()
+    summary = await export_task
+    assert summary.frames == FRAMES and summary.bytes == out.stat().st_size
+    assert read_frame_numbers(out) == list(range(FRAMES))
+    assert [p.name for p in tmp_path.iterdir()] == ["finished.ts"]
 
 
 async def test_unreachable_object_fails_after_retries(store: RunningStore, tmp_path: Path, content: Content) -> None:
