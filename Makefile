@@ -53,7 +53,8 @@ proxy: venv
 	$(MAKE) -C authz_proxy run ENV_FILE=$(abspath $(ENV_FILE)) PROXY_PORT=$(PROXY_PORT)
 
 lint: venv
-	$(VENV)/bin/ruff check authz_proxy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(wildcard *.py)
 	$(VENV)/bin/mypy --config-file authz_proxy/mypy.ini authz_proxy
 
 clean:

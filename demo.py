@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import m3u8
+import m3u8  # type: ignore[import-untyped]
 from dotenv import dotenv_values
 
 from client import TAMSClient
@@ -128,7 +128,10 @@ def expected_frames(playlist: Path, commands: list[str]) -> dict[str, tuple[str,
     interval = next((re.search(r"--cut-interval-sec (\S+)", c) for c in commands if "--cut-interval-sec" in c), None)
     if interval is None:
         raise DemoError("the walk-through has no interval edit")
-    rate = probe(playlist.parent / m3u8.load(str(playlist)).segments[0].uri).video.frame_rate
+    video = probe(playlist.parent / m3u8.load(str(playlist)).segments[0].uri).video
+    if video is None or video.frame_rate is None:
+        raise DemoError("the sample content's first segment has no video at a constant frame rate")
+    rate = video.frame_rate
     interval_frames = math.floor(Fraction(interval.group(1)) * rate + Fraction(1, 2))
     return {
         "FLOW1": ("Flow 1 (segments 0-4)", flow1),

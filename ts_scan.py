@@ -111,7 +111,7 @@ def _table(kind: str, value: int) -> bytes:
     raise ValueError(kind)
 
 
-def _or(*masks: bytes) -> bytes:
+def _or(*masks: bytes | bytearray) -> bytes:
     """Byte-wise OR of equal-length 0/1 masks (through big integers: C speed)."""
     value = 0
     for mask in masks:
@@ -279,11 +279,14 @@ def scan(data: bytes | bytearray) -> TsScan | str:
     dts: list[int] = []
     for index in starts:
         at = _payload(data, index)
-        if at is None or at + 19 > index * PACKET_SIZE + PACKET_SIZE or data[at:at + 3] != b"\0\0\1":
+        end = index * PACKET_SIZE + PACKET_SIZE
+        if at is None or at + 9 > end or data[at:at + 3] != b"\0\0\1" or at + 9 + data[at + 8] > end:
             return "a PES header is not within one packet"
         flags = data[at + 7] >> 6
         if not flags & 2:
             return "an access unit has no pts"
+        if data[at + 8] < (10 if flags == 3 else 5):
+            return "a PES header is shorter than its timestamps"
         pts.append(_timestamp(data, at + 9))
         dts.append(_timestamp(data, at + 14) if flags == 3 else pts[-1])
     # The other packets that start a section or PES: a later PMT could add a stream (audio, say),
@@ -412,7 +415,7 @@ def _elementary_stream(data: bytes | bytearray, found: TsScan) -> tuple[bytes, l
         del stripped[0::step]
     body = PACKET_SIZE - 4
     view = memoryview(stripped)
-    pieces: list[bytes | memoryview] = []
+    pieces: list[bytes | bytearray | memoryview] = []
     size = 0
     pes: list[int] = []
     declared: list[int | None] = []  # each PES's elementary stream bytes by its PES_packet_length

@@ -259,6 +259,15 @@ def test_scan_refuses_what_it_cannot_vouch_for(tmp_path: Path) -> None:
     headless = bytearray(data)
     headless[found.first_video * 188 + 1] &= ~0x40  # its start flag cleared: the packet continues a PES
     cases["it starts inside an access unit"] = bytes(headless)
+    at = ts_scan._payload(data, found.first_video)
+    assert at is not None
+    overlong = bytearray(data)
+    overlong[at + 8] = 188  # PES_header_data_length: the header would run on into the next packet
+    cases["a PES header is not within one packet"] = bytes(overlong)
+    short = bytearray(data)
+    short[at + 7] |= 0xC0  # pts and dts flagged...
+    short[at + 8] = 5  # ...in room for a pts only
+    cases["a PES header is shorter than its timestamps"] = bytes(short)
     for reason, bad in cases.items():
         assert ts_scan.scan(bad) == reason
     muxed = ts_scan.scan(_first_object(tmp_path / "muxed", audio=True))
