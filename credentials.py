@@ -244,7 +244,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 EXIT_STATUSES = ("Exit status: 0 when done; 128 + N when stopped by signal N (Ctrl-C 130, SIGHUP 129, SIGTERM 143), "
                  "after cleaning up; 120 when done but stdout could not be written; another non-zero status "
-                 "on an error, with one line saying what.")
+                 "on an error, whose last line on stderr says what went wrong.")
 
 
 def add_credential_args(parser: argparse.ArgumentParser) -> None:
@@ -348,71 +348,103 @@ def interruption(exc: KeyboardInterrupt) -> tuple[str, int]:
 
 _STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 _stop_hooks: list[Callable[[signal.Signals], None]] = []
+_guarded_runs = 0  # run_async calls under way (one, in a script)
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """The stop signals this platform has and the process was not started ignoring (as ``nohup``
+    starts it for SIGHUP, and a shell a background job for SIGINT)."""
+    found = [getattr(signal, name, None) for name in _STOP_SIGNALS]
+    return [signum for signum in found if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN]
+
+
+@contextlib.contextmanager
+def _handling(loop: asyncio.AbstractEventLoop, handle: Callable[[signal.Signals], None]) -> Iterator[None]:
+    """``handle(signum)`` on ``loop`` for each stop signal while the block runs; then the
+    handlers found before are put back."""
+    previous: dict[signal.Signals, Any] = {}
+    for signum in _stop_signals():
+        handler = signal.getsignal(signum)
+        try:
+            loop.add_signal_handler(signum, handle, signum)
+        except (NotImplementedError, RuntimeError):  # no handlers on this platform's loop
+            continue
+        previous[signum] = handler
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if not loop.is_closed():
+                loop.remove_signal_handler(signum)
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
 def stop_hook(hook: Callable[[signal.Signals], None]) -> Iterator[None]:
-    """Within ``run_async``, while the block runs, a stop signal calls ``hook(signum)`` instead of
-    cancelling the run (a live ingest finishes the segments it has read first)."""
-    _stop_hooks.append(hook)
-    try:
+    """While the block runs, a stop signal calls ``hook(signum)`` instead of cancelling the run
+    (a live ingest finishes the segments it has read first). Under ``run_async`` the hook takes
+    its turn in run_async's handlers; elsewhere (a library caller's own event loop) it is the
+    running loop's handler for the block's length."""
+    if _guarded_runs:
+        _stop_hooks.append(hook)
+        try:
+            yield
+        finally:
+            _stop_hooks.remove(hook)
+        return
+    with _handling(asyncio.get_running_loop(), hook):
         yield
-    finally:
-        _stop_hooks.remove(hook)
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)``, where a stop signal (Ctrl-C, ``kill``'s SIGTERM, SIGHUP from a closed
     terminal or a service manager) cancels ``main`` instead of killing the process where it
     stands, so that its clean-up runs; then :class:`Terminated` is raised. Signals after the
-    first do not interrupt that clean-up (``kill -9`` abandons it). A signal the process was
-    started ignoring (as ``nohup`` starts it for SIGHUP) stays ignored, and the handlers found
-    at the start are put back at the end."""
+    first do not interrupt that clean-up (``kill -9`` abandons it), and those that come once
+    ``main`` has ended change nothing (the loop is shutting down: its threads, generators). A
+    signal the process was started ignoring stays ignored, and the handlers found at the start
+    are put back at the end."""
+    global _guarded_runs  # noqa: PLW0603  (the process's signal handlers are global too)
+    started: list[asyncio.Task[T]] = []
+    received: list[signal.Signals] = []  # the signal that cancelled the run comes first
+
+    def stop(signum: signal.Signals) -> None:
+        task = started[0] if started else None
+        if task is None or task.done():
+            return  # before main started (it is cancelled as it starts) or after it ended
+        if _stop_hooks:
+            received.append(signum)
+            _stop_hooks[-1](signum)
+        elif not task.cancelling():  # not cancelled yet, by a signal or by a hook
+            received.insert(0, signum)
+            task.cancel()
+        else:
+            logging.getLogger(__name__).warning("%s: already stopping; cleaning up first (kill -9 abandons it)",
+                                                signum.name)
 
     async def guarded() -> T:
-        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        received: list[signal.Signals] = []  # the signals that cancelled the run come first
-        cancelled = False
-
-        def stop(signum: signal.Signals) -> None:
-            nonlocal cancelled
-            if _stop_hooks:
-                received.append(signum)
-                _stop_hooks[-1](signum)
-            elif not cancelled:
-                cancelled = True
-                received.insert(0, signum)
-                task.cancel()
-            else:
-                logging.getLogger(__name__).warning("%s: already stopping; cleaning up first (kill -9 abandons it)",
-                                                    signum.name)
-
-        previous: dict[signal.Signals, Any] = {}
-        for name in _STOP_SIGNALS:
-            signum = getattr(signal, name, None)
-            if signum is None or signal.getsignal(signum) is signal.SIG_IGN:  # none here, or nohup's
-                continue
-            handler = signal.getsignal(signum)
-            try:
-                loop.add_signal_handler(signum, stop, signum)
-            except (NotImplementedError, RuntimeError):  # no handlers on this platform's loop
-                continue
-            previous[signum] = handler
+        started.append(task)
         try:
             return await main
         except asyncio.CancelledError:
             if received:
                 raise Terminated(received[0]) from None
             raise
-        finally:
-            for signum, handler in previous.items():
-                loop.remove_signal_handler(signum)
-                if handler is not None:
-                    signal.signal(signum, handler)
 
-    return asyncio.run(guarded())
+    runner = asyncio.Runner()
+    _guarded_runs += 1
+    try:
+        with _handling(runner.get_loop(), stop):
+            try:
+                return runner.run(guarded())
+            finally:
+                runner.close()  # with the handlers still in place
+    finally:
+        _guarded_runs -= 1
+        main.close()  # never awaited when the loop could not start: no warning about it
 
 
 _output_lost = False

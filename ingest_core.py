@@ -1395,24 +1395,30 @@ def _options(args: argparse.Namespace) -> IngestOptions:
 
 async def run(args: argparse.Namespace) -> int:
     url, credentials = connection_from_args(args)
+    signals = hls_live.StopSignals()
+    result: IngestResult | None = None
     try:
         options = _options(args)
         retry = RetryPolicy(attempts=max(args.retries, 0) + 1)
-        signals = hls_live.StopSignals()
-        async with TAMSClient(url, credentials, concurrency=max(args.concurrency, 1) * 2, retry=retry) as client:
-            with signals.installed() if options.follow else contextlib.nullcontext(signals):
-                options.stop = signals.event
-                try:
+        # Following, the stop signals are the live ingest's until the connection is closed too
+        with signals.installed() if options.follow else contextlib.nullcontext(signals):
+            options.stop = signals.event
+            try:
+                async with TAMSClient(url, credentials, concurrency=max(args.concurrency, 1) * 2,
+                                      retry=retry) as client:
                     result = await ingest(client, options)
-                except asyncio.CancelledError:
-                    if signals.received is None:
-                        raise
-                    print(f"error: stopped by {signals.received.name} twice: abandoned the segments in flight "
-                          "(none is half-registered); run again with the same --flow-id to go on", file=sys.stderr)
-                    return signals.exit_code
+            except asyncio.CancelledError:
+                if result is None and signals.received is None:
+                    raise
+                # else: stopped as the connection closed, with the ingest done; or abandoned
     except (IngestError, TAMSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if result is None:
+        assert signals.received is not None
+        print(f"error: stopped by {signals.received.name} twice: abandoned the segments in flight "
+              "(none is half-registered); run again with the same --flow-id to go on", file=sys.stderr)
+        return signals.exit_code
     print_result(result.summary())
     if signals.received is not None:
         print(f"stopped by {signals.received.name}; run again with the same --flow-id to go on", file=sys.stderr)

@@ -1342,18 +1342,25 @@ T = TypeVar("T")
 
 async def finished(commit: asyncio.Future[int]) -> int:
     """The result of ``commit``, the muxer thread finishing the output and renaming it into place.
-    A stop (a cancellation) that comes meanwhile does not make the export fail: the thread would
-    go on to the rename all the same, and by then every frame is written, so the run waits for it
-    and ends as done."""
+    That thread cannot be stopped half-way, so a cancellation that comes meanwhile waits for it,
+    however often it comes, and is raised once the file is in place: whole, and left there."""
     try:
         return await asyncio.shield(commit)
     except asyncio.CancelledError:
-        size = await commit  # the commit's own failure, if any, is the run's
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        logger.warning("stopped as the output was being finished: it is complete")
-        return size
+        while not commit.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(commit)
+        commit.result()  # the commit's own failure, if any, is the one to raise
+        raise
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells one file at ``path`` from another put there later (None: no file)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_mtime_ns
 
 
 async def fetch_in_order(
@@ -1939,6 +1946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     set_verbose(args.verbose)
+    before = _identity(args.output)
     try:
         if args.quiet or not sys.stderr.isatty():
             summary = run_async(run(args))
@@ -1952,6 +1960,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         what, status = interruption(exc)
+        if _identity(args.output) not in (before, None):  # it came once the output was in place
+            print(f"{what} as the export ended: {args.output} is complete", file=sys.stderr)
+            return 0
         print(f"error: {what}; nothing written", file=sys.stderr)
         return status
     if not args.quiet:

@@ -33,6 +33,7 @@ in :func:`edit`, which takes a :class:`TAMSClient`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import re
@@ -98,6 +99,9 @@ GRID_TOLERANCE = FRAME_TOLERANCE
 
 # Segments per list POST; a store may cap request bodies.
 DEFAULT_BATCH_SIZE = 100
+# How long the deletion of an unfinished output Flow may take (retries included) before the
+# edit gives up on it and says so: a stopped edit ends soon even when the store hangs.
+CLEAN_UP_SECONDS = 30
 
 _TIMESTAMP_RE = re.compile(r"^-?(0|[1-9][0-9]*):(0|[1-9][0-9]{0,8})$")
 _TIMERANGE_RE = re.compile(
@@ -975,9 +979,11 @@ async def edit(client: TAMSClient, request: EditRequest) -> EditResult:
     except BaseException:
         logger.info("deleting the unfinished output flow %s", request.output_flow_id)
         try:
-            await client.delete_flow(request.output_flow_id)
-        except TAMSError as exc:
-            logger.warning("could not delete the unfinished output flow %s: %s", request.output_flow_id, exc)
+            async with asyncio.timeout(CLEAN_UP_SECONDS):  # a store that hangs must not hold the run for ever
+                await client.delete_flow(request.output_flow_id)
+        except (TAMSError, TimeoutError) as exc:
+            logger.warning("could not delete the unfinished output flow %s (delete it by hand): %s",
+                           request.output_flow_id, str(exc) or f"no answer in {CLEAN_UP_SECONDS} s")
         raise
     return EditResult(request.output_flow_id, planned, written=True, bulk=bulk)
 
@@ -1083,12 +1089,17 @@ def report(result: EditResult) -> None:
 
 async def run(request: EditRequest, tams_url: str, credentials: Credentials) -> int:
     """Make the edit the command line asked for; returns the exit status."""
+    result: EditResult | None = None
     try:
         async with TAMSClient(tams_url, credentials) as client:
             result = await edit(client, request)
     except (EditError, TAMSError) as exc:
         print(f"simple_edit.py: error: {exc}", file=sys.stderr)
         return 1
+    except asyncio.CancelledError:
+        if result is None:
+            raise
+        # stopped as the connection closed: the edit was whole by then, and stays
     report(result)
     return 0
 

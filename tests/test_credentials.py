@@ -387,3 +387,30 @@ def test_print_result_to_a_pipe_nobody_reads_gives_120_even_while_a_thread_still
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (120, "")
+
+
+def test_run_async_ignores_a_signal_once_main_has_ended(tmp_path: Path) -> None:
+    """A SIGTERM while asyncio shuts down after ``main`` returned (waiting for a thread of the
+    default executor here) neither kills the process nor turns a finished run into a stopped one."""
+    done = _ended(
+        "import asyncio, os, signal, threading, time\n"
+        "from credentials import run_async\n"
+        "async def work():\n"
+        "    asyncio.get_running_loop().run_in_executor(None, time.sleep, 0.6)\n"
+        "    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "    return 'finished'\n"
+        "print(run_async(work()))\n", tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "finished\n", "")
+
+
+def test_stop_hook_outside_run_async_is_the_loops_handler_for_its_block(tmp_path: Path) -> None:
+    done = _ended(
+        "import asyncio, os, signal\n"
+        "from credentials import stop_hook\n"
+        "async def work():\n"
+        "    with stop_hook(lambda signum: print('hook', signum.name)):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        await asyncio.sleep(0.2)\n"
+        "    print('went on', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+        "asyncio.run(work())\n", tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "hook SIGTERM\nwent on True\n", "")

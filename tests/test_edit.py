@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from aiohttp import web
 from mediatimestamp.immutable import TimeRange, Timestamp
 
 import sample_content
+import simple_edit
 from client import NotFound, TAMSClient
 from credentials import BasicCredentials
 from ingest_core import IngestOptions, ingest
@@ -408,17 +410,26 @@ async def test_sigterm_while_writing_segments_deletes_the_unfinished_output_flow
     behaviour = Behaviour(hold_posts=asyncio.Event(), hold_deletes=asyncio.Event())
     runner, url = await forwarding_store(inputs.store.url, behaviour)
     output = str(uuid.uuid4())
+    logged: list[str] = []
     try:
         process = cli(inputs, "--input1-flow-id", inputs.flow_a, "--input2-flow-id", inputs.flow_b,
                       "--output-flow-id", output, url=url)
+        assert process.stderr is not None
+        reading = asyncio.create_task(asyncio.to_thread(lambda: logged.extend(iter(process.stderr.readline, ""))))
         await asyncio.wait_for(behaviour.hold_posts.wait(), 60)
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(behaviour.hold_deletes.wait(), 60)
         if again is not None:
             process.send_signal(again)
-            await asyncio.sleep(0.3)  # time for the signal to reach the deletion, were it cancelled
+            async with asyncio.timeout(60):  # until the edit has handled it, as cancelling or not
+                while not any("already stopping" in line for line in logged) and process.poll() is None:
+                    await asyncio.sleep(0.01)
         behaviour.release_deletes.set()
-        stdout, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+        assert process.stdout is not None
+        stdout = await asyncio.to_thread(process.stdout.read)
+        await reading
+        await asyncio.to_thread(process.wait, 60)
+        stderr = "".join(logged)
     finally:
         behaviour.release.set()
         behaviour.release_deletes.set()
@@ -430,6 +441,33 @@ async def test_sigterm_while_writing_segments_deletes_the_unfinished_output_flow
     async with inputs.client(inputs.store.url) as client:
         with pytest.raises(NotFound):
             await client.get_flow(output)
+
+
+async def test_a_store_that_hangs_cannot_hold_a_stopped_edit_for_ever(
+    inputs: Inputs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped while writing, against a store that never answers the DELETE: the deletion is
+    given up after CLEAN_UP_SECONDS, with a warning naming the Flow to delete by hand."""
+    monkeypatch.setattr(simple_edit, "CLEAN_UP_SECONDS", 0.5)
+    behaviour = Behaviour(hold_posts=asyncio.Event(), hold_deletes=asyncio.Event())
+    runner, url = await forwarding_store(inputs.store.url, behaviour)
+    request = EditRequest(inputs.flow_a, inputs.flow_b)
+    try:
+        async with inputs.client(url) as client:
+            editing = asyncio.create_task(edit(client, request))
+            await asyncio.wait_for(behaviour.hold_posts.wait(), 60)
+            editing.cancel()
+            started = time.monotonic()
+            with pytest.raises(asyncio.CancelledError):
+                await editing
+            took = time.monotonic() - started
+    finally:
+        behaviour.release.set()
+        behaviour.release_deletes.set()
+        await runner.cleanup()
+    assert behaviour.hold_deletes.is_set() and 0.5 <= took < 5
+    assert any(f"could not delete the unfinished output flow {request.output_flow_id} (delete it by hand): "
+               "no answer in 0.5 s" in r.getMessage() for r in caplog.records)
 
 
 def test_help_lists_every_option_with_its_default() -> None:

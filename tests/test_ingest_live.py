@@ -7,6 +7,7 @@ numbers back from an outgest_file.py export, or from the registered objects them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import fcntl
 import os
@@ -474,9 +475,13 @@ async def test_a_second_sigterm_abandons_the_segments_in_flight_and_a_resumed_ru
     run.process.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.05)
     run.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):  # a third, while it abandons them, changes nothing
+        run.process.send_signal(signal.SIGINT)
     code, stdout, stderr = await run.finish()
     assert code == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error: ")] == [stderr.strip().splitlines()[-1]]
     assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM twice: abandoned"), stderr
     assert stdout == ""
     first_run = len(await _each_segment_holds_its_frames(store, flow_id, tmp_path, wrapped))

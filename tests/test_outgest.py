@@ -645,12 +645,13 @@ def test_a_stop_signal_mid_export_leaves_no_output_and_no_scratch(
     assert list(out_dir.iterdir()) == [] and list(scratch.iterdir()) == []
 
 
-async def test_a_stop_as_the_output_is_being_finished_ends_with_the_whole_file(
-    store: RunningStore, flows: Flows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_a_stop_as_the_output_is_being_finished_leaves_the_whole_file(
+    store: RunningStore, flows: Flows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cancels: int
 ) -> None:
-    """A stop (the task cancelled, as a signal cancels it) while the muxer thread finishes the
-    file and renames it into place: that thread cannot be stopped half-way, so the export waits
-    for it and ends as done. The file is whole, not deleted, and not reported as unwritten."""
+    """Cancelled (once, or again while it waits) as the muxer thread finishes the file and
+    renames it into place: that thread cannot be stopped half-way, so the export waits for it and
+    then ends cancelled, with the file whole, not deleted and not half-renamed."""
     committing = threading.Event()
     commit = FlowFileWriter.commit
 
@@ -665,11 +666,36 @@ async def test_a_stop_as_the_output_is_being_finished_ends_with_the_whole_file(
     while not committing.is_set():
         assert not export_task.done()
         await asyncio.sleep(0.01)
-    export_task.cancel()
-    summary = await export_task
-    assert summary.frames == FRAMES and summary.bytes == out.stat().st_size
+    for _ in range(cancels):
+        export_task.cancel()
+        await asyncio.sleep(0.05)
+    with pytest.raises(asyncio.CancelledError):
+        await export_task
     assert read_frame_numbers(out) == list(range(FRAMES))
     assert [p.name for p in tmp_path.iterdir()] == ["finished.ts"]
+
+
+def test_a_signal_once_the_output_is_in_place_is_no_failure(store: RunningStore, flows: Flows, tmp_path: Path) -> None:
+    """SIGTERM as the export closes its connection, the file already whole under its name: the
+    export is done, so it says so and exits 0, instead of claiming nothing was written."""
+    out = tmp_path / "done.ts"
+    late_signal = (
+        "import asyncio, os, signal, sys\n"
+        "import client\n"
+        "close = client.TAMSClient.close\n"
+        "async def signalled_close(self):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await close(self)\n"
+        "client.TAMSClient.close = signalled_close\n"
+        "from outgest_core import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", late_signal, "--flow-id", flows.ids["plain"], "--output", str(out), "--quiet"],
+        cwd=REPO_ROOT, env={**os.environ, **store.env}, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, f"stopped by SIGTERM as the export ended: {out} is complete\n")
+    assert read_frame_numbers(out) == list(range(FRAMES))
 
 
 async def test_unreachable_object_fails_after_retries(store: RunningStore, tmp_path: Path, content: Content) -> None:
