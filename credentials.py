@@ -359,12 +359,16 @@ def _stop_signals() -> list[signal.Signals]:
 
 
 @contextlib.contextmanager
-def _handling(loop: asyncio.AbstractEventLoop, handle: Callable[[signal.Signals], None]) -> Iterator[None]:
+def _handling(loop: asyncio.AbstractEventLoop, handle: Callable[[signal.Signals], None], *,
+              unhandled_only: bool = False) -> Iterator[None]:
     """``handle(signum)`` on ``loop`` for each stop signal while the block runs; then the
-    handlers found before are put back."""
+    handlers found before are put back. ``unhandled_only``: leave alone a signal something
+    already handles (the loop's owner, say), not just Python's default."""
     previous: dict[signal.Signals, Any] = {}
     for signum in _stop_signals():
         handler = signal.getsignal(signum)
+        if unhandled_only and handler not in (signal.SIG_DFL, signal.default_int_handler):
+            continue
         try:
             loop.add_signal_handler(signum, handle, signum)
         except (NotImplementedError, RuntimeError):  # no handlers on this platform's loop
@@ -385,7 +389,8 @@ def stop_hook(hook: Callable[[signal.Signals], None]) -> Iterator[None]:
     """While the block runs, a stop signal calls ``hook(signum)`` instead of cancelling the run
     (a live ingest finishes the segments it has read first). Under ``run_async`` the hook takes
     its turn in run_async's handlers; elsewhere (a library caller's own event loop) it is the
-    running loop's handler for the block's length."""
+    running loop's handler for the block's length, for each signal the caller does not handle
+    itself."""
     if _guarded_runs:
         _stop_hooks.append(hook)
         try:
@@ -393,7 +398,7 @@ def stop_hook(hook: Callable[[signal.Signals], None]) -> Iterator[None]:
         finally:
             _stop_hooks.remove(hook)
         return
-    with _handling(asyncio.get_running_loop(), hook):
+    with _handling(asyncio.get_running_loop(), hook, unhandled_only=True):
         yield
 
 
@@ -408,15 +413,18 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     global _guarded_runs  # noqa: PLW0603  (the process's signal handlers are global too)
     started: list[asyncio.Task[T]] = []
     received: list[signal.Signals] = []  # the signal that cancelled the run comes first
+    stopping = False  # a signal cancelled the run (the run's own timeouts cancel it too, and uncancel)
 
     def stop(signum: signal.Signals) -> None:
+        nonlocal stopping
         task = started[0] if started else None
         if task is None or task.done():
-            return  # before main started (it is cancelled as it starts) or after it ended
+            return  # main's first step always runs before a signal's callback; this is after it ended
         if _stop_hooks:
             received.append(signum)
             _stop_hooks[-1](signum)
-        elif not task.cancelling():  # not cancelled yet, by a signal or by a hook
+        elif not stopping:
+            stopping = True
             received.insert(0, signum)
             task.cancel()
         else:

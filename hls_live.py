@@ -468,8 +468,15 @@ class StopSignals:
         self.received: signal.Signals | None = None
         self._task: asyncio.Task[Any] | None = None
         self._abandoned = False
+        self._done = False
+
+    def done(self) -> None:
+        """The ingest has ended: a signal from now on (as the connection closes) changes nothing."""
+        self._done = True
 
     def _handle(self, signum: signal.Signals) -> None:
+        if self._done:
+            return
         if self.received is None:
             self.received = signum
             logger.warning("%s: finishing the segments already read, then stopping (again to abandon them)",

@@ -1407,6 +1407,7 @@ async def run(args: argparse.Namespace) -> int:
                 async with TAMSClient(url, credentials, concurrency=max(args.concurrency, 1) * 2,
                                       retry=retry) as client:
                     result = await ingest(client, options)
+                    signals.done()
             except asyncio.CancelledError:
                 if result is None and signals.received is None:
                     raise

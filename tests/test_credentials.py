@@ -414,3 +414,46 @@ def test_stop_hook_outside_run_async_is_the_loops_handler_for_its_block(tmp_path
         "    print('went on', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
         "asyncio.run(work())\n", tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (0, "hook SIGTERM\nwent on True\n", "")
+
+
+def test_run_async_cancels_for_a_signal_that_comes_while_a_timeout_of_the_run_cancels_it(tmp_path: Path) -> None:
+    """The run's own timeouts cancel its task too, and take the cancellation back: a SIGTERM
+    that comes meanwhile still stops the run."""
+    done = _ended(
+        "import asyncio, os, signal, threading\n"
+        "from credentials import Terminated, run_async\n"
+        "async def work():\n"
+        "    threading.Timer(0.25, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "    try:\n"
+        "        async with asyncio.timeout(0.1):\n"
+        "            try:\n"
+        "                await asyncio.sleep(10)\n"
+        "            except asyncio.CancelledError:\n"
+        "                await asyncio.sleep(0.5)  # the timeout's cancellation, still being handled\n"
+        "                raise\n"
+        "    except TimeoutError:\n"
+        "        pass\n"
+        "    await asyncio.sleep(1)\n"
+        "    return 'finished'\n"
+        "try:\n"
+        "    print(run_async(work()))\n"
+        "except Terminated as exc:\n"
+        "    print(exc.signum.name)\n", tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "SIGTERM\n", "")
+
+
+def test_stop_hook_outside_run_async_leaves_a_signal_the_loop_handles_to_it(tmp_path: Path) -> None:
+    done = _ended(
+        "import asyncio, os, signal\n"
+        "from credentials import stop_hook\n"
+        "async def work():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    loop.add_signal_handler(signal.SIGTERM, print, 'own')\n"
+        "    with stop_hook(lambda signum: print('hook', signum.name)):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        os.kill(os.getpid(), signal.SIGHUP)\n"
+        "        await asyncio.sleep(0.2)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await asyncio.sleep(0.2)\n"
+        "asyncio.run(work())\n", tmp_path)
+    assert (done.returncode, sorted(done.stdout.splitlines()), done.stderr) == (0, ["hook SIGHUP", "own", "own"], "")

@@ -416,6 +416,34 @@ def test_a_killed_ingest_completes_on_a_second_run(
     assert [s["timerange"] for s in segments] == [str(hls_content.video_timerange(k)) for k in range(10)]
 
 
+@pytest.mark.parametrize("follow", [False, True], ids=["playlist", "--follow to its end"])
+def test_a_signal_as_the_connection_closes_leaves_a_finished_ingest_finished(
+    tams_store: RunningStore, hls_content: SynthesizedHLS, tmp_path: Path, follow: bool
+) -> None:
+    """SIGTERM once every segment is registered, as the connection to the store closes: the
+    ingest is done, so it reports so and exits 0 (not "stopped", not "run again")."""
+    late_signal = (
+        "import asyncio, os, signal, sys\n"
+        "import client\n"
+        "close = client.TAMSClient.close\n"
+        "async def signalled_close(self):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await close(self)\n"
+        "client.TAMSClient.close = signalled_close\n"
+        "from ingest_core import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    flow_id = str(uuid.uuid4())
+    done = subprocess.run(
+        [sys.executable, "-c", late_signal, "--hls-filename", str(hls_content.playlist), "--flow-id", flow_id,
+         "--quiet", *(["--follow"] if follow else [])],
+        cwd=SCRIPT.parent, env={**os.environ, **tams_store.env}, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout.startswith("ingested 10 segments (0 already present)"), done.stdout
+    assert len(_sync(_segments(tams_store, flow_id))) == 10
+
+
 def _sync(coro: Any) -> Any:
     return asyncio.run(coro)
 

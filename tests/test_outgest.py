@@ -645,13 +645,18 @@ def test_a_stop_signal_mid_export_leaves_no_output_and_no_scratch(
     assert list(out_dir.iterdir()) == [] and list(scratch.iterdir()) == []
 
 
-@pytest.mark.parametrize("cancels", [1, 2])
+@pytest.mark.parametrize(("kind", "cancels"), [("plain", 1), ("plain", 2), ("audio", 1)],
+                         ids=["video", "video, cancelled again", "audio"])
 async def test_a_stop_as_the_output_is_being_finished_leaves_the_whole_file(
-    store: RunningStore, flows: Flows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cancels: int
+    store: RunningStore, flows: Flows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, cancels: int
 ) -> None:
-    """Cancelled (once, or again while it waits) as the muxer thread finishes the file and
-    renames it into place: that thread cannot be stopped half-way, so the export waits for it and
-    then ends cancelled, with the file whole, not deleted and not half-renamed."""
+    """Cancelled (once, or again) as the muxer thread finishes the file and renames it into
+    place: that thread cannot be stopped half-way, and the export leaves it (the muxer) only once
+    it is done, so the export ends cancelled with the file whole (as an export left alone writes
+    it), not deleted and not half-renamed. Audio exports go through outgest_audio alike."""
+    whole = tmp_path / "reference" / "whole.ts"
+    whole.parent.mkdir()
+    await export(store, flows.ids[kind], whole)
     committing = threading.Event()
     commit = FlowFileWriter.commit
 
@@ -662,7 +667,7 @@ async def test_a_stop_as_the_output_is_being_finished_leaves_the_whole_file(
 
     monkeypatch.setattr(FlowFileWriter, "commit", slow_commit)
     out = tmp_path / "finished.ts"
-    export_task = asyncio.create_task(export(store, flows.ids["plain"], out))
+    export_task = asyncio.create_task(export(store, flows.ids[kind], out))
     while not committing.is_set():
         assert not export_task.done()
         await asyncio.sleep(0.01)
@@ -671,8 +676,10 @@ async def test_a_stop_as_the_output_is_being_finished_leaves_the_whole_file(
         await asyncio.sleep(0.05)
     with pytest.raises(asyncio.CancelledError):
         await export_task
-    assert read_frame_numbers(out) == list(range(FRAMES))
-    assert [p.name for p in tmp_path.iterdir()] == ["finished.ts"]
+    assert out.read_bytes() == whole.read_bytes()
+    if kind == "plain":
+        assert read_frame_numbers(out) == list(range(FRAMES))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finished.ts", "reference"]
 
 
 def test_a_signal_once_the_output_is_in_place_is_no_failure(store: RunningStore, flows: Flows, tmp_path: Path) -> None:

@@ -169,7 +169,12 @@ async def test_object_instances_add_remove_and_copy(
     async def urls(**params: str) -> list[dict[str, Any]]:
         segment = (await api.segments(flow["id"], **params)).body[0]
         obj = await api.call("GET", f"/objects/{object_id}", params=params, status=200, schema="object.json")
-        assert obj.body.get("get_urls", []) == segment.get("get_urls", [])
+
+        def unsigned(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            # two answers a second apart sign their URLs with different expiry times
+            return [{**u, "url": u["url"].split("?")[0]} if u.get("presigned") else u for u in found]
+
+        assert unsigned(obj.body.get("get_urls", [])) == unsigned(segment.get("get_urls", []))
         return segment.get("get_urls", [])
 
     await api.call("POST", instances, json={"url": base + "/copy-1", "label": "mirror"}, status=201)
