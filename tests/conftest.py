@@ -43,6 +43,22 @@ DEFAULT_CLIENTS: list[dict[str, Any]] = [
 ]
 
 
+def signalled_as_the_client_closes(module: str) -> str:
+    """A ``python -c`` program running ``module``'s ``main`` on its arguments, which sends itself
+    SIGTERM as its TAMSClient begins to close: a stop that comes once the job is done."""
+    return (
+        "import os, signal, sys\n"
+        "import client\n"
+        "close = client.TAMSClient.close\n"
+        "async def signalled_close(self):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await close(self)\n"
+        "client.TAMSClient.close = signalled_close\n"
+        f"from {module} import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+
+
 def start_store(
     data_dir: Path,
     *,

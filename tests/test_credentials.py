@@ -403,19 +403,6 @@ def test_run_async_ignores_a_signal_once_main_has_ended(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout, done.stderr) == (0, "finished\n", "")
 
 
-def test_stop_hook_outside_run_async_is_the_loops_handler_for_its_block(tmp_path: Path) -> None:
-    done = _ended(
-        "import asyncio, os, signal\n"
-        "from credentials import stop_hook\n"
-        "async def work():\n"
-        "    with stop_hook(lambda signum: print('hook', signum.name)):\n"
-        "        os.kill(os.getpid(), signal.SIGTERM)\n"
-        "        await asyncio.sleep(0.2)\n"
-        "    print('went on', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
-        "asyncio.run(work())\n", tmp_path)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "hook SIGTERM\nwent on True\n", "")
-
-
 def test_run_async_cancels_for_a_signal_that_comes_while_a_timeout_of_the_run_cancels_it(tmp_path: Path) -> None:
     """The run's own timeouts cancel its task too, and take the cancellation back: a SIGTERM
     that comes meanwhile still stops the run."""
@@ -442,18 +429,25 @@ def test_run_async_cancels_for_a_signal_that_comes_while_a_timeout_of_the_run_ca
     assert (done.returncode, done.stdout, done.stderr) == (0, "SIGTERM\n", "")
 
 
-def test_stop_hook_outside_run_async_leaves_a_signal_the_loop_handles_to_it(tmp_path: Path) -> None:
+def test_stop_hook_outside_run_async_is_the_loops_handler_for_its_block(tmp_path: Path) -> None:
+    """Without run_async the hook is the running loop's handler while its block runs, then the
+    default is back; a signal the caller's loop handles itself stays the caller's."""
     done = _ended(
         "import asyncio, os, signal\n"
         "from credentials import stop_hook\n"
-        "async def work():\n"
-        "    loop = asyncio.get_running_loop()\n"
-        "    loop.add_signal_handler(signal.SIGTERM, print, 'own')\n"
-        "    with stop_hook(lambda signum: print('hook', signum.name)):\n"
-        "        os.kill(os.getpid(), signal.SIGTERM)\n"
-        "        os.kill(os.getpid(), signal.SIGHUP)\n"
-        "        await asyncio.sleep(0.2)\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "async def signalled(*names):\n"
+        "    for name in names:\n"
+        "        os.kill(os.getpid(), getattr(signal, name))\n"
         "    await asyncio.sleep(0.2)\n"
+        "async def work():\n"
+        "    with stop_hook(lambda signum: print('hook', signum.name)):\n"
+        "        await signalled('SIGTERM')\n"
+        "    print('default again', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+        "    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, print, 'own')\n"
+        "    with stop_hook(lambda signum: print('hook', signum.name)):\n"
+        "        await signalled('SIGTERM', 'SIGHUP')\n"
+        "    await signalled('SIGTERM')\n"
         "asyncio.run(work())\n", tmp_path)
-    assert (done.returncode, sorted(done.stdout.splitlines()), done.stderr) == (0, ["hook SIGHUP", "own", "own"], "")
+    assert done.returncode == 0 and done.stderr == ""
+    first, default, *rest = done.stdout.splitlines()
+    assert (first, default, sorted(rest)) == ("hook SIGTERM", "default again True", ["hook SIGHUP", "own", "own"])

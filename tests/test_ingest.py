@@ -29,6 +29,7 @@ import media
 import sample_content
 from client import TAMSClient
 from credentials import OAuth2ClientCredentials
+from tests.conftest import signalled_as_the_client_closes
 from tests.synthetic_media import SynthesizedHLS, copy_content, synthesized
 
 pytest_plugins = ["tests.media_fixtures"]
@@ -422,17 +423,7 @@ def test_a_signal_as_the_connection_closes_leaves_a_finished_ingest_finished(
 ) -> None:
     """SIGTERM once every segment is registered, as the connection to the store closes: the
     ingest is done, so it reports so and exits 0 (not "stopped", not "run again")."""
-    late_signal = (
-        "import asyncio, os, signal, sys\n"
-        "import client\n"
-        "close = client.TAMSClient.close\n"
-        "async def signalled_close(self):\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    await close(self)\n"
-        "client.TAMSClient.close = signalled_close\n"
-        "from ingest_core import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
+    late_signal = signalled_as_the_client_closes("ingest_core")
     flow_id = str(uuid.uuid4())
     done = subprocess.run(
         [sys.executable, "-c", late_signal, "--hls-filename", str(hls_content.playlist), "--flow-id", flow_id,

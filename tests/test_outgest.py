@@ -45,7 +45,7 @@ from outgest_core import (
     unwrap_mpegts,
 )
 from sample_content import read_frame_numbers, synthesize
-from tests.conftest import REPO_ROOT, RunningStore, start_store
+from tests.conftest import REPO_ROOT, RunningStore, signalled_as_the_client_closes, start_store
 
 TICK = Fraction(1, 90000)
 FRAME = 3000  # ticks per frame at 30 fps
@@ -686,17 +686,7 @@ def test_a_signal_once_the_output_is_in_place_is_no_failure(store: RunningStore,
     """SIGTERM as the export closes its connection, the file already whole under its name: the
     export is done, so it says so and exits 0, instead of claiming nothing was written."""
     out = tmp_path / "done.ts"
-    late_signal = (
-        "import asyncio, os, signal, sys\n"
-        "import client\n"
-        "close = client.TAMSClient.close\n"
-        "async def signalled_close(self):\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    await close(self)\n"
-        "client.TAMSClient.close = signalled_close\n"
-        "from outgest_core import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
+    late_signal = signalled_as_the_client_closes("outgest_core")
     result = subprocess.run(
         [sys.executable, "-c", late_signal, "--flow-id", flows.ids["plain"], "--output", str(out), "--quiet"],
         cwd=REPO_ROOT, env={**os.environ, **store.env}, capture_output=True, text=True, timeout=120, check=False,
