@@ -358,16 +358,25 @@ def _stop_signals() -> list[signal.Signals]:
     return [signum for signum in found if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN]
 
 
+def _unhandled(handler: object) -> bool:
+    """Whether ``handler`` is Python's default, or asyncio.run's Ctrl-C handler (a partial of its
+    Runner's method), as opposed to something the program installed for itself."""
+    if handler in (signal.SIG_DFL, signal.default_int_handler):
+        return True
+    method = getattr(handler, "func", None)  # functools.partial(Runner._on_sigint, ...)
+    return isinstance(getattr(method, "__self__", None), asyncio.Runner)
+
+
 @contextlib.contextmanager
 def _handling(loop: asyncio.AbstractEventLoop, handle: Callable[[signal.Signals], None], *,
               unhandled_only: bool = False) -> Iterator[None]:
     """``handle(signum)`` on ``loop`` for each stop signal while the block runs; then the
-    handlers found before are put back. ``unhandled_only``: leave alone a signal something
-    already handles (the loop's owner, say), not just Python's default."""
+    handlers found before are put back. ``unhandled_only``: leave alone a signal the program
+    handles itself (``_unhandled``)."""
     previous: dict[signal.Signals, Any] = {}
     for signum in _stop_signals():
         handler = signal.getsignal(signum)
-        if unhandled_only and handler not in (signal.SIG_DFL, signal.default_int_handler):
+        if unhandled_only and not _unhandled(handler):
             continue
         try:
             loop.add_signal_handler(signum, handle, signum)
@@ -389,8 +398,8 @@ def stop_hook(hook: Callable[[signal.Signals], None]) -> Iterator[None]:
     """While the block runs, a stop signal calls ``hook(signum)`` instead of cancelling the run
     (a live ingest finishes the segments it has read first). Under ``run_async`` the hook takes
     its turn in run_async's handlers; elsewhere (a library caller's own event loop) it is the
-    running loop's handler for the block's length, for each signal the caller does not handle
-    itself."""
+    running loop's handler for the block's length, for each signal the loop has no handler for
+    already (``asyncio.run``'s own Ctrl-C handler gives way, and is back after the block)."""
     if _guarded_runs:
         _stop_hooks.append(hook)
         try:

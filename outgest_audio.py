@@ -722,7 +722,7 @@ async def outgest_av(
             if "audio" in kinds and summary.audio_samples == 0:
                 raise of.OutgestError(f"Flow {details['audio'][0]} has no samples in {timerange.to_sec_nsec_range()}")
             scratch_dir.cleanup()  # before the output is renamed (see outgest_core._outgest_flow)
-            summary.bytes = await loop.run_in_executor(muxer, finish)
+            summary.bytes = await of.finished(loop.run_in_executor(muxer, finish))
     except BaseException:
         writer.discard()
         raise

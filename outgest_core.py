@@ -80,6 +80,7 @@ __all__ = [
     "MPEGTS_WRAP",
     "DecodeClock",
     "FlowFileWriter",
+    "finished",
     "FrameTiming",
     "ObjectMedia",
     "OutgestError",
@@ -1339,6 +1340,22 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 T = TypeVar("T")
 
 
+async def finished(commit: asyncio.Future[int]) -> int:
+    """The result of ``commit``, the muxer thread finishing the output and renaming it into place.
+    That thread cannot be stopped half-way, so a cancellation that comes meanwhile waits for it,
+    however often it comes, without holding up the event loop (leaving the muxer's executor
+    would wait for it too, but blocking the loop), and is raised once the file is in place: whole,
+    and left there. The commit's own failure, if it has one, is raised instead."""
+    try:
+        return await asyncio.shield(commit)
+    except asyncio.CancelledError:
+        while not commit.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(commit)
+        commit.result()
+        raise
+
+
 def _identity(path: Path) -> tuple[int, int, int] | None:
     """What tells one file at ``path`` from another put there later (None: no file)."""
     try:
@@ -1852,7 +1869,7 @@ async def _outgest_flow(
             # Gone before the output is renamed: a directory removed after that waits for the file
             # system to write the output's data out (its journal orders the two).
             scratch_dir.cleanup()
-            summary.bytes = await loop.run_in_executor(muxer, writer.commit)
+            summary.bytes = await finished(loop.run_in_executor(muxer, writer.commit))
     except BaseException:
         writer.discard()
         raise

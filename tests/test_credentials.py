@@ -430,8 +430,9 @@ def test_run_async_cancels_for_a_signal_that_comes_while_a_timeout_of_the_run_ca
 
 
 def test_stop_hook_outside_run_async_is_the_loops_handler_for_its_block(tmp_path: Path) -> None:
-    """Without run_async the hook is the running loop's handler while its block runs, then the
-    default is back; a signal the caller's loop handles itself stays the caller's."""
+    """Without run_async the hook is the running loop's handler while its block runs, Ctrl-C's
+    included (asyncio.run's own handler gives way), then the handlers before are back; a signal
+    the caller's loop handles itself stays the caller's."""
     done = _ended(
         "import asyncio, os, signal\n"
         "from credentials import stop_hook\n"
@@ -440,14 +441,18 @@ def test_stop_hook_outside_run_async_is_the_loops_handler_for_its_block(tmp_path
         "        os.kill(os.getpid(), getattr(signal, name))\n"
         "    await asyncio.sleep(0.2)\n"
         "async def work():\n"
+        "    sigint = signal.getsignal(signal.SIGINT)\n"
         "    with stop_hook(lambda signum: print('hook', signum.name)):\n"
         "        await signalled('SIGTERM')\n"
-        "    print('default again', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+        "        await signalled('SIGINT')\n"
+        "    print('default again', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,\n"
+        "          signal.getsignal(signal.SIGINT) is sigint)\n"
         "    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, print, 'own')\n"
         "    with stop_hook(lambda signum: print('hook', signum.name)):\n"
         "        await signalled('SIGTERM', 'SIGHUP')\n"
         "    await signalled('SIGTERM')\n"
         "asyncio.run(work())\n", tmp_path)
     assert done.returncode == 0 and done.stderr == ""
-    first, default, *rest = done.stdout.splitlines()
-    assert (first, default, sorted(rest)) == ("hook SIGTERM", "default again True", ["hook SIGHUP", "own", "own"])
+    first, second, default, *rest = done.stdout.splitlines()
+    assert (first, second, default) == ("hook SIGTERM", "hook SIGINT", "default again True True")
+    assert sorted(rest) == ["hook SIGHUP", "own", "own"]

@@ -651,8 +651,8 @@ async def test_a_stop_as_the_output_is_being_finished_leaves_the_whole_file(
     store: RunningStore, flows: Flows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, cancels: int
 ) -> None:
     """Cancelled (once, or again) as the muxer thread finishes the file and renames it into
-    place: that thread cannot be stopped half-way, and the export leaves it (the muxer) only once
-    it is done, so the export ends cancelled with the file whole (as an export left alone writes
+    place: that thread cannot be stopped half-way, so the export waits for it, with the event
+    loop free meanwhile, and ends cancelled with the file whole (as an export left alone writes
     it), not deleted and not half-renamed. Audio exports go through outgest_audio alike."""
     whole = tmp_path / "reference" / "whole.ts"
     whole.parent.mkdir()
@@ -671,11 +671,21 @@ async def test_a_stop_as_the_output_is_being_finished_leaves_the_whole_file(
     while not committing.is_set():
         assert not export_task.done()
         await asyncio.sleep(0.01)
+    ticks: list[float] = []
+
+    async def tick() -> None:  # the loop's other work, while the export waits for its commit
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(tick())
     for _ in range(cancels):
         export_task.cancel()
         await asyncio.sleep(0.05)
     with pytest.raises(asyncio.CancelledError):
         await export_task
+    ticking.cancel()
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.2  # blocked, the loop would stall 0.25 s or more
     assert out.read_bytes() == whole.read_bytes()
     if kind == "plain":
         assert read_frame_numbers(out) == list(range(FRAMES))
