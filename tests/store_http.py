@@ -24,11 +24,27 @@ from spec import validate, validate_list
 if TYPE_CHECKING:
     from tests.conftest import RunningStore
 
-__all__ = ["Reply", "StoreHttp", "basic_header", "basic_http", "new_flow", "timerange_re"]
+__all__ = ["Reply", "StoreHttp", "basic_header", "basic_http", "new_flow", "timerange_re", "unsigned"]
 
 timerange_re = re.compile(
     r"^(\[|\()?(-?(0|[1-9][0-9]*):(0|[1-9][0-9]{0,8}))?(_(-?(0|[1-9][0-9]*):(0|[1-9][0-9]{0,8}))?)?(\]|\))?$"
 )
+
+def unsigned(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Segments or URLs as listed, with each presigned URL's query (expiry and signature) cut off.
+
+    Two answers a second apart sign the same URL with different expiry times, so a test that
+    compares listings taken at different moments compares them through this.
+    """
+
+    def url(entry: dict[str, Any]) -> dict[str, Any]:
+        return {**entry, "url": entry["url"].split("?")[0]} if entry.get("presigned") else entry
+
+    return [
+        {**item, "get_urls": [url(u) for u in item["get_urls"]]} if "get_urls" in item else url(item)
+        for item in listed
+    ]
+
 
 TOKEN_SCHEMA = {
     "type": "object",

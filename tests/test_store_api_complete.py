@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from store_http import StoreHttp, basic_header, basic_http, new_flow
+from store_http import StoreHttp, basic_header, basic_http, new_flow, unsigned
 
 from local_store.config import StoreConfig
 from tests import loopback
@@ -169,10 +169,6 @@ async def test_object_instances_add_remove_and_copy(
     async def urls(**params: str) -> list[dict[str, Any]]:
         segment = (await api.segments(flow["id"], **params)).body[0]
         obj = await api.call("GET", f"/objects/{object_id}", params=params, status=200, schema="object.json")
-
-        def unsigned(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            # two answers a second apart sign their URLs with different expiry times
-            return [{**u, "url": u["url"].split("?")[0]} if u.get("presigned") else u for u in found]
 
         assert unsigned(obj.body.get("get_urls", [])) == unsigned(segment.get("get_urls", []))
         return segment.get("get_urls", [])
@@ -394,14 +390,14 @@ async def test_every_list_endpoint_pages_heads_and_filters_the_same_way(api: Sto
         assert everything.headers["X-Paging-Count"] == str(len(everything.body)), path
         assert "Link" not in everything.headers, path
         paged, pages = await all_pages(api, path, items, **params)
-        assert paged == everything.body, path
+        assert unsigned(paged) == unsigned(everything.body), path  # segments' URLs are signed per answer
         assert pages == len(everything.body), path
         head = await api.call("HEAD", path, params={**params, "limit": "1"}, status=200)
         assert head.raw == b"" and head.headers["X-Paging-Limit"] == "1", path
         assert ("Link" in head.headers) == (len(everything.body) > 1), path
         if path != "/service/profiles":  # the spec gives Profiles no reverse_order
             backwards = await api.call("GET", path, params={**params, "limit": "1000", "reverse_order": "true"}, status=200, items=items)
-            assert backwards.body == list(reversed(everything.body)), path
+            assert unsigned(backwards.body) == unsigned(list(reversed(everything.body))), path
             assert backwards.headers["X-Paging-Reverse-Order"].lower() == "true", path
             assert everything.headers["X-Paging-Reverse-Order"].lower() == "false", path
         await api.call("GET", path, params={**params, "page": "not-a-key"}, status=400)

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from store_http import ELSEWHERE, StoreHttp, basic_http, new_flow
+from store_http import ELSEWHERE, StoreHttp, basic_http, new_flow, unsigned
 
 from tests.conftest import RunningStore
 
@@ -29,7 +29,7 @@ async def new_flow_id(api: StoreHttp, **fields: Any) -> str:
 
 
 async def listed_segments(api: StoreHttp, flow_id: str) -> list[dict[str, Any]]:
-    return (await api.segments(flow_id, limit="1000")).body
+    return unsigned((await api.segments(flow_id, limit="1000")).body)
 
 
 async def test_segments_may_name_only_objects_the_store_knows_or_can_reach(api: StoreHttp) -> None:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from store_http import ELSEWHERE, StoreHttp, basic_http, new_flow
+from store_http import ELSEWHERE, StoreHttp, basic_http, new_flow, unsigned
 
 from tests.conftest import RunningStore
 
@@ -35,7 +35,7 @@ async def api(shared_store: RunningStore) -> AsyncIterator[StoreHttp]:
 
 
 async def stored_segments(api: StoreHttp, flow_id: str) -> list[dict[str, Any]]:
-    return (await api.segments(flow_id, include_object_timerange="true", limit="1000")).body
+    return unsigned((await api.segments(flow_id, include_object_timerange="true", limit="1000")).body)
 
 
 async def new_flow_id(api: StoreHttp, **fields: Any) -> str:
