@@ -46,7 +46,10 @@ Properties of a file, without decoding
     ratio, H.264 profile/level/flags) and ``audio`` (``AudioProperties``: codec, sample rate,
     channels, coded frame size, bit rate). ``VideoProperties.flow_fields()`` and
     ``AudioProperties.flow_fields()`` give the TAMS Flow fields (``format``, ``codec``,
-    ``essence_parameters``).
+    ``essence_parameters``). An MPEG-TS object in memory holding only H.264 video is read from
+    its packet and PES headers and its SPS instead (``h264_sps``), where those leave no doubt
+    what PyAV's probe gives (see ``_scanned_properties``): the same ``MediaProperties``, without
+    PyAV, so that a video-only ingest never imports it (about 40 ms) nor decodes a key frame.
 
 Which frames a timerange holds
     ``in_timerange(t, timerange, tolerance)`` with ``bound_tolerance(frame_duration)``: a frame
@@ -83,6 +86,7 @@ from typing import Any, BinaryIO
 
 from mediatimestamp.immutable import TimeRange, Timestamp
 
+import h264_sps
 import ts_scan
 
 __all__ = [
@@ -717,9 +721,71 @@ def _audio_properties(stream: Any) -> AudioProperties:
     )
 
 
+SCANNED_PROBE_FRAMES = 24  # fewer, and libavformat estimates the frame rate from a list of usual ones
+SCANNED_PROBE_MIN_STEP = 429  # 90 kHz ticks; above 210 fps the estimate prefers the average rate
+
+
+def _scanned_properties(data: bytes) -> MediaProperties | None:
+    """The properties of an MPEG-TS object holding only H.264 video, read from its packet and PES
+    headers (``ts_scan``) and its SPS (``h264_sps``) without PyAV, where those leave no doubt what
+    the stream probe would make of it; None otherwise.
+
+    That is: the demuxer's access units are the PES packets (``ts_scan.access_units``) and the
+    first is a key frame, so the probe decodes it; every SPS is the same one, of 8-bit 4:2:0
+    progressive frames (``frame_mbs_only_flag``), cropped only right and bottom, with no HRD
+    parameters (a bit rate) or picture structure (a field order) in its VUI; and at least 24
+    frames follow one another by the same step, in decode and in presentation order. The probe
+    then gives the 90 kHz clock over that step as the frame rate (whatever the VUI's timing info
+    says), the SPS's sample aspect ratio (1:1 when not stated), YCbCr at 8 bits, and a
+    progressive field order.
+    """
+    found = ts_scan.scan(data)
+    if isinstance(found, str) or found.layout.codec != "h264":
+        return None
+    units = ts_scan.access_units(data, found)
+    sets = ts_scan.sequence_parameter_sets(data, found)
+    if isinstance(units, str) or not units.key[0] or isinstance(sets, str) or not sets:
+        return None
+    sps = h264_sps.parse(sets[0].rstrip(b"\0"))
+    if (sps is None or any(other.rstrip(b"\0") != sets[0].rstrip(b"\0") for other in sets[1:])
+            or (sps.chroma_format_idc, sps.separate_colour_planes, sps.bit_depth_luma, sps.bit_depth_chroma)
+            != (1, False, 8, 8)
+            or not sps.frame_mbs_only or sps.crop_left or sps.crop_top or sps.hrd or sps.pic_struct_present
+            or sps.matrix_coefficients == 0):  # 0: GBR, which the decoder gives as RGB
+        return None
+    # The probe's frame rate is libavformat's estimate from the decode times: with every step the
+    # same (and more than 15 of them, the first 4 left out) it is the clock over their greatest
+    # common divisor, the step itself. Frames 429 ticks apart or more (up to 209.8 fps) keep it
+    # clear of the guess's other rules. A rate such as 24000/1001, whose steps on the 90 kHz clock
+    # alternate, is estimated another way: PyAV probes those.
+    unwrapper = PtsUnwrapper()
+    dts = [unwrapper.unwrap(value) for value in found.dts]
+    steps = {b - a for a, b in pairwise(dts)}
+    pts = sorted(unwrapper.unwrap(value) for value in found.pts)
+    if len(dts) < SCANNED_PROBE_FRAMES or len(steps) != 1 or {b - a for a, b in pairwise(pts)} != steps:
+        return None
+    step = steps.pop()
+    if step < SCANNED_PROBE_MIN_STEP:
+        return None
+    rate = Fraction(TS_CLOCK, step)
+    sar = sps.sample_aspect_ratio
+    video = VideoProperties(
+        codec_name="h264", codec=_CODEC_MIME["h264"], width=sps.width, height=sps.height, frame_rate=rate,
+        interlace_mode="progressive", component_type="YCbCr", horiz_chroma_subs=2, vert_chroma_subs=2, bit_depth=8,
+        pixel_aspect_ratio=Fraction(*sar) if sar and sar[0] and sar[1] else Fraction(1),
+        avc=(sps.profile_idc, sps.constraint_flags, sps.level_idc), bit_rate=None,
+    )
+    return MediaProperties(format_name="mpegts", container=container_mime("mpegts"), video=video, audio=None)
+
+
 def probe(source: Source, *, name: str | None = None) -> MediaProperties:
     """Container, video and audio properties of ``source``, read from headers and at most the key
-    frames the stream probe decodes (``PROBE_OPTIONS``)."""
+    frames the stream probe decodes (``PROBE_OPTIONS``). An MPEG-TS object of H.264 video alone,
+    given as bytes, is read without PyAV where its headers leave no doubt (``_scanned_properties``)."""
+    if isinstance(source, bytes):
+        scanned = _scanned_properties(source)
+        if scanned is not None:
+            return scanned
     # no key frame where the probe looked (no picture format): decode what it takes
     container, label, _ = _open_enough(source, name, PROBE_OPTIONS, None,
                                        lambda opened: all(s.codec_context.format is not None for s in opened.streams.video[:1]))

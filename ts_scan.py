@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import BinaryIO
 
-__all__ = ["PACKET_SIZE", "PAT_PID", "SDT_PID", "Continuity", "TsLayout", "TsScan", "scan"]
+__all__ = ["PACKET_SIZE", "PAT_PID", "SDT_PID", "Continuity", "TsLayout", "TsScan", "access_units", "scan",
+           "sequence_parameter_sets"]
 
 PACKET_SIZE = 188
 SYNC = 0x47
@@ -588,3 +589,18 @@ def access_units(data: bytes | bytearray, found: TsScan) -> AccessUnits | str:
         sizes.append(end - begin)
         keys.append(key)
     return AccessUnits(sizes=tuple(sizes), key=tuple(keys))
+
+
+def sequence_parameter_sets(data: bytes | bytearray, found: TsScan) -> list[bytes] | str:
+    """The H.264 SPS NAL units in the video stream of the object ``data`` that ``scan`` gave
+    ``found``, in stream order, each from its header byte to the next start code (so with any
+    trailing zero bytes), or why they cannot be read."""
+    if found.layout.codec != "h264":
+        return f"its video is {found.layout.codec}, not H.264"
+    joined = _elementary_stream(data, found)
+    if isinstance(joined, str):
+        return joined
+    es = joined[0]
+    nals = [match.end() for match in _START_CODES.finditer(es)]
+    return [es[at:following - len(START_CODE)] if following else es[at:]
+            for at, following in zip(nals, [*nals[1:], 0]) if at < len(es) and es[at] & 0x1F == H264_PARAMETER_SETS[0]]
