@@ -721,59 +721,87 @@ def _audio_properties(stream: Any) -> AudioProperties:
     )
 
 
-SCANNED_PROBE_FRAMES = 24  # fewer, and libavformat estimates the frame rate from a list of usual ones
-SCANNED_PROBE_MIN_STEP = 429  # 90 kHz ticks; above 210 fps the estimate prefers the average rate
+# What libavformat's stream probe reads of an MPEG-TS object before it has estimated the frame
+# rate from the decode times (see _scanned_properties): the first 24 access units, within half of
+# its 5 MB probesize and well within its 7 s analyze duration for MPEG-TS.
+SCANNED_PROBE_FRAMES = 24
+SCANNED_PROBE_BYTES = 2_500_000
+SCANNED_PROBE_STEPS = range(429, 18001)  # 90 kHz ticks: from 209.8 down to 5 frames a second
+
+
+def _decoded_sar(sps: h264_sps.Sps) -> Fraction | None:
+    """The sample aspect ratio libavcodec's H.264 decoder gives for ``sps`` (1 where it gives none),
+    or None where it takes more than this to tell (a ratio that leaves almost no picture)."""
+    if sps.sample_aspect_ratio is None or sps.sample_aspect_ratio[0] == 0:
+        return Fraction(1)
+    width, height = sps.sample_aspect_ratio
+    sar = Fraction(width, height or 1)  # libavcodec reads a height of 0 as 1
+    if sar != 1 and min(sps.width * sar, sps.height / sar) < 1:
+        return None  # av_image_check_sar refuses a ratio that scales the picture to nothing
+    return sar
 
 
 def _scanned_properties(data: bytes) -> MediaProperties | None:
     """The properties of an MPEG-TS object holding only H.264 video, read from its packet and PES
     headers (``ts_scan``) and its SPS (``h264_sps``) without PyAV, where those leave no doubt what
-    the stream probe would make of it; None otherwise.
+    PyAV's probe makes of it; None otherwise.
 
     That is: the demuxer's access units are the PES packets (``ts_scan.access_units``) and the
-    first is a key frame, so the probe decodes it; every SPS is the same one, of 8-bit 4:2:0
-    progressive frames (``frame_mbs_only_flag``), cropped only right and bottom, with no HRD
-    parameters (a bit rate) or picture structure (a field order) in its VUI; and at least 24
-    frames follow one another by the same step, in decode and in presentation order. The probe
-    then gives the 90 kHz clock over that step as the frame rate (whatever the VUI's timing info
-    says), the SPS's sample aspect ratio (1:1 when not stated), YCbCr at 8 bits, and a
-    progressive field order.
+    first is a key frame, so the probe decodes it; every SPS is the same one, the PPSs and the
+    first slice refer to it, and it is of 8-bit 4:2:0 progressive frames (``frame_mbs_only_flag``),
+    cropped only right and bottom, with no HRD parameters (a bit rate) or picture structure (a
+    field order) in its VUI. For the frame rate, libavformat's estimate from the decode times: at
+    least 24 frames follow one another by the same step, in decode and in presentation order, that
+    step is 5 to 209.8 frames a second, the first 24 access units hold less than 2.5 MB, and the
+    VUI's timing info states a rate no lower (a lower one can take over in av_guess_frame_rate).
+    The probe then gives the 90 kHz clock over that step as the frame rate, the SPS's sample
+    aspect ratio as libavcodec reads it (``_decoded_sar``), YCbCr at 8 bits, and a progressive
+    field order.
+
+    A stream whose key frame does not decode (corrupt slices) is described from its SPS, where
+    PyAV's probe would find no picture format.
     """
     found = ts_scan.scan(data)
     if isinstance(found, str) or found.layout.codec != "h264":
         return None
     units = ts_scan.access_units(data, found)
-    sets = ts_scan.sequence_parameter_sets(data, found)
-    if isinstance(units, str) or not units.key[0] or isinstance(sets, str) or not sets:
+    headers = ts_scan.h264_headers(data, found)
+    if isinstance(units, str) or not units.key[0] or isinstance(headers, str):
         return None
-    sps = h264_sps.parse(sets[0].rstrip(b"\0"))
-    if (sps is None or any(other.rstrip(b"\0") != sets[0].rstrip(b"\0") for other in sets[1:])
+    first_slice = headers[2]
+    sets, pictures = [nal.rstrip(b"\0") for nal in headers[0]], [nal.rstrip(b"\0") for nal in headers[1]]
+    sps = h264_sps.parse(sets[0]) if sets else None
+    if (sps is None or any(other != sets[0] for other in sets[1:])
             or (sps.chroma_format_idc, sps.separate_colour_planes, sps.bit_depth_luma, sps.bit_depth_chroma)
             != (1, False, 8, 8)
             or not sps.frame_mbs_only or sps.crop_left or sps.crop_top or sps.hrd or sps.pic_struct_present
             or sps.matrix_coefficients == 0):  # 0: GBR, which the decoder gives as RGB
         return None
-    # The probe's frame rate is libavformat's estimate from the decode times: with every step the
-    # same (and more than 15 of them, the first 4 left out) it is the clock over their greatest
-    # common divisor, the step itself. Frames 429 ticks apart or more (up to 209.8 fps) keep it
-    # clear of the guess's other rules. A rate such as 24000/1001, whose steps on the 90 kHz clock
-    # alternate, is estimated another way: PyAV probes those.
+    ids = [h264_sps.pps_sps_id(nal) for nal in pictures]
+    if not ids or any(pair is None or pair[1] != sps.sps_id for pair in ids) or \
+            h264_sps.slice_pps_id(first_slice) not in {pair[0] for pair in ids if pair is not None}:
+        return None
+    # libavformat's estimate: with more than 15 steps between decode times analysed (the first 4
+    # left out), all the same, the clock over their greatest common divisor, the step itself. A
+    # rate such as 24000/1001, whose steps on the 90 kHz clock alternate, is estimated another
+    # way: PyAV probes those.
     unwrapper = PtsUnwrapper()
     dts = [unwrapper.unwrap(value) for value in found.dts]
     steps = {b - a for a, b in pairwise(dts)}
     pts = sorted(unwrapper.unwrap(value) for value in found.pts)
-    if len(dts) < SCANNED_PROBE_FRAMES or len(steps) != 1 or {b - a for a, b in pairwise(pts)} != steps:
+    if (len(dts) < SCANNED_PROBE_FRAMES or len(steps) != 1 or {b - a for a, b in pairwise(pts)} != steps
+            or sum(units.sizes[:SCANNED_PROBE_FRAMES]) >= SCANNED_PROBE_BYTES):
         return None
     step = steps.pop()
-    if step < SCANNED_PROBE_MIN_STEP:
-        return None
     rate = Fraction(TS_CLOCK, step)
-    sar = sps.sample_aspect_ratio
+    stated = sps.frame_rate
+    sar = _decoded_sar(sps)
+    if step not in SCANNED_PROBE_STEPS or stated is None or stated < rate or sar is None:
+        return None
     video = VideoProperties(
         codec_name="h264", codec=_CODEC_MIME["h264"], width=sps.width, height=sps.height, frame_rate=rate,
         interlace_mode="progressive", component_type="YCbCr", horiz_chroma_subs=2, vert_chroma_subs=2, bit_depth=8,
-        pixel_aspect_ratio=Fraction(*sar) if sar and sar[0] and sar[1] else Fraction(1),
-        avc=(sps.profile_idc, sps.constraint_flags, sps.level_idc), bit_rate=None,
+        pixel_aspect_ratio=sar, avc=(sps.profile_idc, sps.constraint_flags, sps.level_idc), bit_rate=None,
     )
     return MediaProperties(format_name="mpegts", container=container_mime("mpegts"), video=video, audio=None)
 

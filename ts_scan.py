@@ -43,7 +43,7 @@ from functools import cache
 from typing import BinaryIO
 
 __all__ = ["PACKET_SIZE", "PAT_PID", "SDT_PID", "Continuity", "TsLayout", "TsScan", "access_units", "scan",
-           "sequence_parameter_sets"]
+           "h264_headers"]
 
 PACKET_SIZE = 188
 SYNC = 0x47
@@ -591,10 +591,12 @@ def access_units(data: bytes | bytearray, found: TsScan) -> AccessUnits | str:
     return AccessUnits(sizes=tuple(sizes), key=tuple(keys))
 
 
-def sequence_parameter_sets(data: bytes | bytearray, found: TsScan) -> list[bytes] | str:
-    """The H.264 SPS NAL units in the video stream of the object ``data`` that ``scan`` gave
-    ``found``, in stream order, each from its header byte to the next start code (so with any
-    trailing zero bytes), or why they cannot be read."""
+
+def h264_headers(data: bytes | bytearray, found: TsScan) -> tuple[list[bytes], list[bytes], bytes] | str:
+    """The H.264 SPS and PPS NAL units in the video stream of the object ``data`` that ``scan``
+    gave ``found``, in stream order, each from its header byte to the next start code (so with
+    any trailing zero bytes), and the first 16 bytes of its first slice; or why they cannot be
+    read."""
     if found.layout.codec != "h264":
         return f"its video is {found.layout.codec}, not H.264"
     joined = _elementary_stream(data, found)
@@ -602,5 +604,14 @@ def sequence_parameter_sets(data: bytes | bytearray, found: TsScan) -> list[byte
         return joined
     es = joined[0]
     nals = [match.end() for match in _START_CODES.finditer(es)]
-    return [es[at:following - len(START_CODE)] if following else es[at:]
-            for at, following in zip(nals, [*nals[1:], 0]) if at < len(es) and es[at] & 0x1F == H264_PARAMETER_SETS[0]]
+    sets: dict[int, list[bytes]] = {7: [], 8: []}
+    first_slice = b""
+    for at, following in zip(nals, [*nals[1:], 0]):
+        kind = es[at] & 0x1F if at < len(es) else None
+        if kind in sets:
+            sets[kind].append(es[at:following - len(START_CODE)] if following else es[at:])
+        elif kind in (1, H264_IDR) and not first_slice:
+            first_slice = es[at:at + 16]
+    if not first_slice:
+        return "it has no slice"
+    return sets[7], sets[8], first_slice
