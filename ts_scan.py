@@ -27,6 +27,9 @@ demuxer marks it a key frame. With it ``media.read_timing`` gives an ingested se
 against 1.5-3 ms demuxing it. Anything the check does not cover gives a reason, and the segment is
 demuxed as before.
 
+``h264_headers`` gives the SPS and PPS NAL units of a scanned H.264 object and the start of its
+first slice, for ``media.probe`` to read the stream's properties from (``h264_sps``) without PyAV.
+
 ``Continuity`` renumbers the 4-bit continuity counter of each packet written, so that every PID
 counts on across the joins between objects (each object's own counters usually start afresh,
 which a demuxer reports as lost packets), and likewise for the bytes a muxer writes after them.

@@ -152,16 +152,17 @@ def test_frame_steps_that_do_not_make_the_sps_frame_rate_go_to_pyav() -> None:
     assert media._scanned_properties(bytes(data)) is None
 
 
-def test_the_sample_content_and_synthesized_segments_read_from_their_headers(hls_content: SynthesizedHLS) -> None:
-    segments = sorted(hls_content.directory.glob("*.ts"))
-    assert segments
-    for path in segments:
-        data = path.read_bytes()
-        scanned, probed = both_ways(data)
-        if scanned is not None:
-            assert scanned == probed, path.name
-        else:  # the synthesized content carries audio: PyAV probes it
-            assert probed.audio is not None, path.name
+def test_synthesized_video_segments_read_from_their_headers_and_muxed_ones_go_to_pyav(
+        hls_content: SynthesizedHLS, hls_audio_content: SynthesizedHLS) -> None:
+    video = sorted(hls_content.playlist.parent.glob("*.ts"))
+    muxed = sorted(hls_audio_content.playlist.parent.glob("*.ts"))
+    assert video and muxed
+    for path in video:
+        scanned, probed = both_ways(path.read_bytes())
+        assert scanned is not None and scanned == probed, path.name
+    for path in muxed:
+        scanned, probed = both_ways(path.read_bytes())
+        assert scanned is None and probed.audio is not None, path.name
 
 
 def test_a_broken_sps_is_declined_not_misread() -> None:
